@@ -1,0 +1,311 @@
+//! The access decision of contract §6, rows 2–15, in order; the first failing row answers.
+//! Row 1 (routing) is [`crate::route::match_route`]; rows 16+ (rate limits, upstream) belong
+//! to [`crate::limits`] and the gateway.
+//!
+//! Choices where the contract leaves room:
+//!
+//! * Row 10: a consent whose *status* is `expired` answers `consent_expired` (the code of
+//!   row 11, which says the same thing more precisely than `consent_not_authorised`);
+//!   `revoked` answers `consent_revoked`; `awaiting_authorisation` and `rejected` answer
+//!   `consent_not_authorised`.
+//! * Row 11: a consent is expired when `expires_at <= now` (no leeway: the consent registry
+//!   is the clock's authority, not the API user).
+//! * Row 12: a provider segment that is not a BIN cannot be in any consent, so it answers
+//!   `provider_not_in_consent` there (on consent routes); on open data it reaches row 15 and
+//!   answers `provider_not_found`.
+//! * Row 14 applies only to routes with an `{account_id}`. The accounts *list* on a consent
+//!   restricted to some accounts is allowed: the provider receives the consent id and
+//!   customer in the `x-hub-*` headers and must list only the consent's accounts.
+//! * Row 15: a provider is *not found* when its segment is not a BIN, it has no provider
+//!   entry, no participant record, or its participant lacks the `provider` role; it is
+//!   *unavailable* when its participant is not `active` or the entry is not published.
+//! * Open data skips rows 4–14 and needs no `Authorization` header (any one sent is ignored).
+
+use std::sync::Arc;
+
+use consent_cache::{Bin, ConsentStatus, Permissions};
+
+use crate::code::Code;
+use crate::directory::{Directory, Participant, ProviderEntry, Role};
+use crate::route::Route;
+use crate::token::{bearer, check_binding, TokenVerifier, VerifiedToken};
+
+/// What the decision needs to know about a consent.
+///
+/// Implemented below for `consent_cache::Consent` (the store's cheap owned handle); tests
+/// use small structs. Implementations must not allocate in these accessors.
+pub trait ConsentView {
+    /// The consent id.
+    fn id(&self) -> &str;
+    /// The API user it was granted to.
+    fn api_user(&self) -> Bin;
+    /// The customer's id (e.g. IIN); sent upstream, never logged.
+    fn customer(&self) -> &str;
+    /// The providers it covers.
+    fn providers(&self) -> &[Bin];
+    /// Whether it covers `provider`.
+    fn covers_provider(&self, provider: Bin) -> bool;
+    /// The permissions it grants.
+    fn permissions(&self) -> Permissions;
+    /// Whether it restricts account ids.
+    fn accounts_restricted(&self) -> bool;
+    /// Whether it covers `account` (always true when unrestricted).
+    fn covers_account(&self, account: &str) -> bool;
+    /// `expires_at` in Unix seconds, `None` = valid until revoked.
+    fn expires_at(&self) -> Option<i64>;
+    /// The lifecycle status.
+    fn status(&self) -> ConsentStatus;
+}
+
+impl<T: ConsentView + ?Sized> ConsentView for &T {
+    fn id(&self) -> &str {
+        (**self).id()
+    }
+    fn api_user(&self) -> Bin {
+        (**self).api_user()
+    }
+    fn customer(&self) -> &str {
+        (**self).customer()
+    }
+    fn providers(&self) -> &[Bin] {
+        (**self).providers()
+    }
+    fn covers_provider(&self, provider: Bin) -> bool {
+        (**self).covers_provider(provider)
+    }
+    fn permissions(&self) -> Permissions {
+        (**self).permissions()
+    }
+    fn accounts_restricted(&self) -> bool {
+        (**self).accounts_restricted()
+    }
+    fn covers_account(&self, account: &str) -> bool {
+        (**self).covers_account(account)
+    }
+    fn expires_at(&self) -> Option<i64> {
+        (**self).expires_at()
+    }
+    fn status(&self) -> ConsentStatus {
+        (**self).status()
+    }
+}
+
+/// The store's handle. It lives here because of the orphan rule: neither the gateway nor
+/// `consent-cache` (which does not depend on `policy`) may implement it.
+impl ConsentView for consent_cache::Consent {
+    fn id(&self) -> &str {
+        consent_cache::Consent::id(self)
+    }
+    fn api_user(&self) -> Bin {
+        consent_cache::Consent::api_user(self)
+    }
+    fn customer(&self) -> &str {
+        consent_cache::Consent::customer(self)
+    }
+    fn providers(&self) -> &[Bin] {
+        consent_cache::Consent::providers(self)
+    }
+    fn covers_provider(&self, provider: Bin) -> bool {
+        consent_cache::Consent::covers_provider(self, provider)
+    }
+    fn permissions(&self) -> Permissions {
+        consent_cache::Consent::permissions(self)
+    }
+    fn accounts_restricted(&self) -> bool {
+        consent_cache::Consent::accounts_restricted(self)
+    }
+    fn covers_account(&self, account: &str) -> bool {
+        consent_cache::Consent::covers_account(self, account)
+    }
+    fn expires_at(&self) -> Option<i64> {
+        consent_cache::Consent::expires_at(self)
+    }
+    fn status(&self) -> ConsentStatus {
+        consent_cache::Consent::status(self)
+    }
+}
+
+/// The facts about one request that the decision reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts<'a> {
+    /// The matched route (row 1 passed).
+    pub route: &'a Route<'a>,
+    /// SHA-256 of the client certificate's leaf DER, if the connection presented one.
+    pub cert_thumbprint: Option<&'a [u8; 32]>,
+    /// The raw `Authorization` header value, if any.
+    pub authorization: Option<&'a [u8]>,
+    /// Current time, Unix seconds.
+    pub now_unix: i64,
+    /// Whether the consent cache heard from its source within the configured bound.
+    pub consent_state_fresh: bool,
+}
+
+/// A request the policy lets through (rate limits still to come).
+#[derive(Debug)]
+pub struct Grant<'a, C> {
+    /// The calling participant.
+    pub api_user: &'a Participant,
+    /// The provider to route to.
+    pub provider: &'a ProviderEntry,
+    /// The verified token (`None` on open data).
+    pub token: Option<Arc<VerifiedToken>>,
+    /// The consent (`None` on open data).
+    pub consent: Option<C>,
+}
+
+/// A refused request: the contract code and a static reason for logs (no request data).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejection {
+    /// The contract code.
+    pub code: Code,
+    /// A fixed, data-free explanation for logs and metrics.
+    pub reason: &'static str,
+}
+
+const fn reject(code: Code, reason: &'static str) -> Rejection {
+    Rejection { code, reason }
+}
+
+/// Runs rows 2–15 of contract §6 for one request. The happy path allocates nothing beyond
+/// what `consents` does and the `Arc` clone of a cached token.
+pub fn decide<'a, C: ConsentView>(
+    dir: &'a Directory,
+    tokens: &TokenVerifier,
+    consents: impl Fn(&str) -> Option<C>,
+    facts: &Facts<'_>,
+) -> Result<Grant<'a, C>, Rejection> {
+    let route = facts.route;
+
+    // Row 2.
+    let participant = facts
+        .cert_thumbprint
+        .and_then(|tp| dir.participant_by_thumbprint(tp))
+        .ok_or(reject(
+            Code::ParticipantUnknown,
+            "client certificate not registered",
+        ))?;
+    // Row 3.
+    if !participant.is_active() {
+        return Err(reject(Code::ParticipantInactive, "participant not active"));
+    }
+    if !participant.roles.contains(Role::User) {
+        return Err(reject(
+            Code::ParticipantInactive,
+            "participant lacks user role",
+        ));
+    }
+
+    let provider_bin = route.provider_bin();
+    let (token, consent) = match route.id.permission() {
+        // Open data: rows 4–14 skipped.
+        None => (None, None),
+        Some(permission) => {
+            // Row 4.
+            let raw = facts
+                .authorization
+                .ok_or(reject(Code::InvalidToken, "authorization header missing"))?;
+            let raw = bearer(raw).ok_or(reject(Code::InvalidToken, "not a bearer token"))?;
+            let token = tokens
+                .verify(raw, facts.now_unix)
+                .map_err(|e| reject(Code::InvalidToken, e.reason()))?;
+            // Row 5. `cert_thumbprint` is present: row 2 passed.
+            let thumbprint = facts.cert_thumbprint.ok_or(reject(
+                Code::ParticipantUnknown,
+                "client certificate not registered",
+            ))?;
+            check_binding(&token, participant.bin, thumbprint).map_err(|code| {
+                reject(code, "token client_id or cnf does not match the connection")
+            })?;
+            // Row 6.
+            if !token.grants(permission) {
+                return Err(reject(
+                    Code::InsufficientScope,
+                    "token scope lacks permission",
+                ));
+            }
+            // Row 7.
+            if !facts.consent_state_fresh {
+                return Err(reject(Code::ConsentStateStale, "consent state stale"));
+            }
+            // Row 8.
+            let consent = consents(&token.consent_id)
+                .ok_or(reject(Code::ConsentNotFound, "consent not found"))?;
+            // Row 9.
+            if consent.api_user() != participant.bin {
+                return Err(reject(Code::ConsentNotOwned, "consent of another api user"));
+            }
+            // Row 10.
+            match consent.status() {
+                ConsentStatus::Authorised => {}
+                ConsentStatus::Revoked => {
+                    return Err(reject(Code::ConsentRevoked, "consent revoked"))
+                }
+                ConsentStatus::Expired => {
+                    return Err(reject(Code::ConsentExpired, "consent status expired"))
+                }
+                ConsentStatus::AwaitingAuthorisation => {
+                    return Err(reject(
+                        Code::ConsentNotAuthorised,
+                        "consent awaiting authorisation",
+                    ))
+                }
+                ConsentStatus::Rejected => {
+                    return Err(reject(Code::ConsentNotAuthorised, "consent rejected"))
+                }
+            }
+            // Row 11.
+            if consent.expires_at().is_some_and(|e| e <= facts.now_unix) {
+                return Err(reject(Code::ConsentExpired, "consent past expires_at"));
+            }
+            // Row 12.
+            if !provider_bin.is_some_and(|p| consent.covers_provider(p)) {
+                return Err(reject(
+                    Code::ProviderNotInConsent,
+                    "provider not covered by consent",
+                ));
+            }
+            // Row 13.
+            if !consent.permissions().contains(permission) {
+                return Err(reject(
+                    Code::PermissionNotGranted,
+                    "consent lacks permission",
+                ));
+            }
+            // Row 14.
+            if let Some(account) = route.account {
+                if consent.accounts_restricted() && !consent.covers_account(account) {
+                    return Err(reject(
+                        Code::AccountNotInConsent,
+                        "account not covered by consent",
+                    ));
+                }
+            }
+            (Some(token), Some(consent))
+        }
+    };
+
+    // Row 15.
+    let not_found = reject(Code::ProviderNotFound, "provider unknown");
+    let provider_bin = provider_bin.ok_or(not_found)?;
+    let provider = dir.provider(provider_bin).ok_or(not_found)?;
+    let provider_participant = dir.participant(provider_bin).ok_or(not_found)?;
+    if !provider_participant.roles.contains(Role::Provider) {
+        return Err(reject(
+            Code::ProviderNotFound,
+            "participant lacks provider role",
+        ));
+    }
+    if !provider_participant.is_active() {
+        return Err(reject(Code::ProviderUnavailable, "provider not active"));
+    }
+    if !provider.published {
+        return Err(reject(Code::ProviderUnavailable, "provider not published"));
+    }
+
+    Ok(Grant {
+        api_user: participant,
+        provider,
+        token,
+        consent,
+    })
+}

@@ -1,0 +1,118 @@
+//! The admin listener (plain HTTP, loopback by default): `/metrics`, `/healthz`,
+//! `/readyz` and `POST /admin/reload`. Never exposes customer data or secrets.
+
+use async_trait::async_trait;
+use http::{Method, Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::metrics::Metrics;
+use crate::proxy::State;
+use crate::server::reload;
+
+/// The admin application.
+pub struct Admin {
+    state: Arc<State>,
+}
+
+impl Admin {
+    /// Wraps the shared state.
+    pub fn new(state: Arc<State>) -> Admin {
+        Admin { state }
+    }
+
+    fn refresh_gauges(&self) {
+        let m = &self.state.metrics;
+        let snap = self.state.snapshot.load();
+        m.consents.set(snap.consents.len() as i64);
+        m.consent_version.set(snap.consents.version() as i64);
+        let (h, mi) = (snap.tokens.cache_hits(), snap.tokens.cache_misses());
+        let base = &self.state.token_cache_base;
+        Metrics::sync_counter(
+            &m.token_cache.with_label_values(&["hit"]),
+            base.0.load(Ordering::Relaxed) + h,
+        );
+        Metrics::sync_counter(
+            &m.token_cache.with_label_values(&["miss"]),
+            base.1.load(Ordering::Relaxed) + mi,
+        );
+        let ejected: usize = snap
+            .upstreams
+            .iter()
+            .map(|u| (0..u.targets.len()).filter(|&i| u.is_ejected(i)).count())
+            .sum();
+        m.ejected.set(ejected as i64);
+    }
+}
+
+fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    if let Ok(v) = http::HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    let len = r.body().len();
+    r.headers_mut()
+        .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+    r.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    r
+}
+
+fn json(status: StatusCode, v: serde_json::Value) -> Response<Vec<u8>> {
+    reply(status, "application/json", v.to_string().into_bytes())
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_string();
+        match (method, path.as_str()) {
+            (Method::GET, "/metrics") => {
+                self.refresh_gauges();
+                reply(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4",
+                    self.state.metrics.render(),
+                )
+            }
+            (Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
+            (Method::GET, "/readyz") => {
+                if self.state.ready.load(Ordering::Relaxed) {
+                    json(
+                        StatusCode::OK,
+                        serde_json::json!({"status": "ready", "generation": self.state.generation.load(Ordering::Relaxed)}),
+                    )
+                } else {
+                    json(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        serde_json::json!({"status": "starting"}),
+                    )
+                }
+            }
+            (Method::POST, "/admin/reload") => match reload(&self.state).await {
+                Ok(summary) => json(
+                    StatusCode::OK,
+                    serde_json::json!({"status": "ok", "summary": summary}),
+                ),
+                Err(error) => json(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    serde_json::json!({"status": "refused", "error": error}),
+                ),
+            },
+            (_, "/metrics" | "/healthz" | "/readyz" | "/admin/reload") => json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                serde_json::json!({"status": "method_not_allowed"}),
+            ),
+            _ => json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"status": "not_found"}),
+            ),
+        }
+    }
+}

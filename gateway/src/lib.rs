@@ -1,0 +1,16 @@
+//! The Open API exchange hub's gateway: a Pingora reverse proxy that terminates mTLS,
+//! validates access tokens against a hot in-memory consent cache, enforces rate limits
+//! and SLAs, and routes API users' calls to provider banks (contract v1).
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod audit;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod metrics;
+pub mod proxy;
+pub mod server;
+pub mod snapshot;
+pub mod tls;
+pub mod upstream;

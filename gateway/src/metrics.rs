@@ -1,0 +1,168 @@
+//! Prometheus metrics of the hub. Labels are bounded and never carry customer ids,
+//! tokens or account ids: route *templates*, decision codes, provider BINs (participants,
+//! a configured set) and reload outcomes only.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+/// The hub's metric families.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by route template, decision code and provider.
+    pub requests: IntCounterVec,
+    /// End-to-end latency by route template.
+    pub latency: HistogramVec,
+    /// Time spent waiting for providers, by provider.
+    pub upstream_latency: HistogramVec,
+    /// Records in the consent cache.
+    pub consents: IntGauge,
+    /// The consent cache's change-feed version.
+    pub consent_version: IntGauge,
+    /// Configuration reloads by result.
+    pub reloads: IntCounterVec,
+    /// Token cache hits / misses (mirrored from the verifier at scrape time).
+    pub token_cache: IntCounterVec,
+    /// Audit records dropped because the writer fell behind.
+    pub audit_dropped: IntCounter,
+    /// Upstream targets ejected right now.
+    pub ejected: IntGauge,
+    /// Handshake-level: requests whose TLS digest was missing (should stay 0).
+    pub no_tls_digest: IntCounter,
+    /// Config generation currently serving.
+    pub generation: IntGauge,
+    /// Seconds per reload build.
+    pub reload_seconds: Histogram,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+fn must<T>(r: prometheus::Result<T>) -> T {
+    // Metric definitions are static; a failure here is a programming error found at start-up.
+    #[allow(clippy::expect_used)]
+    r.expect("static metric definition")
+}
+
+impl Metrics {
+    /// Registers every family (start-up).
+    pub fn new() -> Metrics {
+        let registry = Registry::new_custom(Some("hub".into()), None).unwrap_or_default();
+        let requests = must(IntCounterVec::new(
+            Opts::new(
+                "requests_total",
+                "Requests by route template, decision code and provider",
+            ),
+            &["route", "code", "provider"],
+        ));
+        let latency = must(HistogramVec::new(
+            HistogramOpts::new("request_duration_seconds", "Hub end-to-end latency")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        ));
+        let upstream_latency = must(HistogramVec::new(
+            HistogramOpts::new("upstream_duration_seconds", "Time waiting for the provider")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["provider"],
+        ));
+        let consents = must(IntGauge::new(
+            "consent_cache_records",
+            "Consents in the cache",
+        ));
+        let consent_version = must(IntGauge::new(
+            "consent_cache_version",
+            "Change-feed version reflected by the consent cache",
+        ));
+        let reloads = must(IntCounterVec::new(
+            Opts::new("config_reloads_total", "Configuration reloads by result"),
+            &["result"],
+        ));
+        let token_cache = must(IntCounterVec::new(
+            Opts::new(
+                "token_cache_total",
+                "Token verification cache lookups by result",
+            ),
+            &["result"],
+        ));
+        let audit_dropped = must(IntCounter::new(
+            "audit_dropped_total",
+            "Audit records dropped because the journal writer fell behind",
+        ));
+        let ejected = must(IntGauge::new(
+            "upstream_ejected",
+            "Provider base URLs out of rotation",
+        ));
+        let no_tls_digest = must(IntCounter::new(
+            "requests_without_tls_digest_total",
+            "Requests that arrived without a TLS client certificate digest",
+        ));
+        let generation = must(IntGauge::new(
+            "config_generation",
+            "Configuration generation serving",
+        ));
+        let reload_seconds = must(Histogram::with_opts(
+            HistogramOpts::new(
+                "config_reload_seconds",
+                "Time to build and validate a snapshot",
+            )
+            .buckets(vec![0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0]),
+        ));
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(latency.clone()),
+            Box::new(upstream_latency.clone()),
+            Box::new(consents.clone()),
+            Box::new(consent_version.clone()),
+            Box::new(reloads.clone()),
+            Box::new(token_cache.clone()),
+            Box::new(audit_dropped.clone()),
+            Box::new(ejected.clone()),
+            Box::new(no_tls_digest.clone()),
+            Box::new(generation.clone()),
+            Box::new(reload_seconds.clone()),
+        ] {
+            must(registry.register(c));
+        }
+        Metrics {
+            registry,
+            requests,
+            latency,
+            upstream_latency,
+            consents,
+            consent_version,
+            reloads,
+            token_cache,
+            audit_dropped,
+            ejected,
+            no_tls_digest,
+            generation,
+            reload_seconds,
+        }
+    }
+
+    /// Text exposition format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        let enc = TextEncoder::new();
+        // Encoding into a Vec cannot fail for well-formed families.
+        let _ = enc.encode(&self.registry.gather(), &mut buf);
+        buf
+    }
+
+    /// Brings a monotonic counter up to an externally tracked total.
+    pub fn sync_counter(counter: &IntCounter, total: u64) {
+        let cur = counter.get();
+        if total > cur {
+            counter.inc_by(total - cur);
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

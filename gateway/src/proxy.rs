@@ -1,0 +1,723 @@
+//! The Pingora `ProxyHttp` implementation: a thin adapter that feeds each request to
+//! `policy` and maps its decision to HTTP. One place (`respond_problem`) writes every
+//! rejection and failure as problem+json; one place (`failure_code`) maps proxy errors
+//! to the contract's codes.
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use std::cell::RefCell;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use consent_cache::{Bin, Consent};
+use policy::code::{problem_json, Code, PROBLEM_CONTENT_TYPE};
+use policy::decision::{decide, Facts};
+use policy::limits::{Limited, RateInfo};
+use policy::route::{match_route, upstream_path, RouteId};
+use policy::token::VerifiedToken;
+
+use crate::audit::{AuditLog, AuditRecord};
+use crate::metrics::Metrics;
+use crate::snapshot::Snapshot;
+use crate::tls::{SwappableCert, SwappableVerifier};
+
+/// Process-wide state shared by the proxy, the admin listener and reloads.
+pub struct State {
+    /// The snapshot requests start with; swapped atomically by reloads.
+    pub snapshot: ArcSwap<Snapshot>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Audit journal (closed at shutdown).
+    pub audit: Mutex<Option<AuditLog>>,
+    /// Where the configuration lives.
+    pub config_path: PathBuf,
+    /// Reloadable downstream TLS pieces.
+    pub tls_verifier: Arc<SwappableVerifier>,
+    /// Reloadable server certificate.
+    pub tls_cert: Arc<SwappableCert>,
+    /// Serialises reloads.
+    pub reload_lock: tokio::sync::Mutex<()>,
+    /// Configuration generation.
+    pub generation: AtomicU64,
+    /// Set once the API listener accepts connections.
+    pub ready: AtomicBool,
+    /// The API listener address (for readiness probing).
+    pub listen: std::net::SocketAddr,
+    /// Token-cache lookups of verifiers replaced by reloads (hits, misses).
+    pub token_cache_base: (AtomicU64, AtomicU64),
+    /// Process settings in force (changes need a restart).
+    pub process: crate::snapshot::ProcessSettings,
+    audit_tx: std::sync::mpsc::SyncSender<AuditRecord>,
+}
+
+impl State {
+    /// Assembles the state.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        snapshot: Snapshot,
+        metrics: Metrics,
+        audit: AuditLog,
+        config_path: PathBuf,
+        tls_verifier: Arc<SwappableVerifier>,
+        tls_cert: Arc<SwappableCert>,
+        process: crate::snapshot::ProcessSettings,
+    ) -> State {
+        let audit_tx = audit.sender();
+        State {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            metrics,
+            audit: Mutex::new(Some(audit)),
+            config_path,
+            tls_verifier,
+            tls_cert,
+            reload_lock: tokio::sync::Mutex::new(()),
+            generation: AtomicU64::new(1),
+            ready: AtomicBool::new(false),
+            listen: process.listen,
+            token_cache_base: (AtomicU64::new(0), AtomicU64::new(0)),
+            process,
+            audit_tx,
+        }
+    }
+
+    fn audit(&self, r: AuditRecord) {
+        if self.audit_tx.try_send(r).is_err() {
+            self.metrics.audit_dropped.inc();
+        }
+    }
+}
+
+/// The proxy.
+pub struct Hub {
+    state: Arc<State>,
+}
+
+impl Hub {
+    /// Wraps the shared state.
+    pub fn new(state: Arc<State>) -> Hub {
+        Hub { state }
+    }
+}
+
+/// Per-request state.
+pub struct Ctx {
+    start: Instant,
+    arrived: SystemTime,
+    snap: Option<Arc<Snapshot>>,
+    iid: [u8; 36],
+    route: Option<RouteId>,
+    code: Option<Code>,
+    status: u16,
+    api_user: Option<Bin>,
+    provider: Option<Bin>,
+    provider_index: usize,
+    target: Option<usize>,
+    token: Option<Arc<VerifiedToken>>,
+    consent: Option<Consent>,
+    rate: Option<RateInfo>,
+    limited: Option<Limited>,
+    upstream_path: String,
+    upstream_start: Option<Instant>,
+    upstream_status: u16,
+    upstream_us: u64,
+    body_bytes: usize,
+}
+
+const X_FAPI_INTERACTION_ID: HeaderName = HeaderName::from_static("x-fapi-interaction-id");
+const X_FAPI_CUSTOMER_IP: HeaderName = HeaderName::from_static("x-fapi-customer-ip-address");
+const X_HUB_API_USER: HeaderName = HeaderName::from_static("x-hub-api-user");
+const X_HUB_CONSENT_ID: HeaderName = HeaderName::from_static("x-hub-consent-id");
+const X_HUB_CUSTOMER: HeaderName = HeaderName::from_static("x-hub-customer");
+const X_HUB_PERMISSIONS: HeaderName = HeaderName::from_static("x-hub-permissions");
+const X_HUB_ACCOUNTS: HeaderName = HeaderName::from_static("x-hub-accounts");
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// Hop-by-hop and proxy-control headers never forwarded upstream (RFC 9110 §7.6.1), plus
+/// headers whose client-supplied values would mislead a bank.
+const STRIP_UPSTREAM: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "proxy-connection",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+    "cookie",
+];
+
+/// Response headers a provider may pass to API users; everything else (server software,
+/// internal host names, cookies, redirects) is dropped: deny by default.
+const PASS_DOWNSTREAM: &[&str] = &[
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "content-language",
+    "transfer-encoding",
+    "etag",
+    "last-modified",
+    "cache-control",
+    "expires",
+    "vary",
+    "retry-after",
+];
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+thread_local! {
+    static DATE: RefCell<(u64, HeaderValue)> = RefCell::new((0, HeaderValue::from_static("")));
+}
+
+/// The `Date` header value, formatted at most once per second per thread.
+fn date_header() -> HeaderValue {
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.0 != secs {
+            let s = httpdate::fmt_http_date(now);
+            if let Ok(v) = HeaderValue::from_str(&s) {
+                *d = (secs, v);
+            }
+        }
+        d.1.clone()
+    })
+}
+
+/// Echoes the caller's interaction id if it is a UUID (canonical 36-char form), else makes one.
+fn interaction_id(given: Option<&HeaderValue>) -> [u8; 36] {
+    let mut out = [0u8; 36];
+    if let Some(v) = given {
+        let b = v.as_bytes();
+        if b.len() == 36 && uuid::Uuid::try_parse_ascii(b).is_ok() {
+            out.copy_from_slice(b);
+            return out;
+        }
+    }
+    uuid::Uuid::new_v4().hyphenated().encode_lower(&mut out);
+    out
+}
+
+fn iid_str(iid: &[u8; 36]) -> &str {
+    std::str::from_utf8(iid).unwrap_or("00000000-0000-0000-0000-000000000000")
+}
+
+fn client_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .as_downstream()
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+fn header_bytes(req: &RequestHeader) -> usize {
+    req.headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + req.raw_path().len()
+}
+
+impl Hub {
+    /// Runs the decision (contract §6 rows 1–16) without touching the response.
+    fn evaluate(&self, session: &Session, ctx: &mut Ctx, snap: &Snapshot) -> Result<(), Code> {
+        let req = session.req_header();
+        if header_bytes(req) > snap.max_header_bytes {
+            return Err(Code::RequestHeaderFieldsTooLarge);
+        }
+        if let Some(cl) = req.headers.get(header::CONTENT_LENGTH) {
+            let n: usize = std::str::from_utf8(cl.as_bytes())
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .ok_or(Code::BadRequest)?;
+            if n > snap.max_body_bytes {
+                return Err(Code::PayloadTooLarge);
+            }
+        }
+        let raw = std::str::from_utf8(req.raw_path()).map_err(|_| Code::BadRequest)?;
+        let (path, query) = match raw.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (raw, None),
+        };
+        let route = match_route(&req.method, path, query)?;
+        ctx.route = Some(route.id);
+
+        let thumb: Option<[u8; 32]> = session
+            .as_downstream()
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .and_then(|s| <[u8; 32]>::try_from(s.cert_digest.as_slice()).ok());
+        if thumb.is_none() {
+            self.state.metrics.no_tls_digest.inc();
+        }
+        let facts = Facts {
+            route: &route,
+            cert_thumbprint: thumb.as_ref(),
+            authorization: req.headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()),
+            now_unix: now_unix(),
+            consent_state_fresh: true,
+        };
+        let consents = &snap.consents;
+        let grant = decide(&snap.directory, &snap.tokens, |id| consents.get(id), &facts).map_err(
+            |rej| {
+                tracing::debug!(reason = rej.reason, code = rej.code.as_str(), "rejected");
+                rej.code
+            },
+        )?;
+        let user = grant.api_user.bin;
+        let provider = grant.provider.bin;
+        ctx.api_user = Some(user);
+        ctx.provider = Some(provider);
+        ctx.provider_index = grant.provider.index;
+        ctx.token = grant.token;
+        ctx.consent = grant.consent;
+
+        // Row 16: rate limits.
+        let checked = match (&ctx.consent, route.id.is_open_data()) {
+            (Some(c), false) => snap
+                .limiter
+                .check_consent_route(user, provider, c.id(), route.id),
+            _ => match client_ip(session) {
+                Some(ip) => snap.limiter.check_open_data(ip, user),
+                None => return Err(Code::BadRequest),
+            },
+        };
+        match checked {
+            Ok(info) => ctx.rate = Some(info),
+            Err(limited) => {
+                ctx.limited = Some(limited);
+                return Err(Code::RateLimited);
+            }
+        }
+
+        ctx.upstream_path.clear();
+        if let Some(up) = snap.upstreams.get(ctx.provider_index) {
+            // The prefix is per target; the common single-target case is resolved here.
+            if let Some(t) = up.targets.first() {
+                if up.targets.len() == 1 {
+                    ctx.upstream_path.push_str(&t.prefix);
+                }
+            }
+        }
+        upstream_path(&route, &mut ctx.upstream_path);
+        if let Some(q) = query {
+            if !q.is_empty() {
+                ctx.upstream_path.push('?');
+                ctx.upstream_path.push_str(q);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a problem+json answer; the single place rejections become HTTP.
+    async fn respond_problem(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        code: Code,
+    ) -> Result<()> {
+        ctx.code = Some(code);
+        ctx.status = code.status();
+        let resp = self.problem_header(ctx, code)?;
+        let body = Bytes::from(problem_json(code, iid_str(&ctx.iid), None));
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(body), true).await?;
+        Ok(())
+    }
+
+    fn problem_header(&self, ctx: &Ctx, code: Code) -> Result<ResponseHeader> {
+        let body_len = problem_json(code, iid_str(&ctx.iid), None).len();
+        let mut resp = ResponseHeader::build(code.status(), Some(10))?;
+        resp.insert_header(header::CONTENT_TYPE, PROBLEM_CONTENT_TYPE)?;
+        resp.insert_header(header::CONTENT_LENGTH, body_len)?;
+        resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+        resp.insert_header(header::DATE, date_header())?;
+        resp.insert_header(X_FAPI_INTERACTION_ID, iid_str(&ctx.iid))?;
+        match code {
+            Code::InvalidToken | Code::TokenBindingMismatch => {
+                resp.insert_header(header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\"")?;
+            }
+            Code::InsufficientScope => {
+                resp.insert_header(
+                    header::WWW_AUTHENTICATE,
+                    "Bearer error=\"insufficient_scope\"",
+                )?;
+            }
+            Code::MethodNotAllowed => {
+                resp.insert_header(header::ALLOW, "GET")?;
+            }
+            Code::RateLimited => {
+                if let Some(l) = &ctx.limited {
+                    let (mut policy, mut state) = (String::new(), String::new());
+                    l.write_headers(&mut policy, &mut state);
+                    resp.insert_header(header::RETRY_AFTER, l.retry_after_secs)?;
+                    resp.insert_header(RATELIMIT_POLICY, policy)?;
+                    resp.insert_header(RATELIMIT, state)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(resp)
+    }
+}
+
+/// Maps a proxying error to the contract's code (rows 17–19 and request-level failures).
+/// `None` means the downstream connection is gone and nothing can be answered.
+fn failure_code(e: &Error) -> Option<Code> {
+    if let ErrorType::HTTPStatus(s) = e.etype() {
+        return Some(match *s {
+            413 => Code::PayloadTooLarge,
+            431 => Code::RequestHeaderFieldsTooLarge,
+            400 => Code::BadRequest,
+            _ => Code::InternalError,
+        });
+    }
+    match e.esource() {
+        ErrorSource::Upstream => Some(match e.etype() {
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+                Code::ProviderTimeout
+            }
+            ErrorType::InvalidHTTPHeader
+            | ErrorType::H1Error
+            | ErrorType::H2Error
+            | ErrorType::InvalidH2
+            | ErrorType::H2Downgrade => Code::ProviderBadResponse,
+            _ => Code::ProviderUnavailable,
+        }),
+        ErrorSource::Downstream => match e.etype() {
+            ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => None,
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout => None,
+            _ => Some(Code::BadRequest),
+        },
+        ErrorSource::Internal | ErrorSource::Unset => Some(match e.etype() {
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+                Code::ProviderTimeout
+            }
+            ErrorType::ConnectRefused
+            | ErrorType::ConnectNoRoute
+            | ErrorType::ConnectError
+            | ErrorType::TLSHandshakeFailure
+            | ErrorType::ConnectionClosed => Code::ProviderUnavailable,
+            _ => Code::InternalError,
+        }),
+    }
+}
+
+fn is_upstream_failure(code: Code) -> bool {
+    matches!(
+        code,
+        Code::ProviderTimeout | Code::ProviderUnavailable | Code::ProviderBadResponse
+    )
+}
+
+#[async_trait]
+impl ProxyHttp for Hub {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            start: Instant::now(),
+            arrived: SystemTime::now(),
+            snap: None,
+            iid: [b'0'; 36],
+            route: None,
+            code: None,
+            status: 0,
+            api_user: None,
+            provider: None,
+            provider_index: 0,
+            target: None,
+            token: None,
+            consent: None,
+            rate: None,
+            limited: None,
+            upstream_path: String::new(),
+            upstream_start: None,
+            upstream_status: 0,
+            upstream_us: 0,
+            body_bytes: 0,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.start = Instant::now();
+        ctx.arrived = SystemTime::now();
+        ctx.iid = interaction_id(session.req_header().headers.get(X_FAPI_INTERACTION_ID));
+        // In-flight requests keep the snapshot they started with, whatever reloads do.
+        let snap = self.state.snapshot.load_full();
+        let outcome = self.evaluate(session, ctx, &snap);
+        ctx.snap = Some(snap);
+        match outcome {
+            Ok(()) => Ok(false),
+            Err(code) => {
+                self.respond_problem(session, ctx, code).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let (Some(b), Some(snap)) = (body.as_ref(), ctx.snap.as_ref()) {
+            ctx.body_bytes += b.len();
+            if ctx.body_bytes > snap.max_body_bytes {
+                return Error::e_explain(ErrorType::HTTPStatus(413), "request body over the limit");
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let snap = ctx
+            .snap
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no snapshot"))?;
+        let up = snap
+            .upstreams
+            .get(ctx.provider_index)
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream"))?;
+        let idx = up.pick();
+        ctx.target = Some(idx);
+        ctx.upstream_start = Some(Instant::now());
+        Ok(up.peer(idx, up.timeout))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let (Some(snap), Some(idx)) = (ctx.snap.as_ref(), ctx.target) {
+            if let Some(up) = snap.upstreams.get(ctx.provider_index) {
+                up.report(idx, false);
+                // Another base URL may serve: a connect failure sent nothing, so retrying is safe.
+                if up.has_alternative(idx) {
+                    e.set_retry(true);
+                }
+            }
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let snap = ctx
+            .snap
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no snapshot"))?;
+        let up = snap
+            .upstreams
+            .get(ctx.provider_index)
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream"))?;
+        let target = &up.targets[ctx.target.unwrap_or(0).min(up.targets.len() - 1)];
+        if up.targets.len() > 1 && !target.prefix.is_empty() {
+            ctx.upstream_path.insert_str(0, &target.prefix);
+        }
+        upstream.set_raw_path(ctx.upstream_path.as_bytes())?;
+        upstream.insert_header(header::HOST, target.authority.as_str())?;
+
+        // Strip hop-by-hop headers, headers named by Connection, and every client x-hub-*.
+        let mut doomed: Vec<HeaderName> = Vec::new();
+        if let Some(conn) = upstream.headers.get(header::CONNECTION) {
+            if let Ok(s) = conn.to_str() {
+                for name in s.split(',') {
+                    if let Ok(h) = HeaderName::from_bytes(name.trim().as_bytes()) {
+                        doomed.push(h);
+                    }
+                }
+            }
+        }
+        for name in upstream.headers.keys() {
+            let n = name.as_str();
+            if n.starts_with("x-hub-") || STRIP_UPSTREAM.contains(&n) {
+                doomed.push(name.clone());
+            }
+        }
+        for name in &doomed {
+            upstream.remove_header(name);
+        }
+
+        let ip_ok = session
+            .req_header()
+            .headers
+            .get(X_FAPI_CUSTOMER_IP)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|s| s.trim().parse::<IpAddr>().is_ok());
+        if !ip_ok {
+            upstream.remove_header(&X_FAPI_CUSTOMER_IP);
+        }
+
+        upstream.insert_header(X_FAPI_INTERACTION_ID, iid_str(&ctx.iid))?;
+        if let Some(u) = ctx.api_user {
+            let d = u.digits();
+            upstream.insert_header(
+                X_HUB_API_USER,
+                HeaderValue::from_bytes(&d)
+                    .map_err(|_| Error::explain(ErrorType::InternalError, "api user header"))?,
+            )?;
+        }
+        if let Some(c) = &ctx.consent {
+            upstream.insert_header(X_HUB_CONSENT_ID, c.id())?;
+            upstream.insert_header(X_HUB_CUSTOMER, c.customer())?;
+            // What the bank may serve: granted by the consent and by the token's scope.
+            let granted = match &ctx.token {
+                Some(t) => {
+                    consent_cache::Permissions::from_bits(c.permissions().bits() & t.scope.bits())
+                        .unwrap_or(consent_cache::Permissions::EMPTY)
+                }
+                None => c.permissions(),
+            };
+            upstream.insert_header(X_HUB_PERMISSIONS, granted.comma_list())?;
+            if let Some(accounts) = c.accounts() {
+                // Extension to contract §3: lets the bank filter the account list of a
+                // consent restricted to some accounts.
+                let mut list = String::new();
+                for (i, a) in accounts.enumerate() {
+                    if i > 0 {
+                        list.push(',');
+                    }
+                    list.push_str(a);
+                }
+                upstream.insert_header(X_HUB_ACCOUNTS, list)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.upstream_status = upstream.status.as_u16();
+        if let Some(t0) = ctx.upstream_start {
+            ctx.upstream_us = t0.elapsed().as_micros() as u64;
+        }
+        if let (Some(snap), Some(idx)) = (ctx.snap.as_ref(), ctx.target) {
+            if let Some(up) = snap.upstreams.get(ctx.provider_index) {
+                up.report(idx, true);
+            }
+        }
+        let mut doomed: Vec<HeaderName> = Vec::new();
+        for name in upstream.headers.keys() {
+            if !PASS_DOWNSTREAM.contains(&name.as_str()) {
+                doomed.push(name.clone());
+            }
+        }
+        for name in &doomed {
+            upstream.remove_header(name);
+        }
+        upstream.insert_header(X_FAPI_INTERACTION_ID, iid_str(&ctx.iid))?;
+        upstream.insert_header(header::DATE, date_header())?;
+        if ctx.consent.is_some() {
+            // Customer data is never cached on the way (contract §3).
+            upstream.insert_header(header::CACHE_CONTROL, "no-store")?;
+        }
+        if let Some(info) = &ctx.rate {
+            let (mut policy, mut state) = (String::new(), String::new());
+            info.write_headers(&mut policy, &mut state);
+            upstream.insert_header(RATELIMIT_POLICY, policy)?;
+            upstream.insert_header(RATELIMIT, state)?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let code = failure_code(e);
+        if let Some(code) = code {
+            if is_upstream_failure(code) {
+                if let (Some(snap), Some(idx)) = (ctx.snap.as_ref(), ctx.target) {
+                    if let Some(up) = snap.upstreams.get(ctx.provider_index) {
+                        up.report(idx, false);
+                    }
+                }
+            }
+            ctx.code = Some(code);
+            ctx.status = code.status();
+            if let Ok(resp) = self.problem_header(ctx, code) {
+                let body = Bytes::from(problem_json(code, iid_str(&ctx.iid), None));
+                let _ = session
+                    .as_downstream_mut()
+                    .write_error_response(resp, body)
+                    .await;
+            }
+        }
+        FailToProxy {
+            error_code: code.map_or(0, Code::status),
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let status = if ctx.status != 0 {
+            ctx.status
+        } else {
+            session
+                .as_downstream()
+                .response_written()
+                .map_or(0, |r| r.status.as_u16())
+        };
+        let code = ctx.code.map_or("ok", Code::as_str);
+        let route = ctx.route.map_or("-", RouteId::template);
+        let elapsed = ctx.start.elapsed();
+        let m = &self.state.metrics;
+        let provider_digits = ctx.provider.map(Bin::digits);
+        let provider = provider_digits
+            .as_ref()
+            .and_then(|d| std::str::from_utf8(d).ok())
+            .unwrap_or("-");
+        m.requests.with_label_values(&[route, code, provider]).inc();
+        m.latency
+            .with_label_values(&[route])
+            .observe(elapsed.as_secs_f64());
+        if ctx.upstream_start.is_some() && ctx.upstream_us > 0 {
+            m.upstream_latency
+                .with_label_values(&[provider])
+                .observe(ctx.upstream_us as f64 / 1e6);
+        }
+        self.state.audit(AuditRecord {
+            time: ctx.arrived,
+            interaction_id: ctx.iid,
+            api_user: ctx.api_user,
+            provider: ctx.provider,
+            token: ctx.token.take(),
+            route,
+            code,
+            status,
+            upstream_status: ctx.upstream_status,
+            latency_us: elapsed.as_micros() as u64,
+            upstream_latency_us: ctx.upstream_us,
+        });
+    }
+}

@@ -1,0 +1,203 @@
+//! Process wiring: loads the configuration, builds the Pingora server (mTLS API
+//! listener, admin listener, background tasks), runs it until a signal, then drains
+//! the audit journal. Also the reload path shared by SIGHUP and `POST /admin/reload`.
+
+use async_trait::async_trait;
+use pingora::listeners::tls::TlsSettings;
+use pingora::prelude::*;
+use pingora::server::configuration::ServerConf;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use pingora::services::listening::Service;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::admin::Admin;
+use crate::audit::AuditLog;
+use crate::config::ConfigError;
+use crate::metrics::Metrics;
+use crate::proxy::{Hub, State};
+use crate::snapshot;
+use crate::tls::{SwappableCert, SwappableVerifier};
+
+/// Why the hub could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The configuration is invalid.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// The audit journal cannot be opened.
+    #[error("{0}")]
+    Audit(#[from] crate::audit::AuditError),
+    /// Pingora refused a listener setting.
+    #[error("listener: {0}")]
+    Listener(String),
+}
+
+/// Validates a configuration without starting anything; returns its summary.
+pub fn check(config: &Path) -> Result<String, ConfigError> {
+    snapshot::load(config, None).map(|l| l.summary)
+}
+
+/// Installs the log subscriber (stderr, `RUST_LOG` or `info`). Idempotent.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs the hub until SIGINT/SIGTERM. Returns once shut down and the journal is flushed.
+pub fn run(config: &Path) -> Result<(), RunError> {
+    let loaded = snapshot::load(config, None)?;
+    tracing::info!(summary = %loaded.summary, "configuration loaded");
+    let process = loaded.process.clone();
+
+    let metrics = Metrics::new();
+    metrics.generation.set(1);
+    let audit = AuditLog::open(&process.audit_path, process.audit_buffer)?;
+    let verifier = SwappableVerifier::new(loaded.tls.verifier);
+    let cert = SwappableCert::new(loaded.tls.cert);
+    let state = Arc::new(State::new(
+        loaded.snapshot,
+        metrics,
+        audit,
+        config.to_path_buf(),
+        verifier.clone(),
+        cert.clone(),
+        process.clone(),
+    ));
+
+    let conf = ServerConf {
+        threads: process.threads,
+        grace_period_seconds: Some(process.grace_period_secs),
+        graceful_shutdown_timeout_seconds: Some(process.shutdown_timeout_secs),
+        upstream_keepalive_pool_size: process.upstream_keepalive_pool_size,
+        max_retries: 2,
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Hub::new(state.clone()),
+        "hub",
+    );
+    let mut tls =
+        TlsSettings::intermediate("", "").map_err(|e| RunError::Listener(e.to_string()))?;
+    tls.set_cert_resolver(cert);
+    tls.set_client_cert_verifier(verifier);
+    if process.http2 {
+        tls.enable_h2();
+    }
+    proxy.add_tls_with_settings(&process.listen.to_string(), None, tls);
+
+    let mut admin = Service::new("admin".to_string(), Admin::new(state.clone()));
+    admin.add_tcp(&process.admin_listen.to_string());
+
+    let bg = pingora::services::background::background_service(
+        "maintenance",
+        Maintenance {
+            state: state.clone(),
+        },
+    );
+
+    server.add_service(proxy);
+    server.add_service(admin);
+    server.add_service(bg);
+    server.run(pingora::server::RunArgs::default());
+
+    tracing::info!("shut down; flushing the audit journal");
+    if let Ok(mut a) = state.audit.lock() {
+        if let Some(mut log) = a.take() {
+            log.close();
+        }
+    }
+    Ok(())
+}
+
+/// Rebuilds the snapshot from the configuration files off the request path and swaps it
+/// in atomically; on any error the running snapshot keeps serving.
+pub async fn reload(state: &Arc<State>) -> Result<String, String> {
+    let _guard = state.reload_lock.lock().await;
+    let t0 = Instant::now();
+    let st = state.clone();
+    let built = tokio::task::spawn_blocking(move || {
+        let prev = st.snapshot.load_full();
+        snapshot::load(&st.config_path, Some(&prev))
+    })
+    .await;
+    state
+        .metrics
+        .reload_seconds
+        .observe(t0.elapsed().as_secs_f64());
+    let loaded = match built {
+        Ok(Ok(l)) => l,
+        Ok(Err(e)) => {
+            state.metrics.reloads.with_label_values(&["error"]).inc();
+            tracing::error!(error = %e, "reload refused; the running configuration keeps serving");
+            return Err(e.to_string());
+        }
+        Err(e) => {
+            state.metrics.reloads.with_label_values(&["error"]).inc();
+            return Err(format!("reload task failed: {e}"));
+        }
+    };
+    if loaded.process != state.process {
+        tracing::warn!("listener, thread, shutdown or audit settings changed: they take effect at the next restart");
+    }
+    state.tls_verifier.replace(loaded.tls.verifier);
+    state.tls_cert.replace(loaded.tls.cert);
+    let old = state.snapshot.swap(Arc::new(loaded.snapshot));
+    let (h, m) = (old.tokens.cache_hits(), old.tokens.cache_misses());
+    state.token_cache_base.0.fetch_add(h, Ordering::Relaxed);
+    state.token_cache_base.1.fetch_add(m, Ordering::Relaxed);
+    let generation = state.generation.fetch_add(1, Ordering::SeqCst) + 1;
+    state.metrics.generation.set(generation as i64);
+    state.metrics.reloads.with_label_values(&["ok"]).inc();
+    tracing::info!(generation, summary = %loaded.summary, "configuration reloaded");
+    Ok(format!("generation {generation}: {}", loaded.summary))
+}
+
+/// Background duties: SIGHUP reloads, rate-limiter housekeeping, readiness.
+struct Maintenance {
+    state: Arc<State>,
+}
+
+#[async_trait]
+impl BackgroundService for Maintenance {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch SIGHUP; reload via the admin listener only");
+                None
+            }
+        };
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        let mut ready_probe = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    tracing::info!("SIGHUP: reloading");
+                    let _ = reload(&self.state).await;
+                }
+                _ = tick.tick() => {
+                    self.state.snapshot.load().limiter.retain_recent();
+                }
+                _ = ready_probe.tick(), if !self.state.ready.load(Ordering::Relaxed) => {
+                    if tokio::net::TcpStream::connect(self.state.listen).await.is_ok() {
+                        self.state.ready.store(true, Ordering::Relaxed);
+                        tracing::info!(listen = %self.state.listen, "ready");
+                    }
+                }
+            }
+        }
+    }
+}

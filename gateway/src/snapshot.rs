@@ -1,0 +1,381 @@
+//! Compiles a parsed configuration into the immutable runtime snapshot the request
+//! path reads (directory, token verifier, limits, upstreams, consents), plus the
+//! process-level settings and TLS material. Built and validated off the request path;
+//! published atomically by `reload`.
+
+use base64::Engine;
+use rustls::server::danger::ClientCertVerifier;
+use rustls::sign::CertifiedKey;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use consent_cache::ConsentStore;
+use policy::directory::{Directory, DirectoryBuilder, Participant, ProviderEntry, Role, Roles};
+use policy::limits::Limiter;
+use policy::token::{Jwks, TokenSettings, TokenVerifier};
+
+use crate::config::{ConfigError, FileConfig, Source};
+use crate::tls;
+use crate::upstream::{parse_base_url, Upstream};
+
+/// What the request path reads; replaced whole on reload.
+pub struct Snapshot {
+    /// Participants and providers.
+    pub directory: Directory,
+    /// Access-token verifier (with its cache).
+    pub tokens: TokenVerifier,
+    /// Rate limiters (kept across reloads when their settings do not change).
+    pub limiter: Arc<Limiter>,
+    limits_fingerprint: String,
+    /// Providers' upstream pools, indexed by `ProviderEntry::index`.
+    pub upstreams: Box<[Upstream]>,
+    /// The consent store.
+    pub consents: Arc<ConsentStore>,
+    consents_stamp: FileStamp,
+    /// Request header block limit.
+    pub max_header_bytes: usize,
+    /// Request body limit.
+    pub max_body_bytes: usize,
+}
+
+/// Settings that only take effect at process start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessSettings {
+    /// API listener.
+    pub listen: SocketAddr,
+    /// Admin listener.
+    pub admin_listen: SocketAddr,
+    /// Worker threads.
+    pub threads: usize,
+    /// Offer h2.
+    pub http2: bool,
+    /// Grace period at SIGTERM.
+    pub grace_period_secs: u64,
+    /// In-flight budget at shutdown.
+    pub shutdown_timeout_secs: u64,
+    /// Upstream keep-alive pool size.
+    pub upstream_keepalive_pool_size: usize,
+    /// Audit journal destination.
+    pub audit_path: PathBuf,
+    /// Audit buffer.
+    pub audit_buffer: usize,
+}
+
+/// Downstream TLS material.
+pub struct TlsMaterial {
+    /// mTLS verifier (platform CAs + CRLs).
+    pub verifier: Arc<dyn ClientCertVerifier>,
+    /// The hub's server certificate.
+    pub cert: Arc<CertifiedKey>,
+}
+
+/// Everything one configuration load produces.
+pub struct Loaded {
+    /// The runtime snapshot.
+    pub snapshot: Snapshot,
+    /// Process settings.
+    pub process: ProcessSettings,
+    /// Downstream TLS.
+    pub tls: TlsMaterial,
+    /// Summary for logs and `check`.
+    pub summary: String,
+}
+
+/// Identifies a file's content cheaply, to skip reloading an unchanged consent snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    path: PathBuf,
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Option<FileStamp> {
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            path: path.to_path_buf(),
+            len: m.len(),
+            modified: m.modified().ok(),
+        })
+    }
+}
+
+/// Reads, parses, validates and compiles a configuration file. `previous` lets unchanged
+/// parts (consents, limiter state) carry over.
+pub fn load(path: &Path, previous: Option<&Snapshot>) -> Result<Loaded, ConfigError> {
+    let src = Source::read(path)?;
+    let cfg = src.parse()?;
+    compile(&src, cfg, previous)
+}
+
+fn compile(
+    src: &Source,
+    cfg: FileConfig,
+    previous: Option<&Snapshot>,
+) -> Result<Loaded, ConfigError> {
+    let process = ProcessSettings {
+        listen: src.socket_addr(&cfg.server.listen, "server.listen")?,
+        admin_listen: src.socket_addr(&cfg.server.admin_listen, "server.admin_listen")?,
+        threads: cfg
+            .server
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        http2: cfg.server.http2,
+        grace_period_secs: cfg.server.grace_period_secs,
+        shutdown_timeout_secs: cfg.server.shutdown_timeout_secs,
+        upstream_keepalive_pool_size: cfg.server.upstream_keepalive_pool_size,
+        audit_path: if cfg.audit.path.as_os_str() == "-" {
+            cfg.audit.path.clone()
+        } else {
+            src.resolve(&cfg.audit.path)
+        },
+        audit_buffer: cfg.audit.buffer.max(1),
+    };
+    if process.threads == 0 || process.threads > 1024 {
+        return Err(src.invalid_here("server.threads", "must be between 1 and 1024"));
+    }
+    if cfg.server.max_header_bytes < 1024 || cfg.server.max_header_bytes > 1024 * 1024 {
+        return Err(src.invalid_here(
+            "server.max_header_bytes",
+            "must be between 1024 and 1048576",
+        ));
+    }
+
+    // Downstream TLS.
+    let cert_pem = src.read_bytes(&cfg.tls.cert, "tls.cert")?;
+    let key_pem = src.read_bytes(&cfg.tls.key, "tls.key")?;
+    let cert = tls::certified_key(&cert_pem, &key_pem)
+        .map_err(|e| src.invalid(&cfg.tls.cert, "tls.cert", e.to_string()))?;
+    if cfg.tls.client_ca.is_empty() {
+        return Err(src.invalid_here("tls.client_ca", "at least one platform CA is required"));
+    }
+    let mut ca_pems = Vec::new();
+    for (i, p) in cfg.tls.client_ca.iter().enumerate() {
+        let field = format!("tls.client_ca[{i}]");
+        let pem = src.read_bytes(p, &field)?;
+        tls::certs_from_pem(&pem).map_err(|e| src.invalid(p, &field, e.to_string()))?;
+        ca_pems.push(pem);
+    }
+    let mut crls = Vec::new();
+    for (i, p) in cfg.tls.crl.iter().enumerate() {
+        let field = format!("tls.crl[{i}]");
+        let data = src.read_bytes(p, &field)?;
+        crls.extend(
+            tls::crls_from_bytes(&data).map_err(|e| src.invalid(p, &field, e.to_string()))?,
+        );
+    }
+    let verifier = tls::client_verifier(&ca_pems, crls)
+        .map_err(|e| src.invalid_here("tls.client_ca", e.to_string()))?;
+
+    // Upstream TLS.
+    let ucert = src.read_bytes(&cfg.upstream_tls.client_cert, "upstream_tls.client_cert")?;
+    let ukey = src.read_bytes(&cfg.upstream_tls.client_key, "upstream_tls.client_key")?;
+    let identity = tls::upstream_identity(&ucert, &ukey).map_err(|e| {
+        src.invalid(
+            &cfg.upstream_tls.client_cert,
+            "upstream_tls.client_cert",
+            e.to_string(),
+        )
+    })?;
+    if cfg.upstream_tls.ca.is_empty() {
+        return Err(src.invalid_here(
+            "upstream_tls.ca",
+            "at least one CA for banks' certificates is required",
+        ));
+    }
+    let mut uca = Vec::new();
+    for (i, p) in cfg.upstream_tls.ca.iter().enumerate() {
+        let field = format!("upstream_tls.ca[{i}]");
+        let pem = src.read_bytes(p, &field)?;
+        tls::certs_from_pem(&pem).map_err(|e| src.invalid(p, &field, e.to_string()))?;
+        uca.push(pem);
+    }
+    let roots = tls::upstream_roots(&uca)
+        .map_err(|e| src.invalid_here("upstream_tls.ca", e.to_string()))?;
+
+    // Tokens.
+    let jwks_bytes = src.read_bytes(&cfg.tokens.jwks, "tokens.jwks")?;
+    let jwks = Jwks::from_json(&jwks_bytes)
+        .map_err(|e| src.invalid(&cfg.tokens.jwks, "tokens.jwks", e.to_string()))?;
+    if cfg.tokens.issuer.get_ref().is_empty() {
+        return Err(src.invalid(&cfg.tokens.issuer, "tokens.issuer", "must not be empty"));
+    }
+    if cfg.tokens.audience.get_ref().is_empty() {
+        return Err(src.invalid(&cfg.tokens.audience, "tokens.audience", "must not be empty"));
+    }
+    let tokens = TokenVerifier::new(
+        TokenSettings {
+            issuer: cfg.tokens.issuer.get_ref().clone(),
+            audience: cfg.tokens.audience.get_ref().clone(),
+            leeway_secs: cfg.tokens.leeway_secs,
+            max_token_bytes: cfg.tokens.max_token_bytes,
+            cache_capacity: cfg.tokens.cache_capacity,
+        },
+        jwks,
+    );
+
+    // Participants.
+    let mut dir = DirectoryBuilder::new();
+    let mut seen_bins = HashSet::new();
+    let mut provider_bins = HashSet::new();
+    for (i, p) in cfg.participants.iter().enumerate() {
+        let bin = src.bin(&p.bin, &format!("participants[{i}].bin"))?;
+        if !seen_bins.insert(bin) {
+            return Err(src.invalid(
+                &p.bin,
+                &format!("participants[{i}].bin"),
+                "duplicate participant",
+            ));
+        }
+        if p.roles.is_empty() {
+            return Err(src.invalid(
+                &p.bin,
+                &format!("participants[{i}].roles"),
+                "at least one role",
+            ));
+        }
+        let roles: Roles = p.roles.iter().copied().collect();
+        if roles.contains(Role::Provider) {
+            provider_bins.insert(bin);
+        }
+        let mut thumbs = Vec::new();
+        for (j, t) in p.thumbprints.iter().enumerate() {
+            let field = format!("participants[{i}].thumbprints[{j}]");
+            let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(t.get_ref())
+                .ok()
+                .filter(|v| v.len() == 32)
+                .ok_or_else(|| {
+                    src.invalid(t, &field, "not a base64url SHA-256 thumbprint (43 chars)")
+                })?;
+            let mut a = [0u8; 32];
+            a.copy_from_slice(&raw);
+            thumbs.push(a);
+        }
+        for (j, c) in p.certs.iter().enumerate() {
+            let field = format!("participants[{i}].certs[{j}]");
+            let pem = src.read_bytes(c, &field)?;
+            let certs =
+                tls::certs_from_pem(&pem).map_err(|e| src.invalid(c, &field, e.to_string()))?;
+            let d = ring::digest::digest(&ring::digest::SHA256, certs[0].as_ref());
+            let mut a = [0u8; 32];
+            a.copy_from_slice(d.as_ref());
+            thumbs.push(a);
+        }
+        let participant = Participant {
+            bin,
+            name: p.name.clone().into_boxed_str(),
+            roles,
+            status: p.status,
+        };
+        dir.add_participant(participant, thumbs)
+            .map_err(|e| src.invalid(&p.bin, &format!("participants[{i}]"), e.to_string()))?;
+    }
+
+    // Providers.
+    let mut upstreams = Vec::new();
+    for (i, p) in cfg.providers.iter().enumerate() {
+        let field = format!("providers[{i}].bin");
+        let bin = src.bin(&p.bin, &field)?;
+        if !provider_bins.contains(&bin) {
+            return Err(src.invalid(
+                &p.bin,
+                &field,
+                "no participant with this BIN holds the `provider` role",
+            ));
+        }
+        if p.upstreams.is_empty() {
+            return Err(src.invalid(
+                &p.bin,
+                &format!("providers[{i}].upstreams"),
+                "at least one base URL",
+            ));
+        }
+        if p.timeout_ms == 0 || p.connect_timeout_ms == 0 {
+            return Err(src.invalid(
+                &p.bin,
+                &format!("providers[{i}].timeout_ms"),
+                "timeouts must be > 0",
+            ));
+        }
+        let mut targets = Vec::new();
+        for (j, u) in p.upstreams.iter().enumerate() {
+            let t = parse_base_url(u.get_ref(), p.sni.as_deref()).map_err(|e| {
+                src.invalid(u, &format!("providers[{i}].upstreams[{j}]"), e.to_string())
+            })?;
+            targets.push(t);
+        }
+        let index = upstreams.len();
+        upstreams.push(Upstream::new(
+            bin,
+            targets,
+            Duration::from_millis(p.connect_timeout_ms),
+            Duration::from_millis(p.timeout_ms),
+            p.eject_after_failures,
+            Duration::from_secs(p.eject_secs),
+            identity.clone(),
+            roots.clone(),
+        ));
+        dir.add_provider(ProviderEntry {
+            bin,
+            published: p.published,
+            index,
+        })
+        .map_err(|e| src.invalid(&p.bin, &field, e.to_string()))?;
+    }
+    let directory = dir
+        .build()
+        .map_err(|e| src.invalid_here("providers", e.to_string()))?;
+
+    // Limits: keep the live limiter (and its counters) when its settings did not change.
+    let limits_fingerprint = format!("{:?}", cfg.limits);
+    let limiter = match previous {
+        Some(prev) if prev.limits_fingerprint == limits_fingerprint => prev.limiter.clone(),
+        _ => Arc::new(
+            Limiter::new(&cfg.limits).map_err(|e| src.invalid_here("limits", e.to_string()))?,
+        ),
+    };
+
+    // Consents: reuse the loaded store when the file is unchanged.
+    let consent_path = src.resolve(cfg.consents.snapshot.get_ref());
+    let stamp = FileStamp::of(&consent_path).ok_or_else(|| {
+        src.invalid(
+            &cfg.consents.snapshot,
+            "consents.snapshot",
+            format!("cannot read {}", consent_path.display()),
+        )
+    })?;
+    let consents = match previous {
+        Some(prev) if prev.consents_stamp == stamp => prev.consents.clone(),
+        _ => Arc::new(ConsentStore::load(&consent_path)?),
+    };
+
+    let summary = format!(
+        "{} participants, {} providers, {} consents, listen {}, admin {}",
+        cfg.participants.len(),
+        upstreams.len(),
+        consents.len(),
+        process.listen,
+        process.admin_listen
+    );
+
+    Ok(Loaded {
+        snapshot: Snapshot {
+            directory,
+            tokens,
+            limiter,
+            limits_fingerprint,
+            upstreams: upstreams.into_boxed_slice(),
+            consents,
+            consents_stamp: stamp,
+            max_header_bytes: cfg.server.max_header_bytes,
+            max_body_bytes: cfg.server.max_body_bytes,
+        },
+        process,
+        tls: TlsMaterial { verifier, cert },
+        summary,
+    })
+}

@@ -1,0 +1,223 @@
+//! Provider banks' upstreams: pre-resolved base URLs balanced round-robin with
+//! passive ejection of failing ones, per-provider timeouts (the SLA), and the
+//! pingora peer built from the hub's shared client identity.
+
+use pingora::upstreams::peer::HttpPeer;
+use pingora::utils::tls::{CertKey, WrappedX509};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use consent_cache::Bin;
+
+/// A base URL that is not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum UrlError {
+    /// Only `https://` is allowed towards banks.
+    #[error("only https:// base URLs are allowed")]
+    NotHttps,
+    /// Host or port missing or malformed.
+    #[error("malformed base URL: {0}")]
+    Malformed(&'static str),
+    /// The host did not resolve at load time.
+    #[error("cannot resolve {0}")]
+    Resolve(String),
+}
+
+/// One base URL of a provider.
+#[derive(Debug)]
+pub struct Target {
+    /// Resolved at load, never on the request path.
+    pub addr: SocketAddr,
+    /// The name the bank's certificate must carry.
+    pub sni: String,
+    /// Path prefix from the base URL ("" or "/api").
+    pub prefix: String,
+    /// `Host` header value.
+    pub authority: String,
+    failures: AtomicU32,
+    ejected_until_ms: AtomicU64,
+}
+
+/// Parses `https://host[:port][/prefix]` and resolves the host (start-up / reload only).
+pub fn parse_base_url(url: &str, sni_override: Option<&str>) -> Result<Target, UrlError> {
+    let rest = url.strip_prefix("https://").ok_or(UrlError::NotHttps)?;
+    let (authority, prefix) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+        None => (rest, ""),
+    };
+    if authority.is_empty() || authority.contains('@') {
+        return Err(UrlError::Malformed("host"));
+    }
+    if prefix.contains(['?', '#', '%']) || prefix.contains("//") || prefix.contains("/../") {
+        return Err(UrlError::Malformed("path prefix"));
+    }
+    let (host, port) = if let Some(h) = authority.strip_prefix('[') {
+        let (h, p) = h.split_once(']').ok_or(UrlError::Malformed("IPv6 host"))?;
+        (h, p.strip_prefix(':').unwrap_or("443"))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, p),
+            None => (authority, "443"),
+        }
+    };
+    let port: u16 = port.parse().map_err(|_| UrlError::Malformed("port"))?;
+    let addr = (host, port)
+        .to_socket_addrs()
+        .map_err(|_| UrlError::Resolve(host.to_string()))?
+        .next()
+        .ok_or_else(|| UrlError::Resolve(host.to_string()))?;
+    Ok(Target {
+        addr,
+        sni: sni_override.unwrap_or(host).to_string(),
+        prefix: prefix.to_string(),
+        authority: authority.to_string(),
+        failures: AtomicU32::new(0),
+        ejected_until_ms: AtomicU64::new(0),
+    })
+}
+
+/// A provider's upstream pool and SLA.
+#[derive(Debug)]
+pub struct Upstream {
+    /// The provider's BIN.
+    pub bin: Bin,
+    /// Its base URLs.
+    pub targets: Box<[Target]>,
+    next: AtomicUsize,
+    /// Connect timeout (TCP + TLS).
+    pub connect_timeout: Duration,
+    /// SLA: how long the hub waits for an answer.
+    pub timeout: Duration,
+    eject_after: u32,
+    eject_for_ms: u64,
+    cert_key: Arc<CertKey>,
+    roots: Arc<[WrappedX509]>,
+}
+
+/// Milliseconds on a process-local monotonic clock.
+pub fn now_ms() -> u64 {
+    use std::sync::OnceLock;
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+impl Upstream {
+    /// Builds a provider's pool.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        bin: Bin,
+        targets: Vec<Target>,
+        connect_timeout: Duration,
+        timeout: Duration,
+        eject_after: u32,
+        eject_for: Duration,
+        cert_key: Arc<CertKey>,
+        roots: Arc<[WrappedX509]>,
+    ) -> Self {
+        Upstream {
+            bin,
+            targets: targets.into_boxed_slice(),
+            next: AtomicUsize::new(0),
+            connect_timeout,
+            timeout,
+            eject_after: eject_after.max(1),
+            eject_for_ms: eject_for.as_millis() as u64,
+            cert_key,
+            roots,
+        }
+    }
+
+    /// Picks a target round-robin, skipping ejected ones; if every target is ejected,
+    /// the next one in turn is tried anyway (a failing bank then answers 503 itself
+    /// rather than the hub guessing).
+    pub fn pick(&self) -> usize {
+        let n = self.targets.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        if n == 1 {
+            return 0;
+        }
+        let now = now_ms();
+        for i in 0..n {
+            let idx = (start + i) % n;
+            if self.targets[idx].ejected_until_ms.load(Ordering::Relaxed) <= now {
+                return idx;
+            }
+        }
+        start % n
+    }
+
+    /// Records the outcome of a call to a target (passive health checking).
+    pub fn report(&self, idx: usize, ok: bool) {
+        let Some(t) = self.targets.get(idx) else {
+            return;
+        };
+        if ok {
+            if t.failures.load(Ordering::Relaxed) != 0 {
+                t.failures.store(0, Ordering::Relaxed);
+            }
+            return;
+        }
+        let f = t.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if f >= self.eject_after {
+            t.ejected_until_ms
+                .store(now_ms() + self.eject_for_ms, Ordering::Relaxed);
+            t.failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a target is currently out of rotation.
+    pub fn is_ejected(&self, idx: usize) -> bool {
+        self.targets
+            .get(idx)
+            .is_some_and(|t| t.ejected_until_ms.load(Ordering::Relaxed) > now_ms())
+    }
+
+    /// Whether any other target than `idx` is in rotation (worth a retry).
+    pub fn has_alternative(&self, idx: usize) -> bool {
+        let now = now_ms();
+        self.targets
+            .iter()
+            .enumerate()
+            .any(|(i, t)| i != idx && t.ejected_until_ms.load(Ordering::Relaxed) <= now)
+    }
+
+    /// The pingora peer for a target: mTLS with the hub's identity, the banks' CA, the SLA.
+    pub fn peer(&self, idx: usize, remaining: Duration) -> Box<HttpPeer> {
+        let t = &self.targets[idx.min(self.targets.len().saturating_sub(1))];
+        let mut peer = HttpPeer::new(t.addr, true, t.sni.clone());
+        peer.client_cert_key = Some(self.cert_key.clone());
+        peer.options.ca = Some(self.roots.clone());
+        peer.options.connection_timeout = Some(self.connect_timeout);
+        peer.options.total_connection_timeout = Some(self.connect_timeout);
+        let budget = remaining.max(Duration::from_millis(1));
+        peer.options.read_timeout = Some(budget);
+        peer.options.write_timeout = Some(budget);
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        Box::new(peer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_base_urls() {
+        let t = parse_base_url("https://127.0.0.1:9443/api/", None).unwrap();
+        assert_eq!(t.addr, "127.0.0.1:9443".parse().unwrap());
+        assert_eq!(t.prefix, "/api");
+        assert_eq!(t.sni, "127.0.0.1");
+        assert_eq!(t.authority, "127.0.0.1:9443");
+        let t = parse_base_url("https://localhost:1", Some("bank.test")).unwrap();
+        assert_eq!(t.sni, "bank.test");
+        assert!(matches!(
+            parse_base_url("http://127.0.0.1:1", None),
+            Err(UrlError::NotHttps)
+        ));
+        assert!(parse_base_url("https://127.0.0.1:99999", None).is_err());
+        assert!(parse_base_url("https://u@127.0.0.1:1", None).is_err());
+        assert!(parse_base_url("https://127.0.0.1:1/a?b", None).is_err());
+    }
+}

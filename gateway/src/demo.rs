@@ -125,6 +125,12 @@ pub struct Prepared {
     pub banks: Vec<BankHandle>,
     /// The runtime that drives the banks.
     pub runtime: tokio::runtime::Runtime,
+    /// The development PKI (for tests that need more identities).
+    pub pki: DevPki,
+    /// The development token issuer (for tests that mint their own tokens).
+    pub issuer: DevIssuer,
+    /// The directory everything was written to.
+    pub dir: PathBuf,
 }
 
 /// Generates PKI, issuer, banks, consents, config and manifest; starts the banks.
@@ -444,6 +450,9 @@ pub fn prepare(args: &DemoArgs) -> Result<Prepared, DemoError> {
         manifest_json,
         banks,
         runtime,
+        pki,
+        issuer,
+        dir,
     })
 }
 

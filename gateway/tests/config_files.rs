@@ -1,0 +1,128 @@
+//! Configuration files: every file in `conf/` validates against real generated
+//! material, and broken configurations are refused with file, line and field.
+
+use std::path::{Path, PathBuf};
+
+use consent_cache::Bin;
+use sandbox::pki::{DevPki, PkiSpec};
+use sandbox::tokens::{DevAlg, DevIssuer};
+
+fn bin(s: &str) -> Bin {
+    Bin::parse(s).unwrap()
+}
+
+/// Lays out the files the example configuration names, next to a copy of it.
+fn workspace_for(config_text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    DevPki::generate(
+        &dir.path().join("pki"),
+        &PkiSpec::new(
+            vec![bin("100140000001"), bin("100140000002")],
+            vec![bin("990340000011")],
+        ),
+    )
+    .unwrap();
+    let issuer = DevIssuer::generate(DevAlg::Es256, "k1", "https://trust.hub.local.test").unwrap();
+    std::fs::write(dir.path().join("jwks.json"), issuer.jwks_json()).unwrap();
+    std::fs::write(dir.path().join("consents.jsonl"), "").unwrap();
+    let cfg = dir.path().join("hub.toml");
+    std::fs::write(&cfg, config_text).unwrap();
+    (dir, cfg)
+}
+
+fn conf_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf")
+}
+
+#[test]
+fn every_toml_in_conf_validates() {
+    let mut seen = 0;
+    for entry in std::fs::read_dir(conf_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let (_dir, cfg) = workspace_for(&text);
+        let summary = gateway::server::check(&cfg)
+            .unwrap_or_else(|e| panic!("{} does not validate: {e}", path.display()));
+        assert!(summary.contains("participants"), "{summary}");
+        seen += 1;
+    }
+    assert!(seen >= 1, "no configuration files found in conf/");
+}
+
+fn example() -> String {
+    std::fs::read_to_string(conf_dir().join("hub.example.toml")).unwrap()
+}
+
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines().position(|l| l.contains(needle)).unwrap() + 1
+}
+
+fn refused(text: &str) -> String {
+    let (_dir, cfg) = workspace_for(text);
+    match gateway::server::check(&cfg) {
+        Ok(s) => panic!("accepted a broken configuration: {s}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn unknown_key_names_file_line_and_field() {
+    let text = example().replace("http2 = true", "http2 = true\nhttp3 = true");
+    let err = refused(&text);
+    let line = line_of(&text, "http3 = true");
+    assert!(err.contains(&format!("hub.toml:{line}:")), "{err}");
+    assert!(err.contains("http3"), "{err}");
+}
+
+#[test]
+fn bad_bin_names_its_line_and_field() {
+    let text = example().replace("bin = \"990340000011\"\nname", "bin = \"99034000001X\"\nname");
+    let err = refused(&text);
+    let line = line_of(&text, "99034000001X");
+    assert!(err.contains(&format!("hub.toml:{line}:")), "{err}");
+    assert!(err.contains("participants[2].bin"), "{err}");
+}
+
+#[test]
+fn missing_file_is_named() {
+    let text = example().replace("pki/ca.pem\"]         # platform", "pki/nope.pem\"]         # platform");
+    let err = refused(&text);
+    assert!(err.contains("tls.client_ca[0]"), "{err}");
+    assert!(err.contains("nope.pem"), "{err}");
+}
+
+#[test]
+fn wrong_type_and_missing_section_are_refused() {
+    let err = refused(&example().replace("leeway_secs = 30", "leeway_secs = \"thirty\""));
+    assert!(err.contains("leeway_secs"), "{err}");
+    let text = example();
+    let start = text.find("[tokens]").unwrap();
+    let end = text.find("[consents]").unwrap();
+    let err = refused(&format!("{}{}", &text[..start], &text[end..]));
+    assert!(err.contains("tokens"), "{err}");
+}
+
+#[test]
+fn provider_without_provider_role_and_http_upstream_are_refused() {
+    let err = refused(&example().replace("https://127.0.0.1:9443\"", "http://127.0.0.1:9443\""));
+    assert!(err.contains("providers[0].upstreams[0]") && err.contains("https"), "{err}");
+    let err = refused(&example().replace("roles = [\"provider\"]", "roles = [\"user\"]"));
+    assert!(err.contains("provider"), "{err}");
+}
+
+#[test]
+fn broken_consent_snapshot_names_its_line() {
+    let (dir, cfg) = workspace_for(&example());
+    std::fs::write(
+        dir.path().join("consents.jsonl"),
+        "{\"snapshot_version\": 1}\n{\"id\": \"c1\", \"bogus\": 1}\n",
+    )
+    .unwrap();
+    let err = gateway::server::check(&cfg).unwrap_err().to_string();
+    assert!(err.contains("consents.jsonl"), "{err}");
+    assert!(err.contains("line 2"), "{err}");
+    assert!(err.contains("bogus"), "{err}");
+}

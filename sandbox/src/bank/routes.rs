@@ -604,7 +604,9 @@ fn transactions(
     };
     let next = (end < all.len()).then(|| {
         let cursor = encode_cursor(&prepared.cursor_key, &account.id, &q, end as u32);
-        let mut link = format!("{path}?");
+        // A query-only relative reference (RFC 3986 §5.2): it resolves against whatever URL
+        // the client called, so it stays right behind the hub, which changes the path.
+        let mut link = String::from("?");
         // Writing into a String cannot fail.
         if let Some(from) = q.from {
             let _ = write!(link, "from={from}&");

@@ -337,15 +337,14 @@ impl Hub {
     ) -> Result<()> {
         ctx.code = Some(code);
         ctx.status = code.status();
-        let resp = self.problem_header(ctx, code)?;
         let body = Bytes::from(problem_json(code, iid_str(&ctx.iid), None));
+        let resp = self.problem_header(ctx, code, body.len())?;
         session.write_response_header(Box::new(resp), false).await?;
         session.write_response_body(Some(body), true).await?;
         Ok(())
     }
 
-    fn problem_header(&self, ctx: &Ctx, code: Code) -> Result<ResponseHeader> {
-        let body_len = problem_json(code, iid_str(&ctx.iid), None).len();
+    fn problem_header(&self, ctx: &Ctx, code: Code, body_len: usize) -> Result<ResponseHeader> {
         let mut resp = ResponseHeader::build(code.status(), Some(10))?;
         resp.insert_header(header::CONTENT_TYPE, PROBLEM_CONTENT_TYPE)?;
         resp.insert_header(header::CONTENT_LENGTH, body_len)?;
@@ -665,8 +664,8 @@ impl ProxyHttp for Hub {
             }
             ctx.code = Some(code);
             ctx.status = code.status();
-            if let Ok(resp) = self.problem_header(ctx, code) {
-                let body = Bytes::from(problem_json(code, iid_str(&ctx.iid), None));
+            let body = Bytes::from(problem_json(code, iid_str(&ctx.iid), None));
+            if let Ok(resp) = self.problem_header(ctx, code, body.len()) {
                 let _ = session
                     .as_downstream_mut()
                     .write_error_response(resp, body)

@@ -180,6 +180,10 @@ impl BackgroundService for Maintenance {
             }
         };
         let mut tick = tokio::time::interval(Duration::from_secs(10));
+        // The consent snapshot is watched: a control plane that replaces the file (write to
+        // a temporary name, then rename) is followed within a second, as if by SIGHUP.
+        let mut watch = tokio::time::interval(Duration::from_secs(1));
+        let mut refused = None;
         let mut ready_probe = tokio::time::interval(Duration::from_millis(50));
         loop {
             tokio::select! {
@@ -190,6 +194,14 @@ impl BackgroundService for Maintenance {
                 }
                 _ = tick.tick() => {
                     self.state.snapshot.load().limiter.retain_recent();
+                }
+                _ = watch.tick() => {
+                    let changed = self.state.snapshot.load().consents_changed_on_disk();
+                    // A file that was refused is not retried every second, only once it changes again.
+                    if changed.is_some() && changed != refused {
+                        tracing::info!("consent snapshot changed on disk: reloading");
+                        refused = if reload(&self.state).await.is_err() { changed } else { None };
+                    }
                 }
                 _ = ready_probe.tick(), if !self.state.ready.load(Ordering::Relaxed) => {
                     if tokio::net::TcpStream::connect(self.state.listen).await.is_ok() {

@@ -41,6 +41,16 @@ pub struct Snapshot {
     pub max_body_bytes: usize,
 }
 
+impl Snapshot {
+    /// The consent snapshot file's current (length, modification time), if it differs from
+    /// what this snapshot loaded.
+    pub fn consents_changed_on_disk(&self) -> Option<(u64, Option<SystemTime>)> {
+        FileStamp::of(&self.consents_stamp.path)
+            .filter(|now| *now != self.consents_stamp)
+            .map(|now| (now.len, now.modified))
+    }
+}
+
 /// Settings that only take effect at process start.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProcessSettings {

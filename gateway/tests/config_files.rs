@@ -79,7 +79,10 @@ fn unknown_key_names_file_line_and_field() {
 
 #[test]
 fn bad_bin_names_its_line_and_field() {
-    let text = example().replace("bin = \"990340000011\"\nname", "bin = \"99034000001X\"\nname");
+    let text = example().replace(
+        "bin = \"990340000011\"\nname",
+        "bin = \"99034000001X\"\nname",
+    );
     let err = refused(&text);
     let line = line_of(&text, "99034000001X");
     assert!(err.contains(&format!("hub.toml:{line}:")), "{err}");
@@ -88,7 +91,10 @@ fn bad_bin_names_its_line_and_field() {
 
 #[test]
 fn missing_file_is_named() {
-    let text = example().replace("pki/ca.pem\"]         # platform", "pki/nope.pem\"]         # platform");
+    let text = example().replace(
+        "pki/ca.pem\"]         # platform",
+        "pki/nope.pem\"]         # platform",
+    );
     let err = refused(&text);
     assert!(err.contains("tls.client_ca[0]"), "{err}");
     assert!(err.contains("nope.pem"), "{err}");
@@ -108,7 +114,10 @@ fn wrong_type_and_missing_section_are_refused() {
 #[test]
 fn provider_without_provider_role_and_http_upstream_are_refused() {
     let err = refused(&example().replace("https://127.0.0.1:9443\"", "http://127.0.0.1:9443\""));
-    assert!(err.contains("providers[0].upstreams[0]") && err.contains("https"), "{err}");
+    assert!(
+        err.contains("providers[0].upstreams[0]") && err.contains("https"),
+        "{err}"
+    );
     let err = refused(&example().replace("roles = [\"provider\"]", "roles = [\"user\"]"));
     assert!(err.contains("provider"), "{err}");
 }

@@ -51,6 +51,7 @@ const PURPOSES: [&str; 6] = [
 ];
 
 fn bin(n: u64) -> Bin {
+    // n % 10^12 is always a valid BIN.
     Bin::new(n % 1_000_000_000_000).unwrap_or_else(|| unreachable!())
 }
 
@@ -217,6 +218,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "get, 2 threads at once, uniform random: {:.1} M lookups/s in all",
                 2.0 * random.len() as f64 / t.elapsed().as_secs_f64() / 1e6
             );
+
+            let out = path.with_extension("rewrite.snap");
+            let t = Instant::now();
+            let written = store.write_snapshot(&out)?;
+            println!("write_snapshot: {written} records in {}", secs(t.elapsed()));
+            std::fs::remove_file(&out)?;
 
             let changes: Vec<Change> = (0..500_000u64)
                 .map(|k| {

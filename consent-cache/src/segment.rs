@@ -1,8 +1,8 @@
 //! Compact, immutable storage for many consent records: one fixed-size row per
 //! record plus shared text and provider arenas, and an index keyed by the id's hash.
 //!
-//! A record costs about 48 bytes of row, its id, customer and account text, 8 bytes
-//! per provider and ~8 bytes of index; purposes are stored once per segment when
+//! A record costs a 48-byte row, its id, customer and account text, 8 bytes per
+//! provider and ~12 bytes of index; purposes are stored once per segment when
 //! they repeat. Segments never change after they are built (except for the
 //! `dead` bits, which only the store's single writer flips while it holds the
 //! shard's write lock), so a [`crate::Consent`] handle can point into one.
@@ -10,8 +10,6 @@
 use crate::record::RecordView;
 use crate::types::{Bin, ConsentStatus, Permissions};
 use foldhash::fast::RandomState;
-use hashbrown::hash_table::Entry;
-use hashbrown::HashTable;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -71,8 +69,80 @@ pub(crate) struct Segment {
     rows: Box<[Row]>,
     text: Box<str>,
     providers: Box<[Bin]>,
-    index: HashTable<u32>,
+    index: Index,
     dead: Box<[AtomicU64]>,
+}
+
+/// The id index of a segment: linear probing over one array of 8-byte slots,
+/// each `tag << 32 | (row + 1)` (0 = empty), where `tag` is the high half of the
+/// id's hash. One slot read usually settles a probe, so a lookup costs one cache
+/// miss here (a hashbrown table costs two: control bytes, then the bucket) and
+/// touches a row only when the 32-bit tag matches.
+#[derive(Debug, Default)]
+struct Index {
+    slots: Box<[u64]>,
+}
+
+impl Index {
+    /// Capacity for `n` rows: load factor at most ~0.7 keeps probe runs short.
+    fn with_rows(n: usize) -> Self {
+        let cap = if n == 0 { 0 } else { n + n / 2 + 1 };
+        Index {
+            slots: vec![0; cap].into_boxed_slice(),
+        }
+    }
+
+    /// The first slot to probe: the low half of the hash scaled to the capacity
+    /// (capacities need not be powers of two).
+    #[inline]
+    fn start(&self, hash: u64) -> usize {
+        (((hash & 0xffff_ffff) * self.slots.len() as u64) >> 32) as usize
+    }
+
+    /// Finds the row whose tag matches and for which `is_row` holds.
+    #[inline]
+    fn find(&self, hash: u64, mut is_row: impl FnMut(u32) -> bool) -> Option<u32> {
+        let tag = hash >> 32;
+        let mut pos = self.start(hash);
+        // The table is never full, so every probe run ends at an empty slot.
+        loop {
+            let slot = *self.slots.get(pos)?;
+            if slot == 0 {
+                return None;
+            }
+            if slot >> 32 == tag {
+                let row = (slot as u32).wrapping_sub(1);
+                if is_row(row) {
+                    return Some(row);
+                }
+            }
+            pos += 1;
+            if pos == self.slots.len() {
+                pos = 0;
+            }
+        }
+    }
+
+    /// Inserts `row` (which must be below `u32::MAX`) unless `is_same` matches a
+    /// row already there; returns that row.
+    fn insert(&mut self, hash: u64, row: u32, is_same: impl FnMut(u32) -> bool) -> Result<(), u32> {
+        if let Some(existing) = self.find(hash, is_same) {
+            return Err(existing);
+        }
+        let mut pos = self.start(hash);
+        while let Some(slot) = self.slots.get_mut(pos) {
+            if *slot == 0 {
+                *slot = ((hash >> 32) << 32) | u64::from(row + 1);
+                return Ok(());
+            }
+            pos = if pos + 1 == self.slots.len() {
+                0
+            } else {
+                pos + 1
+            };
+        }
+        Ok(())
+    }
 }
 
 impl Row {
@@ -174,7 +244,7 @@ impl Segment {
     /// The live row holding `id`, whose hash (by the store's hasher) is `hash`.
     #[inline]
     pub(crate) fn find(&self, hash: u64, id: &str) -> Option<u32> {
-        let i = *self.index.find(hash, |&i| self.id(i) == id)?;
+        let i = self.index.find(hash, |i| self.id(i) == id)?;
         (!self.is_dead(i)).then_some(i)
     }
 
@@ -299,7 +369,7 @@ impl SegmentBuilder {
             rows: self.rows.into_boxed_slice(),
             text: self.text.into_boxed_str(),
             providers: self.providers.into_boxed_slice(),
-            index: HashTable::new(),
+            index: Index::default(),
             dead: Box::default(),
         };
         (seg, self.origins)
@@ -313,23 +383,23 @@ impl SegmentBuilder {
     pub(crate) fn finish(self, hasher: &RandomState) -> Result<Segment, DuplicateId> {
         let (mut seg, origins) = self.finish_unindexed_keep_origins();
         let n = seg.rows.len();
-        let mut index: HashTable<u32> = HashTable::with_capacity(n);
-        for i in 0..n {
-            let i = i as u32; // n <= u32::MAX, checked on push
+        if n >= u32::MAX as usize {
+            // Unreachable: push() keeps rows below u32::MAX.
+            return Err(DuplicateId {
+                id: String::new(),
+                first: 0,
+                second: 0,
+            });
+        }
+        let mut index = Index::with_rows(n);
+        for i in 0..n as u32 {
             let id = seg.id(i);
-            let hash = hasher.hash_one(id);
-            match index.entry(hash, |&j| seg.id(j) == id, |&j| hasher.hash_one(seg.id(j))) {
-                Entry::Occupied(e) => {
-                    let first = *e.get();
-                    return Err(DuplicateId {
-                        id: id.to_owned(),
-                        first: origins.get(first as usize).copied().unwrap_or_default(),
-                        second: origins.get(i as usize).copied().unwrap_or_default(),
-                    });
-                }
-                Entry::Vacant(e) => {
-                    e.insert(i);
-                }
+            if let Err(first) = index.insert(hasher.hash_one(id), i, |j| seg.id(j) == id) {
+                return Err(DuplicateId {
+                    id: id.to_owned(),
+                    first: origins.get(first as usize).copied().unwrap_or_default(),
+                    second: origins.get(i as usize).copied().unwrap_or_default(),
+                });
             }
         }
         seg.index = index;
@@ -341,8 +411,9 @@ impl SegmentBuilder {
 /// Number of shards of a store (a power of two).
 pub(crate) const SHARDS: usize = 256;
 
-/// Picks the shard from hash bits that hashbrown does not use for a shard-sized
-/// table (it takes the low bits for the position and the top 7 for its tag).
+/// Picks the shard from hash bits 40..48, which the tables inside a shard do not
+/// rely on: the base index probes from the low 32 bits, the overlay's hashbrown
+/// table from the low bits with a tag from the top 7.
 #[inline]
 pub(crate) fn shard_of(hash: u64) -> usize {
     (hash >> 40) as usize & (SHARDS - 1)

@@ -280,7 +280,8 @@ impl ConsentStore {
     }
 
     /// Every consent, as of one consistent moment (the iterator holds no lock;
-    /// changes applied meanwhile do not show). Allocates; not for the request path.
+    /// changes applied meanwhile do not show; taking the view waits for a batch
+    /// being applied). Allocates; not for the request path.
     pub fn iter(&self) -> impl Iterator<Item = Consent> {
         self.view().into_consents()
     }
@@ -453,28 +454,42 @@ impl ConsentStore {
     /// depend on this having run. The feed version does not change.
     pub fn expire_due(&self, now_unix: i64) -> usize {
         let w = self.lock_writer();
+        let is_due = |status: ConsentStatus, expires_at: Option<i64>| {
+            status == ConsentStatus::Authorised && expires_at.is_some_and(|e| now_unix >= e)
+        };
         let mut flipped = 0;
         for s in 0..SHARDS {
-            let due: Vec<Consent> = {
+            let (due, bulk): (Vec<Consent>, bool) = {
                 let g = self.read(s);
                 let base = &g.base;
                 let from_base = (0..base.len() as u32)
                     .filter(|&i| {
                         let row = base.row(i);
-                        row.status == ConsentStatus::Authorised
-                            && row.expires_at().is_some_and(|e| now_unix >= e)
-                            && !base.is_dead(i)
+                        is_due(row.status, row.expires_at()) && !base.is_dead(i)
                     })
                     .map(|i| Consent::new(Arc::clone(base), i));
                 let from_overlay = g
                     .overlay
                     .iter()
-                    .filter(|c| {
-                        c.status() == ConsentStatus::Authorised && c.is_expired_at(now_unix)
-                    })
+                    .filter(|c| is_due(c.status(), c.expires_at()))
                     .cloned();
-                from_base.chain(from_overlay).collect()
+                let due: Vec<Consent> = from_base.chain(from_overlay).collect();
+                // Past the compaction threshold, rebuilding the shard once is cheaper
+                // than one overlay entry per consent followed by a compaction.
+                let bulk = due.len() > COMPACT_MIN + (g.base.len() - g.dead) / COMPACT_DIV;
+                (due, bulk)
             };
+            if due.is_empty() {
+                continue;
+            }
+            if bulk
+                && self.rebuild(&w, s, |v| {
+                    is_due(v.status, v.expires_at).then_some(ConsentStatus::Expired)
+                })
+            {
+                flipped += due.len();
+                continue;
+            }
             for c in &due {
                 if self.restatus(&w, c, ConsentStatus::Expired).is_ok() {
                     flipped += 1;
@@ -484,15 +499,27 @@ impl ConsentStore {
         flipped
     }
 
-    /// Rebuilds shard `s`'s base from its live rows and overlay when they have
-    /// drifted apart enough. The new segment is built without holding the shard
-    /// lock (the writer lock keeps the shard from changing meanwhile).
-    fn maybe_compact(&self, _w: &Writer<'_>, s: usize) {
+    /// Rebuilds shard `s`'s base when its overlay and dead rows have drifted far
+    /// enough from it.
+    fn maybe_compact(&self, w: &Writer<'_>, s: usize) {
+        if self.read(s).needs_compaction() {
+            self.rebuild(w, s, |_| None);
+        }
+    }
+
+    /// Rebuilds shard `s`'s base from its live rows and overlay, giving records the
+    /// status `new_status` returns for them (if any). The segment is built without
+    /// holding the shard lock (the writer lock keeps the shard from changing
+    /// meanwhile); readers wait only for the swap. Returns false if the shard
+    /// could not be rebuilt (past 4 GiB of text) and was left as it was.
+    fn rebuild(
+        &self,
+        _w: &Writer<'_>,
+        s: usize,
+        new_status: impl Fn(&RecordView<'_>) -> Option<ConsentStatus>,
+    ) -> bool {
         let (base, overlay) = {
             let g = self.read(s);
-            if !g.needs_compaction() {
-                return;
-            }
             (
                 Arc::clone(&g.base),
                 g.overlay.iter().cloned().collect::<Vec<_>>(),
@@ -508,11 +535,15 @@ impl ConsentStore {
         let pushed = live
             .map(|i| base.view(i))
             .chain(overlay.iter().map(|c| c.segment().view(c.index())))
-            .try_for_each(|v| b.push(&v, 0));
-        // On failure (a shard past 4 GiB) the shard keeps working uncompacted.
-        let Ok(()) = pushed else { return };
+            .try_for_each(|mut v| {
+                if let Some(status) = new_status(&v) {
+                    v.status = status;
+                }
+                b.push(&v, 0)
+            });
+        let Ok(()) = pushed else { return false };
         let Ok(seg) = b.finish(&self.hasher) else {
-            return;
+            return false;
         };
         let old = {
             let mut g = self.write(s);
@@ -523,6 +554,7 @@ impl ConsentStore {
             )
         };
         drop(old);
+        true
     }
 
     /// Counts used by tests to see compaction happen.

@@ -387,3 +387,38 @@ fn readers_never_see_torn_or_older_records_while_a_writer_applies_deltas() {
     let removed = (0..IDS).filter(|i| (i + ROUNDS) % 16 == 0).count();
     assert_eq!(store.len(), IDS as usize - removed);
 }
+
+#[test]
+fn expire_due_in_bulk_rebuilds_shards_with_the_same_result() {
+    // Enough due consents per shard to take the rebuild path, plus overlay entries.
+    let n = 40_000u64;
+    let store = ConsentStore::from_records((0..n).map(|i| record(&format!("c{i}"), i))).unwrap();
+    for v in 1..=100u64 {
+        let mut r = record(&format!("c{v}"), v);
+        r.expires_at = Some(r.created_at);
+        store
+            .apply(Change {
+                version: v,
+                op: ChangeOp::Upsert(r),
+            })
+            .unwrap();
+    }
+    // record(i) expires at 1_798_761_600 + i unless i % 5 == 0 (no expiry).
+    let now = 1_798_761_600 + 30_000;
+    let expected = (0..n)
+        .filter(|i| (1..=100).contains(i) || (i % 5 != 0 && *i <= 30_000))
+        .count();
+    assert_eq!(store.expire_due(now), expected);
+    for i in (0..n).step_by(7) {
+        let c = store.get(&format!("c{i}")).unwrap();
+        let due = (1..=100).contains(&i) || (i % 5 != 0 && i <= 30_000);
+        let status = if due {
+            ConsentStatus::Expired
+        } else {
+            ConsentStatus::Authorised
+        };
+        assert_eq!(c.status(), status, "c{i}");
+    }
+    assert_eq!(store.len(), n as usize);
+    assert_eq!(store.expire_due(now), 0);
+}

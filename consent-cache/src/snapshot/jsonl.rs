@@ -154,8 +154,12 @@ fn decode_chunk(
         if chunk.header_line == Some(line) {
             continue;
         }
-        let Some(text) = content(raw) else { continue };
-        let mut de = serde_json::Deserializer::from_slice(text);
+        if content(raw).is_none() {
+            continue;
+        }
+        // Parse the raw line (JSON allows the surrounding whitespace, `\r` included)
+        // so columns count from the start of the line.
+        let mut de = serde_json::Deserializer::from_slice(raw);
         let record: ConsentRecord = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let field = e.path().to_string();
             // serde_path_to_error writes "." for the top level and "?" when it lost track.

@@ -38,6 +38,14 @@ pub struct DemoArgs {
     /// Generate everything and print the manifest path, but do not start anything.
     #[arg(long)]
     pub prepare_only: bool,
+    /// Start the sandbox banks and write the configuration, but not the hub (run it as
+    /// its own process with `gateway run --config <dir>/hub.toml`, e.g. to measure it).
+    #[arg(long)]
+    pub banks_only: bool,
+    /// Replace the default rate limits by this many requests per second (burst twice
+    /// that) for every limit kind, e.g. for load tests.
+    #[arg(long)]
+    pub rate_limit: Option<u32>,
 }
 
 /// Why the demo could not start.
@@ -512,6 +520,17 @@ pub fn run(args: DemoArgs) -> Result<(), DemoError> {
     println!("manifest: {}", prepared.manifest.display());
     println!("config:   {}", prepared.config.display());
     if args.prepare_only {
+        return Ok(());
+    }
+    if args.banks_only {
+        for b in &prepared.banks {
+            println!("bank {} listening on https://{}", b.bin(), b.addr());
+        }
+        println!(
+            "banks running; start the hub with: gateway run --config {}",
+            prepared.config.display()
+        );
+        let _ = prepared.runtime.block_on(tokio::signal::ctrl_c());
         return Ok(());
     }
     println!(

@@ -3,8 +3,10 @@
 //! the audit journal. Also the reload path shared by SIGHUP and `POST /admin/reload`.
 
 use async_trait::async_trait;
+use pingora::connectors::ConnectorOptions;
 use pingora::listeners::tls::TlsSettings;
 use pingora::prelude::*;
+use pingora::proxy::ProxyServiceBuilder;
 use pingora::server::configuration::ServerConf;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -83,11 +85,19 @@ pub fn run(config: &Path) -> Result<(), RunError> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Hub::new(state.clone()),
-        "hub",
-    );
+    // The hub's identity towards banks and the banks' CA are built once, into the
+    // connector's TLS configuration, rather than per peer: pingora would otherwise
+    // rebuild the client configuration per connection and hash the certificate per request.
+    let mut client = ConnectorOptions::from_server_conf(&server.configuration);
+    client.ca_file = Some(upstream_ca_bundle(&process.upstream_ca)?);
+    client.cert_key_file = Some((
+        process.upstream_cert.display().to_string(),
+        process.upstream_key.display().to_string(),
+    ));
+    let mut proxy = ProxyServiceBuilder::new(&server.configuration, Hub::new(state.clone()))
+        .name("hub")
+        .client_options(client)
+        .build();
     let mut tls =
         TlsSettings::intermediate("", "").map_err(|e| RunError::Listener(e.to_string()))?;
     tls.set_cert_resolver(cert);
@@ -119,6 +129,24 @@ pub fn run(config: &Path) -> Result<(), RunError> {
         }
     }
     Ok(())
+}
+
+/// The banks' CA bundle as one file (pingora's connector takes a single path).
+fn upstream_ca_bundle(files: &[std::path::PathBuf]) -> Result<String, RunError> {
+    if let [one] = files {
+        return Ok(one.display().to_string());
+    }
+    let mut all = Vec::new();
+    for f in files {
+        all.extend(
+            std::fs::read(f).map_err(|e| RunError::Listener(format!("{}: {e}", f.display())))?,
+        );
+        all.push(b'\n');
+    }
+    let path = std::env::temp_dir().join(format!("hub-upstream-ca-{}.pem", std::process::id()));
+    std::fs::write(&path, all)
+        .map_err(|e| RunError::Listener(format!("{}: {e}", path.display())))?;
+    Ok(path.display().to_string())
 }
 
 /// Rebuilds the snapshot from the configuration files off the request path and swaps it

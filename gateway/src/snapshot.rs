@@ -72,6 +72,12 @@ pub struct ProcessSettings {
     pub audit_path: PathBuf,
     /// Audit buffer.
     pub audit_buffer: usize,
+    /// The hub's client certificate towards banks (read by the connector at start).
+    pub upstream_cert: PathBuf,
+    /// Its key.
+    pub upstream_key: PathBuf,
+    /// The banks' CA bundle files.
+    pub upstream_ca: Vec<PathBuf>,
 }
 
 /// Downstream TLS material.
@@ -143,6 +149,14 @@ fn compile(
             src.resolve(&cfg.audit.path)
         },
         audit_buffer: cfg.audit.buffer.max(1),
+        upstream_cert: src.resolve(cfg.upstream_tls.client_cert.get_ref()),
+        upstream_key: src.resolve(cfg.upstream_tls.client_key.get_ref()),
+        upstream_ca: cfg
+            .upstream_tls
+            .ca
+            .iter()
+            .map(|p| src.resolve(p.get_ref()))
+            .collect(),
     };
     if process.threads == 0 || process.threads > 1024 {
         return Err(src.invalid_here("server.threads", "must be between 1 and 1024"));
@@ -183,7 +197,7 @@ fn compile(
     // Upstream TLS.
     let ucert = src.read_bytes(&cfg.upstream_tls.client_cert, "upstream_tls.client_cert")?;
     let ukey = src.read_bytes(&cfg.upstream_tls.client_key, "upstream_tls.client_key")?;
-    let identity = tls::upstream_identity(&ucert, &ukey).map_err(|e| {
+    tls::check_upstream_identity(&ucert, &ukey).map_err(|e| {
         src.invalid(
             &cfg.upstream_tls.client_cert,
             "upstream_tls.client_cert",
@@ -203,7 +217,7 @@ fn compile(
         tls::certs_from_pem(&pem).map_err(|e| src.invalid(p, &field, e.to_string()))?;
         uca.push(pem);
     }
-    let roots = tls::upstream_roots(&uca)
+    tls::check_upstream_roots(&uca)
         .map_err(|e| src.invalid_here("upstream_tls.ca", e.to_string()))?;
 
     // Tokens.
@@ -326,8 +340,6 @@ fn compile(
             Duration::from_millis(p.timeout_ms),
             p.eject_after_failures,
             Duration::from_secs(p.eject_secs),
-            identity.clone(),
-            roots.clone(),
         ));
         dir.add_provider(ProviderEntry {
             bin,

@@ -5,7 +5,6 @@
 
 use arc_swap::ArcSwap;
 use pingora::tls::{CertificateDer, PrivateKeyDer};
-use pingora::utils::tls::{CertKey, WrappedX509};
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateRevocationListDer, UnixTime};
@@ -106,31 +105,21 @@ pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<CertifiedKey
     Ok(Arc::new(ck))
 }
 
-/// The hub's client identity towards banks, built once per load and shared by every
-/// upstream connection (pingora keys its connection pool on it).
-pub fn upstream_identity(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<CertKey>, TlsError> {
-    // Validate with rustls first: pingora's constructors assert instead of erroring.
-    certified_key(cert_pem, key_pem)?;
-    let certs = certs_from_pem(cert_pem)?;
-    let key = key_from_pem(key_pem)?;
-    let ders: Vec<Vec<u8>> = certs.iter().map(|c| c.as_ref().to_vec()).collect();
-    Ok(Arc::new(CertKey::new(ders, key.secret_der().to_vec())))
+/// Checks the hub's client identity towards banks (chain and key match), so pingora's
+/// connector, which panics on bad material, only ever sees files that load.
+pub fn check_upstream_identity(cert_pem: &[u8], key_pem: &[u8]) -> Result<(), TlsError> {
+    certified_key(cert_pem, key_pem).map(|_| ())
 }
 
-/// The CA list that verifies banks' server certificates, in pingora's form.
-pub fn upstream_roots(ca_pems: &[Vec<u8>]) -> Result<Arc<[WrappedX509]>, TlsError> {
-    let mut out = Vec::new();
-    let mut check = RootCertStore::empty();
+/// Checks the CA bundle(s) that verify banks' server certificates.
+pub fn check_upstream_roots(ca_pems: &[Vec<u8>]) -> Result<(), TlsError> {
+    let mut store = RootCertStore::empty();
     for pem in ca_pems {
         for c in certs_from_pem(pem)? {
-            // Parses the DER (pingora's parser would panic on garbage).
-            check.add(c.clone())?;
-            out.push(WrappedX509::new(c.as_ref().to_vec(), |raw| {
-                pingora::utils::tls::parse_x509(raw)
-            }));
+            store.add(c)?;
         }
     }
-    Ok(out.into())
+    Ok(())
 }
 
 /// A client-certificate verifier whose inner verifier a reload can replace.

@@ -3,10 +3,8 @@
 //! pingora peer built from the hub's shared client identity.
 
 use pingora::upstreams::peer::HttpPeer;
-use pingora::utils::tls::{CertKey, WrappedX509};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use consent_cache::Bin;
@@ -92,8 +90,6 @@ pub struct Upstream {
     pub timeout: Duration,
     eject_after: u32,
     eject_for_ms: u64,
-    cert_key: Arc<CertKey>,
-    roots: Arc<[WrappedX509]>,
 }
 
 /// Milliseconds on a process-local monotonic clock.
@@ -105,7 +101,6 @@ pub fn now_ms() -> u64 {
 
 impl Upstream {
     /// Builds a provider's pool.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         bin: Bin,
         targets: Vec<Target>,
@@ -113,8 +108,6 @@ impl Upstream {
         timeout: Duration,
         eject_after: u32,
         eject_for: Duration,
-        cert_key: Arc<CertKey>,
-        roots: Arc<[WrappedX509]>,
     ) -> Self {
         Upstream {
             bin,
@@ -124,8 +117,6 @@ impl Upstream {
             timeout,
             eject_after: eject_after.max(1),
             eject_for_ms: eject_for.as_millis() as u64,
-            cert_key,
-            roots,
         }
     }
 
@@ -183,12 +174,11 @@ impl Upstream {
             .any(|(i, t)| i != idx && t.ejected_until_ms.load(Ordering::Relaxed) <= now)
     }
 
-    /// The pingora peer for a target: mTLS with the hub's identity, the banks' CA, the SLA.
+    /// The pingora peer for a target with the SLA. The hub's client identity and the banks'
+    /// CA live in the proxy's connector, built once at start (see `server::run`).
     pub fn peer(&self, idx: usize, remaining: Duration) -> Box<HttpPeer> {
         let t = &self.targets[idx.min(self.targets.len().saturating_sub(1))];
         let mut peer = HttpPeer::new(t.addr, true, t.sni.clone());
-        peer.client_cert_key = Some(self.cert_key.clone());
-        peer.options.ca = Some(self.roots.clone());
         peer.options.connection_timeout = Some(self.connect_timeout);
         peer.options.total_connection_timeout = Some(self.connect_timeout);
         let budget = remaining.max(Duration::from_millis(1));

@@ -48,6 +48,22 @@ pub struct DemoArgs {
     pub rate_limit: Option<u32>,
 }
 
+impl Default for DemoArgs {
+    fn default() -> Self {
+        DemoArgs {
+            port: 8443,
+            admin_port: 9901,
+            manifest: None,
+            dir: None,
+            customers: 200,
+            threads: None,
+            prepare_only: false,
+            banks_only: false,
+            rate_limit: None,
+        }
+    }
+}
+
 /// Why the demo could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {

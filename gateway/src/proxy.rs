@@ -310,14 +310,6 @@ impl Hub {
         }
 
         ctx.upstream_path.clear();
-        if let Some(up) = snap.upstreams.get(ctx.provider_index) {
-            // The prefix is per target; the common single-target case is resolved here.
-            if let Some(t) = up.targets.first() {
-                if up.targets.len() == 1 {
-                    ctx.upstream_path.push_str(&t.prefix);
-                }
-            }
-        }
         upstream_path(&route, &mut ctx.upstream_path);
         if let Some(q) = query {
             if !q.is_empty() {
@@ -539,10 +531,15 @@ impl ProxyHttp for Hub {
             .get(ctx.provider_index)
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream"))?;
         let target = &up.targets[ctx.target.unwrap_or(0).min(up.targets.len() - 1)];
-        if up.targets.len() > 1 && !target.prefix.is_empty() {
-            ctx.upstream_path.insert_str(0, &target.prefix);
+        // The base URL's path prefix is per target (a retry may pick another one).
+        if target.prefix.is_empty() {
+            upstream.set_raw_path(ctx.upstream_path.as_bytes())?;
+        } else {
+            let mut full = Vec::with_capacity(target.prefix.len() + ctx.upstream_path.len());
+            full.extend_from_slice(target.prefix.as_bytes());
+            full.extend_from_slice(ctx.upstream_path.as_bytes());
+            upstream.set_raw_path(&full)?;
         }
-        upstream.set_raw_path(ctx.upstream_path.as_bytes())?;
         upstream.insert_header(header::HOST, target.authority.as_str())?;
 
         // Strip hop-by-hop headers, headers named by Connection, and every client x-hub-*.

@@ -84,6 +84,11 @@ pub struct ServerSection {
     /// Request body limit in bytes; larger gets `413`.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// Share work between worker threads (tokio work stealing). Off by default: one
+    /// runtime per thread avoids cross-thread wake-ups, which a profile showed to cost
+    /// more than the balancing gains on this workload.
+    #[serde(default)]
+    pub work_stealing: bool,
     /// Offer HTTP/2 by ALPN (HTTP/1.1 is always offered).
     #[serde(default = "yes")]
     pub http2: bool,

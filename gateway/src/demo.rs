@@ -427,6 +427,18 @@ pub fn prepare(args: &DemoArgs) -> Result<Prepared, DemoError> {
         "\n[audit]\npath = {}",
         toml_str(&dir.join("audit.jsonl"))
     );
+    if let Some(r) = args.rate_limit {
+        let r = r.max(1);
+        for kind in [
+            "per_user",
+            "per_user_provider",
+            "per_consent_route",
+            "per_ip_open_data",
+        ] {
+            let burst = r.saturating_mul(2);
+            let _ = writeln!(cfg, "\n[limits.{kind}]\nper_second = {r}\nburst = {burst}");
+        }
+    }
     for (i, u) in API_USERS.iter().enumerate() {
         let id = pki
             .api_user(users[i])

@@ -184,7 +184,7 @@ fn now_unix() -> i64 {
 }
 
 thread_local! {
-    static DATE: RefCell<(u64, HeaderValue)> = RefCell::new((0, HeaderValue::from_static("")));
+    static DATE: RefCell<(u64, HeaderValue)> = const { RefCell::new((0, HeaderValue::from_static(""))) };
 }
 
 /// The `Date` header value, formatted at most once per second per thread.

@@ -76,6 +76,7 @@ pub fn run(config: &Path) -> Result<(), RunError> {
 
     let conf = ServerConf {
         threads: process.threads,
+        work_stealing: process.work_stealing,
         grace_period_seconds: Some(process.grace_period_secs),
         graceful_shutdown_timeout_seconds: Some(process.shutdown_timeout_secs),
         upstream_keepalive_pool_size: process.upstream_keepalive_pool_size,

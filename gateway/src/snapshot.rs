@@ -62,6 +62,8 @@ pub struct ProcessSettings {
     pub threads: usize,
     /// Offer h2.
     pub http2: bool,
+    /// Tokio work stealing between worker threads.
+    pub work_stealing: bool,
     /// Grace period at SIGTERM.
     pub grace_period_secs: u64,
     /// In-flight budget at shutdown.
@@ -140,6 +142,7 @@ fn compile(
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         http2: cfg.server.http2,
+        work_stealing: cfg.server.work_stealing,
         grace_period_secs: cfg.server.grace_period_secs,
         shutdown_timeout_secs: cfg.server.shutdown_timeout_secs,
         upstream_keepalive_pool_size: cfg.server.upstream_keepalive_pool_size,

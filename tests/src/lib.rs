@@ -1,1 +1,13 @@
-//! End-to-end test support.
+//! End-to-end test support: runs the hub binary as a child process beside in-process
+//! sandbox banks (`hub`), and talks to it over real mTLS with a raw HTTP/1.1 client and an
+//! HTTP/2 client that assert the contract's problem+json answers (`http`).
+
+pub mod http;
+pub mod hub;
+
+pub use http::{is_uuid, ClientCert, Req, Response, TlsVersions};
+pub use hub::{
+    account_path, accounts_path, balances_path, bin, closed_port, free_port, line_of, now_unix,
+    open_data_path, poll_until, replace_file, transactions_path, Client, Hub, Setup,
+    ALL_PERMISSIONS, BANK_1, BANK_2, USER_A, USER_B, USER_SUSPENDED,
+};

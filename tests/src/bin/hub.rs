@@ -1,0 +1,6 @@
+//! The hub under test: the same entry point as the `gateway` binary, built inside the e2e
+//! package so integration tests can spawn it by `CARGO_BIN_EXE_hub-under-test`.
+
+fn main() {
+    std::process::exit(gateway::cli::main())
+}

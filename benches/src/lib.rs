@@ -1,0 +1,1 @@
+//! Load harness of the hub (being written).

@@ -1,0 +1,1 @@
+//! The trust sidecar (being written).

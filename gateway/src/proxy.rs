@@ -129,7 +129,11 @@ pub struct Ctx {
     upstream_status: u16,
     upstream_us: u64,
     body_bytes: usize,
+    body_discarded: bool,
 }
+
+/// How long a request body may take to arrive.
+const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 const X_FAPI_INTERACTION_ID: HeaderName = HeaderName::from_static("x-fapi-interaction-id");
 const X_FAPI_CUSTOMER_IP: HeaderName = HeaderName::from_static("x-fapi-customer-ip-address");
@@ -269,20 +273,29 @@ impl Hub {
         if thumb.is_none() {
             self.state.metrics.no_tls_digest.inc();
         }
+        // More than one Authorization field is not a well-formed bearer token (RFC 9110
+        // §5.3): treat it as absent, which row 4 refuses.
+        let mut auth_fields = req.headers.get_all(header::AUTHORIZATION).iter();
+        let authorization = match (auth_fields.next(), auth_fields.next()) {
+            (Some(v), None) => Some(v.as_bytes()),
+            _ => None,
+        };
         let facts = Facts {
             route: &route,
             cert_thumbprint: thumb.as_ref(),
-            authorization: req.headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()),
+            authorization,
             now_unix: now_unix(),
             consent_state_fresh: true,
         };
         let consents = &snap.consents;
-        let grant = decide(&snap.directory, &snap.tokens, |id| consents.get(id), &facts).map_err(
-            |rej| {
+        let grant = match decide(&snap.directory, &snap.tokens, |id| consents.get(id), &facts) {
+            Ok(g) => g,
+            Err(rej) => {
                 tracing::debug!(reason = rej.reason, code = rej.code.as_str(), "rejected");
-                rej.code
-            },
-        )?;
+                self.identify_refused(ctx, snap, &facts, rej.code);
+                return Err(rej.code);
+            }
+        };
         let user = grant.api_user.bin;
         let provider = grant.provider.bin;
         ctx.api_user = Some(user);
@@ -317,6 +330,68 @@ impl Hub {
                 ctx.upstream_path.push_str(q);
             }
         }
+        Ok(())
+    }
+
+    /// Fills in, for the journal and metrics, what the rows passed before a refusal had
+    /// established: the participant (row 2), the verified token (row 4), a *registered*
+    /// provider (never a raw path value, which would let callers invent metric labels).
+    /// Runs on refusals only; the token lookup hits the verifier's cache.
+    fn identify_refused(&self, ctx: &mut Ctx, snap: &Snapshot, facts: &Facts<'_>, code: Code) {
+        if let Some(p) = facts
+            .cert_thumbprint
+            .and_then(|t| snap.directory.participant_by_thumbprint(t))
+        {
+            ctx.api_user = Some(p.bin);
+        }
+        if let Some(entry) = facts
+            .route
+            .provider_bin()
+            .and_then(|b| snap.directory.provider(b))
+        {
+            ctx.provider = Some(entry.bin);
+        }
+        let past_token_checks = !matches!(
+            code,
+            Code::ParticipantUnknown | Code::ParticipantInactive | Code::InvalidToken
+        );
+        if past_token_checks && !facts.route.id.is_open_data() {
+            ctx.token = facts
+                .authorization
+                .and_then(policy::token::bearer)
+                .and_then(|t| snap.tokens.verify(t, facts.now_unix).ok());
+        }
+    }
+
+    /// Reads and drops an allowed request's body before anything goes upstream. Every
+    /// contract route is a `GET`, whose body has no meaning (RFC 9110 §9.3.1); reading it
+    /// here, bounded in size and time, means an oversized body always gets `413` instead of
+    /// racing the bank's answer, and the bank never receives it.
+    async fn discard_body(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        max: usize,
+    ) -> Result<(), Code> {
+        let read_all = async {
+            let mut total = 0usize;
+            while let Some(chunk) = session
+                .read_request_body()
+                .await
+                .map_err(|_| Code::BadRequest)?
+            {
+                total += chunk.len();
+                if total > max {
+                    return Err(Code::PayloadTooLarge);
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(BODY_READ_TIMEOUT, read_all).await {
+            Ok(r) => r?,
+            Err(_) => return Err(Code::BadRequest),
+        }
+        ctx.body_discarded = true;
         Ok(())
     }
 
@@ -446,6 +521,7 @@ impl ProxyHttp for Hub {
             upstream_status: 0,
             upstream_us: 0,
             body_bytes: 0,
+            body_discarded: false,
         }
     }
 
@@ -455,8 +531,12 @@ impl ProxyHttp for Hub {
         ctx.iid = interaction_id(session.req_header().headers.get(X_FAPI_INTERACTION_ID));
         // In-flight requests keep the snapshot they started with, whatever reloads do.
         let snap = self.state.snapshot.load_full();
-        let outcome = self.evaluate(session, ctx, &snap);
+        let mut outcome = self.evaluate(session, ctx, &snap);
+        let max_body = snap.max_body_bytes;
         ctx.snap = Some(snap);
+        if outcome.is_ok() && !session.is_body_empty() {
+            outcome = self.discard_body(session, ctx, max_body).await;
+        }
         match outcome {
             Ok(()) => Ok(false),
             Err(code) => {
@@ -561,6 +641,11 @@ impl ProxyHttp for Hub {
         }
         for name in &doomed {
             upstream.remove_header(name);
+        }
+        if ctx.body_discarded {
+            // The body was read and dropped by `discard_body`; its framing must not travel.
+            upstream.remove_header(&header::CONTENT_LENGTH);
+            upstream.remove_header(&header::TRANSFER_ENCODING);
         }
 
         let ip_ok = session

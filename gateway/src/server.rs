@@ -58,6 +58,11 @@ pub fn run(config: &Path) -> Result<(), RunError> {
     let loaded = snapshot::load(config, None)?;
     tracing::info!(summary = %loaded.summary, "configuration loaded");
     let process = loaded.process.clone();
+    // Pingora retries a busy port for 30 s and then panics; find out now, and say so.
+    for addr in [process.listen, process.admin_listen] {
+        std::net::TcpListener::bind(addr)
+            .map_err(|e| RunError::Listener(format!("cannot listen on {addr}: {e}")))?;
+    }
 
     let metrics = Metrics::new();
     metrics.generation.set(1);

@@ -760,6 +760,17 @@ impl ProxyHttp for Hub {
         }
     }
 
+    /// What pingora's own error log says about a request: the route template and the
+    /// interaction id, never the path (it carries account ids) or headers.
+    fn request_summary(&self, session: &Session, ctx: &Ctx) -> String {
+        format!(
+            "{} {} interaction_id={}",
+            session.req_header().method,
+            ctx.route.map_or("-", RouteId::template),
+            iid_str(&ctx.iid)
+        )
+    }
+
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         let status = if ctx.status != 0 {
             ctx.status

@@ -412,38 +412,48 @@ impl Hub {
     }
 
     fn problem_header(&self, ctx: &Ctx, code: Code, body_len: usize) -> Result<ResponseHeader> {
-        let mut resp = ResponseHeader::build(code.status(), Some(10))?;
-        resp.insert_header(header::CONTENT_TYPE, PROBLEM_CONTENT_TYPE)?;
-        resp.insert_header(header::CONTENT_LENGTH, body_len)?;
-        resp.insert_header(header::CACHE_CONTROL, "no-store")?;
-        resp.insert_header(header::DATE, date_header())?;
-        resp.insert_header(X_FAPI_INTERACTION_ID, iid_str(&ctx.iid))?;
-        match code {
-            Code::InvalidToken | Code::TokenBindingMismatch => {
-                resp.insert_header(header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\"")?;
-            }
-            Code::InsufficientScope => {
-                resp.insert_header(
-                    header::WWW_AUTHENTICATE,
-                    "Bearer error=\"insufficient_scope\"",
-                )?;
-            }
-            Code::MethodNotAllowed => {
-                resp.insert_header(header::ALLOW, "GET")?;
-            }
-            Code::RateLimited => {
-                if let Some(l) = &ctx.limited {
-                    let (mut policy, mut state) = (String::new(), String::new());
-                    l.write_headers(&mut policy, &mut state);
-                    resp.insert_header(header::RETRY_AFTER, l.retry_after_secs)?;
-                    resp.insert_header(RATELIMIT_POLICY, policy)?;
-                    resp.insert_header(RATELIMIT, state)?;
-                }
-            }
-            _ => {}
-        }
-        Ok(resp)
+        problem_head(code, &ctx.iid, ctx.limited.as_ref(), body_len)
     }
+}
+
+/// The response head of every problem+json answer.
+fn problem_head(
+    code: Code,
+    iid: &[u8; 36],
+    limited: Option<&Limited>,
+    body_len: usize,
+) -> Result<ResponseHeader> {
+    let mut resp = ResponseHeader::build(code.status(), Some(10))?;
+    resp.insert_header(header::CONTENT_TYPE, PROBLEM_CONTENT_TYPE)?;
+    resp.insert_header(header::CONTENT_LENGTH, body_len)?;
+    resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+    resp.insert_header(header::DATE, date_header())?;
+    resp.insert_header(X_FAPI_INTERACTION_ID, iid_str(iid))?;
+    match code {
+        Code::InvalidToken | Code::TokenBindingMismatch => {
+            resp.insert_header(header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\"")?;
+        }
+        Code::InsufficientScope => {
+            resp.insert_header(
+                header::WWW_AUTHENTICATE,
+                "Bearer error=\"insufficient_scope\"",
+            )?;
+        }
+        Code::MethodNotAllowed => {
+            resp.insert_header(header::ALLOW, "GET")?;
+        }
+        Code::RateLimited => {
+            if let Some(l) = limited {
+                let (mut policy, mut state) = (String::new(), String::new());
+                l.write_headers(&mut policy, &mut state);
+                resp.insert_header(header::RETRY_AFTER, l.retry_after_secs)?;
+                resp.insert_header(RATELIMIT_POLICY, policy)?;
+                resp.insert_header(RATELIMIT, state)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(resp)
 }
 
 /// Maps a proxying error to the contract's code (rows 17–19 and request-level failures).
@@ -762,6 +772,41 @@ impl ProxyHttp for Hub {
 
     /// What pingora's own error log says about a request: the route template and the
     /// interaction id, never the path (it carries account ids) or headers.
+    fn malformed_request_response(&self, e: &Error) -> Option<(ResponseHeader, Bytes)> {
+        // Pingora reports an over-long header block as a parse error; tell them apart.
+        let too_large = e
+            .context
+            .as_ref()
+            .is_some_and(|c| c.as_str().contains("larger than"));
+        let code = if too_large {
+            Code::RequestHeaderFieldsTooLarge
+        } else {
+            Code::BadRequest
+        };
+        let iid = interaction_id(None);
+        let body = Bytes::from(problem_json(code, iid_str(&iid), None));
+        let head = problem_head(code, &iid, None, body.len()).ok()?;
+        self.state
+            .metrics
+            .requests
+            .with_label_values(&["-", code.as_str(), "-"])
+            .inc();
+        self.state.audit(AuditRecord {
+            time: SystemTime::now(),
+            interaction_id: iid,
+            api_user: None,
+            provider: None,
+            token: None,
+            route: "-",
+            code: code.as_str(),
+            status: code.status(),
+            upstream_status: 0,
+            latency_us: 0,
+            upstream_latency_us: 0,
+        });
+        Some((head, body))
+    }
+
     fn request_summary(&self, session: &Session, ctx: &Ctx) -> String {
         format!(
             "{} {} interaction_id={}",

@@ -196,8 +196,6 @@ async fn other_methods_on_a_route_are_method_not_allowed() {
 }
 
 #[tokio::test]
-#[ignore = "known gap, documented in the README: pingora 0.9 answers requests it cannot \
-            parse itself (bare 400) before any ProxyHttp hook runs"]
 async fn malformed_http_is_a_problem_json_bad_request() {
     // Contract §6: "Malformed HTTP gets 400 bad_request ... with the same body shape".
     let client = a_client();

@@ -135,6 +135,20 @@ pub struct Ctx {
 /// How long a request body may take to arrive.
 const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+impl Ctx {
+    /// Records the outcome of the call to the chosen base URL (passive health checking);
+    /// after a failure, returns whether another base URL of the provider is in rotation.
+    fn report_upstream(&self, ok: bool) -> bool {
+        let (Some(snap), Some(idx)) = (self.snap.as_ref(), self.target) else {
+            return false;
+        };
+        snap.upstreams.get(self.provider_index).is_some_and(|up| {
+            up.report(idx, ok);
+            up.has_alternative(idx)
+        })
+    }
+}
+
 const X_FAPI_INTERACTION_ID: HeaderName = HeaderName::from_static("x-fapi-interaction-id");
 const X_FAPI_CUSTOMER_IP: HeaderName = HeaderName::from_static("x-fapi-customer-ip-address");
 const X_HUB_API_USER: HeaderName = HeaderName::from_static("x-hub-api-user");
@@ -594,14 +608,9 @@ impl ProxyHttp for Hub {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let (Some(snap), Some(idx)) = (ctx.snap.as_ref(), ctx.target) {
-            if let Some(up) = snap.upstreams.get(ctx.provider_index) {
-                up.report(idx, false);
-                // Another base URL may serve: a connect failure sent nothing, so retrying is safe.
-                if up.has_alternative(idx) {
-                    e.set_retry(true);
-                }
-            }
+        // Another base URL may serve: a connect failure sent nothing, so retrying is safe.
+        if ctx.report_upstream(false) {
+            e.set_retry(true);
         }
         e
     }
@@ -715,11 +724,7 @@ impl ProxyHttp for Hub {
         if let Some(t0) = ctx.upstream_start {
             ctx.upstream_us = t0.elapsed().as_micros() as u64;
         }
-        if let (Some(snap), Some(idx)) = (ctx.snap.as_ref(), ctx.target) {
-            if let Some(up) = snap.upstreams.get(ctx.provider_index) {
-                up.report(idx, true);
-            }
-        }
+        ctx.report_upstream(true);
         let mut doomed: Vec<HeaderName> = Vec::new();
         for name in upstream.headers.keys() {
             if !PASS_DOWNSTREAM.contains(&name.as_str()) {
@@ -748,11 +753,7 @@ impl ProxyHttp for Hub {
         let code = failure_code(e);
         if let Some(code) = code {
             if is_upstream_failure(code) {
-                if let (Some(snap), Some(idx)) = (ctx.snap.as_ref(), ctx.target) {
-                    if let Some(up) = snap.upstreams.get(ctx.provider_index) {
-                        up.report(idx, false);
-                    }
-                }
+                ctx.report_upstream(false);
             }
             ctx.code = Some(code);
             ctx.status = code.status();

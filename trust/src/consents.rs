@@ -1,0 +1,437 @@
+//! Consent records (contract §5): creation by an API user, status transitions with
+//! their history and feed changes, listings, and expiry.
+//!
+//! Status machine:
+//!
+//! ```text
+//! awaiting_authorisation ──customer: code verified──▶ authorised
+//!          │  └──customer: refuses──▶ rejected
+//!          └──API user or customer: withdraws──▶ revoked ◀──API user or customer── authorised
+//! awaiting_authorisation / authorised ──expires_at reached──▶ expired
+//! ```
+//!
+//! `rejected`, `revoked` and `expired` are final.
+
+use consent_cache::{Bin, Change, ChangeOp, ConsentRecord, ConsentStatus, Permission};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::clock::to_datetime;
+use crate::db::{StoreError, Tx};
+use crate::error::Error;
+use crate::history::HistoryEntry;
+use crate::participants::Directory;
+use crate::wire::{FeedLine, Role};
+
+/// `POST /v1/consents`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateConsent {
+    /// The customer whose data is asked for (e.g. IIN); only this customer can
+    /// authorise the consent.
+    pub customer: String,
+    /// Providers (BINs) whose data is asked for.
+    pub providers: Vec<Bin>,
+    /// Permissions asked for (`accounts`, `balances`, `transactions`).
+    pub permissions: Vec<Permission>,
+    /// Account ids to restrict the consent to; absent = all accounts.
+    #[serde(default)]
+    pub accounts: Option<Vec<String>>,
+    /// Why, as shown to the customer.
+    pub purpose: String,
+    /// When the consent stops allowing access; absent = until revoked.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+/// A consent with its history, as the API answers.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsentView {
+    /// The contract §5 record.
+    #[serde(flatten)]
+    pub record: ConsentRecord,
+    /// The feed version of its last change.
+    pub version: u64,
+    /// Every status change, oldest first.
+    pub history: Vec<HistoryEntry>,
+}
+
+/// Creates a consent in `awaiting_authorisation` for `api_user`.
+pub fn create(
+    tx: &mut Tx<'_>,
+    api_user: Bin,
+    directory: &Directory,
+    input: CreateConsent,
+) -> Result<ConsentView, Error> {
+    let now = tx.now();
+    if input.permissions.contains(&Permission::Payments) {
+        return Err(Error::invalid(
+            "permissions",
+            "payments is reserved and cannot be granted yet",
+        ));
+    }
+    if input.purpose.trim().is_empty() {
+        return Err(Error::invalid("purpose", "must not be empty"));
+    }
+    if input.purpose.chars().any(char::is_control) {
+        return Err(Error::invalid("purpose", "no control characters"));
+    }
+    let expires_at = match input.expires_at {
+        Some(t) if t.unix_timestamp() <= now => {
+            return Err(Error::invalid("expires_at", "must be in the future"))
+        }
+        Some(t) => Some(to_datetime(t.unix_timestamp())),
+        None => None,
+    };
+    for (i, p) in input.providers.iter().enumerate() {
+        match directory.get(*p) {
+            Some(r) if r.has_role(Role::Provider) && r.is_active() => {}
+            Some(r) if r.has_role(Role::Provider) => {
+                return Err(Error::Unprocessable {
+                    code: "provider_inactive",
+                    detail: format!("providers[{i}]: {p} is {}", r.status.as_str()),
+                })
+            }
+            _ => {
+                return Err(Error::Unprocessable {
+                    code: "provider_unknown",
+                    detail: format!("providers[{i}]: {p} is not a registered provider"),
+                })
+            }
+        }
+    }
+    let record = ConsentRecord {
+        id: uuid::Uuid::new_v4().to_string(),
+        api_user,
+        customer: input.customer,
+        providers: input.providers,
+        permissions: input.permissions,
+        accounts: input.accounts,
+        purpose: input.purpose,
+        created_at: to_datetime(now),
+        expires_at,
+        status: ConsentStatus::AwaitingAuthorisation,
+    };
+    record.validate().map_err(|e| Error::Unprocessable {
+        code: "invalid_field",
+        detail: e.to_string(),
+    })?;
+    let version = tx.emit(|version| {
+        serde_json::to_string(&FeedLine::Consent(Change {
+            version,
+            op: ChangeOp::Upsert(record.clone()),
+        }))
+    })?;
+    tx.conn().execute(
+        "INSERT INTO consents(id, api_user, customer, status, expires_at, record, version)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            record.id,
+            record.api_user.to_string(),
+            record.customer,
+            record.status.as_str(),
+            record.expires_at.map(OffsetDateTime::unix_timestamp),
+            serde_json::to_string(&record)?,
+            version as i64
+        ],
+    )?;
+    append_history(
+        tx.conn(),
+        &record.id,
+        now,
+        &crate::history::api_user(api_user),
+        None,
+        record.status,
+        version,
+    )?;
+    let history = history(tx.conn(), &record.id)?;
+    Ok(ConsentView {
+        record,
+        version,
+        history,
+    })
+}
+
+fn append_history(
+    conn: &Connection,
+    id: &str,
+    at: i64,
+    actor: &str,
+    from: Option<ConsentStatus>,
+    to: ConsentStatus,
+    version: u64,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO consent_history(consent_id, at, actor, from_status, to_status, version)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            id,
+            at,
+            actor,
+            from.map(ConsentStatus::as_str),
+            to.as_str(),
+            version as i64
+        ],
+    )?;
+    Ok(())
+}
+
+/// A consent and the version of its last change.
+pub fn load(conn: &Connection, id: &str) -> Result<Option<(ConsentRecord, u64)>, StoreError> {
+    let row: Option<(String, i64)> = conn
+        .query_row(
+            "SELECT record, version FROM consents WHERE id = ?1",
+            params![id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    match row {
+        None => Ok(None),
+        Some((json, v)) => Ok(Some((serde_json::from_str(&json)?, v as u64))),
+    }
+}
+
+/// The history of a consent, oldest first.
+pub fn history(conn: &Connection, id: &str) -> Result<Vec<HistoryEntry>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT at, actor, from_status, to_status, version FROM consent_history
+         WHERE consent_id = ?1 ORDER BY seq",
+    )?;
+    let rows = stmt
+        .query_map(params![id], HistoryEntry::from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// A consent with its history.
+pub fn view(conn: &Connection, id: &str) -> Result<Option<ConsentView>, StoreError> {
+    let Some((record, version)) = load(conn, id)? else {
+        return Ok(None);
+    };
+    let history = history(conn, id)?;
+    Ok(Some(ConsentView {
+        record,
+        version,
+        history,
+    }))
+}
+
+/// Every consent of a customer, newest first, with histories.
+pub fn list_by_customer(conn: &Connection, customer: &str) -> Result<Vec<ConsentView>, StoreError> {
+    let ids: Vec<String> = {
+        let mut stmt = conn
+            .prepare_cached("SELECT id FROM consents WHERE customer = ?1 ORDER BY version DESC")?;
+        let rows = stmt
+            .query_map(params![customer], |r| r.get(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows
+    };
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(v) = view(conn, &id)? {
+            out.push(v);
+        }
+    }
+    Ok(out)
+}
+
+/// What a transition rule decides for the current record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Move to the target status.
+    Apply,
+    /// Already there: answer success, change nothing.
+    Noop,
+}
+
+/// Moves consent `id` to `to` if `rule` allows it, recording history and a feed
+/// change, and closes any open authorisation session once it leaves
+/// `awaiting_authorisation`. `rule` sees the current record and decides (it also
+/// checks who may see the consent: answer `NotFound` for others).
+pub fn transition(
+    tx: &mut Tx<'_>,
+    id: &str,
+    to: ConsentStatus,
+    actor: &str,
+    rule: impl FnOnce(&ConsentRecord) -> Result<Step, Error>,
+) -> Result<ConsentView, Error> {
+    let Some((mut record, _)) = load(tx.conn(), id)? else {
+        return Err(Error::NotFound("consent_not_found"));
+    };
+    if rule(&record)? == Step::Apply {
+        set_status(tx, &mut record, to, actor)?;
+    }
+    Ok(
+        view(tx.conn(), id)?
+            .ok_or_else(|| StoreError::Corrupt(format!("consent {id} vanished")))?,
+    )
+}
+
+fn set_status(
+    tx: &mut Tx<'_>,
+    record: &mut ConsentRecord,
+    to: ConsentStatus,
+    actor: &str,
+) -> Result<u64, StoreError> {
+    let from = record.status;
+    record.status = to;
+    let version = tx.emit(|version| {
+        serde_json::to_string(&FeedLine::Consent(Change {
+            version,
+            op: ChangeOp::SetStatus {
+                id: record.id.clone(),
+                status: to,
+            },
+        }))
+    })?;
+    let c = tx.conn();
+    c.execute(
+        "UPDATE consents SET status = ?2, record = ?3, version = ?4 WHERE id = ?1",
+        params![
+            record.id,
+            to.as_str(),
+            serde_json::to_string(&*record)?,
+            version as i64
+        ],
+    )?;
+    append_history(c, &record.id, tx.now(), actor, Some(from), to, version)?;
+    if from == ConsentStatus::AwaitingAuthorisation {
+        c.execute(
+            "UPDATE authorisations SET state = 'closed' WHERE consent_id = ?1 AND state = 'open'",
+            params![record.id],
+        )?;
+    }
+    Ok(version)
+}
+
+/// The rule for withdrawing a consent (API user or customer): awaiting or authorised
+/// → revoked; revoked again is a no-op; rejected and expired cannot be revoked.
+pub fn revoke_rule(record: &ConsentRecord) -> Result<Step, Error> {
+    match record.status {
+        ConsentStatus::AwaitingAuthorisation | ConsentStatus::Authorised => Ok(Step::Apply),
+        ConsentStatus::Revoked => Ok(Step::Noop),
+        s @ (ConsentStatus::Rejected | ConsentStatus::Expired) => Err(Error::Conflict {
+            code: "consent_not_revocable",
+            detail: format!("the consent is {}", s.as_str()),
+        }),
+    }
+}
+
+/// The rule for a customer's refusal: awaiting → rejected; rejected again is a no-op.
+pub fn reject_rule(record: &ConsentRecord, now: i64) -> Result<Step, Error> {
+    match record.status {
+        ConsentStatus::AwaitingAuthorisation if !is_past(record, now) => Ok(Step::Apply),
+        ConsentStatus::Rejected => Ok(Step::Noop),
+        s => Err(not_awaiting(s, record, now)),
+    }
+}
+
+/// Whether the consent's `expires_at` has been reached at `now`.
+pub fn is_past(record: &ConsentRecord, now: i64) -> bool {
+    record.expires_at.is_some_and(|e| now >= e.unix_timestamp())
+}
+
+/// The error for an authorisation step on a consent that no longer awaits one.
+pub fn not_awaiting(status: ConsentStatus, record: &ConsentRecord, now: i64) -> Error {
+    if status == ConsentStatus::AwaitingAuthorisation && is_past(record, now) {
+        return Error::Conflict {
+            code: "consent_expired",
+            detail: "the consent expired before it was authorised".into(),
+        };
+    }
+    Error::Conflict {
+        code: "consent_not_awaiting_authorisation",
+        detail: format!("the consent is {}", status.as_str()),
+    }
+}
+
+/// Marks the customer's successful authorisation (inside the verifying transaction).
+pub(crate) fn authorise(tx: &mut Tx<'_>, id: &str) -> Result<ConsentView, Error> {
+    let now = tx.now();
+    transition(
+        tx,
+        id,
+        ConsentStatus::Authorised,
+        crate::history::CUSTOMER,
+        |r| {
+            if r.status == ConsentStatus::AwaitingAuthorisation && !is_past(r, now) {
+                Ok(Step::Apply)
+            } else {
+                Err(not_awaiting(r.status, r, now))
+            }
+        },
+    )
+}
+
+/// Moves up to `limit` consents whose `expires_at` has been reached from
+/// `awaiting_authorisation` or `authorised` to `expired`. Returns how many.
+pub fn expire_due(tx: &mut Tx<'_>, limit: usize) -> Result<usize, Error> {
+    let now = tx.now();
+    let ids: Vec<String> = {
+        let mut stmt = tx.conn().prepare(
+            "SELECT id FROM consents WHERE expires_at IS NOT NULL AND expires_at <= ?1
+             AND status IN ('awaiting_authorisation', 'authorised') ORDER BY expires_at LIMIT ?2",
+        )?;
+        let rows = stmt
+            .query_map(params![now, limit as i64], |r| r.get(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows
+    };
+    for id in &ids {
+        if let Some((mut record, _)) = load(tx.conn(), id)? {
+            set_status(
+                tx,
+                &mut record,
+                ConsentStatus::Expired,
+                crate::history::EXPIRY,
+            )?;
+        }
+    }
+    Ok(ids.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(status: ConsentStatus) -> ConsentRecord {
+        ConsentRecord {
+            id: "c".into(),
+            api_user: Bin::parse("180340012345").unwrap(),
+            customer: "900101300123".into(),
+            providers: vec![Bin::parse("990340000011").unwrap()],
+            permissions: vec![Permission::Accounts],
+            accounts: None,
+            purpose: "p".into(),
+            created_at: to_datetime(100),
+            expires_at: Some(to_datetime(200)),
+            status,
+        }
+    }
+
+    #[test]
+    fn rules_follow_the_status_machine() {
+        use ConsentStatus::*;
+        assert_eq!(revoke_rule(&record(Authorised)).unwrap(), Step::Apply);
+        assert_eq!(
+            revoke_rule(&record(AwaitingAuthorisation)).unwrap(),
+            Step::Apply
+        );
+        assert_eq!(revoke_rule(&record(Revoked)).unwrap(), Step::Noop);
+        assert!(revoke_rule(&record(Rejected)).is_err());
+        assert!(revoke_rule(&record(Expired)).is_err());
+        assert_eq!(
+            reject_rule(&record(AwaitingAuthorisation), 150).unwrap(),
+            Step::Apply
+        );
+        assert!(matches!(
+            reject_rule(&record(AwaitingAuthorisation), 200),
+            Err(Error::Conflict {
+                code: "consent_expired",
+                ..
+            })
+        ));
+        assert!(reject_rule(&record(Authorised), 150).is_err());
+    }
+}

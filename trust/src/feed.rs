@@ -1,0 +1,279 @@
+//! `GET /v1/snapshot` and `GET /v1/feed`: what gateways load and follow. Both stream
+//! NDJSON (formats in [`crate::wire`]) through a bounded channel, so a slow gateway
+//! slows its own stream and nothing else.
+//!
+//! The snapshot is read inside one SQLite read transaction (WAL: a consistent view
+//! while writers go on), from stored JSON without re-encoding. The feed reads the
+//! change log after `since` in batches, then waits for the writer's head to move,
+//! sending a heartbeat whenever it has been quiet for the heartbeat interval.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use rusqlite::params;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::app::{blocking, App};
+use crate::clock::to_datetime;
+use crate::db::{read_floor, read_head, StoreError};
+use crate::error::Error;
+use crate::wire::{FeedLine, Heartbeat, Resync, SnapshotHeader, SnapshotLine, SnapshotTrailer};
+
+/// Bytes gathered before a chunk is handed to the connection.
+const CHUNK: usize = 64 * 1024;
+/// Chunks buffered per stream.
+const CHANNEL_DEPTH: usize = 16;
+/// Changes read per feed batch.
+const BATCH: usize = 2000;
+
+/// Streams a consistent snapshot. Errors after the first line end the stream early;
+/// the missing `end` line tells the gateway the transfer is incomplete.
+pub fn snapshot(app: &Arc<App>) -> mpsc::Receiver<Bytes> {
+    let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+    let app = app.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = write_snapshot(&app, &tx) {
+            tracing::warn!(error = %e, "snapshot stream ended early");
+        }
+    });
+    rx
+}
+
+struct Sink<'a> {
+    tx: &'a mpsc::Sender<Bytes>,
+    buf: BytesMut,
+}
+
+impl Sink<'_> {
+    fn line(&mut self, parts: &[&[u8]]) -> Result<(), Error> {
+        for p in parts {
+            self.buf.extend_from_slice(p);
+        }
+        self.buf.extend_from_slice(b"\n");
+        if self.buf.len() >= CHUNK {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), Error> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = self.buf.split().freeze();
+        self.tx
+            .blocking_send(chunk)
+            .map_err(|_| Error::Internal("the client went away".into()))
+    }
+}
+
+fn write_snapshot(app: &App, tx: &mpsc::Sender<Bytes>) -> Result<(), Error> {
+    let conn = app.db.reader()?;
+    conn.execute_batch("BEGIN")?;
+    let version = read_head(&conn)?;
+    let count = |table: &str| -> Result<u64, StoreError> {
+        let n: i64 = conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))?;
+        Ok(n as u64)
+    };
+    let (participants, consents) = (count("participants")?, count("consents")?);
+    let header = serde_json::to_vec(&SnapshotLine::Snapshot(SnapshotHeader {
+        store_id: app.db.store_id().to_owned(),
+        version,
+        participants,
+        consents,
+        time: to_datetime(app.now()),
+    }))?;
+    let mut sink = Sink {
+        tx,
+        buf: BytesMut::with_capacity(CHUNK + 4096),
+    };
+    sink.line(&[&header])?;
+    // Stored records are the wire JSON already: wrap them without re-encoding.
+    let mut stmt = conn.prepare("SELECT record FROM participants ORDER BY bin")?;
+    let mut rows = stmt.query([])?;
+    let mut seen_p = 0u64;
+    while let Some(r) = rows.next()? {
+        let json: String = r.get(0)?;
+        sink.line(&[b"{\"participant\":", json.as_bytes(), b"}"])?;
+        seen_p += 1;
+    }
+    drop(rows);
+    drop(stmt);
+    let mut stmt = conn.prepare("SELECT record FROM consents")?;
+    let mut rows = stmt.query([])?;
+    let mut seen_c = 0u64;
+    while let Some(r) = rows.next()? {
+        let json: String = r.get(0)?;
+        sink.line(&[b"{\"consent\":", json.as_bytes(), b"}"])?;
+        seen_c += 1;
+    }
+    drop(rows);
+    drop(stmt);
+    conn.execute_batch("COMMIT")?;
+    if (seen_p, seen_c) != (participants, consents) {
+        return Err(StoreError::Corrupt(
+            "snapshot counts changed inside a read transaction".into(),
+        )
+        .into());
+    }
+    let trailer = serde_json::to_vec(&SnapshotLine::End(SnapshotTrailer {
+        version,
+        participants,
+        consents,
+    }))?;
+    sink.line(&[&trailer])?;
+    sink.flush()
+}
+
+/// Why a feed cannot start at `since`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedRefusal {
+    /// History after `since` was pruned; `floor` is the oldest resumable version.
+    Pruned {
+        /// The lowest `since` the feed still serves.
+        floor: u64,
+    },
+    /// `since` is beyond the head (the gateway followed another database).
+    Ahead {
+        /// The registry's head.
+        head: u64,
+    },
+}
+
+/// Checks where a feed may start.
+pub async fn check_since(app: &Arc<App>, since: u64) -> Result<Result<(), FeedRefusal>, Error> {
+    let app = app.clone();
+    blocking(move || {
+        app.db.read(|c| {
+            let floor = read_floor(c)?;
+            let head = read_head(c)?;
+            Ok::<_, Error>(if since < floor {
+                Err(FeedRefusal::Pruned { floor })
+            } else if since > head {
+                Err(FeedRefusal::Ahead { head })
+            } else {
+                Ok(())
+            })
+        })
+    })
+    .await
+}
+
+enum Batch {
+    Lines(Vec<(u64, String)>),
+    Gap,
+}
+
+fn read_batch(app: &App, after: u64) -> Result<Batch, Error> {
+    app.db.read(|c| {
+        let mut stmt = c.prepare_cached(
+            "SELECT version, line FROM changes WHERE version > ?1 ORDER BY version LIMIT ?2",
+        )?;
+        let rows = stmt
+            .query_map(params![after as i64, BATCH as i64], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        if rows.is_empty() && read_floor(c)? > after {
+            return Ok(Batch::Gap);
+        }
+        // Versions are contiguous; anything else means history was pruned under us.
+        if (after + 1..)
+            .zip(&rows)
+            .any(|(expect, (v, _))| *v != expect)
+        {
+            return Ok(Batch::Gap);
+        }
+        Ok(Batch::Lines(rows))
+    })
+}
+
+/// Streams the feed from `since` (checked with [`check_since`]) until the client goes
+/// away or the sidecar stops.
+pub fn follow(app: &Arc<App>, since: u64) -> mpsc::Receiver<Bytes> {
+    let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+    let app = app.clone();
+    tokio::spawn(async move {
+        if let Err(e) = run_feed(&app, since, &tx).await {
+            tracing::debug!(error = %e, "feed stream ended");
+        }
+    });
+    rx
+}
+
+fn heartbeat_line(app: &App, version: u64) -> Result<Bytes, Error> {
+    let mut v = serde_json::to_vec(&FeedLine::Heartbeat(Heartbeat {
+        version,
+        store_id: app.db.store_id().to_owned(),
+        time: to_datetime(app.now()),
+    }))?;
+    v.push(b'\n');
+    Ok(Bytes::from(v))
+}
+
+async fn run_feed(app: &Arc<App>, since: u64, tx: &mpsc::Sender<Bytes>) -> Result<(), Error> {
+    let gone = || Error::Internal("the client went away".into());
+    let mut head = app.db.subscribe();
+    let interval: Duration = app.settings.heartbeat;
+    let mut pos = since;
+    let mut first = true;
+    loop {
+        // Mark the head seen *before* reading, so a commit during the read wakes us again.
+        head.borrow_and_update();
+        loop {
+            let a = app.clone();
+            let batch = blocking(move || read_batch(&a, pos)).await?;
+            let lines = match batch {
+                Batch::Gap => {
+                    let mut v = serde_json::to_vec(&FeedLine::Resync(Resync {
+                        version: pos,
+                        reason: "history_pruned".into(),
+                    }))?;
+                    v.push(b'\n');
+                    let _ = tx.send(Bytes::from(v)).await;
+                    return Ok(());
+                }
+                Batch::Lines(l) => l,
+            };
+            let full = lines.len() == BATCH;
+            if let Some((last, _)) = lines.last() {
+                pos = *last;
+                let mut buf = BytesMut::with_capacity(lines.iter().map(|(_, l)| l.len() + 1).sum());
+                for (_, l) in &lines {
+                    buf.extend_from_slice(l.as_bytes());
+                    buf.extend_from_slice(b"\n");
+                }
+                tx.send(buf.freeze()).await.map_err(|_| gone())?;
+            }
+            if !full {
+                break;
+            }
+        }
+        if first {
+            // Caught up with the backlog: say so at once.
+            tx.send(heartbeat_line(app, pos)?)
+                .await
+                .map_err(|_| gone())?;
+            first = false;
+        }
+        let mut deadline = Instant::now() + interval;
+        loop {
+            tokio::select! {
+                biased;
+                changed = head.changed() => {
+                    if changed.is_err() {
+                        return Ok(()); // the database is gone: the sidecar is stopping
+                    }
+                    break;
+                }
+                () = tx.closed() => return Err(gone()),
+                () = tokio::time::sleep_until(deadline) => {
+                    tx.send(heartbeat_line(app, pos)?).await.map_err(|_| gone())?;
+                    deadline = Instant::now() + interval;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,792 @@
+//! The HTTP API: routing, caller authentication (client certificate or customer
+//! session), request decoding, and the one place that maps [`Error`]s to RFC 9457
+//! problem responses and [`OAuthError`]s to RFC 6749 §5.2 answers.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use consent_cache::Bin;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Frame, Incoming};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::app::{App, OAuthError};
+use crate::error::{Error, OtpState};
+use crate::feed::{self, FeedRefusal};
+use crate::participants::{self, ParticipantInput, StatusInput};
+use crate::wire::{ParticipantRecord, Role, NDJSON};
+
+/// Largest accepted request body.
+const MAX_BODY: usize = 64 * 1024;
+
+/// Response body: a full buffer or a stream.
+pub type Body = BoxBody<Bytes, Infallible>;
+/// A response.
+pub type Resp = Response<Body>;
+
+/// What the TLS handshake established about the client.
+#[derive(Debug, Clone, Default)]
+pub struct Peer {
+    /// SHA-256 of the client's leaf certificate, when it presented one (already
+    /// verified against the platform CA by the handshake).
+    pub thumbprint: Option<[u8; 32]>,
+}
+
+/// A body fed by a channel: each received chunk is one data frame; the stream ends
+/// when the sender is dropped.
+pub struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|c| c.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed()
+}
+
+fn with_headers(mut r: Resp, content_type: &'static str, cache: &'static str) -> Resp {
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    r
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Resp {
+    match serde_json::to_vec(value) {
+        Ok(v) => {
+            let mut r = Response::new(full(v));
+            *r.status_mut() = status;
+            with_headers(r, "application/json", "no-store")
+        }
+        Err(e) => problem(&Error::Internal(format!("encoding: {e}"))),
+    }
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    title: &'a str,
+    status: u16,
+    code: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attempts_left: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    codes_left: Option<u32>,
+}
+
+/// Maps an [`Error`] to its problem+json answer.
+pub fn problem(e: &Error) -> Resp {
+    let (status, code, detail, otp): (StatusCode, &str, Option<String>, Option<OtpState>) = match e
+    {
+        Error::BadRequest(d) => (
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            Some(d.clone()),
+            None,
+        ),
+        Error::TooLarge(_) => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            Some(e.to_string()),
+            None,
+        ),
+        Error::Unprocessable { code, detail } => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            code,
+            Some(detail.clone()),
+            None,
+        ),
+        Error::Unauthenticated(code) => (StatusCode::UNAUTHORIZED, code, None, None),
+        Error::Forbidden(code) => (StatusCode::FORBIDDEN, code, None, None),
+        Error::NotFound(code) => (StatusCode::NOT_FOUND, code, None, None),
+        Error::Conflict { code, detail } => {
+            (StatusCode::CONFLICT, code, Some(detail.clone()), None)
+        }
+        Error::Limit { code, otp } => {
+            let status = if *code == "otp_resend_limit" {
+                StatusCode::TOO_MANY_REQUESTS
+            } else {
+                StatusCode::FORBIDDEN
+            };
+            (status, code, None, *otp)
+        }
+        Error::Otp { code, otp } => (StatusCode::BAD_REQUEST, code, None, Some(*otp)),
+        Error::Notifier(d) => (
+            StatusCode::BAD_GATEWAY,
+            "notifier_failed",
+            Some(d.clone()),
+            None,
+        ),
+        Error::Signing(_) | Error::Store(_) | Error::Internal(_) => {
+            tracing::error!(error = %e, "request failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                None,
+                None,
+            )
+        }
+    };
+    problem_response(status, code, detail.as_deref(), otp)
+}
+
+fn problem_response(
+    status: StatusCode,
+    code: &str,
+    detail: Option<&str>,
+    otp: Option<OtpState>,
+) -> Resp {
+    let body = Problem {
+        kind: "about:blank",
+        title: status.canonical_reason().unwrap_or("Error"),
+        status: status.as_u16(),
+        code,
+        detail,
+        attempts_left: otp.map(|o| o.attempts_left),
+        codes_left: otp.map(|o| o.codes_left),
+    };
+    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    let mut r = Response::new(full(bytes));
+    *r.status_mut() = status;
+    if status == StatusCode::UNAUTHORIZED && code == "customer_session_required" {
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    with_headers(r, "application/problem+json", "no-store")
+}
+
+fn oauth_error(e: &OAuthError) -> Resp {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        error: &'a str,
+        error_description: &'a str,
+    }
+    let mut r = json(
+        StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
+        &Body {
+            error: e.error,
+            error_description: &e.description,
+        },
+    );
+    r.headers_mut()
+        .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    r
+}
+
+fn method_not_allowed(allow: &'static str) -> Resp {
+    let mut r = problem_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        None,
+        None,
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, Error> {
+    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Error::TooLarge(MAX_BODY)),
+        Err(e) => Err(Error::BadRequest(format!("reading the body: {e}"))),
+    }
+}
+
+async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Error> {
+    let body = read_body(req).await?;
+    serde_json::from_slice(&body).map_err(|e| Error::BadRequest(format!("JSON body: {e}")))
+}
+
+/// The calling API user: an active participant with the `user` role.
+fn api_user(app: &App, peer: &Peer) -> Result<ParticipantRecord, Error> {
+    let Some(tp) = &peer.thumbprint else {
+        return Err(Error::Unauthenticated("client_certificate_required"));
+    };
+    let dir = app.directory();
+    let Some(p) = dir.by_thumbprint(tp) else {
+        return Err(Error::Forbidden("participant_unknown"));
+    };
+    if !p.is_active() || !p.has_role(Role::User) {
+        return Err(Error::Forbidden("participant_inactive"));
+    }
+    Ok(p.clone())
+}
+
+/// The operator, as the actor string of the history.
+fn operator(app: &App, peer: &Peer) -> Result<String, Error> {
+    let Some(tp) = &peer.thumbprint else {
+        return Err(Error::Unauthenticated("client_certificate_required"));
+    };
+    if !app.settings.operators.iter().any(|o| constant_eq(o, tp)) {
+        return Err(Error::Forbidden("operator_certificate_required"));
+    }
+    Ok(crate::history::operator(&participants::encode_thumbprint(
+        tp,
+    )))
+}
+
+fn hub(app: &App, peer: &Peer) -> Result<(), Error> {
+    let Some(tp) = &peer.thumbprint else {
+        return Err(Error::Unauthenticated("client_certificate_required"));
+    };
+    if !app.settings.hubs.iter().any(|h| constant_eq(h, tp)) {
+        return Err(Error::Forbidden("hub_certificate_required"));
+    }
+    Ok(())
+}
+
+fn constant_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    use subtle::ConstantTimeEq;
+    bool::from(a.ct_eq(b))
+}
+
+/// The customer of a development session (`Authorization: Bearer …`).
+async fn customer(app: &Arc<App>, req: &Request<Incoming>) -> Result<String, Error> {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && t.len() <= 256)
+        .ok_or(Error::Unauthenticated("customer_session_required"))?;
+    app.customer_of(token.to_owned()).await
+}
+
+fn parse_bin(s: &str) -> Result<Bin, Error> {
+    Bin::parse(s).map_err(|_| Error::NotFound("participant_not_found"))
+}
+
+/// Answers one request.
+pub async fn handle(app: Arc<App>, peer: Arc<Peer>, req: Request<Incoming>) -> Resp {
+    match route(&app, &peer, req).await {
+        Ok(r) => r,
+        Err(e) => problem(&e),
+    }
+}
+
+async fn route(app: &Arc<App>, peer: &Peer, req: Request<Incoming>) -> Result<Resp, Error> {
+    let path = req.uri().path().to_owned();
+    let segs: Vec<&str> = path.split('/').skip(1).collect();
+    let m = req.method().clone();
+    match segs.as_slice() {
+        ["healthz"] => match m {
+            Method::GET => Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({"status": "ok", "version": app.db.head()}),
+            )),
+            _ => Ok(method_not_allowed("GET")),
+        },
+        [".well-known", "jwks.json"] => match m {
+            Method::GET => {
+                let mut r = Response::new(full(app.keys().jwks.clone()));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/jwk-set+json"),
+                );
+                r.headers_mut()
+                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                Ok(r)
+            }
+            _ => Ok(method_not_allowed("GET")),
+        },
+        [".well-known", "oauth-authorization-server"] => match m {
+            Method::GET => Ok(metadata(app)),
+            _ => Ok(method_not_allowed("GET")),
+        },
+        ["oauth2", "token"] => match m {
+            Method::POST => Ok(token(app, peer, req).await),
+            _ => Ok(method_not_allowed("POST")),
+        },
+        ["v1", "consents"] => match m {
+            Method::POST => {
+                let user = api_user(app, peer)?;
+                let input = read_json(req).await?;
+                let view = app.create_consent(user.bin, input).await?;
+                let mut r = json(StatusCode::CREATED, &view);
+                if let Ok(v) = HeaderValue::from_str(&format!("/v1/consents/{}", view.record.id)) {
+                    r.headers_mut().insert(header::LOCATION, v);
+                }
+                Ok(r)
+            }
+            _ => Ok(method_not_allowed("POST")),
+        },
+        ["v1", "consents", id] => {
+            let id = (*id).to_owned();
+            match m {
+                Method::GET => {
+                    let user = api_user(app, peer)?;
+                    Ok(json(
+                        StatusCode::OK,
+                        &app.consent_for_user(user.bin, id).await?,
+                    ))
+                }
+                Method::DELETE => {
+                    let user = api_user(app, peer)?;
+                    Ok(json(
+                        StatusCode::OK,
+                        &app.revoke_by_user(user.bin, id).await?,
+                    ))
+                }
+                _ => Ok(method_not_allowed("GET, DELETE")),
+            }
+        }
+        ["v1", "customer", rest @ ..] => customer_routes(app, rest, m, req).await,
+        ["v1", "participants"] => match m {
+            Method::GET => {
+                operator(app, peer)?;
+                let all = app.participants().await?;
+                Ok(json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "participants": all }),
+                ))
+            }
+            _ => Ok(method_not_allowed("GET")),
+        },
+        ["v1", "participants", bin] => {
+            let bin = parse_bin(bin)?;
+            match m {
+                Method::GET => {
+                    operator(app, peer)?;
+                    Ok(json(StatusCode::OK, &app.participant(bin).await?))
+                }
+                Method::PUT => {
+                    let actor = operator(app, peer)?;
+                    let input: ParticipantInput = read_json(req).await?;
+                    let (view, created) = app.put_participant(actor, bin, input).await?;
+                    let status = if created {
+                        StatusCode::CREATED
+                    } else {
+                        StatusCode::OK
+                    };
+                    Ok(json(status, &view))
+                }
+                _ => Ok(method_not_allowed("GET, PUT")),
+            }
+        }
+        ["v1", "participants", bin, "status"] => {
+            let bin = parse_bin(bin)?;
+            match m {
+                Method::PUT => {
+                    let actor = operator(app, peer)?;
+                    let input: StatusInput = read_json(req).await?;
+                    Ok(json(
+                        StatusCode::OK,
+                        &app.set_participant_status(actor, bin, input.status).await?,
+                    ))
+                }
+                _ => Ok(method_not_allowed("PUT")),
+            }
+        }
+        ["v1", "admin", "keys"] => match m {
+            Method::GET => {
+                operator(app, peer)?;
+                Ok(json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "keys": app.keys().keys }),
+                ))
+            }
+            _ => Ok(method_not_allowed("GET")),
+        },
+        ["v1", "admin", "keys", "rotate"] => match m {
+            Method::POST => {
+                operator(app, peer)?;
+                let keys = app.rotate_keys(true).await?;
+                Ok(json(StatusCode::OK, &serde_json::json!({ "keys": keys })))
+            }
+            _ => Ok(method_not_allowed("POST")),
+        },
+        ["v1", "snapshot"] => match m {
+            Method::GET => {
+                hub(app, peer)?;
+                Ok(stream(app, feed::snapshot(app)))
+            }
+            _ => Ok(method_not_allowed("GET")),
+        },
+        ["v1", "feed"] => match m {
+            Method::GET => {
+                hub(app, peer)?;
+                feed_route(app, req.uri().query().unwrap_or("")).await
+            }
+            _ => Ok(method_not_allowed("GET")),
+        },
+        _ => Err(Error::NotFound("route_not_found")),
+    }
+}
+
+fn stream(app: &App, rx: mpsc::Receiver<Bytes>) -> Resp {
+    let mut r = Response::new(ChannelBody(rx).boxed());
+    if let Ok(v) = HeaderValue::from_str(app.db.store_id()) {
+        r.headers_mut().insert("x-trust-store-id", v);
+    }
+    with_headers(r, NDJSON, "no-store")
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeedQuery {
+    since: u64,
+    #[serde(default)]
+    store_id: Option<String>,
+}
+
+async fn feed_route(app: &Arc<App>, query: &str) -> Result<Resp, Error> {
+    let q: FeedQuery = parse_query(query)?;
+    // 410: whatever the gateway holds cannot be continued; it reloads the snapshot.
+    let gone =
+        |code: &str, detail: &str| problem_response(StatusCode::GONE, code, Some(detail), None);
+    if q.store_id
+        .as_deref()
+        .is_some_and(|s| s != app.db.store_id())
+    {
+        return Ok(gone(
+            "store_mismatch",
+            "the registry's database is another one",
+        ));
+    }
+    match feed::check_since(app, q.since).await? {
+        Ok(()) => Ok(stream(app, feed::follow(app, q.since))),
+        Err(FeedRefusal::Pruned { floor }) => Ok(gone(
+            "feed_history_pruned",
+            &format!("changes up to version {floor} were pruned"),
+        )),
+        Err(FeedRefusal::Ahead { head }) => Ok(gone(
+            "feed_version_ahead",
+            &format!("the registry's head is version {head}"),
+        )),
+    }
+}
+
+/// Decodes `application/x-www-form-urlencoded` (also query strings) into pairs.
+pub fn form_pairs(s: &str) -> Result<Vec<(String, String)>, Error> {
+    let mut out = Vec::new();
+    for part in s.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        out.push((percent_decode(k)?, percent_decode(v)?));
+    }
+    Ok(out)
+}
+
+fn percent_decode(s: &str) -> Result<String, Error> {
+    let bad = || Error::BadRequest("malformed percent-encoding".into());
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = b.get(i + 1..i + 3).ok_or_else(bad)?;
+                let hex = std::str::from_utf8(hex).map_err(|_| bad())?;
+                out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| bad())
+}
+
+fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, Error> {
+    let mut map = serde_json::Map::new();
+    for (k, v) in form_pairs(query)? {
+        if map.contains_key(&k) {
+            return Err(Error::BadRequest(format!(
+                "query parameter {k} is repeated"
+            )));
+        }
+        // Numbers stay numbers so that `since=5` fills a u64.
+        let value = v
+            .parse::<u64>()
+            .map(serde_json::Value::from)
+            .unwrap_or(serde_json::Value::String(v));
+        map.insert(k, value);
+    }
+    serde_json::from_value(serde_json::Value::Object(map))
+        .map_err(|e| Error::BadRequest(format!("query: {e}")))
+}
+
+fn metadata(app: &App) -> Resp {
+    let base = app.settings.public_url.trim_end_matches('/');
+    json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "issuer": app.settings.issuer,
+            "token_endpoint": format!("{base}/oauth2/token"),
+            "jwks_uri": format!("{base}/.well-known/jwks.json"),
+            "grant_types_supported": ["client_credentials"],
+            "response_types_supported": [],
+            "token_endpoint_auth_methods_supported": ["tls_client_auth"],
+            "tls_client_certificate_bound_access_tokens": true,
+            "scopes_supported": ["accounts", "balances", "transactions"],
+            "token_endpoint_auth_signing_alg_values_supported": [],
+            "access_token_signing_alg_values_supported": ["ES256", "PS256"],
+        }),
+    )
+}
+
+async fn token(app: &Arc<App>, peer: &Peer, req: Request<Incoming>) -> Resp {
+    match token_inner(app, peer, req).await {
+        Ok(t) => {
+            let mut r = json(StatusCode::OK, &t);
+            r.headers_mut()
+                .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+            r
+        }
+        Err(e) => oauth_error(&e),
+    }
+}
+
+async fn token_inner(
+    app: &Arc<App>,
+    peer: &Peer,
+    req: Request<Incoming>,
+) -> Result<crate::app::TokenResponse, OAuthError> {
+    let form = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            v.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    if !form {
+        return Err(OAuthError::bad(
+            "invalid_request",
+            "the body must be application/x-www-form-urlencoded",
+        ));
+    }
+    if req.uri().query().is_some() {
+        return Err(OAuthError::bad(
+            "invalid_request",
+            "parameters go in the body, not the query string",
+        ));
+    }
+    let body = read_body(req)
+        .await
+        .map_err(|_| OAuthError::bad("invalid_request", "unreadable body"))?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| OAuthError::bad("invalid_request", "the body is not UTF-8"))?;
+    let pairs =
+        form_pairs(text).map_err(|_| OAuthError::bad("invalid_request", "malformed body"))?;
+    let mut grant_type = None;
+    let mut client_id = None;
+    let mut consent_id = None;
+    let mut scope = None;
+    for (k, v) in pairs {
+        let slot = match k.as_str() {
+            "grant_type" => &mut grant_type,
+            "client_id" => &mut client_id,
+            "consent_id" => &mut consent_id,
+            "scope" => &mut scope,
+            _ => continue, // RFC 6749 §3.2: unknown parameters are ignored
+        };
+        if slot.is_some() {
+            return Err(OAuthError::bad(
+                "invalid_request",
+                format!("{k} is repeated"),
+            ));
+        }
+        *slot = Some(v);
+    }
+    match grant_type.as_deref() {
+        None => {
+            return Err(OAuthError::bad("invalid_request", "grant_type is missing"));
+        }
+        Some("client_credentials") => {}
+        Some(_) => {
+            return Err(OAuthError::bad(
+                "unsupported_grant_type",
+                "only client_credentials is supported",
+            ))
+        }
+    }
+    let Some(client_id) = client_id else {
+        return Err(OAuthError::bad(
+            "invalid_request",
+            "client_id is missing (RFC 8705 §2)",
+        ));
+    };
+    let Some(consent_id) = consent_id.filter(|c| !c.is_empty()) else {
+        return Err(OAuthError::bad("invalid_request", "consent_id is missing"));
+    };
+    app.issue_token(peer.thumbprint, client_id, consent_id, scope)
+        .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SessionInput {
+    customer: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CodeInput {
+    code: String,
+}
+
+async fn customer_routes(
+    app: &Arc<App>,
+    rest: &[&str],
+    m: Method,
+    req: Request<Incoming>,
+) -> Result<Resp, Error> {
+    match rest {
+        ["sessions"] => match m {
+            Method::POST => {
+                let input: SessionInput = read_json(req).await?;
+                let (token, expires_at) = app.open_customer_session(input.customer.clone()).await?;
+                Ok(json(
+                    StatusCode::CREATED,
+                    &serde_json::json!({
+                        "session": token,
+                        "customer": input.customer,
+                        "expires_at": expires_at.format(&time::format_description::well_known::Rfc3339)
+                            .unwrap_or_default(),
+                    }),
+                ))
+            }
+            _ => Ok(method_not_allowed("POST")),
+        },
+        ["consents"] => match m {
+            Method::GET => {
+                let c = customer(app, &req).await?;
+                let list = app.customer_consents(c).await?;
+                Ok(json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "consents": list }),
+                ))
+            }
+            _ => Ok(method_not_allowed("GET")),
+        },
+        ["consents", id] => {
+            let id = (*id).to_owned();
+            match m {
+                Method::GET => {
+                    let c = customer(app, &req).await?;
+                    Ok(json(StatusCode::OK, &app.customer_consent(c, id).await?))
+                }
+                Method::DELETE => {
+                    let c = customer(app, &req).await?;
+                    Ok(json(StatusCode::OK, &app.revoke_by_customer(c, id).await?))
+                }
+                _ => Ok(method_not_allowed("GET, DELETE")),
+            }
+        }
+        ["consents", id, "authorisations"] => {
+            let id = (*id).to_owned();
+            match m {
+                Method::POST => {
+                    let c = customer(app, &req).await?;
+                    Ok(json(
+                        StatusCode::CREATED,
+                        &app.start_authorisation(c, id).await?,
+                    ))
+                }
+                _ => Ok(method_not_allowed("POST")),
+            }
+        }
+        ["consents", id, "reject"] => {
+            let id = (*id).to_owned();
+            match m {
+                Method::POST => {
+                    let c = customer(app, &req).await?;
+                    Ok(json(StatusCode::OK, &app.reject(c, id).await?))
+                }
+                _ => Ok(method_not_allowed("POST")),
+            }
+        }
+        ["authorisations", id] => {
+            let id = (*id).to_owned();
+            match m {
+                Method::GET => {
+                    let c = customer(app, &req).await?;
+                    Ok(json(StatusCode::OK, &app.authorisation(c, id).await?))
+                }
+                _ => Ok(method_not_allowed("GET")),
+            }
+        }
+        ["authorisations", id, "resend"] => {
+            let id = (*id).to_owned();
+            match m {
+                Method::POST => {
+                    let c = customer(app, &req).await?;
+                    Ok(json(StatusCode::OK, &app.resend_code(c, id).await?))
+                }
+                _ => Ok(method_not_allowed("POST")),
+            }
+        }
+        ["authorisations", id, "verify"] => {
+            let id = (*id).to_owned();
+            match m {
+                Method::POST => {
+                    let c = customer(app, &req).await?;
+                    let input: CodeInput = read_json(req).await?;
+                    Ok(json(
+                        StatusCode::OK,
+                        &app.verify_code(c, id, input.code).await?,
+                    ))
+                }
+                _ => Ok(method_not_allowed("POST")),
+            }
+        }
+        _ => Err(Error::NotFound("route_not_found")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_decoding() {
+        let p = form_pairs("grant_type=client_credentials&consent_id=a%2Db+c&x").unwrap();
+        assert_eq!(
+            p,
+            [
+                ("grant_type".into(), "client_credentials".into()),
+                ("consent_id".into(), "a-b c".into()),
+                ("x".into(), String::new())
+            ]
+        );
+        assert!(form_pairs("a=%zz").is_err());
+        assert!(form_pairs("a=%4").is_err());
+    }
+
+    #[test]
+    fn query_parsing() {
+        #[derive(Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        struct Q {
+            since: u64,
+        }
+        assert_eq!(parse_query::<Q>("since=42").unwrap().since, 42);
+        assert!(parse_query::<Q>("since=42&since=43").is_err());
+        assert!(parse_query::<Q>("since=x").is_err());
+        assert!(parse_query::<Q>("").is_err());
+        assert!(parse_query::<Q>("since=1&other=2").is_err());
+    }
+}

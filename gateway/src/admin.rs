@@ -26,9 +26,20 @@ impl Admin {
     fn refresh_gauges(&self) {
         let m = &self.state.metrics;
         let snap = self.state.snapshot.load();
-        m.consents.set(snap.consents.len() as i64);
-        m.consent_version.set(snap.consents.version() as i64);
-        let (h, mi) = (snap.tokens.cache_hits(), snap.tokens.cache_misses());
+        {
+            let store = snap.consents.load();
+            m.consents.set(store.len() as i64);
+            m.consent_version.set(store.version() as i64);
+        }
+        if let Some(plane) = &snap.trust {
+            let s = &plane.status;
+            m.feed_version.set(s.version() as i64);
+            m.feed_staleness.set(s.staleness().as_secs_f64());
+            Metrics::sync_counter(&m.feed_resyncs, s.resyncs());
+            Metrics::sync_counter(&m.feed_reconnects, s.reconnects());
+        }
+        let tokens = snap.tokens.load();
+        let (h, mi) = (tokens.cache_hits(), tokens.cache_misses());
         let base = &self.state.token_cache_base;
         Metrics::sync_counter(
             &m.token_cache.with_label_values(&["hit"]),

@@ -50,8 +50,12 @@ pub struct FileConfig {
     pub upstream_tls: UpstreamTlsSection,
     /// Access-token validation.
     pub tokens: TokenSection,
-    /// Where consents come from.
+    /// Consents from a file (one of `[consents] snapshot` and `[trust]` is required).
+    #[serde(default)]
     pub consents: ConsentSection,
+    /// Consents followed live from the trust sidecar.
+    #[serde(default)]
+    pub trust: Option<TrustSection>,
     /// The audit journal.
     #[serde(default)]
     pub audit: AuditSection,
@@ -134,7 +138,8 @@ pub struct UpstreamTlsSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenSection {
-    /// JWKS file with the authorization server's public keys.
+    /// JWKS file with the authorization server's public keys. With `[trust] jwks = true`
+    /// it is the start-up set, replaced by the sidecar's once fetched.
     pub jwks: Spanned<PathBuf>,
     /// Expected `iss`.
     pub issuer: Spanned<String>,
@@ -152,11 +157,36 @@ pub struct TokenSection {
 }
 
 /// `[consents]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsentSection {
-    /// Snapshot file (`.jsonl` or `.snap`); reloaded with the configuration.
-    pub snapshot: Spanned<PathBuf>,
+    /// Snapshot file (`.jsonl` or `.snap`); reloaded with the configuration. Exactly one
+    /// of this and `[trust]` is set.
+    #[serde(default)]
+    pub snapshot: Option<Spanned<PathBuf>>,
+}
+
+/// `[trust]`: the trust sidecar as the consent control plane (snapshot + change feed).
+/// The hub authenticates with its `[upstream_tls]` client identity.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustSection {
+    /// The sidecar's https base URL, e.g. `"https://127.0.0.1:7443"`.
+    pub url: Spanned<String>,
+    /// CA bundle(s) verifying the sidecar's server certificate.
+    pub ca: Vec<Spanned<PathBuf>>,
+    /// Consent routes answer `503 consent_state_stale` once the sidecar has not been
+    /// heard from for longer than this (contract §6 row 7).
+    #[serde(default = "default_max_staleness")]
+    pub max_staleness_secs: u64,
+    /// Take the token keys from `{url}/.well-known/jwks.json`: fetched at start, every
+    /// `jwks_refresh_secs` and when a token names an unknown `kid`; the last good set is
+    /// kept when a fetch fails.
+    #[serde(default)]
+    pub jwks: bool,
+    /// Seconds between JWKS refreshes.
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh_secs: u64,
 }
 
 /// `[audit]`
@@ -258,6 +288,12 @@ fn default_max_token() -> usize {
 }
 fn default_token_cache() -> usize {
     100_000
+}
+fn default_max_staleness() -> u64 {
+    30
+}
+fn default_jwks_refresh() -> u64 {
+    300
 }
 fn default_audit_path() -> PathBuf {
     PathBuf::from("-")

@@ -174,7 +174,11 @@ pub fn prepare(args: &DemoArgs) -> Result<Prepared, DemoError> {
     let providers: Vec<Bin> = PROVIDERS.iter().map(|p| bin(p.0)).collect();
     let pki = DevPki::generate(
         &dir.join("pki"),
-        &PkiSpec::new(users.clone(), providers.clone()),
+        &PkiSpec {
+            // The trust sidecar's operator API (participant registry) needs one.
+            operator: true,
+            ..PkiSpec::new(users.clone(), providers.clone())
+        },
     )?;
     let issuer = DevIssuer::generate(DevAlg::Es256, "demo-es256-1", ISSUER)?;
     let (issuer_key, jwks) = issuer.write_files(&dir)?;

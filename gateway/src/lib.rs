@@ -13,6 +13,7 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod follower;
 pub mod metrics;
 pub mod proxy;
 pub mod server;

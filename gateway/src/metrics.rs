@@ -3,8 +3,8 @@
 //! a configured set) and reload outcomes only.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
 };
 
 /// The hub's metric families.
@@ -20,6 +20,14 @@ pub struct Metrics {
     pub consents: IntGauge,
     /// The consent cache's change-feed version.
     pub consent_version: IntGauge,
+    /// `[trust]` mode: the change-feed position the follower has applied.
+    pub feed_version: IntGauge,
+    /// `[trust]` mode: seconds since the sidecar was last heard from (at scrape).
+    pub feed_staleness: Gauge,
+    /// `[trust]` mode: snapshot reloads after the first (gap, resync, 410).
+    pub feed_resyncs: IntCounter,
+    /// `[trust]` mode: feed connections lost or refused.
+    pub feed_reconnects: IntCounter,
     /// Configuration reloads by result.
     pub reloads: IntCounterVec,
     /// Token cache hits / misses (mirrored from the verifier at scrape time).
@@ -76,6 +84,22 @@ impl Metrics {
             "consent_cache_version",
             "Change-feed version reflected by the consent cache",
         ));
+        let feed_version = must(IntGauge::new(
+            "consent_feed_version",
+            "Trust sidecar change-feed position applied by the follower",
+        ));
+        let feed_staleness = must(Gauge::new(
+            "consent_feed_staleness_seconds",
+            "Seconds since the trust sidecar was last heard from",
+        ));
+        let feed_resyncs = must(IntCounter::new(
+            "consent_feed_resyncs_total",
+            "Consent snapshot reloads after a gap, a resync line or a 410",
+        ));
+        let feed_reconnects = must(IntCounter::new(
+            "consent_feed_reconnects_total",
+            "Consent feed connections lost or refused",
+        ));
         let reloads = must(IntCounterVec::new(
             Opts::new("config_reloads_total", "Configuration reloads by result"),
             &["result"],
@@ -116,6 +140,10 @@ impl Metrics {
             Box::new(upstream_latency.clone()),
             Box::new(consents.clone()),
             Box::new(consent_version.clone()),
+            Box::new(feed_version.clone()),
+            Box::new(feed_staleness.clone()),
+            Box::new(feed_resyncs.clone()),
+            Box::new(feed_reconnects.clone()),
             Box::new(reloads.clone()),
             Box::new(token_cache.clone()),
             Box::new(audit_dropped.clone()),
@@ -133,6 +161,10 @@ impl Metrics {
             upstream_latency,
             consents,
             consent_version,
+            feed_version,
+            feed_staleness,
+            feed_resyncs,
+            feed_reconnects,
             reloads,
             token_cache,
             audit_dropped,

@@ -22,7 +22,7 @@ use policy::code::{problem_json, Code, PROBLEM_CONTENT_TYPE};
 use policy::decision::{decide, Facts};
 use policy::limits::{Limited, RateInfo};
 use policy::route::{match_route, upstream_path, RouteId};
-use policy::token::VerifiedToken;
+use policy::token::{TokenError, VerifiedToken};
 
 use crate::audit::{AuditLog, AuditRecord};
 use crate::metrics::Metrics;
@@ -299,12 +299,18 @@ impl Hub {
             cert_thumbprint: thumb.as_ref(),
             authorization,
             now_unix: now_unix(),
-            consent_state_fresh: true,
+            consent_state_fresh: snap.consent_state_fresh(),
         };
-        let consents = &snap.consents;
-        let grant = match decide(&snap.directory, &snap.tokens, |id| consents.get(id), &facts) {
+        let consents = snap.consents.load();
+        let tokens = snap.tokens.load();
+        let grant = match decide(&snap.directory, &tokens, |id| consents.get(id), &facts) {
             Ok(g) => g,
             Err(rej) => {
+                if rej.reason == TokenError::UnknownKid.reason() {
+                    if let Some(plane) = &snap.trust {
+                        plane.status.want_jwks();
+                    }
+                }
                 tracing::debug!(reason = rej.reason, code = rej.code.as_str(), "rejected");
                 self.identify_refused(ctx, snap, &facts, rej.code);
                 return Err(rej.code);
@@ -373,7 +379,7 @@ impl Hub {
             ctx.token = facts
                 .authorization
                 .and_then(policy::token::bearer)
-                .and_then(|t| snap.tokens.verify(t, facts.now_unix).ok());
+                .and_then(|t| snap.tokens.load().verify(t, facts.now_unix).ok());
         }
     }
 

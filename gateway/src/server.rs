@@ -131,9 +131,20 @@ pub fn run(config: &Path) -> Result<(), RunError> {
         },
     );
 
+    let follower = state.snapshot.load().trust.as_ref().map(|plane| {
+        tracing::info!(url = %plane.url, "consents follow the trust sidecar");
+        pingora::services::background::background_service(
+            "consent-feed",
+            crate::follower::Follower::new(state.clone()),
+        )
+    });
+
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(bg);
+    if let Some(f) = follower {
+        server.add_service(f);
+    }
     server.run(pingora::server::RunArgs::default());
 
     tracing::info!("shut down; flushing the audit journal");
@@ -196,7 +207,8 @@ pub async fn reload(state: &Arc<State>) -> Result<String, String> {
     state.tls_verifier.replace(loaded.tls.verifier);
     state.tls_cert.replace(loaded.tls.cert);
     let old = state.snapshot.swap(Arc::new(loaded.snapshot));
-    let (h, m) = (old.tokens.cache_hits(), old.tokens.cache_misses());
+    let old_tokens = old.tokens.load();
+    let (h, m) = (old_tokens.cache_hits(), old_tokens.cache_misses());
     state.token_cache_base.0.fetch_add(h, Ordering::Relaxed);
     state.token_cache_base.1.fetch_add(m, Ordering::Relaxed);
     let generation = state.generation.fetch_add(1, Ordering::SeqCst) + 1;

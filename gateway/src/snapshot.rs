@@ -3,6 +3,7 @@
 //! process-level settings and TLS material. Built and validated off the request path;
 //! published atomically by `reload`.
 
+use arc_swap::ArcSwap;
 use base64::Engine;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::sign::CertifiedKey;
@@ -18,6 +19,7 @@ use policy::limits::Limiter;
 use policy::token::{Jwks, TokenSettings, TokenVerifier};
 
 use crate::config::{ConfigError, FileConfig, Source};
+use crate::follower::{FeedStatus, TrustPlane};
 use crate::tls;
 use crate::upstream::{parse_base_url, Upstream};
 
@@ -25,16 +27,21 @@ use crate::upstream::{parse_base_url, Upstream};
 pub struct Snapshot {
     /// Participants and providers.
     pub directory: Directory,
-    /// Access-token verifier (with its cache).
-    pub tokens: TokenVerifier,
+    /// Access-token verifier (with its cache); replaced in place when keys are fetched
+    /// from the trust sidecar (`[trust] jwks = true`).
+    pub tokens: ArcSwap<TokenVerifier>,
     /// Rate limiters (kept across reloads when their settings do not change).
     pub limiter: Arc<Limiter>,
     limits_fingerprint: String,
     /// Providers' upstream pools, indexed by `ProviderEntry::index`.
     pub upstreams: Box<[Upstream]>,
-    /// The consent store.
-    pub consents: Arc<ConsentStore>,
-    consents_stamp: FileStamp,
+    /// The consent store. File mode: a fresh handle per load (the store itself reused
+    /// while the file is unchanged). `[trust]` mode: one handle for the process's life,
+    /// whose store the feed follower updates and replaces.
+    pub consents: Arc<ArcSwap<ConsentStore>>,
+    consents_stamp: Option<FileStamp>,
+    /// The trust sidecar, when it is the consent control plane.
+    pub trust: Option<Arc<TrustPlane>>,
     /// Request header block limit.
     pub max_header_bytes: usize,
     /// Request body limit.
@@ -45,9 +52,16 @@ impl Snapshot {
     /// The consent snapshot file's current (length, modification time), if it differs from
     /// what this snapshot loaded.
     pub fn consents_changed_on_disk(&self) -> Option<(u64, Option<SystemTime>)> {
-        FileStamp::of(&self.consents_stamp.path)
-            .filter(|now| *now != self.consents_stamp)
+        let stamp = self.consents_stamp.as_ref()?;
+        FileStamp::of(&stamp.path)
+            .filter(|now| now != stamp)
             .map(|now| (now.len, now.modified))
+    }
+
+    /// Contract §6 row 7: a file control plane is always fresh; the sidecar's state is
+    /// fresh once a snapshot is loaded and while the feed is heard within the bound.
+    pub fn consent_state_fresh(&self) -> bool {
+        self.trust.as_ref().is_none_or(|plane| plane.is_fresh())
     }
 }
 
@@ -223,10 +237,20 @@ fn compile(
     tls::check_upstream_roots(&uca)
         .map_err(|e| src.invalid_here("upstream_tls.ca", e.to_string()))?;
 
-    // Tokens.
+    // Tokens. With `[trust] jwks = true` the keys last fetched from the sidecar (kept
+    // over reloads) take precedence over the file, which is only the start-up set.
     let jwks_bytes = src.read_bytes(&cfg.tokens.jwks, "tokens.jwks")?;
-    let jwks = Jwks::from_json(&jwks_bytes)
+    let mut jwks = Jwks::from_json(&jwks_bytes)
         .map_err(|e| src.invalid(&cfg.tokens.jwks, "tokens.jwks", e.to_string()))?;
+    if cfg.trust.as_ref().is_some_and(|t| t.jwks) {
+        if let Some(fetched) = previous
+            .and_then(|p| p.trust.as_ref())
+            .and_then(|plane| plane.status.last_jwks())
+        {
+            jwks = Jwks::from_json(&fetched)
+                .map_err(|e| src.invalid_here("trust.jwks", e.to_string()))?;
+        }
+    }
     if cfg.tokens.issuer.get_ref().is_empty() {
         return Err(src.invalid(&cfg.tokens.issuer, "tokens.issuer", "must not be empty"));
     }
@@ -364,25 +388,102 @@ fn compile(
         ),
     };
 
-    // Consents: reuse the loaded store when the file is unchanged.
-    let consent_path = src.resolve(cfg.consents.snapshot.get_ref());
-    let stamp = FileStamp::of(&consent_path).ok_or_else(|| {
-        src.invalid(
-            &cfg.consents.snapshot,
-            "consents.snapshot",
-            format!("cannot read {}", consent_path.display()),
-        )
-    })?;
-    let consents = match previous {
-        Some(prev) if prev.consents_stamp == stamp => prev.consents.clone(),
-        _ => Arc::new(ConsentStore::load(&consent_path)?),
+    // Consents: exactly one control plane.
+    let (consents, consents_stamp, trust) = match (&cfg.consents.snapshot, &cfg.trust) {
+        (Some(_), Some(t)) => {
+            return Err(src.invalid(
+                &t.url,
+                "trust",
+                "exactly one consent control plane: `[consents] snapshot` or `[trust]`, not both",
+            ))
+        }
+        (None, None) => {
+            return Err(src.invalid_here(
+                "consents.snapshot",
+                "a consent control plane is required: `[consents] snapshot` (a file) or `[trust]` (the sidecar)",
+            ))
+        }
+        (Some(file), None) => {
+            if previous.is_some_and(|p| p.trust.is_some()) {
+                return Err(src.invalid(
+                    file,
+                    "consents.snapshot",
+                    "switching from `[trust]` to a consent file needs a restart",
+                ));
+            }
+            // Reuse the loaded store when the file is unchanged.
+            let consent_path = src.resolve(file.get_ref());
+            let stamp = FileStamp::of(&consent_path).ok_or_else(|| {
+                src.invalid(
+                    file,
+                    "consents.snapshot",
+                    format!("cannot read {}", consent_path.display()),
+                )
+            })?;
+            let store = match previous {
+                Some(prev) if prev.consents_stamp.as_ref() == Some(&stamp) => {
+                    prev.consents.load_full()
+                }
+                _ => Arc::new(ConsentStore::load(&consent_path)?),
+            };
+            (Arc::new(ArcSwap::new(store)), Some(stamp), None)
+        }
+        (None, Some(t)) => {
+            let prev_plane = match previous {
+                Some(p) => match &p.trust {
+                    Some(plane) => Some((p.consents.clone(), plane.status.clone())),
+                    None => {
+                        return Err(src.invalid(
+                            &t.url,
+                            "trust.url",
+                            "switching from a consent file to `[trust]` needs a restart",
+                        ))
+                    }
+                },
+                None => None,
+            };
+            if t.ca.is_empty() {
+                return Err(src.invalid(&t.url, "trust.ca", "at least one CA is required"));
+            }
+            let mut pems = Vec::new();
+            for (i, p) in t.ca.iter().enumerate() {
+                pems.push(src.read_bytes(p, &format!("trust.ca[{i}]"))?);
+            }
+            if t.max_staleness_secs == 0 {
+                return Err(src.invalid(&t.url, "trust.max_staleness_secs", "must be > 0"));
+            }
+            let (store, status) = prev_plane.unwrap_or_else(|| {
+                (
+                    Arc::new(ArcSwap::from_pointee(ConsentStore::new())),
+                    Arc::new(FeedStatus::new()),
+                )
+            });
+            let mut plane = TrustPlane::new(
+                t.url.get_ref(),
+                &pems,
+                &ucert,
+                &ukey,
+                Duration::from_secs(t.max_staleness_secs),
+                status,
+            )
+            .map_err(|e| src.invalid(&t.url, "trust.url", e.to_string()))?;
+            if t.jwks && t.jwks_refresh_secs == 0 {
+                return Err(src.invalid(&t.url, "trust.jwks_refresh_secs", "must be > 0"));
+            }
+            plane.jwks = t.jwks;
+            plane.jwks_refresh = Duration::from_secs(t.jwks_refresh_secs);
+            (store, None, Some(Arc::new(plane)))
+        }
     };
 
+    let consent_source = match &trust {
+        Some(plane) => format!("consents from {}", plane.url),
+        None => format!("{} consents", consents.load().len()),
+    };
     let summary = format!(
-        "{} participants, {} providers, {} consents, listen {}, admin {}",
+        "{} participants, {} providers, {consent_source}, listen {}, admin {}",
         cfg.participants.len(),
         upstreams.len(),
-        consents.len(),
         process.listen,
         process.admin_listen
     );
@@ -390,12 +491,13 @@ fn compile(
     Ok(Loaded {
         snapshot: Snapshot {
             directory,
-            tokens,
+            tokens: ArcSwap::from_pointee(tokens),
             limiter,
             limits_fingerprint,
             upstreams: upstreams.into_boxed_slice(),
             consents,
-            consents_stamp: stamp,
+            consents_stamp,
+            trust,
             max_header_bytes: cfg.server.max_header_bytes,
             max_body_bytes: cfg.server.max_body_bytes,
         },

@@ -135,3 +135,77 @@ fn broken_consent_snapshot_names_its_line() {
     assert!(err.contains("line 2"), "{err}");
     assert!(err.contains("bogus"), "{err}");
 }
+
+const TRUST_SECTION: &str =
+    "[trust]\nurl = \"https://127.0.0.1:7444\"\nca = [\"pki/ca.pem\"]\nmax_staleness_secs = 5\n";
+
+fn without_consents_file(text: &str) -> String {
+    text.replace(
+        "[consents]\nsnapshot = \"consents.jsonl\"",
+        "[consents]\n# from the sidecar",
+    )
+}
+
+#[test]
+fn trust_sidecar_as_the_control_plane_validates() {
+    let text = format!("{}\n{TRUST_SECTION}", without_consents_file(&example()));
+    let (_dir, cfg) = workspace_for(&text);
+    let summary = gateway::server::check(&cfg).unwrap_or_else(|e| panic!("refused: {e}"));
+    assert!(summary.contains("participants"), "{summary}");
+    // `[consents]` may be left out entirely.
+    let text = text.replace("[consents]\n# from the sidecar", "");
+    let (_dir, cfg) = workspace_for(&text);
+    gateway::server::check(&cfg).unwrap_or_else(|e| panic!("refused: {e}"));
+}
+
+#[test]
+fn exactly_one_consent_control_plane() {
+    let both = format!("{}\n{TRUST_SECTION}", example());
+    let err = refused(&both);
+    let line = line_of(&both, "url = \"https://127.0.0.1:7444\"");
+    assert!(err.contains(&format!("hub.toml:{line}: trust:")), "{err}");
+    assert!(err.contains("exactly one"), "{err}");
+
+    let err = refused(&without_consents_file(&example()));
+    assert!(err.contains("hub.toml:0: consents.snapshot:"), "{err}");
+    assert!(err.contains("[trust]"), "{err}");
+}
+
+#[test]
+fn broken_trust_section_names_its_field() {
+    let base = without_consents_file(&example());
+    let text = format!(
+        "{base}\n{}",
+        TRUST_SECTION.replace("https://127.0.0.1:7444", "http://127.0.0.1:7444")
+    );
+    let err = refused(&text);
+    let line = line_of(&text, "url = \"http://127.0.0.1:7444\"");
+    assert!(
+        err.contains(&format!("hub.toml:{line}: trust.url:")),
+        "{err}"
+    );
+    assert!(err.contains("https"), "{err}");
+
+    let err = refused(&format!(
+        "{base}\n{}",
+        TRUST_SECTION.replace("pki/ca.pem", "pki/nope.pem")
+    ));
+    assert!(
+        err.contains("trust.ca[0]") && err.contains("nope.pem"),
+        "{err}"
+    );
+
+    let err = refused(&format!(
+        "{base}\n{}",
+        TRUST_SECTION.replace("max_staleness_secs = 5", "max_staleness_secs = 0")
+    ));
+    assert!(err.contains("trust.max_staleness_secs"), "{err}");
+
+    let err = refused(&format!(
+        "{base}\n{TRUST_SECTION}jwks = true\njwks_refresh_secs = 0\n"
+    ));
+    assert!(err.contains("trust.jwks_refresh_secs"), "{err}");
+
+    let err = refused(&format!("{base}\n{TRUST_SECTION}stale = 1\n"));
+    assert!(err.contains("stale"), "{err}");
+}

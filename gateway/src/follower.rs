@@ -1,0 +1,775 @@
+//! The consent feed follower (`[trust]` mode): loads `GET /v1/snapshot` from the trust
+//! sidecar into a fresh `ConsentStore`, then follows `GET /v1/feed?since=…` (NDJSON)
+//! and applies consent changes to that store, which the request path reads through
+//! `Snapshot::consents`. It tracks when the sidecar was last heard from, for contract
+//! §6 row 7 (`503 consent_state_stale`), and the feed position, so a disconnect resumes
+//! with no gap and no duplicate. A gap, a `resync` line, a `410` or a change the store
+//! cannot apply reloads the snapshot (the previous store keeps serving meanwhile).
+//!
+//! Authentication: the hub's `[upstream_tls]` client certificate; the sidecar's server
+//! certificate is verified against `[trust] ca`.
+//!
+//! With `[trust] jwks = true` the same service also keeps the token keys: it fetches
+//! `{url}/.well-known/jwks.json` at start, every `jwks_refresh_secs`, and when a token
+//! names an unknown `kid` (one fetch at a time, at most one a second); a failed fetch
+//! or an unusable set keeps the last good keys.
+//!
+//! Participant changes are counted and logged only; applying them to the directory is
+//! a later step.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, RootCertStore};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use consent_cache::{Change, ConsentRecord, ConsentStore};
+use policy::token::{Jwks, TokenVerifier};
+use trust::wire::{FeedLine, SnapshotLine};
+
+use crate::proxy::State;
+use crate::tls::{self, TlsError};
+
+/// First wait after a failed connection; doubled up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest wait between connection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// TCP + TLS + response headers.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A line longer than this is refused (a consent record is at most a few hundred KiB).
+const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
+/// A feed connection silent for this long (no heartbeat) is dropped and reopened.
+const MIN_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The sidecar as configured by `[trust]`: where it is and how to talk to it. Rebuilt
+/// on every configuration load; the [`FeedStatus`] is carried over.
+pub struct TrustPlane {
+    /// Base URL as configured (for logs).
+    pub url: String,
+    host: String,
+    port: u16,
+    authority: String,
+    prefix: String,
+    server_name: ServerName<'static>,
+    tls: Arc<ClientConfig>,
+    /// The row 7 bound.
+    pub max_staleness: Duration,
+    /// The follower's progress and liveness, shared with the request path.
+    pub status: Arc<FeedStatus>,
+    /// Token keys come from the sidecar's JWKS.
+    pub jwks: bool,
+    /// Interval between JWKS refreshes.
+    pub jwks_refresh: Duration,
+}
+
+/// Why a `[trust]` section was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PlaneError {
+    /// The URL is not an `https://host[:port][/prefix]` base URL.
+    #[error("not an https base URL (https://host[:port][/prefix]): {0}")]
+    Url(String),
+    /// TLS material refused.
+    #[error("{0}")]
+    Tls(#[from] TlsError),
+}
+
+impl TrustPlane {
+    /// Validates the URL and builds the client TLS configuration (the hub's client
+    /// identity, the sidecar's CAs).
+    pub fn new(
+        url: &str,
+        ca_pems: &[Vec<u8>],
+        client_cert_pem: &[u8],
+        client_key_pem: &[u8],
+        max_staleness: Duration,
+        status: Arc<FeedStatus>,
+    ) -> Result<TrustPlane, PlaneError> {
+        let uri: http::Uri = url.parse().map_err(|e| PlaneError::Url(format!("{e}")))?;
+        if uri.scheme_str() != Some("https") || uri.query().is_some() {
+            return Err(PlaneError::Url("scheme must be https, no query".into()));
+        }
+        let auth = uri
+            .authority()
+            .ok_or_else(|| PlaneError::Url("no host".into()))?;
+        let host = auth.host().trim_start_matches('[').trim_end_matches(']');
+        let port = auth.port_u16().unwrap_or(443);
+        let server_name = ServerName::try_from(host.to_string())
+            .map_err(|e| PlaneError::Url(format!("host: {e}")))?;
+        let prefix = uri.path().trim_end_matches('/').to_string();
+
+        let mut roots = RootCertStore::empty();
+        for pem in ca_pems {
+            for c in tls::certs_from_pem(pem)? {
+                roots
+                    .add(c)
+                    .map_err(|e| TlsError::Verifier(e.to_string()))?;
+            }
+        }
+        let certs = tls::certs_from_pem(client_cert_pem)?;
+        let key = tls::key_from_pem(client_key_pem)?;
+        let mut cfg = ClientConfig::builder_with_provider(tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(TlsError::Rustls)?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(certs, key)
+            .map_err(TlsError::Rustls)?;
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(TrustPlane {
+            url: url.to_string(),
+            host: host.to_string(),
+            port,
+            authority: auth.as_str().to_string(),
+            prefix,
+            server_name,
+            tls: Arc::new(cfg),
+            max_staleness,
+            status,
+            jwks: false,
+            jwks_refresh: Duration::from_secs(300),
+        })
+    }
+
+    /// Contract §6 row 7: a snapshot has been loaded and the sidecar was heard from
+    /// within the bound.
+    pub fn is_fresh(&self) -> bool {
+        self.status.is_fresh(self.max_staleness)
+    }
+}
+
+/// The follower's progress, read by the request path (freshness) and `/metrics`.
+pub struct FeedStatus {
+    epoch: Instant,
+    loaded: AtomicBool,
+    last_heard_ms: AtomicU64,
+    version: AtomicU64,
+    resyncs: AtomicU64,
+    reconnects: AtomicU64,
+    participant_changes: AtomicU64,
+    jwks: std::sync::Mutex<Option<Arc<[u8]>>>,
+    jwks_wanted: tokio::sync::Notify,
+}
+
+impl Default for FeedStatus {
+    fn default() -> Self {
+        FeedStatus::new()
+    }
+}
+
+impl FeedStatus {
+    /// Nothing loaded yet: stale.
+    pub fn new() -> FeedStatus {
+        FeedStatus {
+            epoch: Instant::now(),
+            loaded: AtomicBool::new(false),
+            last_heard_ms: AtomicU64::new(0),
+            version: AtomicU64::new(0),
+            resyncs: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            participant_changes: AtomicU64::new(0),
+            jwks: std::sync::Mutex::new(None),
+            jwks_wanted: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// The last JWKS document fetched from the sidecar and in force.
+    pub fn last_jwks(&self) -> Option<Arc<[u8]>> {
+        self.jwks.lock().ok().and_then(|g| g.clone())
+    }
+
+    /// Asks for a JWKS refresh (a token named an unknown `kid`); requests coalesce.
+    pub fn want_jwks(&self) {
+        self.jwks_wanted.notify_one();
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn heard(&self) {
+        self.last_heard_ms.store(self.now_ms(), Ordering::Release);
+    }
+
+    /// Whether a snapshot is loaded and the sidecar was heard from within `bound`.
+    pub fn is_fresh(&self, bound: Duration) -> bool {
+        self.loaded.load(Ordering::Acquire) && self.staleness() <= bound
+    }
+
+    /// Time since the sidecar was last heard from (since start when never).
+    pub fn staleness(&self) -> Duration {
+        let now = self.now_ms();
+        let last = self.last_heard_ms.load(Ordering::Acquire);
+        Duration::from_millis(now.saturating_sub(last))
+    }
+
+    /// Whether a snapshot has been loaded.
+    pub fn loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    /// The feed position the consent store reflects.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Relaxed)
+    }
+
+    /// Snapshot reloads after the first (gaps, `resync`, `410`, unappliable changes).
+    pub fn resyncs(&self) -> u64 {
+        self.resyncs.load(Ordering::Relaxed)
+    }
+
+    /// Connections lost or refused.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// Participant changes seen on the feed (not applied yet).
+    pub fn participant_changes(&self) -> u64 {
+        self.participant_changes.load(Ordering::Relaxed)
+    }
+}
+
+/// Why a snapshot load or a feed connection ended.
+#[derive(Debug, thiserror::Error)]
+enum FollowError {
+    #[error("connect: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("timed out")]
+    Timeout,
+    #[error("http: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("request: {0}")]
+    Request(#[from] http::Error),
+    #[error("unexpected status {0}")]
+    Status(u16),
+    #[error("line {0}: {1}")]
+    Parse(u64, String),
+    #[error("stream ended")]
+    Ended,
+    #[error("snapshot cut short or inconsistent: {0}")]
+    BadSnapshot(String),
+    #[error("snapshot needed: {0}")]
+    NeedSnapshot(String),
+}
+
+struct Position {
+    store_id: String,
+    version: u64,
+}
+
+/// The pingora background service that runs the follower until shutdown.
+pub struct Follower {
+    state: Arc<State>,
+}
+
+impl Follower {
+    /// Follows the sidecar of the state's `[trust]` configuration.
+    pub fn new(state: Arc<State>) -> Follower {
+        Follower { state }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Follower {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        tokio::select! {
+            _ = shutdown.changed() => {}
+            _ = async {
+                tokio::join!(follow(self.state.clone()), keep_keys(self.state.clone()))
+            } => {}
+        }
+    }
+}
+
+async fn follow(state: Arc<State>) {
+    let mut pos: Option<Position> = None;
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        // Only the pieces needed are kept, not the whole snapshot (which a reload replaces).
+        let (plane, store) = {
+            let snap = state.snapshot.load();
+            match &snap.trust {
+                Some(plane) => (plane.clone(), snap.consents.clone()),
+                None => {
+                    tracing::warn!("no [trust] section any more: the consent feed follower stops");
+                    return;
+                }
+            }
+        };
+        let plane = &*plane;
+        let status = plane.status.clone();
+        if pos.is_none() {
+            match load_snapshot(plane).await {
+                Ok((new_store, p)) => {
+                    let was_loaded = status.loaded();
+                    tracing::info!(
+                        version = p.version,
+                        consents = new_store.len(),
+                        "consent snapshot loaded from the trust sidecar"
+                    );
+                    store.store(Arc::new(new_store));
+                    status.version.store(p.version, Ordering::Relaxed);
+                    status.heard();
+                    status.loaded.store(true, Ordering::Release);
+                    if was_loaded {
+                        status.resyncs.fetch_add(1, Ordering::Relaxed);
+                    }
+                    pos = Some(p);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, url = %plane.url, "consent snapshot load failed; retrying");
+                    status.reconnects.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            }
+        }
+        let Some(p) = pos.as_mut() else { continue };
+        let mut heard_any = false;
+        let outcome = follow_feed(plane, &store, &status, p, &mut heard_any).await;
+        if heard_any {
+            backoff = MIN_BACKOFF;
+        }
+        match outcome {
+            Err(FollowError::NeedSnapshot(why)) => {
+                tracing::warn!(reason = %why, "consent feed: reloading the snapshot");
+                pos = None;
+                if !heard_any {
+                    // E.g. a 410 right after a fresh snapshot: do not spin.
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+            Err(e) => {
+                tracing::info!(error = %e, version = p.version, "consent feed disconnected; resuming");
+                status.reconnects.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            Ok(()) => {}
+        }
+    }
+}
+
+/// Least time between two JWKS fetches (an unknown `kid` is chosen by the caller).
+const MIN_JWKS_INTERVAL: Duration = Duration::from_secs(1);
+/// Largest JWKS document accepted.
+const MAX_JWKS_BYTES: usize = 1024 * 1024;
+
+/// Keeps the token verifier's keys in step with the sidecar's JWKS.
+async fn keep_keys(state: Arc<State>) {
+    loop {
+        let snap = state.snapshot.load_full();
+        let Some(plane) = snap.trust.as_ref() else {
+            return;
+        };
+        if !plane.jwks {
+            // Turned on by a later reload, perhaps.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        let (status, refresh) = (plane.status.clone(), plane.jwks_refresh);
+        let wait = match fetch_jwks(plane).await {
+            Ok(bytes) => {
+                install_keys(&state, bytes).await;
+                refresh
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "JWKS fetch from the trust sidecar failed; keeping the last good keys");
+                refresh.min(MAX_BACKOFF)
+            }
+        };
+        drop(snap);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = status.jwks_wanted.notified() => {}
+        }
+        tokio::time::sleep(MIN_JWKS_INTERVAL).await;
+    }
+}
+
+async fn fetch_jwks(plane: &TrustPlane) -> Result<Vec<u8>, FollowError> {
+    let (_sender, resp) = get(plane, "/.well-known/jwks.json").await?;
+    if resp.status() != http::StatusCode::OK {
+        return Err(FollowError::Status(resp.status().as_u16()));
+    }
+    let mut body = resp.into_body();
+    let mut out = Vec::new();
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                if out.len() + data.len() > MAX_JWKS_BYTES {
+                    return Err(FollowError::Parse(1, "JWKS too large".into()));
+                }
+                out.extend_from_slice(&data);
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, read)
+        .await
+        .map_err(|_| FollowError::Timeout)??;
+    Ok(out)
+}
+
+/// Replaces the serving verifier when the sidecar's key set changed and is usable.
+/// Holds the reload lock, so a concurrent reload builds from the set installed here.
+async fn install_keys(state: &Arc<State>, bytes: Vec<u8>) {
+    let _guard = state.reload_lock.lock().await;
+    let snap = state.snapshot.load_full();
+    let Some(plane) = snap.trust.as_ref() else {
+        return;
+    };
+    if plane
+        .status
+        .last_jwks()
+        .is_some_and(|last| *last == bytes[..])
+    {
+        return;
+    }
+    let jwks = match Jwks::from_json(&bytes) {
+        Ok(j) if !j.is_empty() => j,
+        Ok(_) => {
+            tracing::warn!(
+                "the trust sidecar's JWKS has no usable key; keeping the last good keys"
+            );
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "the trust sidecar's JWKS is unusable; keeping the last good keys");
+            return;
+        }
+    };
+    let kids: Vec<String> = jwks.kids().map(|(k, _)| k.to_string()).collect();
+    let settings = snap.tokens.load().settings().clone();
+    let old = snap
+        .tokens
+        .swap(Arc::new(TokenVerifier::new(settings, jwks)));
+    state
+        .token_cache_base
+        .0
+        .fetch_add(old.cache_hits(), Ordering::Relaxed);
+    state
+        .token_cache_base
+        .1
+        .fetch_add(old.cache_misses(), Ordering::Relaxed);
+    if let Ok(mut g) = plane.status.jwks.lock() {
+        *g = Some(Arc::from(bytes));
+    }
+    tracing::info!(?kids, "token keys updated from the trust sidecar");
+}
+
+/// One GET; the sender is returned so the connection lives as long as the body.
+async fn get(
+    plane: &TrustPlane,
+    path_and_query: &str,
+) -> Result<
+    (
+        hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+        http::Response<Incoming>,
+    ),
+    FollowError,
+> {
+    let connect = async {
+        let tcp = TcpStream::connect((plane.host.as_str(), plane.port)).await?;
+        let _ = tcp.set_nodelay(true);
+        let tls = TlsConnector::from(plane.tls.clone())
+            .connect(plane.server_name.clone(), tcp)
+            .await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = http::Request::get(format!("{}{}", plane.prefix, path_and_query))
+            .header(http::header::HOST, plane.authority.as_str())
+            .body(Empty::<Bytes>::new())?;
+        let resp = sender.send_request(req).await?;
+        Ok::<_, FollowError>((sender, resp))
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, connect)
+        .await
+        .map_err(|_| FollowError::Timeout)?
+}
+
+/// A line that does not parse. serde_json's message may quote the offending value
+/// (which could be a customer id), so only its category and column are kept.
+fn parse_error(line: u64, e: &serde_json::Error) -> FollowError {
+    FollowError::Parse(
+        line,
+        format!("{:?} error at column {}", e.classify(), e.column()),
+    )
+}
+
+/// Splits a response body into `\n`-terminated lines.
+struct Lines {
+    body: Incoming,
+    buf: Vec<u8>,
+    start: usize,
+    scanned: usize,
+    idle: Duration,
+    count: u64,
+}
+
+impl Lines {
+    fn new(body: Incoming, idle: Duration) -> Lines {
+        Lines {
+            body,
+            buf: Vec::with_capacity(64 * 1024),
+            start: 0,
+            scanned: 0,
+            idle,
+            count: 0,
+        }
+    }
+
+    /// The next complete line already received, if any.
+    fn buffered(&mut self) -> Result<Option<(u64, &str)>, FollowError> {
+        let from = self.scanned.max(self.start);
+        match self.buf[from..].iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                let (s, e) = (self.start, from + i);
+                self.start = e + 1;
+                self.scanned = self.start;
+                self.count += 1;
+                let line = std::str::from_utf8(&self.buf[s..e])
+                    .map_err(|_| FollowError::Parse(self.count, "not UTF-8".into()))?;
+                Ok(Some((self.count, line)))
+            }
+            None => {
+                self.scanned = self.buf.len();
+                Ok(None)
+            }
+        }
+    }
+
+    /// Reads more of the body; `false` at its end.
+    async fn fill(&mut self) -> Result<bool, FollowError> {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.scanned -= self.start.min(self.scanned);
+            self.start = 0;
+        }
+        loop {
+            let frame = tokio::time::timeout(self.idle, self.body.frame())
+                .await
+                .map_err(|_| FollowError::Timeout)?;
+            match frame {
+                None => return Ok(false),
+                Some(f) => {
+                    if let Ok(data) = f?.into_data() {
+                        if data.is_empty() {
+                            continue;
+                        }
+                        if self.buf.len() + data.len() > MAX_LINE_BYTES {
+                            return Err(FollowError::Parse(self.count + 1, "line too long".into()));
+                        }
+                        self.buf.extend_from_slice(&data);
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn load_snapshot(plane: &TrustPlane) -> Result<(ConsentStore, Position), FollowError> {
+    let (_sender, resp) = get(plane, "/v1/snapshot").await?;
+    if resp.status() != http::StatusCode::OK {
+        return Err(FollowError::Status(resp.status().as_u16()));
+    }
+    let mut lines = Lines::new(resp.into_body(), MIN_IDLE_TIMEOUT.max(plane.max_staleness));
+    let mut header = None;
+    let mut records: Vec<ConsentRecord> = Vec::new();
+    let mut participants = 0u64;
+    loop {
+        while let Some((n, line)) = lines.buffered()? {
+            let parsed = SnapshotLine::parse(line).map_err(|e| parse_error(n, &e))?;
+            match (parsed, &header) {
+                (SnapshotLine::Snapshot(h), None) => header = Some(h),
+                (SnapshotLine::Participant(_), Some(_)) => participants += 1,
+                (SnapshotLine::Consent(c), Some(_)) => records.push(c),
+                (SnapshotLine::End(t), Some(h)) => {
+                    if t.version != h.version
+                        || t.consents != records.len() as u64
+                        || t.participants != participants
+                    {
+                        return Err(FollowError::BadSnapshot(
+                            "counts differ from the end line".into(),
+                        ));
+                    }
+                    let position = Position {
+                        store_id: h.store_id.clone(),
+                        version: h.version,
+                    };
+                    if !position
+                        .store_id
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                    {
+                        return Err(FollowError::BadSnapshot("store id".into()));
+                    }
+                    tracing::debug!(participants, "snapshot participants (not applied yet)");
+                    let store = ConsentStore::from_records(records)
+                        .map_err(|e| FollowError::BadSnapshot(e.to_string()))?;
+                    return Ok((store, position));
+                }
+                _ => return Err(FollowError::BadSnapshot(format!("line {n} out of order"))),
+            }
+        }
+        if !lines.fill().await? {
+            return Err(FollowError::BadSnapshot("no end line".into()));
+        }
+    }
+}
+
+async fn follow_feed(
+    plane: &TrustPlane,
+    store: &arc_swap::ArcSwap<ConsentStore>,
+    status: &FeedStatus,
+    pos: &mut Position,
+    heard_any: &mut bool,
+) -> Result<(), FollowError> {
+    let path = format!("/v1/feed?since={}&store_id={}", pos.version, pos.store_id);
+    let (_sender, resp) = get(plane, &path).await?;
+    match resp.status() {
+        http::StatusCode::OK => {}
+        http::StatusCode::GONE => {
+            return Err(FollowError::NeedSnapshot("410 from the feed".into()))
+        }
+        s => return Err(FollowError::Status(s.as_u16())),
+    }
+    let mut lines = Lines::new(resp.into_body(), MIN_IDLE_TIMEOUT.max(plane.max_staleness));
+    let mut batch: Vec<Change> = Vec::new();
+    loop {
+        let mut result = Ok(());
+        while let Some((n, line)) = lines.buffered()? {
+            let parsed = FeedLine::parse(line).map_err(|e| parse_error(n, &e))?;
+            status.heard();
+            *heard_any = true;
+            if let Some(v) = parsed.change_version() {
+                if v != pos.version + 1 {
+                    result = Err(FollowError::NeedSnapshot(format!(
+                        "gap: change {v} after {}",
+                        pos.version
+                    )));
+                    break;
+                }
+            }
+            match parsed {
+                FeedLine::Consent(c) => {
+                    pos.version = c.version;
+                    batch.push(c);
+                }
+                FeedLine::Participant(p) => {
+                    pos.version = p.version;
+                    status.participant_changes.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(version = p.version, "participant change (not applied yet)");
+                }
+                FeedLine::Heartbeat(h) => {
+                    if h.store_id != pos.store_id {
+                        result = Err(FollowError::NeedSnapshot("store id changed".into()));
+                        break;
+                    }
+                    if h.version != pos.version {
+                        result = Err(FollowError::NeedSnapshot(format!(
+                            "heartbeat at {} but position {}",
+                            h.version, pos.version
+                        )));
+                        break;
+                    }
+                }
+                FeedLine::Resync(r) => {
+                    result = Err(FollowError::NeedSnapshot(format!("resync: {}", r.reason)));
+                    break;
+                }
+            }
+        }
+        if !batch.is_empty() {
+            let current = store.load();
+            if let Err(e) = current.apply_batch(batch.drain(..)) {
+                return Err(FollowError::NeedSnapshot(format!("apply: {e}")));
+            }
+        }
+        status.version.store(pos.version, Ordering::Relaxed);
+        result?;
+        if !lines.fill().await? {
+            return Err(FollowError::Ended);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_only_once_loaded_and_while_heard_within_the_bound() {
+        let s = FeedStatus::new();
+        assert!(!s.is_fresh(Duration::from_secs(30)), "nothing loaded yet");
+        s.heard();
+        assert!(
+            !s.is_fresh(Duration::from_secs(30)),
+            "heard, but no snapshot"
+        );
+        s.loaded.store(true, Ordering::Release);
+        assert!(s.is_fresh(Duration::from_secs(30)));
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(
+            !s.is_fresh(Duration::from_millis(5)),
+            "silent past the bound"
+        );
+        assert!(s.staleness() >= Duration::from_millis(20));
+        s.heard();
+        assert!(s.is_fresh(Duration::from_millis(5)));
+    }
+
+    #[test]
+    fn trust_url_must_be_an_https_base_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = consent_cache::Bin::parse("100140000001").unwrap();
+        let pki = sandbox::pki::DevPki::generate(
+            dir.path(),
+            &sandbox::pki::PkiSpec::new(vec![bin], vec![]),
+        )
+        .unwrap();
+        let ca = vec![pki.ca_cert_pem().as_bytes().to_vec()];
+        let (cert, key) = (
+            pki.hub_client().cert_pem.as_bytes(),
+            pki.hub_client().key_pem.as_bytes(),
+        );
+        let plane = |url: &str| {
+            TrustPlane::new(
+                url,
+                &ca,
+                cert,
+                key,
+                Duration::from_secs(30),
+                Arc::new(FeedStatus::new()),
+            )
+        };
+        let p = plane("https://trust.local:7443/base/").unwrap();
+        assert_eq!(
+            (p.host.as_str(), p.port, p.prefix.as_str()),
+            ("trust.local", 7443, "/base")
+        );
+        let p = plane("https://127.0.0.1").unwrap();
+        assert_eq!((p.port, p.prefix.as_str()), (443, ""));
+        for bad in [
+            "http://127.0.0.1:7443",
+            "https://127.0.0.1:7443/?x=1",
+            "127.0.0.1:7443",
+            "",
+        ] {
+            assert!(plane(bad).is_err(), "{bad}");
+        }
+        assert!(!p.is_fresh());
+    }
+}

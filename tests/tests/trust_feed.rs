@@ -1,0 +1,499 @@
+//! The hub following the trust sidecar (issue 4, `[trust]` mode): the customer journey
+//! through the sidecar (consent, one-time code from the outbox, token) and then through
+//! the hub; a revocation refused by the hub as soon as the feed delivers it; row 7
+//! (`503 consent_state_stale`) once the sidecar has been silent past the bound, and
+//! fresh again after it restarts on the same database; a replaced database makes the
+//! hub reload the snapshot. The sidecar runs in-process
+//! (`trust::start`), the hub as a real process.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use e2e::*;
+use serde_json::{json, Value};
+
+/// The row 7 bound the hub is configured with.
+const STALENESS: Duration = Duration::from_secs(2);
+
+/// The sidecar's configuration and the running instance.
+struct Sidecar {
+    config: trust::Config,
+    running: Option<trust::Running>,
+    outbox: PathBuf,
+}
+
+type Slot = Arc<Mutex<Option<Sidecar>>>;
+
+fn toml_str(t: &toml::Table, section: &str, key: &str) -> String {
+    t[section][key].as_str().expect("a string").to_string()
+}
+
+/// Starts a sidecar on the hub's development PKI and points the hub's configuration
+/// at it (`[trust]` instead of `[consents]`, with `jwks = true`).
+fn with_sidecar(setup: &mut Setup<'_>, rt: &tokio::runtime::Handle, slot: &Slot) {
+    let pki = &setup.prepared.pki;
+    let dir = &setup.prepared.dir;
+    let outbox = dir.join("otp_outbox");
+    let mut c = trust::Config::new(
+        "127.0.0.1:0".parse().expect("addr"),
+        dir.join("trust.db"),
+        pki.hub_server().cert_path.clone(),
+        pki.hub_server().key_path.clone(),
+        pki.ca_cert_path().to_owned(),
+    );
+    c.operator_certs = vec![pki.operator().expect("operator").cert_path.clone()];
+    c.hub_certs = vec![pki.hub_client().cert_path.clone()];
+    c.issuer = Some(toml_str(&setup.config, "tokens", "issuer"));
+    c.audience = toml_str(&setup.config, "tokens", "audience");
+    c.otp_outbox = Some(outbox.clone());
+    c.dev_customer_sessions = true;
+    c.heartbeat = Duration::from_millis(200);
+    // Keys can be rotated at once (the test rotates to a key the hub has not seen).
+    c.key_publish_lead_secs = 0;
+    let running = rt
+        .block_on(trust::start(c.clone(), None))
+        .expect("sidecar starts");
+    // Restarts reuse the address.
+    c.listen = running.addr();
+
+    // Consents and token keys both from the sidecar (the JWKS file keeps the demo
+    // issuer's keys: the start-up set, replaced once the sidecar's is fetched).
+    setup.config.remove("consents");
+    let mut t = toml::Table::new();
+    t.insert("url".into(), running.url().into());
+    t.insert(
+        "ca".into(),
+        toml::Value::Array(vec![pki.ca_cert_path().display().to_string().into()]),
+    );
+    t.insert(
+        "max_staleness_secs".into(),
+        (STALENESS.as_secs() as i64).into(),
+    );
+    t.insert("jwks".into(), true.into());
+    t.insert("jwks_refresh_secs".into(), 3600.into());
+    setup.config.insert("trust".into(), toml::Value::Table(t));
+
+    let old = slot.lock().expect("slot").replace(Sidecar {
+        config: c,
+        running: Some(running),
+        outbox,
+    });
+    if let Some(Sidecar {
+        running: Some(r), ..
+    }) = old
+    {
+        rt.block_on(r.stop());
+    }
+}
+
+fn json_req(method: &str, path: &str, body: &Value) -> Req {
+    let b = body.to_string();
+    Req::new(method, path)
+        .header("content-type", "application/json")
+        .header("content-length", b.len().to_string())
+        .body(b)
+}
+
+fn thumbprint(id: &sandbox::pki::Identity) -> String {
+    let t = sandbox::pki::thumbprint_of_pem(id.cert_pem.as_bytes()).expect("thumbprint");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(t)
+}
+
+/// The latest one-time code the outbox notifier wrote for a consent.
+fn code_from_outbox(outbox: &std::path::Path, consent: &str) -> String {
+    let text = std::fs::read_to_string(outbox).expect("outbox");
+    text.lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["consent_id"] == consent)
+        .and_then(|v| v["code"].as_str().map(str::to_string))
+        .expect("a code for the consent")
+}
+
+/// Registers the participants, creates a consent as `USER_A`, has the customer
+/// authorise it with the code from the outbox, and gets a token for it.
+async fn journey(
+    hub: &Hub,
+    sidecar: std::net::SocketAddr,
+    outbox: &std::path::Path,
+) -> (String, String) {
+    let ca = hub.pki.ca_cert_pem();
+    // A customer the sandbox bank knows (USER_A's demo consent on BANK_1).
+    let customer_id = hub.customer_of("c-authorised-full");
+    let operator = Client::new(
+        sidecar,
+        ca,
+        Some(&ClientCert::of(hub.pki.operator().expect("operator"))),
+    );
+    let user = hub.identity(USER_A).clone();
+    let r = operator
+        .send(&json_req(
+            "PUT",
+            &format!("/v1/participants/{USER_A}"),
+            &json!({"name": "Fintech A", "roles": ["user"], "thumbprints": [thumbprint(&user)]}),
+        ))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let bank_url = hub.manifest["providers"][0]["url"]
+        .as_str()
+        .expect("bank url")
+        .to_string();
+    let r = operator
+        .send(&json_req(
+            "PUT",
+            &format!("/v1/participants/{BANK_1}"),
+            &json!({"name": "Bank 1", "roles": ["provider"], "thumbprints": [], "provider_urls": [bank_url]}),
+        ))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+
+    let api_user = Client::new(sidecar, ca, Some(&ClientCert::of(&user)));
+    let r = api_user
+        .send(&json_req(
+            "POST",
+            "/v1/consents",
+            &json!({"customer": customer_id, "providers": [BANK_1],
+                    "permissions": ["accounts", "balances", "transactions"], "purpose": "e2e"}),
+        ))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let consent = r.json()["id"].as_str().expect("id").to_string();
+    assert_eq!(r.json()["status"], "awaiting_authorisation");
+
+    let customer = Client::new(sidecar, ca, None);
+    let r = customer
+        .send(&json_req(
+            "POST",
+            "/v1/customer/sessions",
+            &json!({"customer": customer_id}),
+        ))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let session = r.json()["session"].as_str().expect("session").to_string();
+    let r = customer
+        .send(
+            &json_req(
+                "POST",
+                &format!("/v1/customer/consents/{consent}/authorisations"),
+                &json!({}),
+            )
+            .bearer(&session),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let authorisation = r.json()["id"].as_str().expect("id").to_string();
+    let code = code_from_outbox(outbox, &consent);
+    let r = customer
+        .send(
+            &json_req(
+                "POST",
+                &format!("/v1/customer/authorisations/{authorisation}/verify"),
+                &json!({"code": code}),
+            )
+            .bearer(&session),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["status"], "authorised");
+
+    let token = token_for(&api_user, &consent).await;
+    (consent, token)
+}
+
+/// A token from the sidecar's token endpoint for `USER_A`'s consent.
+async fn token_for(api_user: &Client, consent: &str) -> String {
+    let form = format!("grant_type=client_credentials&client_id={USER_A}&consent_id={consent}");
+    let r = api_user
+        .send(
+            &Req::new("POST", "/oauth2/token")
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("content-length", form.len().to_string())
+                .body(form),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_string()
+}
+
+/// Polls the hub until `want` (status, code) answers, or the deadline; returns how long
+/// it took and how many answers (each one of `allowed`) came before.
+async fn until(
+    hub: &Hub,
+    token: &str,
+    want: (u16, &str),
+    allowed: &[(u16, &str)],
+    deadline: Duration,
+) -> (Duration, usize) {
+    let t0 = Instant::now();
+    let mut before = 0;
+    loop {
+        let r = hub
+            .client_as(USER_A)
+            .get(&accounts_path(BANK_1), Some(token))
+            .await;
+        let got = (r.status, r.code());
+        if got.0 == want.0 && got.1 == want.1 {
+            return (t0.elapsed(), before);
+        }
+        assert!(
+            allowed.iter().any(|a| a.0 == got.0 && a.1 == got.1),
+            "unexpected {got:?} while waiting for {want:?}: {}",
+            r.text()
+        );
+        assert!(
+            t0.elapsed() < deadline,
+            "no {want:?} within {deadline:?} (last {got:?}); hub stderr:\n{}",
+            hub.stderr_text()
+        );
+        before += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn kid_of(token: &str) -> String {
+    let header = token.split('.').next().expect("header");
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .expect("base64url");
+    serde_json::from_slice::<Value>(&raw).expect("header JSON")["kid"]
+        .as_str()
+        .expect("kid")
+        .to_string()
+}
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l[name.len()..].trim().parse().ok())
+}
+
+#[test]
+fn journey_revocation_staleness_and_restart_through_the_hub() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let slot: Slot = Arc::new(Mutex::new(None));
+    let (handle, s) = (rt.handle().clone(), slot.clone());
+    let hub = Hub::start_with(env!("CARGO_BIN_EXE_hub-under-test"), move |setup| {
+        setup.unlimited();
+        with_sidecar(setup, &handle, &s);
+    });
+    let (addr, outbox) = {
+        let g = slot.lock().expect("slot");
+        let s = g.as_ref().expect("sidecar");
+        (
+            s.running.as_ref().expect("running").addr(),
+            s.outbox.clone(),
+        )
+    };
+
+    rt.block_on(async {
+        let (consent, token) = journey(&hub, addr, &outbox).await;
+        // The hub learns of the new consent from the feed (it may still be loading the
+        // snapshot at first: stale, or not found yet).
+        let before = [(503, "consent_state_stale"), (403, "consent_not_found")];
+        until(&hub, &token, (200, ""), &before, Duration::from_secs(10)).await;
+        for path in [accounts_path(BANK_1)] {
+            let r = hub.client_as(USER_A).get(&path, Some(&token)).await;
+            assert_eq!(r.status, 200, "{path}: {}", r.text());
+        }
+
+        let api_user = Client::new(
+            addr,
+            hub.pki.ca_cert_pem(),
+            Some(&ClientCert::of(hub.identity(USER_A))),
+        );
+
+        // Key rotation to a key the hub has never fetched (its refresh interval is an
+        // hour): the unknown kid makes it fetch the JWKS, and the token is accepted.
+        let operator = Client::new(
+            addr,
+            hub.pki.ca_cert_pem(),
+            Some(&ClientCert::of(hub.pki.operator().expect("operator"))),
+        );
+        for _ in 0..2 {
+            let r = operator
+                .send(&json_req("POST", "/v1/admin/keys/rotate", &json!({})))
+                .await;
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+        let rotated = token_for(&api_user, &consent).await;
+        assert_ne!(kid_of(&rotated), kid_of(&token), "the signing key changed");
+        until(
+            &hub,
+            &rotated,
+            (200, ""),
+            &[(401, "invalid_token")],
+            Duration::from_secs(5),
+        )
+        .await;
+        let token = rotated;
+        let updates = hub
+            .stderr_text()
+            .matches("token keys updated from the trust sidecar")
+            .count();
+        assert!(
+            updates >= 2,
+            "keys fetched at start and on the unknown kid: {updates}"
+        );
+
+        // Revocation by the API user: refused by the hub as soon as the feed delivers it.
+        let r = api_user
+            .send(&Req::new("DELETE", format!("/v1/consents/{consent}")))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["status"], "revoked");
+        let (delay, earlier) = until(
+            &hub,
+            &token,
+            (403, "consent_revoked"),
+            &[(200, "")],
+            Duration::from_secs(2),
+        )
+        .await;
+        eprintln!("revocation answered → hub refuses: {delay:?} ({earlier} earlier 200s)");
+
+        let m = hub.metrics().await;
+        let version = metric(&m, "hub_consent_feed_version").expect("feed version gauge");
+        assert!(version >= 5.0, "feed version {version}\n{m}");
+        let staleness = metric(&m, "hub_consent_feed_staleness_seconds").expect("staleness gauge");
+        assert!(staleness < STALENESS.as_secs_f64(), "{staleness}");
+        assert!(
+            metric(&m, "hub_consent_feed_reconnects_total").is_some(),
+            "{m}"
+        );
+        assert!(
+            metric(&m, "hub_consent_feed_resyncs_total").is_some(),
+            "{m}"
+        );
+
+        // The sidecar stops: once the bound has passed, consent routes answer 503.
+        let running = slot
+            .lock()
+            .expect("slot")
+            .as_mut()
+            .and_then(|s| s.running.take())
+            .expect("running");
+        let stopped = Instant::now();
+        running.stop().await;
+        until(
+            &hub,
+            &token,
+            (503, "consent_state_stale"),
+            &[(403, "consent_revoked")],
+            STALENESS + Duration::from_secs(3),
+        )
+        .await;
+        let after = stopped.elapsed();
+        assert!(
+            after >= STALENESS - Duration::from_millis(300),
+            "stale after {after:?}"
+        );
+        // Open data does not depend on consents.
+        let r = hub
+            .client_as(USER_A)
+            .get(&open_data_path(BANK_1, "atms"), None)
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+
+        // Restarted on the same database: fresh again, and the revocation is still there.
+        let config = slot
+            .lock()
+            .expect("slot")
+            .as_ref()
+            .expect("s")
+            .config
+            .clone();
+        let config_again = config.clone();
+        let running = trust::start(config, None).await.expect("sidecar restarts");
+        until(
+            &hub,
+            &token,
+            (403, "consent_revoked"),
+            &[(503, "consent_state_stale")],
+            Duration::from_secs(10),
+        )
+        .await;
+        running.stop().await;
+
+        // Another database behind the same address (the registry was replaced): the
+        // feed refuses the old store id (410), the hub reloads the snapshot, and the
+        // consent is gone.
+        let mut config = config_again.clone();
+        config.db = config.db.with_file_name("trust-replaced.db");
+        let running = trust::start(config, None)
+            .await
+            .expect("new sidecar starts");
+        until(
+            &hub,
+            &token,
+            (403, "consent_not_found"),
+            &[(403, "consent_revoked"), (503, "consent_state_stale")],
+            Duration::from_secs(10),
+        )
+        .await;
+        let m = hub.metrics().await;
+        let resyncs = metric(&m, "hub_consent_feed_resyncs_total").expect("resyncs");
+        assert!(resyncs >= 1.0, "{m}");
+        running.stop().await;
+    });
+    drop(hub);
+}
+
+#[test]
+fn consent_routes_fail_closed_until_the_first_snapshot() {
+    let hub = Hub::start_with(env!("CARGO_BIN_EXE_hub-under-test"), |setup| {
+        setup.config.remove("consents");
+        let mut t = toml::Table::new();
+        t.insert(
+            "url".into(),
+            format!("https://127.0.0.1:{}", closed_port()).into(),
+        );
+        t.insert(
+            "ca".into(),
+            toml::Value::Array(vec![setup
+                .prepared
+                .pki
+                .ca_cert_path()
+                .display()
+                .to_string()
+                .into()]),
+        );
+        setup.config.insert("trust".into(), toml::Value::Table(t));
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let token = hub.token("c-authorised-full");
+        let r = hub
+            .client_as(USER_A)
+            .get(&accounts_path(BANK_1), Some(&token))
+            .await;
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (503, "consent_state_stale"),
+            "{}",
+            r.text()
+        );
+        let r = hub
+            .client_as(USER_A)
+            .get(&open_data_path(BANK_1, "atms"), None)
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let m = hub.metrics().await;
+        assert!(
+            metric(&m, "hub_consent_feed_reconnects_total").is_some_and(|n| n >= 1.0)
+                || metric(&m, "hub_consent_feed_version") == Some(0.0),
+            "{m}"
+        );
+    });
+}

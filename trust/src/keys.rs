@@ -380,7 +380,7 @@ pub fn plan(keys: &[KeyMeta], now: i64, policy: &Policy, force: bool) -> Result<
 pub fn metas(conn: &Connection) -> Result<Vec<KeyMeta>, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT kid, alg, published_at, activated_at, deactivated_at, drop_after
-         FROM signing_keys ORDER BY published_at, kid",
+         FROM signing_keys ORDER BY published_at, rowid",
     )?;
     let rows = stmt.query_map([], |r| {
         Ok((
@@ -513,7 +513,7 @@ pub struct KeySet {
 pub fn load_set(conn: &Connection) -> Result<KeySet, KeyError> {
     let mut stmt = conn.prepare(
         "SELECT kid, alg, pkcs8, published_at, activated_at, deactivated_at, drop_after
-         FROM signing_keys ORDER BY published_at, kid",
+         FROM signing_keys ORDER BY published_at, rowid",
     )?;
     let mut rows = stmt.query([])?;
     let mut set = KeySet::default();

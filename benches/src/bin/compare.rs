@@ -239,6 +239,15 @@ fn run(a: &Args) -> Result<bool> {
     let out = a.out.clone().unwrap_or_else(|| target.join("bench-report"));
     std::fs::create_dir_all(&out).map_err(benches::error::io_at(&out))?;
     let out = std::fs::canonicalize(&out).map_err(benches::error::io_at(&out))?;
+    // The folder must describe this run only: drop an earlier run's report and charts.
+    if let Ok(entries) = std::fs::read_dir(&out) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("latency-") || name == "report.json" || name == "report.md" {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
     let gateway = match &a.gateway {
         Some(g) => g.clone(),
         None => build_gateway(&target)?,

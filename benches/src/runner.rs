@@ -127,6 +127,8 @@ fn read_cpu(proxy: Option<i32>, bank: i32) -> Cpu {
 /// One measured window.
 struct Measured {
     result: RunResult,
+    /// Requests of this window that got a token already sent once (cold-tokens).
+    tokens_reused: u64,
     cpu: (Cpu, Cpu),
     waves: Vec<WaveEvent>,
     generations: Vec<(Instant, u64)>,
@@ -708,6 +710,7 @@ impl Runner {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         Ok(Measured {
             result,
+            tokens_reused: 0,
             cpu,
             waves,
             generations,
@@ -834,10 +837,10 @@ impl Runner {
                 .iter()
                 .map(|p| match p {
                     Load::Open { rate } => rate * secs(window) * 1.02 + 50.0,
-                    Load::Closed => 8_000.0 * secs(window),
+                    Load::Closed => 16_000.0 * secs(window),
                 })
                 .sum();
-            let warm = 8_000.0
+            let warm = 16_000.0
                 * secs(
                     self.s
                         .warmup
@@ -1000,7 +1003,8 @@ impl Runner {
                             window,
                         )
                     };
-                    let m = self.measure(
+                    let reused_before = pool.as_ref().map_or(0, |p| p.reused());
+                    let mut m = self.measure(
                         &plan,
                         label,
                         proxy_pid,
@@ -1012,6 +1016,15 @@ impl Runner {
                         },
                         admin,
                     )?;
+                    m.tokens_reused = pool.as_ref().map_or(0, |p| p.reused()) - reused_before;
+                    if m.tokens_reused > 0 {
+                        notes.push(format!(
+                            "round {} {sys} {}: {} requests reused a token (the single-use pool ran dry; raise --cold-pool-max): that window is optimistic for the hub",
+                            round + 1,
+                            load.label(self.s.connections),
+                            m.tokens_reused
+                        ));
+                    }
                     let main = &m.result.groups[0];
                     eprintln!(
                         "   round {} {:8} {:16} {:>8.0}/s  p50 {:>8.3} ms  p99 {:>8.3} ms  ok {}/{}{}",
@@ -1045,14 +1058,6 @@ impl Runner {
             "bank process".into(),
             stats::round1(bank.proc.peak_rss() as f64 / 1_048_576.0),
         );
-        if let Some(p) = &pool {
-            if p.reused() > 0 {
-                notes.push(format!(
-                    "tokens reused: {} requests got a token already sent once (the pool ran dry); the hub's numbers for those are optimistic",
-                    p.reused()
-                ));
-            }
-        }
         drop(running);
         drop(bank);
         // Access logs and the audit journal grow with every request; keep the folder small.
@@ -1063,12 +1068,15 @@ impl Runner {
             dir.join("hub.log"),
         ] {
             let size = std::fs::metadata(&log).map_or(0, |m| m.len());
-            if size > 16 << 20 && std::fs::remove_file(&log).is_ok() {
-                notes.push(format!(
-                    "{} ({} MiB) removed after the run",
-                    log.strip_prefix(&self.work).unwrap_or(&log).display(),
-                    size >> 20
-                ));
+            if size > 16 << 20 {
+                keep_tail(&log, 256 << 10);
+                if std::fs::remove_file(&log).is_ok() {
+                    notes.push(format!(
+                        "{} ({} MiB) removed after the run (its last 256 KiB kept as .tail)",
+                        log.strip_prefix(&self.work).unwrap_or(&log).display(),
+                        size >> 20
+                    ));
+                }
             }
         }
 
@@ -1353,6 +1361,24 @@ impl Runner {
     }
 }
 
+/// Copies the last `bytes` of `log` to `<log>.tail`.
+fn keep_tail(log: &Path, bytes: u64) {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(log) else {
+        return;
+    };
+    let len = f.metadata().map_or(0, |m| m.len());
+    if f.seek(SeekFrom::Start(len.saturating_sub(bytes))).is_err() {
+        return;
+    }
+    let mut buf = Vec::new();
+    if f.read_to_end(&mut buf).is_ok() {
+        let mut name = log.as_os_str().to_owned();
+        name.push(".tail");
+        let _ = std::fs::write(PathBuf::from(name), buf);
+    }
+}
+
 /// `hub_config_generation` from the hub's `/metrics`.
 fn hub_generation(admin: SocketAddr) -> Option<u64> {
     let (status, body) = procs::http_get(admin, "/metrics").ok()?;
@@ -1519,6 +1545,7 @@ mod tests {
                 started: t0,
                 elapsed: Duration::from_secs(2),
             },
+            tokens_reused: 0,
             cpu: (Cpu::default(), Cpu::default()),
             waves: vec![WaveEvent {
                 users: vec![1],

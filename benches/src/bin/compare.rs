@@ -78,7 +78,7 @@ struct Args {
     #[arg(long)]
     big_cache_users: Option<usize>,
     /// Largest pool of single-use tokens minted for cold-tokens.
-    #[arg(long, default_value_t = 600_000)]
+    #[arg(long, default_value_t = 3_000_000)]
     cold_pool_max: usize,
     /// Per-request timeout in seconds.
     #[arg(long, default_value_t = 10.0)]

@@ -245,21 +245,29 @@ impl App {
         api_user: Bin,
         id: String,
     ) -> Result<ConsentView, Error> {
+        self.revoke(id, history::api_user(api_user), move |r| {
+            r.api_user == api_user
+        })
+        .await
+    }
+
+    /// Revokes a consent on behalf of `actor`; a consent `owns` rejects answers
+    /// `consent_not_found`, so nobody learns that someone else's consent exists.
+    async fn revoke(
+        self: &Arc<Self>,
+        id: String,
+        actor: String,
+        owns: impl Fn(&consent_cache::ConsentRecord) -> bool + Send + 'static,
+    ) -> Result<ConsentView, Error> {
         let app = self.clone();
         blocking(move || {
             app.db.write(app.now(), |tx| {
-                consents::transition(
-                    tx,
-                    &id,
-                    ConsentStatus::Revoked,
-                    &history::api_user(api_user),
-                    |r| {
-                        if r.api_user != api_user {
-                            return Err(Error::NotFound("consent_not_found"));
-                        }
-                        consents::revoke_rule(r)
-                    },
-                )
+                consents::transition(tx, &id, ConsentStatus::Revoked, &actor, |r| {
+                    if !owns(r) {
+                        return Err(Error::NotFound("consent_not_found"));
+                    }
+                    consents::revoke_rule(r)
+                })
             })
         })
         .await
@@ -448,16 +456,8 @@ impl App {
         customer: String,
         id: String,
     ) -> Result<ConsentView, Error> {
-        let app = self.clone();
-        blocking(move || {
-            app.db.write(app.now(), |tx| {
-                consents::transition(tx, &id, ConsentStatus::Revoked, history::CUSTOMER, |r| {
-                    if r.customer != customer {
-                        return Err(Error::NotFound("consent_not_found"));
-                    }
-                    consents::revoke_rule(r)
-                })
-            })
+        self.revoke(id, history::CUSTOMER.to_string(), move |r| {
+            r.customer == customer
         })
         .await
     }

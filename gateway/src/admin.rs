@@ -37,6 +37,7 @@ impl Admin {
             m.feed_staleness.set(s.staleness().as_secs_f64());
             Metrics::sync_counter(&m.feed_resyncs, s.resyncs());
             Metrics::sync_counter(&m.feed_reconnects, s.reconnects());
+            Metrics::sync_counter(&m.participant_changes, s.participant_changes());
         }
         let tokens = snap.tokens.load();
         let (h, mi) = (tokens.cache_hits(), tokens.cache_misses());
@@ -49,7 +50,9 @@ impl Admin {
             &m.token_cache.with_label_values(&["miss"]),
             base.1.load(Ordering::Relaxed) + mi,
         );
-        let ejected: usize = snap
+        let net = snap.network.load();
+        m.participants_refused.set(net.refused as i64);
+        let ejected: usize = net
             .upstreams
             .iter()
             .map(|u| (0..u.targets.len()).filter(|&i| u.is_ejected(i)).count())

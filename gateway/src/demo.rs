@@ -1,7 +1,22 @@
 //! `gateway demo`: one command that creates a development PKI and token issuer, starts
-//! sandbox banks, writes the hub's configuration, consents and the contract §9 manifest,
-//! prints ready-to-paste `curl` commands, and runs the gateway in the same process.
-//! Everything generated is development material and lives under the target directory.
+//! sandbox banks and the trust sidecar, writes the hub's configuration and the contract
+//! §9 manifest, prints ready-to-paste `curl` commands, and runs the gateway in the same
+//! process. Everything generated is development material and lives under the target
+//! directory.
+//!
+//! Consents come from the trust sidecar by default (`--consents-from trust`): it runs
+//! in-process on the demo's PKI (its server certificate is the hub's, the hub's client
+//! certificate reads its feed, the PKI's operator certificate runs its registry), with
+//! its SQLite database and the development one-time-code outbox in the demo directory,
+//! and the demo issuer's key as its token signing key, so the manifest's pre-minted
+//! tokens and the tokens of its `/oauth2/token` verify alike at the hub. The demo seeds
+//! its participant registry and imports the demo consents through its storage
+//! (`App::import_consents`); the manifest lists the consents as the sidecar then holds
+//! them. The hub follows it (`[trust]`, keys from its JWKS) and takes its participants
+//! from the registry: the generated configuration has no `[[participants]]`, and its
+//! `[[providers]]` only tune upstreams. `--consents-from file` is the former setup:
+//! `consents.jsonl` and `[[participants]]`, no sidecar (used by the end-to-end tests'
+//! fixture and the benchmarks).
 
 use serde_json::json;
 use std::fmt::Write as _;
@@ -9,7 +24,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use consent_cache::{Bin, ConsentStatus, Permission};
+use consent_cache::{Bin, ConsentRecord, ConsentStatus, Permission};
 use sandbox::bank::{BankConfig, BankHandle};
 use sandbox::pki::{DevPki, PkiSpec};
 use sandbox::tokens::{AccessClaims, DevAlg, DevIssuer};
@@ -46,6 +61,22 @@ pub struct DemoArgs {
     /// that) for every limit kind, e.g. for load tests.
     #[arg(long)]
     pub rate_limit: Option<u32>,
+    /// Where the hub takes consents and participants from: `trust` (the trust sidecar,
+    /// started by the demo) or `file` (`consents.jsonl` and `[[participants]]`).
+    #[arg(long, value_enum, default_value_t = ConsentSource::Trust)]
+    pub consents_from: ConsentSource,
+    /// Port of the trust sidecar (127.0.0.1; 0 = any free port).
+    #[arg(long, default_value_t = 8444)]
+    pub trust_port: u16,
+}
+
+/// The demo hub's consent control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConsentSource {
+    /// The trust sidecar, run by the demo.
+    Trust,
+    /// A consent snapshot file.
+    File,
 }
 
 impl Default for DemoArgs {
@@ -60,6 +91,8 @@ impl Default for DemoArgs {
             prepare_only: false,
             banks_only: false,
             rate_limit: None,
+            consents_from: ConsentSource::Trust,
+            trust_port: 8444,
         }
     }
 }
@@ -87,6 +120,15 @@ pub enum DemoError {
     /// The gateway failed.
     #[error("{0}")]
     Run(#[from] crate::server::RunError),
+    /// The trust sidecar could not start.
+    #[error("trust sidecar: {0}")]
+    Trust(#[from] trust::StartError),
+    /// The trust sidecar refused the demo's participants or consents.
+    #[error("trust sidecar seed: {0}")]
+    Seed(#[from] trust::error::Error),
+    /// The demo issuer's key was refused as a signing key.
+    #[error("token signing key: {0}")]
+    Key(#[from] trust::keys::KeyError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DemoError + '_ {
@@ -155,9 +197,24 @@ pub struct Prepared {
     pub issuer: DevIssuer,
     /// The directory everything was written to.
     pub dir: PathBuf,
+    /// The trust sidecar (`--consents-from trust`), running on `runtime`.
+    pub trust: Option<trust::Running>,
 }
 
-/// Generates PKI, issuer, banks, consents, config and manifest; starts the banks.
+impl Prepared {
+    /// Stops the sidecar and the banks.
+    pub fn shutdown(mut self) {
+        if let Some(t) = self.trust.take() {
+            self.runtime.block_on(t.stop());
+        }
+        drop(self.banks);
+        self.runtime.shutdown_background();
+    }
+}
+
+/// Generates PKI, issuer, banks, consents, config and manifest; starts the banks and,
+/// with `--consents-from trust`, the seeded trust sidecar (both keep running on
+/// `Prepared::runtime` until `Prepared::shutdown` or drop).
 pub fn prepare(args: &DemoArgs) -> Result<Prepared, DemoError> {
     let dir = args
         .dir
@@ -180,12 +237,22 @@ pub fn prepare(args: &DemoArgs) -> Result<Prepared, DemoError> {
             ..PkiSpec::new(users.clone(), providers.clone())
         },
     )?;
-    let issuer = DevIssuer::generate(DevAlg::Es256, "demo-es256-1", ISSUER)?;
+    // The key id is the key's RFC 7638 thumbprint, which is how the trust sidecar names
+    // the key once it signs with it: the demo's own tokens and the sidecar's share it.
+    let generated = DevIssuer::generate(DevAlg::Es256, "demo", ISSUER)?;
+    let kid = trust::keys::SigningKey::from_pkcs8(
+        trust::keys::Alg::Es256,
+        &trust::keys::pkcs8_from_pem(generated.key_pem().as_bytes())?,
+    )?
+    .kid()
+    .to_string();
+    let issuer = DevIssuer::load(generated.key_pem(), &kid, ISSUER, DevAlg::Es256)?;
     let (issuer_key, jwks) = issuer.write_files(&dir)?;
+    let with_trust = args.consents_from == ConsentSource::Trust;
 
     // Sandbox banks on ephemeral loopback ports.
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(if with_trust { 2 } else { 1 })
         .thread_name("sandbox-bank")
         .enable_all()
         .build()
@@ -334,6 +401,7 @@ pub fn prepare(args: &DemoArgs) -> Result<Prepared, DemoError> {
     ];
     let mut jsonl = String::new();
     let mut manifest_consents = Vec::new();
+    let mut records: Vec<ConsentRecord> = Vec::new();
     for p in &plans {
         let data = banks[p.bank].data();
         let customer = data
@@ -361,6 +429,12 @@ pub fn prepare(args: &DemoArgs) -> Result<Prepared, DemoError> {
             "status": p.status.as_str(),
         });
         let _ = writeln!(jsonl, "{record}");
+        records.push(serde_json::from_value(record.clone()).map_err(|e| {
+            DemoError::Bank(format!(
+                "demo consent {} is not a contract record: {e}",
+                p.id
+            ))
+        })?);
         let user_id = pki
             .api_user(users[p.user])
             .ok_or_else(|| DemoError::Bank("no certificate for api user".into()))?;
@@ -390,7 +464,53 @@ pub fn prepare(args: &DemoArgs) -> Result<Prepared, DemoError> {
         manifest_consents.push(m);
     }
     let consents_path = dir.join("consents.jsonl");
-    std::fs::write(&consents_path, jsonl).map_err(io(&consents_path))?;
+    let trust_db = dir.join("trust.db");
+    let otp_outbox = dir.join("otp_outbox");
+    let running = if with_trust {
+        // A new registry for a new PKI: the previous run's database and codes go.
+        for stale in [
+            trust_db.clone(),
+            dir.join("trust.db-wal"),
+            dir.join("trust.db-shm"),
+            otp_outbox.clone(),
+            consents_path.clone(),
+        ] {
+            match std::fs::remove_file(&stale) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(DemoError::Io {
+                        path: stale,
+                        source: e,
+                    })
+                }
+                _ => {}
+            }
+        }
+        let sidecar = start_trust(
+            &runtime,
+            args,
+            &pki,
+            &issuer_key,
+            &trust_db,
+            &otp_outbox,
+            &banks,
+            records,
+        )?;
+        // The manifest says what the sidecar holds (the consent past its expiry was
+        // expired by it).
+        for m in &mut manifest_consents {
+            let Some(id) = m["id"].as_str().map(str::to_string) else {
+                continue;
+            };
+            let view = runtime.block_on(sidecar.app().consent(id))?;
+            m["status"] = json!(view.record.status.as_str());
+            m["version"] = json!(view.version);
+        }
+        Some(sidecar)
+    } else {
+        std::fs::write(&consents_path, jsonl).map_err(io(&consents_path))?;
+        None
+    };
+    let trust_url = running.as_ref().map(|r| r.url().to_string());
 
     // The hub's configuration.
     let mut cfg = String::new();
@@ -425,7 +545,20 @@ pub fn prepare(args: &DemoArgs) -> Result<Prepared, DemoError> {
         "\n[tokens]\njwks = {}\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"",
         toml_str(&jwks)
     );
-    let _ = writeln!(cfg, "\n[consents]\nsnapshot = {}", toml_str(&consents_path));
+    match &trust_url {
+        // Consents, participants and token keys from the sidecar; the JWKS file is the
+        // start-up key set (the same demo key).
+        Some(url) => {
+            let _ = writeln!(
+                cfg,
+                "\n[trust]\nurl = \"{url}\"\nca = [{}]\njwks = true",
+                toml_str(pki.ca_cert_path())
+            );
+        }
+        None => {
+            let _ = writeln!(cfg, "\n[consents]\nsnapshot = {}", toml_str(&consents_path));
+        }
+    }
     let _ = writeln!(
         cfg,
         "\n[audit]\npath = {}",
@@ -443,20 +576,26 @@ pub fn prepare(args: &DemoArgs) -> Result<Prepared, DemoError> {
             let _ = writeln!(cfg, "\n[limits.{kind}]\nper_second = {r}\nburst = {burst}");
         }
     }
-    for (i, u) in API_USERS.iter().enumerate() {
-        let id = pki
-            .api_user(users[i])
-            .ok_or_else(|| DemoError::Bank("no certificate for api user".into()))?;
-        let _ = writeln!(cfg, "\n[[participants]]\nbin = \"{}\"\nname = \"{}\"\nroles = [\"user\"]\nstatus = \"{}\"\nthumbprints = [\"{}\"]", u.0, u.1, u.2, id.x5t_s256);
+    // With the sidecar, participants come from its registry (which has the same URLs);
+    // `[[providers]]` then only tune the upstreams.
+    if !with_trust {
+        for (i, u) in API_USERS.iter().enumerate() {
+            let id = pki
+                .api_user(users[i])
+                .ok_or_else(|| DemoError::Bank("no certificate for api user".into()))?;
+            let _ = writeln!(cfg, "\n[[participants]]\nbin = \"{}\"\nname = \"{}\"\nroles = [\"user\"]\nstatus = \"{}\"\nthumbprints = [\"{}\"]", u.0, u.1, u.2, id.x5t_s256);
+        }
     }
     for (i, p) in PROVIDERS.iter().enumerate() {
-        let _ = writeln!(cfg, "\n[[participants]]\nbin = \"{}\"\nname = \"{}\"\nroles = [\"provider\"]\nstatus = \"active\"", p.0, p.1);
+        if !with_trust {
+            let _ = writeln!(cfg, "\n[[participants]]\nbin = \"{}\"\nname = \"{}\"\nroles = [\"provider\"]\nstatus = \"active\"", p.0, p.1);
+        }
         let _ = writeln!(cfg, "\n[[providers]]\nbin = \"{}\"\nupstreams = [\"https://{}\"]\nsni = \"localhost\"\ntimeout_ms = 5000", p.0, banks[i].addr());
     }
     let config_path = dir.join("hub.toml");
     std::fs::write(&config_path, cfg).map_err(io(&config_path))?;
 
-    let manifest_json = json!({
+    let mut manifest_json = json!({
         "gateway_url": format!("https://127.0.0.1:{}", args.port),
         "admin_url": format!("http://127.0.0.1:{}", args.admin_port),
         "ca_cert": abs(pki.ca_cert_path()),
@@ -476,8 +615,20 @@ pub fn prepare(args: &DemoArgs) -> Result<Prepared, DemoError> {
         "untrusted_client": {"cert": abs(&pki.untrusted_client().cert_path), "key": abs(&pki.untrusted_client().key_path)},
         "config": abs(&config_path),
         "audit_log": dir.join("audit.jsonl"),
+        "consents_from": if with_trust { "trust" } else { "file" },
         "consents": manifest_consents,
     });
+    if let (Some(url), Some(o)) = (&trust_url, manifest_json.as_object_mut()) {
+        o.insert("trust_url".into(), json!(url));
+        o.insert("otp_outbox".into(), json!(otp_outbox));
+        o.insert("trust_db".into(), json!(trust_db));
+        if let Some(op) = pki.operator() {
+            o.insert(
+                "operator".into(),
+                json!({"cert": abs(&op.cert_path), "key": abs(&op.key_path)}),
+            );
+        }
+    }
     if let Some(parent) = manifest_path.parent() {
         std::fs::create_dir_all(parent).map_err(io(parent))?;
     }
@@ -493,6 +644,77 @@ pub fn prepare(args: &DemoArgs) -> Result<Prepared, DemoError> {
         pki,
         issuer,
         dir,
+        trust: running,
+    })
+}
+
+/// Starts the trust sidecar on the demo's PKI and seeds it: the demo participants
+/// (through the registry, as the operator), then the demo consents (imported through
+/// its storage, each with a feed version and a history entry), then one expiry pass.
+#[allow(clippy::too_many_arguments)]
+fn start_trust(
+    runtime: &tokio::runtime::Runtime,
+    args: &DemoArgs,
+    pki: &DevPki,
+    issuer_key: &Path,
+    db: &Path,
+    otp_outbox: &Path,
+    banks: &[BankHandle],
+    records: Vec<ConsentRecord>,
+) -> Result<trust::Running, DemoError> {
+    use trust::participants::ParticipantInput;
+    use trust::wire::{ParticipantStatus, Role};
+
+    let operator = pki
+        .operator()
+        .ok_or_else(|| DemoError::Bank("the PKI has no operator certificate".into()))?;
+    let mut c = trust::Config::new(
+        SocketAddr::from(([127, 0, 0, 1], args.trust_port)),
+        db.to_path_buf(),
+        pki.hub_server().cert_path.clone(),
+        pki.hub_server().key_path.clone(),
+        pki.ca_cert_path().to_path_buf(),
+    );
+    c.operator_certs = vec![operator.cert_path.clone()];
+    c.hub_certs = vec![pki.hub_client().cert_path.clone()];
+    c.issuer = Some(ISSUER.to_string());
+    c.audience = AUDIENCE.to_string();
+    c.signing_keys = vec![issuer_key.to_path_buf()];
+    c.otp_outbox = Some(otp_outbox.to_path_buf());
+    c.dev_customer_sessions = true;
+    runtime.block_on(async {
+        let running = trust::start(c, None).await?;
+        let app = running.app().clone();
+        let actor = trust::history::operator(&operator.x5t_s256);
+        for (i, u) in API_USERS.iter().enumerate() {
+            let id = pki
+                .api_user(bin(u.0))
+                .ok_or_else(|| DemoError::Bank(format!("no certificate for api user {i}")))?;
+            let input = ParticipantInput {
+                name: u.1.to_string(),
+                roles: vec![Role::User],
+                thumbprints: vec![id.x5t_s256.clone()],
+                provider_urls: Vec::new(),
+                status: ParticipantStatus::parse(u.2),
+            };
+            app.put_participant(actor.clone(), bin(u.0), input).await?;
+        }
+        for (i, p) in PROVIDERS.iter().enumerate() {
+            let bank = banks
+                .get(i)
+                .ok_or_else(|| DemoError::Bank("too few sandbox banks".into()))?;
+            let input = ParticipantInput {
+                name: p.1.to_string(),
+                roles: vec![Role::Provider],
+                thumbprints: Vec::new(),
+                provider_urls: vec![format!("https://{}", bank.addr())],
+                status: Some(ParticipantStatus::Active),
+            };
+            app.put_participant(actor.clone(), bin(p.0), input).await?;
+        }
+        app.import_consents(records).await?;
+        app.expire_due().await?;
+        Ok::<_, DemoError>(running)
     })
 }
 
@@ -543,6 +765,33 @@ fn curl_lines(m: &serde_json::Value) -> String {
             u["key"].as_str().unwrap_or_default()
         );
     }
+    if let (Some(trust), Some(outbox), Some(u), Some(c)) = (
+        m["trust_url"].as_str(),
+        m["otp_outbox"].as_str(),
+        m["api_users"].get(0),
+        m["consents"].get(0),
+    ) {
+        let user = format!(
+            "curl --cacert {ca} --cert {} --key {}",
+            u["cert"].as_str().unwrap_or_default(),
+            u["key"].as_str().unwrap_or_default()
+        );
+        let customer = c["customer"].as_str().unwrap_or_default();
+        let provider = c["providers"][0].as_str().unwrap_or_default();
+        let bin = u["id"].as_str().unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "\n# a new consent through the trust sidecar: the API user asks, the customer \
+             authorises with the one-time code, the API user gets a token\n\
+             {user} -H 'content-type: application/json' -d '{{\"customer\":\"{customer}\",\"providers\":[\"{provider}\"],\"permissions\":[\"accounts\",\"balances\"],\"purpose\":\"Demo\"}}' {trust}/v1/consents     # -> id\n\
+             curl --cacert {ca} -H 'content-type: application/json' -d '{{\"customer\":\"{customer}\"}}' {trust}/v1/customer/sessions     # -> session\n\
+             curl --cacert {ca} -X POST -H 'Authorization: Bearer SESSION' {trust}/v1/customer/consents/ID/authorisations     # -> authorisation id\n\
+             tail -n 1 {outbox}     # the code\n\
+             curl --cacert {ca} -H 'Authorization: Bearer SESSION' -H 'content-type: application/json' -d '{{\"code\":\"CODE\"}}' {trust}/v1/customer/authorisations/AID/verify\n\
+             {user} -d 'grant_type=client_credentials&client_id={bin}&consent_id=ID' {trust}/oauth2/token     # -> access_token\n\
+             {user} -X DELETE {trust}/v1/consents/ID     # revoke: the hub refuses the token at once"
+        );
+    }
     out
 }
 
@@ -551,18 +800,26 @@ pub fn run(args: DemoArgs) -> Result<(), DemoError> {
     let prepared = prepare(&args)?;
     println!("manifest: {}", prepared.manifest.display());
     println!("config:   {}", prepared.config.display());
+    if let Some(url) = prepared.manifest_json["trust_url"].as_str() {
+        println!("trust:    {url}");
+    }
     if args.prepare_only {
+        prepared.shutdown();
         return Ok(());
     }
     if args.banks_only {
         for b in &prepared.banks {
             println!("bank {} listening on https://{}", b.bin(), b.addr());
         }
+        if let Some(url) = prepared.manifest_json["trust_url"].as_str() {
+            println!("trust sidecar listening on {url}");
+        }
         println!(
             "banks running; start the hub with: gateway run --config {}",
             prepared.config.display()
         );
         let _ = prepared.runtime.block_on(tokio::signal::ctrl_c());
+        prepared.shutdown();
         return Ok(());
     }
     println!(
@@ -575,9 +832,9 @@ pub fn run(args: DemoArgs) -> Result<(), DemoError> {
             .as_str()
             .unwrap_or_default()
     );
-    crate::server::run(&prepared.config)?;
-    drop(prepared.banks);
-    prepared.runtime.shutdown_background();
+    let result = crate::server::run(&prepared.config);
+    prepared.shutdown();
+    result?;
     Ok(())
 }
 

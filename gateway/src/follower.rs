@@ -1,7 +1,11 @@
-//! The consent feed follower (`[trust]` mode): loads `GET /v1/snapshot` from the trust
-//! sidecar into a fresh `ConsentStore`, then follows `GET /v1/feed?since=…` (NDJSON)
-//! and applies consent changes to that store, which the request path reads through
-//! `Snapshot::consents`. It tracks when the sidecar was last heard from, for contract
+//! The trust feed follower (`[trust]` mode): loads `GET /v1/snapshot` from the trust
+//! sidecar into a fresh `ConsentStore` and participant [`Registry`], then follows
+//! `GET /v1/feed?since=…` (NDJSON) and applies consent changes to that store, which the
+//! request path reads through `Snapshot::consents`, and participant changes to the
+//! registry, from which it rebuilds the participant directory and provider pools
+//! (`Snapshot::network`, see `network` for how the registry and the file combine) and
+//! swaps them in before reading further: a participant suspended in the sidecar is
+//! refused from the request after the change arrives. It tracks when the sidecar was last heard from, for contract
 //! §6 row 7 (`503 consent_state_stale`), and the feed position, so a disconnect resumes
 //! with no gap and no duplicate. A gap, a `resync` line, a `410` or a change the store
 //! cannot apply reloads the snapshot (the previous store keeps serving meanwhile).
@@ -14,8 +18,10 @@
 //! names an unknown `kid` (one fetch at a time, at most one a second); a failed fetch
 //! or an unusable set keeps the last good keys.
 //!
-//! Participant changes are counted and logged only; applying them to the directory is
-//! a later step.
+//! A participant line that does not decode (an unknown role or status, say) but names a
+//! BIN is applied as "undecodable": that participant is kept inactive (fail closed) and
+//! the feed goes on. A line that does not even name a BIN ends the connection like any
+//! other unreadable line.
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -32,10 +38,11 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use consent_cache::{Change, ConsentRecord, ConsentStore};
+use consent_cache::{Bin, Change, ConsentRecord, ConsentStore};
 use policy::token::{Jwks, TokenVerifier};
 use trust::wire::{FeedLine, SnapshotLine};
 
+use crate::network::{self, Registry};
 use crate::proxy::State;
 use crate::tls::{self, TlsError};
 
@@ -154,6 +161,7 @@ pub struct FeedStatus {
     resyncs: AtomicU64,
     reconnects: AtomicU64,
     participant_changes: AtomicU64,
+    registry: std::sync::Mutex<Option<Arc<Registry>>>,
     jwks: std::sync::Mutex<Option<Arc<[u8]>>>,
     jwks_wanted: tokio::sync::Notify,
 }
@@ -175,6 +183,7 @@ impl FeedStatus {
             resyncs: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             participant_changes: AtomicU64::new(0),
+            registry: std::sync::Mutex::new(None),
             jwks: std::sync::Mutex::new(None),
             jwks_wanted: tokio::sync::Notify::new(),
         }
@@ -230,9 +239,18 @@ impl FeedStatus {
         self.reconnects.load(Ordering::Relaxed)
     }
 
-    /// Participant changes seen on the feed (not applied yet).
+    /// Participant changes applied from the feed.
     pub fn participant_changes(&self) -> u64 {
         self.participant_changes.load(Ordering::Relaxed)
+    }
+
+    /// The participant registry as last loaded from the sidecar (none before the first
+    /// snapshot).
+    pub fn registry(&self) -> Option<Arc<Registry>> {
+        self.registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -306,14 +324,16 @@ async fn follow(state: Arc<State>) {
         let plane = &*plane;
         let status = plane.status.clone();
         if pos.is_none() {
-            match load_snapshot(plane).await {
-                Ok((new_store, p)) => {
+            match load_snapshot(plane, status.registry()).await {
+                Ok((new_store, registry, p)) => {
                     let was_loaded = status.loaded();
                     tracing::info!(
                         version = p.version,
                         consents = new_store.len(),
-                        "consent snapshot loaded from the trust sidecar"
+                        participants = registry.len(),
+                        "snapshot loaded from the trust sidecar"
                     );
+                    publish_registry(&state, Arc::new(registry)).await;
                     store.store(Arc::new(new_store));
                     status.version.store(p.version, Ordering::Relaxed);
                     status.heard();
@@ -334,7 +354,7 @@ async fn follow(state: Arc<State>) {
         }
         let Some(p) = pos.as_mut() else { continue };
         let mut heard_any = false;
-        let outcome = follow_feed(plane, &store, &status, p, &mut heard_any).await;
+        let outcome = follow_feed(&state, plane, &store, &status, p, &mut heard_any).await;
         if heard_any {
             backoff = MIN_BACKOFF;
         }
@@ -580,7 +600,10 @@ impl Lines {
     }
 }
 
-async fn load_snapshot(plane: &TrustPlane) -> Result<(ConsentStore, Position), FollowError> {
+async fn load_snapshot(
+    plane: &TrustPlane,
+    previous: Option<Arc<Registry>>,
+) -> Result<(ConsentStore, Registry, Position), FollowError> {
     let (_sender, resp) = get(plane, "/v1/snapshot").await?;
     if resp.status() != http::StatusCode::OK {
         return Err(FollowError::Status(resp.status().as_u16()));
@@ -588,18 +611,41 @@ async fn load_snapshot(plane: &TrustPlane) -> Result<(ConsentStore, Position), F
     let mut lines = Lines::new(resp.into_body(), MIN_IDLE_TIMEOUT.max(plane.max_staleness));
     let mut header = None;
     let mut records: Vec<ConsentRecord> = Vec::new();
+    let mut registry = Registry::new();
     let mut participants = 0u64;
     loop {
         while let Some((n, line)) = lines.buffered()? {
-            let parsed = SnapshotLine::parse(line).map_err(|e| parse_error(n, &e))?;
+            let parsed = match SnapshotLine::parse(line) {
+                Ok(p) => p,
+                Err(e) => match undecodable_participant(line) {
+                    Some((_, bin, thumbprints)) if header.is_some() => {
+                        // Fail closed: kept inactive, recognised by the thumbprints it
+                        // had before and any readable now.
+                        let mut known = previous
+                            .as_ref()
+                            .map(|r| r.thumbprints_of(bin))
+                            .unwrap_or_default();
+                        known.extend(thumbprints);
+                        tracing::warn!(participant = %bin, "snapshot participant not decodable: kept inactive");
+                        registry.undecodable(bin, known);
+                        participants += 1;
+                        continue;
+                    }
+                    _ => return Err(parse_error(n, &e)),
+                },
+            };
             match (parsed, &header) {
                 (SnapshotLine::Snapshot(h), None) => header = Some(h),
-                (SnapshotLine::Participant(_), Some(_)) => participants += 1,
+                (SnapshotLine::Participant(p), Some(_)) => {
+                    participants += 1;
+                    registry.upsert(p);
+                }
                 (SnapshotLine::Consent(c), Some(_)) => records.push(c),
                 (SnapshotLine::End(t), Some(h)) => {
                     if t.version != h.version
                         || t.consents != records.len() as u64
                         || t.participants != participants
+                        || registry.len() as u64 != participants
                     {
                         return Err(FollowError::BadSnapshot(
                             "counts differ from the end line".into(),
@@ -616,10 +662,9 @@ async fn load_snapshot(plane: &TrustPlane) -> Result<(ConsentStore, Position), F
                     {
                         return Err(FollowError::BadSnapshot("store id".into()));
                     }
-                    tracing::debug!(participants, "snapshot participants (not applied yet)");
                     let store = ConsentStore::from_records(records)
                         .map_err(|e| FollowError::BadSnapshot(e.to_string()))?;
-                    return Ok((store, position));
+                    return Ok((store, registry, position));
                 }
                 _ => return Err(FollowError::BadSnapshot(format!("line {n} out of order"))),
             }
@@ -630,7 +675,76 @@ async fn load_snapshot(plane: &TrustPlane) -> Result<(ConsentStore, Position), F
     }
 }
 
+/// The parts of a participant line that did not decode as a whole: its version (on
+/// the feed), BIN and thumbprints. `None` when the line names no BIN.
+fn undecodable_participant(line: &str) -> Option<(Option<u64>, Bin, Vec<String>)> {
+    #[derive(serde::Deserialize)]
+    struct Line {
+        participant: Lenient,
+    }
+    #[derive(serde::Deserialize)]
+    struct Lenient {
+        #[serde(default)]
+        version: Option<u64>,
+        bin: Bin,
+        #[serde(default)]
+        thumbprints: Vec<serde_json::Value>,
+    }
+    let l: Line = serde_json::from_str(line).ok()?;
+    let thumbprints = l
+        .participant
+        .thumbprints
+        .into_iter()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    Some((l.participant.version, l.participant.bin, thumbprints))
+}
+
+/// Makes `registry` the one in force: rebuilds the participant directory and provider
+/// pools from it and the configuration file (on a blocking thread: provider host names
+/// are resolved) and swaps them into the serving snapshot. Holds the reload lock, so a
+/// concurrent reload builds from this registry.
+async fn publish_registry(state: &Arc<State>, registry: Arc<Registry>) {
+    let _guard = state.reload_lock.lock().await;
+    let snap = state.snapshot.load_full();
+    let Some(plane) = snap.trust.clone() else {
+        return;
+    };
+    *plane
+        .status
+        .registry
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(registry.clone());
+    let building = snap.clone();
+    let built = tokio::task::spawn_blocking(move || {
+        let previous = building.network.load_full();
+        network::build(&building.base, Some(&registry), Some(&previous))
+    })
+    .await;
+    match built {
+        Ok(net) => {
+            tracing::debug!(
+                participants = net.directory.participants().len(),
+                refused = net.refused,
+                "participant directory updated from the trust registry"
+            );
+            snap.network.store(Arc::new(net));
+        }
+        Err(e) => {
+            // Fail closed: recognise no one rather than keep a directory that may grant
+            // what the registry has withdrawn.
+            tracing::error!(error = %e, "participant directory rebuild failed: refusing every participant until the next change");
+            snap.network.store(Arc::new(network::build(
+                &network::FileBase::default(),
+                None,
+                None,
+            )));
+        }
+    }
+}
+
 async fn follow_feed(
+    state: &Arc<State>,
     plane: &TrustPlane,
     store: &arc_swap::ArcSwap<ConsentStore>,
     status: &FeedStatus,
@@ -648,10 +762,47 @@ async fn follow_feed(
     }
     let mut lines = Lines::new(resp.into_body(), MIN_IDLE_TIMEOUT.max(plane.max_staleness));
     let mut batch: Vec<Change> = Vec::new();
+    let mut registry: Registry = status.registry().map(|r| (*r).clone()).unwrap_or_default();
     loop {
         let mut result = Ok(());
-        while let Some((n, line)) = lines.buffered()? {
-            let parsed = FeedLine::parse(line).map_err(|e| parse_error(n, &e))?;
+        let mut participants_changed = false;
+        // Whatever ends this pass, the changes read before it are applied below: the
+        // position has already moved past them.
+        loop {
+            let (n, line) = match lines.buffered() {
+                Ok(Some(l)) => l,
+                Ok(None) => break,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            };
+            let parsed = match FeedLine::parse(line) {
+                Ok(p) => p,
+                Err(e) => match undecodable_participant(line) {
+                    Some((Some(v), bin, thumbprints)) => {
+                        status.heard();
+                        *heard_any = true;
+                        if v != pos.version + 1 {
+                            result = Err(FollowError::NeedSnapshot(format!(
+                                "gap: change {v} after {}",
+                                pos.version
+                            )));
+                            break;
+                        }
+                        pos.version = v;
+                        tracing::warn!(participant = %bin, version = v, "participant change not decodable: kept inactive");
+                        registry.undecodable(bin, thumbprints);
+                        participants_changed = true;
+                        status.participant_changes.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    _ => {
+                        result = Err(parse_error(n, &e));
+                        break;
+                    }
+                },
+            };
             status.heard();
             *heard_any = true;
             if let Some(v) = parsed.change_version() {
@@ -670,8 +821,16 @@ async fn follow_feed(
                 }
                 FeedLine::Participant(p) => {
                     pos.version = p.version;
+                    let trust::wire::ParticipantOp::Upsert(record) = p.op;
+                    tracing::info!(
+                        participant = %record.bin,
+                        status = record.status.as_str(),
+                        version = p.version,
+                        "participant change from the trust registry"
+                    );
+                    registry.upsert(record);
+                    participants_changed = true;
                     status.participant_changes.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(version = p.version, "participant change (not applied yet)");
                 }
                 FeedLine::Heartbeat(h) => {
                     if h.store_id != pos.store_id {
@@ -695,8 +854,11 @@ async fn follow_feed(
         if !batch.is_empty() {
             let current = store.load();
             if let Err(e) = current.apply_batch(batch.drain(..)) {
-                return Err(FollowError::NeedSnapshot(format!("apply: {e}")));
+                result = Err(FollowError::NeedSnapshot(format!("apply: {e}")));
             }
+        }
+        if participants_changed {
+            publish_registry(state, Arc::new(registry.clone())).await;
         }
         status.version.store(pos.version, Ordering::Relaxed);
         result?;
@@ -729,6 +891,29 @@ mod tests {
         assert!(s.staleness() >= Duration::from_millis(20));
         s.heard();
         assert!(s.is_fresh(Duration::from_millis(5)));
+    }
+
+    #[test]
+    fn an_undecodable_participant_line_still_names_its_bin_and_thumbprints() {
+        // A role this hub does not know: the line does not decode as a feed line …
+        let line = r#"{"participant":{"version":9,"op":"upsert","bin":"100140000001","name":"A","roles":["auditor"],"status":"active","thumbprints":["abc",7],"provider_urls":[],"updated_at":"2026-11-22T20:00:00Z"}}"#;
+        assert!(FeedLine::parse(line).is_err());
+        // … but names enough to keep the participant refused.
+        let (version, bin, thumbprints) = undecodable_participant(line).unwrap();
+        assert_eq!(version, Some(9));
+        assert_eq!(bin, Bin::parse("100140000001").unwrap());
+        assert_eq!(thumbprints, vec!["abc".to_string()]);
+        // Snapshot lines carry no version.
+        let snap = r#"{"participant":{"bin":"100140000001","status":"dormant"}}"#;
+        assert_eq!(undecodable_participant(snap).unwrap().0, None);
+        for other in [
+            r#"{"participant":{"version":9}}"#,
+            r#"{"participant":{"bin":"12"}}"#,
+            r#"{"consent":{"version":9,"op":"frobnicate"}}"#,
+            "not json",
+        ] {
+            assert!(undecodable_participant(other).is_none(), "{other}");
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod config;
 pub mod demo;
 pub mod follower;
 pub mod metrics;
+pub mod network;
 pub mod proxy;
 pub mod server;
 pub mod snapshot;

@@ -28,6 +28,10 @@ pub struct Metrics {
     pub feed_resyncs: IntCounter,
     /// `[trust]` mode: feed connections lost or refused.
     pub feed_reconnects: IntCounter,
+    /// `[trust]` mode: participant changes applied from the feed.
+    pub participant_changes: IntCounter,
+    /// Registry records that could not be applied (those participants are kept inactive).
+    pub participants_refused: IntGauge,
     /// Configuration reloads by result.
     pub reloads: IntCounterVec,
     /// Token cache hits / misses (mirrored from the verifier at scrape time).
@@ -40,6 +44,10 @@ pub struct Metrics {
     pub no_tls_digest: IntCounter,
     /// Config generation currently serving.
     pub generation: IntGauge,
+    /// Upstream connections used for a request that came from the keep-alive pool.
+    pub upstream_reused: IntCounter,
+    /// Upstream connections that had to be opened (TCP + TLS handshake) for a request.
+    pub upstream_new: IntCounter,
     /// Seconds per reload build.
     pub reload_seconds: Histogram,
 }
@@ -100,6 +108,14 @@ impl Metrics {
             "consent_feed_reconnects_total",
             "Consent feed connections lost or refused",
         ));
+        let participant_changes = must(IntCounter::new(
+            "participant_feed_changes_total",
+            "Participant changes applied from the trust sidecar's feed",
+        ));
+        let participants_refused = must(IntGauge::new(
+            "participants_refused",
+            "Registry records the hub could not apply (participants kept inactive)",
+        ));
         let reloads = must(IntCounterVec::new(
             Opts::new("config_reloads_total", "Configuration reloads by result"),
             &["result"],
@@ -134,7 +150,17 @@ impl Metrics {
             )
             .buckets(vec![0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0]),
         ));
+        let upstream_connections = must(IntCounterVec::new(
+            Opts::new(
+                "upstream_connections_total",
+                "Upstream connections used by requests, by whether they came from the pool",
+            ),
+            &["reused"],
+        ));
+        let upstream_reused = upstream_connections.with_label_values(&["true"]);
+        let upstream_new = upstream_connections.with_label_values(&["false"]);
         for c in [
+            Box::new(upstream_connections) as Box<dyn prometheus::core::Collector>,
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
             Box::new(upstream_latency.clone()),
@@ -144,6 +170,8 @@ impl Metrics {
             Box::new(feed_staleness.clone()),
             Box::new(feed_resyncs.clone()),
             Box::new(feed_reconnects.clone()),
+            Box::new(participant_changes.clone()),
+            Box::new(participants_refused.clone()),
             Box::new(reloads.clone()),
             Box::new(token_cache.clone()),
             Box::new(audit_dropped.clone()),
@@ -165,12 +193,16 @@ impl Metrics {
             feed_staleness,
             feed_resyncs,
             feed_reconnects,
+            participant_changes,
+            participants_refused,
             reloads,
             token_cache,
             audit_dropped,
             ejected,
             no_tls_digest,
             generation,
+            upstream_reused,
+            upstream_new,
             reload_seconds,
         }
     }

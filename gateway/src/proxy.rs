@@ -26,6 +26,7 @@ use policy::token::{TokenError, VerifiedToken};
 
 use crate::audit::{AuditLog, AuditRecord};
 use crate::metrics::Metrics;
+use crate::network::Network;
 use crate::snapshot::Snapshot;
 use crate::tls::{SwappableCert, SwappableVerifier};
 
@@ -112,6 +113,8 @@ pub struct Ctx {
     start: Instant,
     arrived: SystemTime,
     snap: Option<Arc<Snapshot>>,
+    /// The directory and upstream pools the decision used (kept for the upstream phases).
+    net: Option<Arc<Network>>,
     iid: [u8; 36],
     route: Option<RouteId>,
     code: Option<Code>,
@@ -139,10 +142,10 @@ impl Ctx {
     /// Records the outcome of the call to the chosen base URL (passive health checking);
     /// after a failure, returns whether another base URL of the provider is in rotation.
     fn report_upstream(&self, ok: bool) -> bool {
-        let (Some(snap), Some(idx)) = (self.snap.as_ref(), self.target) else {
+        let (Some(net), Some(idx)) = (self.net.as_ref(), self.target) else {
             return false;
         };
-        snap.upstreams.get(self.provider_index).is_some_and(|up| {
+        net.upstreams.get(self.provider_index).is_some_and(|up| {
             up.report(idx, ok);
             up.has_alternative(idx)
         })
@@ -257,7 +260,13 @@ fn header_bytes(req: &RequestHeader) -> usize {
 
 impl Hub {
     /// Runs the decision (contract §6 rows 1–16) without touching the response.
-    fn evaluate(&self, session: &Session, ctx: &mut Ctx, snap: &Snapshot) -> Result<(), Code> {
+    fn evaluate(
+        &self,
+        session: &Session,
+        ctx: &mut Ctx,
+        snap: &Snapshot,
+        net: &Network,
+    ) -> Result<(), Code> {
         let req = session.req_header();
         if header_bytes(req) > snap.max_header_bytes {
             return Err(Code::RequestHeaderFieldsTooLarge);
@@ -303,7 +312,7 @@ impl Hub {
         };
         let consents = snap.consents.load();
         let tokens = snap.tokens.load();
-        let grant = match decide(&snap.directory, &tokens, |id| consents.get(id), &facts) {
+        let grant = match decide(&net.directory, &tokens, |id| consents.get(id), &facts) {
             Ok(g) => g,
             Err(rej) => {
                 if rej.reason == TokenError::UnknownKid.reason() {
@@ -312,7 +321,7 @@ impl Hub {
                     }
                 }
                 tracing::debug!(reason = rej.reason, code = rej.code.as_str(), "rejected");
-                self.identify_refused(ctx, snap, &facts, rej.code);
+                self.identify_refused(ctx, snap, net, &facts, rej.code);
                 return Err(rej.code);
             }
         };
@@ -357,17 +366,24 @@ impl Hub {
     /// established: the participant (row 2), the verified token (row 4), a *registered*
     /// provider (never a raw path value, which would let callers invent metric labels).
     /// Runs on refusals only; the token lookup hits the verifier's cache.
-    fn identify_refused(&self, ctx: &mut Ctx, snap: &Snapshot, facts: &Facts<'_>, code: Code) {
+    fn identify_refused(
+        &self,
+        ctx: &mut Ctx,
+        snap: &Snapshot,
+        net: &Network,
+        facts: &Facts<'_>,
+        code: Code,
+    ) {
         if let Some(p) = facts
             .cert_thumbprint
-            .and_then(|t| snap.directory.participant_by_thumbprint(t))
+            .and_then(|t| net.directory.participant_by_thumbprint(t))
         {
             ctx.api_user = Some(p.bin);
         }
         if let Some(entry) = facts
             .route
             .provider_bin()
-            .and_then(|b| snap.directory.provider(b))
+            .and_then(|b| net.directory.provider(b))
         {
             ctx.provider = Some(entry.bin);
         }
@@ -534,6 +550,7 @@ impl ProxyHttp for Hub {
             start: Instant::now(),
             arrived: SystemTime::now(),
             snap: None,
+            net: None,
             iid: [b'0'; 36],
             route: None,
             code: None,
@@ -561,9 +578,13 @@ impl ProxyHttp for Hub {
         ctx.iid = interaction_id(session.req_header().headers.get(X_FAPI_INTERACTION_ID));
         // In-flight requests keep the snapshot they started with, whatever reloads do.
         let snap = self.state.snapshot.load_full();
-        let mut outcome = self.evaluate(session, ctx, &snap);
+        // The participant directory may change under a snapshot (trust feed): the request
+        // decides and routes with the one it loads here.
+        let net = snap.network.load_full();
+        let mut outcome = self.evaluate(session, ctx, &snap, &net);
         let max_body = snap.max_body_bytes;
         ctx.snap = Some(snap);
+        ctx.net = Some(net);
         if outcome.is_ok() && !session.is_body_empty() {
             outcome = self.discard_body(session, ctx, max_body).await;
         }
@@ -593,11 +614,11 @@ impl ProxyHttp for Hub {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let snap = ctx
-            .snap
+        let net = ctx
+            .net
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no snapshot"))?;
-        let up = snap
+        let up = net
             .upstreams
             .get(ctx.provider_index)
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream"))?;
@@ -605,6 +626,25 @@ impl ProxyHttp for Hub {
         ctx.target = Some(idx);
         ctx.upstream_start = Some(Instant::now());
         Ok(up.peer(idx, up.timeout))
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora::protocols::Digest>,
+        _ctx: &mut Ctx,
+    ) -> Result<()> {
+        let m = &self.state.metrics;
+        if reused {
+            m.upstream_reused.inc();
+        } else {
+            m.upstream_new.inc();
+        }
+        Ok(())
     }
 
     fn fail_to_connect(
@@ -627,11 +667,11 @@ impl ProxyHttp for Hub {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let snap = ctx
-            .snap
+        let net = ctx
+            .net
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no snapshot"))?;
-        let up = snap
+        let up = net
             .upstreams
             .get(ctx.provider_index)
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream"))?;

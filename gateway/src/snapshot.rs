@@ -1,5 +1,5 @@
-//! Compiles a parsed configuration into the immutable runtime snapshot the request
-//! path reads (directory, token verifier, limits, upstreams, consents), plus the
+//! Compiles a parsed configuration into the runtime snapshot the request path reads
+//! (participant directory and upstreams, token verifier, limits, consents), plus the
 //! process-level settings and TLS material. Built and validated off the request path;
 //! published atomically by `reload`.
 
@@ -14,27 +14,30 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use consent_cache::ConsentStore;
-use policy::directory::{Directory, DirectoryBuilder, Participant, ProviderEntry, Role, Roles};
+use policy::directory::{DirectoryBuilder, Participant, Role, Roles};
 use policy::limits::Limiter;
 use policy::token::{Jwks, TokenSettings, TokenVerifier};
 
 use crate::config::{ConfigError, FileConfig, Source};
 use crate::follower::{FeedStatus, TrustPlane};
+use crate::network::{self, FileBase, FileParticipant, Network, ProviderSettings};
 use crate::tls;
-use crate::upstream::{parse_base_url, Upstream};
+use crate::upstream::parse_base_url;
 
 /// What the request path reads; replaced whole on reload.
 pub struct Snapshot {
-    /// Participants and providers.
-    pub directory: Directory,
+    /// Participants and providers (directory and upstream pools). Fixed per load in file
+    /// mode; with `[trust]`, replaced by the feed follower whenever the registry changes.
+    pub network: ArcSwap<Network>,
+    /// What the configuration file says about participants and providers, from which
+    /// (with the registry) the follower rebuilds `network`.
+    pub base: FileBase,
     /// Access-token verifier (with its cache); replaced in place when keys are fetched
     /// from the trust sidecar (`[trust] jwks = true`).
     pub tokens: ArcSwap<TokenVerifier>,
     /// Rate limiters (kept across reloads when their settings do not change).
     pub limiter: Arc<Limiter>,
     limits_fingerprint: String,
-    /// Providers' upstream pools, indexed by `ProviderEntry::index`.
-    pub upstreams: Box<[Upstream]>,
     /// The consent store. File mode: a fresh handle per load (the store itself reused
     /// while the file is unchanged). `[trust]` mode: one handle for the process's life,
     /// whose store the feed follower updates and replaces.
@@ -268,7 +271,9 @@ fn compile(
         jwks,
     );
 
-    // Participants.
+    // Participants and providers from the file, validated with their positions.
+    let with_trust = cfg.trust.is_some();
+    let mut base = FileBase::default();
     let mut dir = DirectoryBuilder::new();
     let mut seen_bins = HashSet::new();
     let mut provider_bins = HashSet::new();
@@ -322,21 +327,29 @@ fn compile(
             roles,
             status: p.status,
         };
-        dir.add_participant(participant, thumbs)
+        // Only to find duplicate thumbprints, with the entry's position.
+        dir.add_participant(participant.clone(), thumbs.iter().copied())
             .map_err(|e| src.invalid(&p.bin, &format!("participants[{i}]"), e.to_string()))?;
+        base.participants.push(FileParticipant {
+            participant,
+            thumbprints: thumbs,
+        });
     }
 
-    // Providers.
-    let mut upstreams = Vec::new();
+    let mut seen_providers = HashSet::new();
     for (i, p) in cfg.providers.iter().enumerate() {
         let field = format!("providers[{i}].bin");
         let bin = src.bin(&p.bin, &field)?;
-        if !provider_bins.contains(&bin) {
+        // With `[trust]`, the registry may be the one that knows the provider.
+        if !with_trust && !provider_bins.contains(&bin) {
             return Err(src.invalid(
                 &p.bin,
                 &field,
                 "no participant with this BIN holds the `provider` role",
             ));
+        }
+        if !seen_providers.insert(bin) {
+            return Err(src.invalid(&p.bin, &field, format!("provider {bin} is listed twice")));
         }
         if p.upstreams.is_empty() {
             return Err(src.invalid(
@@ -359,25 +372,18 @@ fn compile(
             })?;
             targets.push(t);
         }
-        let index = upstreams.len();
-        upstreams.push(Upstream::new(
-            bin,
-            targets,
-            Duration::from_millis(p.connect_timeout_ms),
-            Duration::from_millis(p.timeout_ms),
-            p.eject_after_failures,
-            Duration::from_secs(p.eject_secs),
-        ));
-        dir.add_provider(ProviderEntry {
+        base.providers.push(ProviderSettings {
             bin,
             published: p.published,
-            index,
-        })
-        .map_err(|e| src.invalid(&p.bin, &field, e.to_string()))?;
+            urls: p.upstreams.iter().map(|u| u.get_ref().clone()).collect(),
+            targets,
+            sni: p.sni.clone(),
+            connect_timeout: Duration::from_millis(p.connect_timeout_ms),
+            timeout: Duration::from_millis(p.timeout_ms),
+            eject_after: p.eject_after_failures,
+            eject_for: Duration::from_secs(p.eject_secs),
+        });
     }
-    let directory = dir
-        .build()
-        .map_err(|e| src.invalid_here("providers", e.to_string()))?;
 
     // Limits: keep the live limiter (and its counters) when its settings did not change.
     let limits_fingerprint = format!("{:?}", cfg.limits);
@@ -476,25 +482,34 @@ fn compile(
         }
     };
 
+    // The registry the follower has loaded so far (kept over reloads); none in file mode.
+    let registry = trust.as_ref().and_then(|plane| plane.status.registry());
+    let network = network::build(&base, registry.as_deref(), None);
+
     let consent_source = match &trust {
         Some(plane) => format!("consents from {}", plane.url),
         None => format!("{} consents", consents.load().len()),
     };
     let summary = format!(
-        "{} participants, {} providers, {consent_source}, listen {}, admin {}",
-        cfg.participants.len(),
-        upstreams.len(),
+        "{} participants{}, {} providers, {consent_source}, listen {}, admin {}",
+        network.directory.participants().len(),
+        if registry.is_some() {
+            format!(" ({} from the trust registry)", network.from_registry)
+        } else {
+            String::new()
+        },
+        network.upstreams.len(),
         process.listen,
         process.admin_listen
     );
 
     Ok(Loaded {
         snapshot: Snapshot {
-            directory,
+            network: ArcSwap::from_pointee(network),
+            base,
             tokens: ArcSwap::from_pointee(tokens),
             limiter,
             limits_fingerprint,
-            upstreams: upstreams.into_boxed_slice(),
             consents,
             consents_stamp,
             trust,

@@ -23,6 +23,19 @@ pub enum UrlError {
     Resolve(String),
 }
 
+/// A parsed and resolved base URL, before it joins a pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetSpec {
+    /// Resolved at load, never on the request path.
+    pub addr: SocketAddr,
+    /// The name the bank's certificate must carry.
+    pub sni: String,
+    /// Path prefix from the base URL ("" or "/api").
+    pub prefix: String,
+    /// `Host` header value.
+    pub authority: String,
+}
+
 /// One base URL of a provider.
 #[derive(Debug)]
 pub struct Target {
@@ -38,8 +51,22 @@ pub struct Target {
     ejected_until_ms: AtomicU64,
 }
 
-/// Parses `https://host[:port][/prefix]` and resolves the host (start-up / reload only).
-pub fn parse_base_url(url: &str, sni_override: Option<&str>) -> Result<Target, UrlError> {
+impl From<TargetSpec> for Target {
+    fn from(s: TargetSpec) -> Target {
+        Target {
+            addr: s.addr,
+            sni: s.sni,
+            prefix: s.prefix,
+            authority: s.authority,
+            failures: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Parses `https://host[:port][/prefix]` and resolves the host (start-up, reload and
+/// the trust feed follower only: it may block on DNS).
+pub fn parse_base_url(url: &str, sni_override: Option<&str>) -> Result<TargetSpec, UrlError> {
     let rest = url.strip_prefix("https://").ok_or(UrlError::NotHttps)?;
     let (authority, prefix) = match rest.find('/') {
         Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
@@ -66,13 +93,11 @@ pub fn parse_base_url(url: &str, sni_override: Option<&str>) -> Result<Target, U
         .map_err(|_| UrlError::Resolve(host.to_string()))?
         .next()
         .ok_or_else(|| UrlError::Resolve(host.to_string()))?;
-    Ok(Target {
+    Ok(TargetSpec {
         addr,
         sni: sni_override.unwrap_or(host).to_string(),
         prefix: prefix.to_string(),
         authority: authority.to_string(),
-        failures: AtomicU32::new(0),
-        ejected_until_ms: AtomicU64::new(0),
     })
 }
 
@@ -103,7 +128,7 @@ impl Upstream {
     /// Builds a provider's pool.
     pub fn new(
         bin: Bin,
-        targets: Vec<Target>,
+        targets: Vec<TargetSpec>,
         connect_timeout: Duration,
         timeout: Duration,
         eject_after: u32,
@@ -111,7 +136,7 @@ impl Upstream {
     ) -> Self {
         Upstream {
             bin,
-            targets: targets.into_boxed_slice(),
+            targets: targets.into_iter().map(Target::from).collect(),
             next: AtomicUsize::new(0),
             connect_timeout,
             timeout,
@@ -185,8 +210,22 @@ impl Upstream {
         peer.options.read_timeout = Some(budget);
         peer.options.write_timeout = Some(budget);
         peer.options.idle_timeout = Some(Duration::from_secs(60));
+        peer.group_key = worker_slot();
         Box::new(peer)
     }
+}
+
+/// This worker thread's pool partition. Pingora registers a connection's socket with the
+/// reactor of the thread that opened it; handing it to a request on another worker makes
+/// every read and write of that request a cross-thread wake-up. Keying the keep-alive pool
+/// by worker thread (pingora's `group_key`) keeps each upstream connection on its thread
+/// (measured with `scripts/bench-hub`, README "Performance").
+fn worker_slot() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local! {
+        static SLOT: u64 = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    SLOT.with(|s| *s)
 }
 
 #[cfg(test)]

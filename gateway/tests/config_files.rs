@@ -159,6 +159,30 @@ fn trust_sidecar_as_the_control_plane_validates() {
 }
 
 #[test]
+fn with_the_sidecar_providers_may_be_known_to_its_registry_only() {
+    // The provider's `[[participants]]` entry gone: refused with a file control plane …
+    let text = example().replace("roles = [\"provider\"]", "roles = [\"user\"]");
+    assert!(refused(&text).contains("provider"));
+    // … accepted with `[trust]`, whose registry may know it (until it does, the provider
+    // is not routed: `provider_not_found`).
+    let text = format!("{}\n{TRUST_SECTION}", without_consents_file(&text));
+    let (_dir, cfg) = workspace_for(&text);
+    gateway::server::check(&cfg).unwrap_or_else(|e| panic!("refused: {e}"));
+    // A provider listed twice is still refused.
+    let twice = format!("{text}\n{}", provider_block(&text));
+    let err = refused(&twice);
+    assert!(err.contains("listed twice"), "{err}");
+}
+
+/// The first `[[providers]]` block of a configuration.
+fn provider_block(text: &str) -> String {
+    let start = text.find("\n[[providers]]\n").expect("a provider") + 1;
+    let rest = &text[start..];
+    let end = rest[1..].find("\n[").map_or(rest.len(), |i| i + 1);
+    rest[..end].to_string()
+}
+
+#[test]
 fn exactly_one_consent_control_plane() {
     let both = format!("{}\n{TRUST_SECTION}", example());
     let err = refused(&both);

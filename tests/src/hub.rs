@@ -127,6 +127,10 @@ fn demo_args(port: u16, admin_port: u16, dir: &Path) -> DemoArgs {
             "50".to_string(),
             "--threads".to_string(),
             "1".to_string(),
+            // Consents from `consents.jsonl`, which tests edit; the trust feed tests
+            // start their own sidecar and switch the configuration to `[trust]`.
+            "--consents-from".to_string(),
+            "file".to_string(),
             "--prepare-only".to_string(),
         ])
         .expect("demo arguments");

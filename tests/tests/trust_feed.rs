@@ -497,3 +497,186 @@ fn consent_routes_fail_closed_until_the_first_snapshot() {
         );
     });
 }
+
+/// Contract §1 and §6 rows 2, 3 and 15 with the registry in the sidecar: the operator's
+/// participant changes reach the hub over the feed and apply from the next request, with
+/// no reload — an API user suspended, reactivated, isolated; its certificate replaced
+/// (unknown to the hub); its provider suspended.
+#[test]
+fn participant_changes_in_the_sidecar_apply_at_the_hub() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let slot: Slot = Arc::new(Mutex::new(None));
+    let (handle, s) = (rt.handle().clone(), slot.clone());
+    let hub = Hub::start_with(env!("CARGO_BIN_EXE_hub-under-test"), move |setup| {
+        setup.unlimited();
+        with_sidecar(setup, &handle, &s);
+    });
+    let (addr, outbox) = {
+        let g = slot.lock().expect("slot");
+        let s = g.as_ref().expect("sidecar");
+        (
+            s.running.as_ref().expect("running").addr(),
+            s.outbox.clone(),
+        )
+    };
+
+    rt.block_on(async {
+        let (_consent, token) = journey(&hub, addr, &outbox).await;
+        let before = [(503, "consent_state_stale"), (403, "consent_not_found")];
+        until(&hub, &token, (200, ""), &before, Duration::from_secs(10)).await;
+
+        let operator = Client::new(
+            addr,
+            hub.pki.ca_cert_pem(),
+            Some(&ClientCert::of(hub.pki.operator().expect("operator"))),
+        );
+        let set_status = |bin: &'static str, status: &'static str| {
+            let operator = operator.clone();
+            async move {
+                let r = operator
+                    .send(&json_req(
+                        "PUT",
+                        &format!("/v1/participants/{bin}/status"),
+                        &json!({ "status": status }),
+                    ))
+                    .await;
+                assert_eq!(r.status, 200, "{}", r.text());
+                assert_eq!(r.json()["status"], status);
+            }
+        };
+        let limit = Duration::from_secs(5);
+
+        // Suspended: refused at once (row 3), no reload, no token change.
+        set_status(USER_A, "suspended").await;
+        let (delay, _) = until(
+            &hub,
+            &token,
+            (403, "participant_inactive"),
+            &[(200, "")],
+            limit,
+        )
+        .await;
+        eprintln!("suspension in the registry → hub refuses: {delay:?}");
+        // Open data too: only active participants exchange data.
+        let r = hub
+            .client_as(USER_A)
+            .get(&open_data_path(BANK_1, "atms"), None)
+            .await;
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (403, "participant_inactive"),
+            "{}",
+            r.text()
+        );
+
+        // Reactivated: served again.
+        set_status(USER_A, "active").await;
+        until(
+            &hub,
+            &token,
+            (200, ""),
+            &[(403, "participant_inactive")],
+            limit,
+        )
+        .await;
+
+        // Isolated: refused.
+        set_status(USER_A, "isolated").await;
+        until(
+            &hub,
+            &token,
+            (403, "participant_inactive"),
+            &[(200, "")],
+            limit,
+        )
+        .await;
+        set_status(USER_A, "active").await;
+        until(
+            &hub,
+            &token,
+            (200, ""),
+            &[(403, "participant_inactive")],
+            limit,
+        )
+        .await;
+
+        // The registry replaces USER_A's certificate: the old one is unknown to the hub
+        // (row 2), although the hub's configuration file still lists it for USER_A.
+        let other = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([7u8; 32]);
+        let user = hub.identity(USER_A).clone();
+        let put_user = |thumbprint: String| {
+            let operator = operator.clone();
+            async move {
+                let r = operator
+                    .send(&json_req(
+                        "PUT",
+                        &format!("/v1/participants/{USER_A}"),
+                        &json!({"name": "Fintech A", "roles": ["user"], "thumbprints": [thumbprint]}),
+                    ))
+                    .await;
+                assert_eq!(r.status, 200, "{}", r.text());
+            }
+        };
+        put_user(other).await;
+        until(
+            &hub,
+            &token,
+            (403, "participant_unknown"),
+            &[(200, "")],
+            limit,
+        )
+        .await;
+        put_user(thumbprint(&user)).await;
+        until(
+            &hub,
+            &token,
+            (200, ""),
+            &[(403, "participant_unknown")],
+            limit,
+        )
+        .await;
+
+        // The provider suspended in the registry: unavailable (row 15); back when active.
+        set_status(BANK_1, "suspended").await;
+        until(
+            &hub,
+            &token,
+            (503, "provider_unavailable"),
+            &[(200, "")],
+            limit,
+        )
+        .await;
+        set_status(BANK_1, "active").await;
+        until(
+            &hub,
+            &token,
+            (200, ""),
+            &[(503, "provider_unavailable")],
+            limit,
+        )
+        .await;
+
+        let m = hub.metrics().await;
+        let changes = metric(&m, "hub_participant_feed_changes_total").expect("changes");
+        assert!(changes >= 9.0, "{m}");
+        assert_eq!(metric(&m, "hub_participants_refused"), Some(0.0), "{m}");
+        assert!(
+            !hub.stderr_text().contains("configuration reloaded"),
+            "no reload was involved"
+        );
+
+        let running = slot
+            .lock()
+            .expect("slot")
+            .as_mut()
+            .and_then(|s| s.running.take());
+        if let Some(r) = running {
+            r.stop().await;
+        }
+    });
+    drop(hub);
+}

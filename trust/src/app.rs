@@ -223,6 +223,38 @@ impl App {
         .await
     }
 
+    /// Imports consents as they stand elsewhere (`consents::import`), all or none, in one
+    /// transaction, in the order given. Not reachable over HTTP: for embedding programs
+    /// (the gateway's demo seeds the registry with it) and migrations.
+    pub async fn import_consents(
+        self: &Arc<Self>,
+        records: Vec<consent_cache::ConsentRecord>,
+    ) -> Result<Vec<ConsentView>, Error> {
+        let app = self.clone();
+        blocking(move || {
+            let dir = app.directory();
+            app.db.write(app.now(), |tx| {
+                records
+                    .into_iter()
+                    .map(|r| consents::import(tx, &dir, r))
+                    .collect()
+            })
+        })
+        .await
+    }
+
+    /// A consent with its history, whoever owns it (for embedding programs and tests;
+    /// the HTTP routes check ownership).
+    pub async fn consent(self: &Arc<Self>, id: String) -> Result<ConsentView, Error> {
+        let app = self.clone();
+        blocking(move || {
+            app.db
+                .read(|c| consents::view(c, &id).map_err(Error::from))?
+                .ok_or(Error::NotFound("consent_not_found"))
+        })
+        .await
+    }
+
     /// `GET /v1/consents/{id}`: only the owner sees it.
     pub async fn consent_for_user(
         self: &Arc<Self>,

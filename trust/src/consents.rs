@@ -153,6 +153,98 @@ pub fn create(
     })
 }
 
+/// Imports a consent as it stands elsewhere (a registry being migrated, development
+/// seeds): id, customer, times and status are kept. It goes through the same storage as
+/// a created one: one feed change (an `upsert` carrying its status) and one history
+/// entry by `system:import`. Refused: an id already stored (`409 consent_exists`), a
+/// record that breaks the contract §5 rules, an API user that is not a registered
+/// participant with the `user` role, a provider that is not one with the `provider`
+/// role (any status: the registry's past may hold inactive participants), `payments`.
+/// A consent imported as `awaiting_authorisation` or `authorised` whose `expires_at`
+/// has passed is expired by the next housekeeping run.
+pub fn import(
+    tx: &mut Tx<'_>,
+    directory: &Directory,
+    record: ConsentRecord,
+) -> Result<ConsentView, Error> {
+    if load(tx.conn(), &record.id)?.is_some() {
+        return Err(Error::Conflict {
+            code: "consent_exists",
+            detail: format!("a consent with id {} is already stored", record.id),
+        });
+    }
+    record.validate().map_err(|e| Error::Unprocessable {
+        code: "invalid_field",
+        detail: e.to_string(),
+    })?;
+    if record.permissions.contains(&Permission::Payments) {
+        return Err(Error::invalid(
+            "permissions",
+            "payments is reserved and cannot be granted yet",
+        ));
+    }
+    if record.purpose.trim().is_empty() || record.purpose.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            "purpose",
+            "must not be empty nor hold control characters",
+        ));
+    }
+    if !directory
+        .get(record.api_user)
+        .is_some_and(|p| p.has_role(Role::User))
+    {
+        return Err(Error::Unprocessable {
+            code: "api_user_unknown",
+            detail: format!("{} is not a registered API user", record.api_user),
+        });
+    }
+    for (i, p) in record.providers.iter().enumerate() {
+        if !directory
+            .get(*p)
+            .is_some_and(|r| r.has_role(Role::Provider))
+        {
+            return Err(Error::Unprocessable {
+                code: "provider_unknown",
+                detail: format!("providers[{i}]: {p} is not a registered provider"),
+            });
+        }
+    }
+    let version = tx.emit(|version| {
+        serde_json::to_string(&FeedLine::Consent(Change {
+            version,
+            op: ChangeOp::Upsert(record.clone()),
+        }))
+    })?;
+    tx.conn().execute(
+        "INSERT INTO consents(id, api_user, customer, status, expires_at, record, version)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            record.id,
+            record.api_user.to_string(),
+            record.customer,
+            record.status.as_str(),
+            record.expires_at.map(OffsetDateTime::unix_timestamp),
+            serde_json::to_string(&record)?,
+            version as i64
+        ],
+    )?;
+    append_history(
+        tx.conn(),
+        &record.id,
+        tx.now(),
+        crate::history::IMPORT,
+        None,
+        record.status,
+        version,
+    )?;
+    let history = history(tx.conn(), &record.id)?;
+    Ok(ConsentView {
+        record,
+        version,
+        history,
+    })
+}
+
 fn append_history(
     conn: &Connection,
     id: &str,

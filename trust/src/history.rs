@@ -2,7 +2,7 @@
 //! changed what, when, from which status to which.
 //!
 //! Actors are written as `api_user:{bin}`, `customer`, `operator:{x5t#S256}` or
-//! `system:expiry`. The customer is not named again: a consent has one customer.
+//! `system:expiry`, `system:import`. The customer is not named again: a consent has one customer.
 
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -48,6 +48,9 @@ pub const CUSTOMER: &str = "customer";
 
 /// The actor string of the expiry task.
 pub const EXPIRY: &str = "system:expiry";
+
+/// The actor string of consents imported as they stood (`App::import_consents`).
+pub const IMPORT: &str = "system:import";
 
 /// The actor string of an operator certificate.
 pub fn operator(x5t: &str) -> String {

@@ -268,3 +268,109 @@ async fn a_feed_ends_when_the_sidecar_stops_and_resumes_after_a_restart() {
     assert_eq!(got[0].change_version(), Some(5));
     running.stop().await;
 }
+
+/// `App::import_consents`: consents kept as they stand (id, times, status), each with a
+/// feed change and a history entry by `system:import`, all or none; a due one is expired
+/// by housekeeping like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imported_consents_are_stored_published_and_expired_like_created_ones() {
+    let f = Fixture::new();
+    let clock = ManualClock::new(now());
+    let running = trust::start(f.config(&clock), None).await.unwrap();
+    let c = f.client(running.addr());
+    register_all(&f, &c).await;
+    let app = running.app().clone();
+    let at = |secs: i64| trust::clock::to_datetime(now() + secs);
+    let record =
+        |id: &str, status: ConsentStatus, expires: Option<i64>| consent_cache::ConsentRecord {
+            id: id.into(),
+            api_user: bin(USER_A),
+            customer: CUSTOMER.into(),
+            providers: vec![bin(BANK_1)],
+            permissions: vec![consent_cache::Permission::Accounts],
+            accounts: Some(vec!["KZ01ACC".into()]),
+            purpose: "import".into(),
+            created_at: at(-86_400),
+            expires_at: expires.map(at),
+            status,
+        };
+    let head = app.db.head();
+    let views = app
+        .import_consents(vec![
+            record("i-authorised", ConsentStatus::Authorised, Some(3600)),
+            record("i-revoked", ConsentStatus::Revoked, None),
+            record("i-lapsed", ConsentStatus::Authorised, Some(-60)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        views.iter().map(|v| v.version).collect::<Vec<_>>(),
+        vec![head + 1, head + 2, head + 3]
+    );
+    for v in &views {
+        assert_eq!(v.history.len(), 1);
+        assert_eq!(v.history[0].actor, "system:import");
+        assert_eq!(v.history[0].from, None);
+        assert_eq!(v.history[0].to, v.record.status.as_str());
+    }
+    // On the snapshot as stored, restriction and times included.
+    let snap = snapshot(&c, &f).await;
+    let imported = snap
+        .iter()
+        .find_map(|l| match l {
+            SnapshotLine::Consent(r) if r.id == "i-authorised" => Some(r.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(imported, views[0].record);
+
+    // All or none: a duplicate id, or an API user the registry does not know.
+    let e = app
+        .import_consents(vec![
+            record("i-new", ConsentStatus::Authorised, None),
+            record("i-revoked", ConsentStatus::Revoked, None),
+        ])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            trust::error::Error::Conflict {
+                code: "consent_exists",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let mut stranger = record("i-stranger", ConsentStatus::Authorised, None);
+    stranger.api_user = bin("100140000099");
+    let e = app.import_consents(vec![stranger]).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            trust::error::Error::Unprocessable {
+                code: "api_user_unknown",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(
+        app.consent("i-new".into()).await.is_err(),
+        "nothing of the refused batch"
+    );
+    assert_eq!(app.db.head(), head + 3);
+
+    // Past its expiry: expired by housekeeping, with the history to show it.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let v = app.consent("i-lapsed".into()).await.unwrap();
+        if v.record.status == ConsentStatus::Expired {
+            assert_eq!(v.history.last().unwrap().actor, "system:expiry");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not expired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    running.stop().await;
+}

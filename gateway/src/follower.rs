@@ -49,7 +49,9 @@ use crate::tls::{self, TlsError};
 /// First wait after a failed connection; doubled up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait between connection attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
+/// Retry of a failed JWKS fetch (the keys change rarely; an unknown `kid` asks at once).
+const JWKS_RETRY: Duration = Duration::from_secs(2);
 /// TCP + TLS + response headers.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A line longer than this is refused (a consent record is at most a few hundred KiB).
@@ -404,7 +406,7 @@ async fn keep_keys(state: Arc<State>) {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "JWKS fetch from the trust sidecar failed; keeping the last good keys");
-                refresh.min(MAX_BACKOFF)
+                refresh.min(JWKS_RETRY)
             }
         };
         drop(snap);
@@ -763,6 +765,7 @@ async fn follow_feed(
     let mut lines = Lines::new(resp.into_body(), MIN_IDLE_TIMEOUT.max(plane.max_staleness));
     let mut batch: Vec<Change> = Vec::new();
     let mut registry: Registry = status.registry().map(|r| (*r).clone()).unwrap_or_default();
+    let mut caught_up = false;
     loop {
         let mut result = Ok(());
         let mut participants_changed = false;
@@ -781,7 +784,6 @@ async fn follow_feed(
                 Ok(p) => p,
                 Err(e) => match undecodable_participant(line) {
                     Some((Some(v), bin, thumbprints)) => {
-                        status.heard();
                         *heard_any = true;
                         if v != pos.version + 1 {
                             result = Err(FollowError::NeedSnapshot(format!(
@@ -803,7 +805,6 @@ async fn follow_feed(
                     }
                 },
             };
-            status.heard();
             *heard_any = true;
             if let Some(v) = parsed.change_version() {
                 if v != pos.version + 1 {
@@ -844,6 +845,9 @@ async fn follow_feed(
                         )));
                         break;
                     }
+                    // The sidecar sends one at once when this connection's backlog is
+                    // drained: from here on, what is applied is the registry's present.
+                    caught_up = true;
                 }
                 FeedLine::Resync(r) => {
                     result = Err(FollowError::NeedSnapshot(format!("resync: {}", r.reason)));
@@ -851,16 +855,27 @@ async fn follow_feed(
                 }
             }
         }
+        let mut applied = true;
         if !batch.is_empty() {
             let current = store.load();
             if let Err(e) = current.apply_batch(batch.drain(..)) {
+                applied = false;
                 result = Err(FollowError::NeedSnapshot(format!("apply: {e}")));
             }
         }
         if participants_changed {
             publish_registry(state, Arc::new(registry.clone())).await;
         }
-        status.version.store(pos.version, Ordering::Relaxed);
+        if applied {
+            status.version.store(pos.version, Ordering::Relaxed);
+            // Fresh (contract §6 row 7) only once what was read is in force, and, on a new
+            // connection, only after the backlog: a gateway that went stale during an
+            // outage must not turn fresh on the first replayed line while revocations made
+            // during the outage are still further down the stream.
+            if caught_up && result.is_ok() {
+                status.heard();
+            }
+        }
         result?;
         if !lines.fill().await? {
             return Err(FollowError::Ended);

@@ -112,3 +112,91 @@ pub fn main(spec_path: &Path) -> Result<()> {
     rt.shutdown_timeout(Duration::from_millis(200));
     Ok(())
 }
+
+/// A started bank process: its process group and the two banks' addresses.
+pub struct BankProcess {
+    /// The process (stopped on drop).
+    pub proc: crate::procs::Proc,
+    /// Kept open: the bank process stops when it closes (the harness died).
+    pub stdin: Option<std::process::ChildStdin>,
+    /// The banks' listeners, in [`crate::fixture::PROVIDERS`] order.
+    pub addrs: [SocketAddr; 2],
+}
+
+/// Starts the environment's two sandbox banks as one process (`self_exe bank --spec`),
+/// the first one answering after `first_delay` when given; files go to `dir`.
+pub fn spawn(
+    env: &crate::fixture::BenchEnv,
+    dir: &Path,
+    self_exe: &Path,
+    threads: usize,
+    first_delay: Option<Duration>,
+) -> Result<BankProcess> {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+
+    let pki = &env.pki;
+    let mut banks = Vec::new();
+    for (i, b) in env.providers.iter().enumerate() {
+        let id = pki
+            .provider_server(*b)
+            .ok_or_else(|| HarnessError::Plan(format!("no certificate for bank {b}")))?;
+        let chain = dir.join(format!("bank-{b}-chain.pem"));
+        std::fs::write(&chain, id.chain_pem()).map_err(io_at(&chain))?;
+        banks.push(BankSpec {
+            bin: b.to_string(),
+            cert_chain: chain,
+            key: id.key_path.clone(),
+            seed: crate::fixture::bank_seed(i),
+            delay_ms: first_delay
+                .filter(|_| i == 0)
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        });
+    }
+    let spec = Spec {
+        banks,
+        client_ca: pki.ca_cert_path().to_path_buf(),
+        customers: crate::fixture::CUSTOMERS,
+        threads,
+    };
+    let spec_path = dir.join("bank-spec.json");
+    std::fs::write(&spec_path, serde_json::to_string_pretty(&spec)?).map_err(io_at(&spec_path))?;
+    let log = dir.join("bank.log");
+    let mut cmd = Command::new(self_exe);
+    cmd.arg("bank")
+        .arg("--spec")
+        .arg(&spec_path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).map_err(io_at(&log))?);
+    let mut proc = crate::procs::Proc::spawn("bank", &mut cmd, nix::sys::signal::Signal::SIGTERM)?;
+    let stdin = proc.child_mut().stdin.take();
+    let stdout = proc
+        .child_mut()
+        .stdout
+        .take()
+        .ok_or_else(|| HarnessError::Process {
+            name: "bank".into(),
+            reason: "no stdout".into(),
+        })?;
+    let mut addrs = Vec::new();
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.map_err(crate::error::os("reading the bank's output"))?;
+        if line.trim() == "ready" {
+            break;
+        }
+        let started: Started = serde_json::from_str(&line)?;
+        addrs.push(started.addr);
+    }
+    match addrs.as_slice() {
+        [a, b] => Ok(BankProcess {
+            proc,
+            stdin,
+            addrs: [*a, *b],
+        }),
+        _ => Err(HarnessError::Process {
+            name: "bank".into(),
+            reason: format!("did not start both banks (see {})", log.display()),
+        }),
+    }
+}

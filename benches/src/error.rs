@@ -77,6 +77,9 @@ pub enum HarnessError {
     /// The report could not be produced.
     #[error("report: {0}")]
     Report(String),
+    /// The trust sidecar answered something unexpected, or its storage failed.
+    #[error("trust sidecar: {0}")]
+    Trust(String),
     /// JSON (de)serialisation failed.
     #[error("JSON: {0}")]
     Json(#[from] serde_json::Error),

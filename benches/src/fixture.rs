@@ -291,6 +291,23 @@ impl BenchEnv {
     }
 }
 
+/// Where a hub takes its consents from.
+#[derive(Debug, Clone, Copy)]
+pub enum ConsentSource<'a> {
+    /// A snapshot file (`[consents] snapshot`), followed by the hub's file watcher.
+    Snapshot(&'a Path),
+    /// The trust sidecar (`[trust]`): snapshot and change feed over mTLS with the hub's
+    /// client identity, the sidecar's server certificate verified by the platform CA.
+    Trust {
+        /// The sidecar's base URL.
+        url: &'a str,
+        /// Contract §6 row 7 bound.
+        max_staleness_secs: u64,
+        /// Token keys from the sidecar's JWKS.
+        jwks: bool,
+    },
+}
+
 /// Settings of one hub configuration.
 pub struct HubSettings<'a> {
     /// API listener port.
@@ -299,8 +316,8 @@ pub struct HubSettings<'a> {
     pub admin_port: u16,
     /// Worker threads (None: the hub's default, the machine's cores).
     pub threads: Option<usize>,
-    /// The consent snapshot.
-    pub snapshot: &'a Path,
+    /// Where the hub takes its consents from.
+    pub consents: ConsentSource<'a>,
     /// Base URLs of the two banks.
     pub bank_urls: [String; 2],
     /// Verified-token cache size.
@@ -345,7 +362,22 @@ pub fn write_hub_config(env: &BenchEnv, s: &HubSettings<'_>, path: &Path) -> Res
         q(&env.jwks),
         s.token_cache
     );
-    let _ = writeln!(c, "\n[consents]\nsnapshot = {}", q(s.snapshot));
+    match s.consents {
+        ConsentSource::Snapshot(p) => {
+            let _ = writeln!(c, "\n[consents]\nsnapshot = {}", q(p));
+        }
+        ConsentSource::Trust {
+            url,
+            max_staleness_secs,
+            jwks,
+        } => {
+            let _ = writeln!(
+                c,
+                "\n[trust]\nurl = {url:?}\nca = [{}]\nmax_staleness_secs = {max_staleness_secs}\njwks = {jwks}",
+                q(pki.ca_cert_path())
+            );
+        }
+    }
     let audit = path.with_file_name("audit.jsonl");
     let _ = writeln!(c, "\n[audit]\npath = {}", q(&audit));
     for kind in [

@@ -15,6 +15,7 @@ pub mod procs;
 pub mod report;
 pub mod runner;
 pub mod scenario;
+pub mod sidecar;
 pub mod stats;
 pub mod tls;
 pub mod workload;

@@ -46,6 +46,40 @@ pub struct Machine {
     pub load_at_end: String,
 }
 
+impl Machine {
+    /// This machine now: logical CPUs, `/proc/cpuinfo` model, `uname -srm`, load averages.
+    pub fn current(load_at_start: String) -> Machine {
+        let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+            .unwrap_or_default();
+        let kernel = std::process::Command::new("uname")
+            .arg("-srm")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        Machine {
+            cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            cpu_model,
+            kernel,
+            load_at_start,
+            load_at_end: loadavg(),
+        }
+    }
+}
+
+/// `/proc/loadavg`, trimmed (empty where there is none).
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
 /// A correctness probe.
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {

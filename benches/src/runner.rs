@@ -5,7 +5,6 @@
 //! from `/proc` around each window. Produces the [`ScenarioReport`]s.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command, Stdio};
@@ -16,7 +15,7 @@ use std::time::{Duration, Instant};
 use http::HeaderMap;
 use nix::sys::signal::Signal;
 
-use crate::bankproc::{self, BankSpec, Started};
+use crate::bankproc;
 use crate::engine::{self, GroupResult, Phase, RunOptions, RunResult};
 use crate::error::{io_at, HarnessError, Result};
 use crate::fixture::{self, BenchEnv, ConsentRow, HubSettings};
@@ -195,69 +194,18 @@ impl Runner {
     }
 
     fn start_bank(&self, dir: &Path, slow: bool) -> Result<Bank> {
-        let pki = &self.env.pki;
-        let mut banks = Vec::new();
-        for (i, b) in self.env.providers.iter().enumerate() {
-            let id = pki
-                .provider_server(*b)
-                .ok_or_else(|| HarnessError::Plan(format!("no certificate for bank {b}")))?;
-            let chain = dir.join(format!("bank-{b}-chain.pem"));
-            std::fs::write(&chain, id.chain_pem()).map_err(io_at(&chain))?;
-            banks.push(BankSpec {
-                bin: b.to_string(),
-                cert_chain: chain,
-                key: id.key_path.clone(),
-                seed: fixture::bank_seed(i),
-                delay_ms: (slow && i == 0).then(|| SLOW_DELAY.as_millis() as u64),
-            });
-        }
-        let spec = bankproc::Spec {
-            banks,
-            client_ca: pki.ca_cert_path().to_path_buf(),
-            customers: fixture::CUSTOMERS,
-            threads: self.s.bank_threads,
-        };
-        let spec_path = dir.join("bank-spec.json");
-        std::fs::write(&spec_path, serde_json::to_string_pretty(&spec)?)
-            .map_err(io_at(&spec_path))?;
-        let log = dir.join("bank.log");
-        let mut cmd = Command::new(&self.s.self_exe);
-        cmd.arg("bank")
-            .arg("--spec")
-            .arg(&spec_path)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).map_err(io_at(&log))?);
-        let mut proc = Proc::spawn("bank", &mut cmd, Signal::SIGTERM)?;
-        let stdin = proc.child_mut().stdin.take();
-        let stdout = proc
-            .child_mut()
-            .stdout
-            .take()
-            .ok_or_else(|| HarnessError::Process {
-                name: "bank".into(),
-                reason: "no stdout".into(),
-            })?;
-        let mut addrs = Vec::new();
-        for line in BufReader::new(stdout).lines() {
-            let line = line.map_err(crate::error::os("reading the bank's output"))?;
-            if line.trim() == "ready" {
-                break;
-            }
-            let started: Started = serde_json::from_str(&line)?;
-            addrs.push(started.addr);
-        }
-        match addrs.as_slice() {
-            [a, b] => Ok(Bank {
-                proc,
-                _stdin: stdin,
-                addrs: [*a, *b],
-            }),
-            _ => Err(HarnessError::Process {
-                name: "bank".into(),
-                reason: format!("did not start both banks (see {})", log.display()),
-            }),
-        }
+        let b = bankproc::spawn(
+            &self.env,
+            dir,
+            &self.s.self_exe,
+            self.s.bank_threads,
+            slow.then_some(SLOW_DELAY),
+        )?;
+        Ok(Bank {
+            proc: b.proc,
+            _stdin: b.stdin,
+            addrs: b.addrs,
+        })
     }
 
     fn start_hub(&self, dir: &Path, snapshot: &Path, bank: &Bank) -> Result<Running> {
@@ -269,7 +217,7 @@ impl Runner {
                 port,
                 admin_port,
                 threads: self.s.hub_threads,
-                snapshot,
+                consents: fixture::ConsentSource::Snapshot(snapshot),
                 bank_urls: bank.addrs.map(|a| format!("https://{a}")),
                 token_cache: 100_000,
             },

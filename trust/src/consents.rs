@@ -117,40 +117,7 @@ pub fn create(
         code: "invalid_field",
         detail: e.to_string(),
     })?;
-    let version = tx.emit(|version| {
-        serde_json::to_string(&FeedLine::Consent(Change {
-            version,
-            op: ChangeOp::Upsert(record.clone()),
-        }))
-    })?;
-    tx.conn().execute(
-        "INSERT INTO consents(id, api_user, customer, status, expires_at, record, version)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
-            record.id,
-            record.api_user.to_string(),
-            record.customer,
-            record.status.as_str(),
-            record.expires_at.map(OffsetDateTime::unix_timestamp),
-            serde_json::to_string(&record)?,
-            version as i64
-        ],
-    )?;
-    append_history(
-        tx.conn(),
-        &record.id,
-        now,
-        &crate::history::api_user(api_user),
-        None,
-        record.status,
-        version,
-    )?;
-    let history = history(tx.conn(), &record.id)?;
-    Ok(ConsentView {
-        record,
-        version,
-        history,
-    })
+    insert_new(tx, record, now, &crate::history::api_user(api_user))
 }
 
 /// Imports a consent as it stands elsewhere (a registry being migrated, development
@@ -209,6 +176,18 @@ pub fn import(
             });
         }
     }
+    let now = tx.now();
+    insert_new(tx, record, now, crate::history::IMPORT)
+}
+
+/// Stores a consent not stored before: one feed change (an `upsert` carrying its
+/// status), its row, and its first history entry by `actor`.
+fn insert_new(
+    tx: &mut Tx<'_>,
+    record: ConsentRecord,
+    at: i64,
+    actor: &str,
+) -> Result<ConsentView, Error> {
     let version = tx.emit(|version| {
         serde_json::to_string(&FeedLine::Consent(Change {
             version,
@@ -231,8 +210,8 @@ pub fn import(
     append_history(
         tx.conn(),
         &record.id,
-        tx.now(),
-        crate::history::IMPORT,
+        at,
+        actor,
         None,
         record.status,
         version,

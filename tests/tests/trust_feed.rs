@@ -119,6 +119,16 @@ async fn journey(
     sidecar: std::net::SocketAddr,
     outbox: &std::path::Path,
 ) -> (String, String) {
+    journey_with(hub, sidecar, outbox, json!({})).await
+}
+
+/// [`journey`], with `extra` fields in the consent request (e.g. `expires_at`).
+async fn journey_with(
+    hub: &Hub,
+    sidecar: std::net::SocketAddr,
+    outbox: &std::path::Path,
+    extra: Value,
+) -> (String, String) {
     let ca = hub.pki.ca_cert_pem();
     // A customer the sandbox bank knows (USER_A's demo consent on BANK_1).
     let customer_id = hub.customer_of("c-authorised-full");
@@ -150,13 +160,13 @@ async fn journey(
     assert_eq!(r.status, 201, "{}", r.text());
 
     let api_user = Client::new(sidecar, ca, Some(&ClientCert::of(&user)));
+    let mut body = json!({"customer": customer_id, "providers": [BANK_1],
+                    "permissions": ["accounts", "balances", "transactions"], "purpose": "e2e"});
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
     let r = api_user
-        .send(&json_req(
-            "POST",
-            "/v1/consents",
-            &json!({"customer": customer_id, "providers": [BANK_1],
-                    "permissions": ["accounts", "balances", "transactions"], "purpose": "e2e"}),
-        ))
+        .send(&json_req("POST", "/v1/consents", &body))
         .await;
     assert_eq!(r.status, 201, "{}", r.text());
     let consent = r.json()["id"].as_str().expect("id").to_string();
@@ -443,6 +453,69 @@ fn journey_revocation_staleness_and_restart_through_the_hub() {
         let resyncs = metric(&m, "hub_consent_feed_resyncs_total").expect("resyncs");
         assert!(resyncs >= 1.0, "{m}");
         running.stop().await;
+    });
+    drop(hub);
+}
+
+/// Contract §5 and §6 (expiry): a consent created through the sidecar with an expiry
+/// serves until then and is refused at the hub once it has passed (`403
+/// consent_expired`: the token, which never outlives its consent, is still inside the
+/// hub's clock-skew leeway), never before.
+#[test]
+fn a_consent_from_the_sidecar_stops_at_the_hub_when_it_expires() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let slot: Slot = Arc::new(Mutex::new(None));
+    let (handle, s) = (rt.handle().clone(), slot.clone());
+    let hub = Hub::start_with(env!("CARGO_BIN_EXE_hub-under-test"), move |setup| {
+        setup.unlimited();
+        with_sidecar(setup, &handle, &s);
+    });
+    let (addr, outbox) = {
+        let g = slot.lock().expect("slot");
+        let s = g.as_ref().expect("sidecar");
+        (
+            s.running.as_ref().expect("running").addr(),
+            s.outbox.clone(),
+        )
+    };
+    rt.block_on(async {
+        let expires = time::OffsetDateTime::now_utc().unix_timestamp() + 3;
+        let expires_at = time::OffsetDateTime::from_unix_timestamp(expires)
+            .expect("time")
+            .format(&time::format_description::well_known::Rfc3339)
+            .expect("rfc3339");
+        let (_consent, token) =
+            journey_with(&hub, addr, &outbox, json!({ "expires_at": expires_at })).await;
+        let before = [(503, "consent_state_stale"), (403, "consent_not_found")];
+        until(&hub, &token, (200, ""), &before, Duration::from_secs(10)).await;
+        until(
+            &hub,
+            &token,
+            (403, "consent_expired"),
+            &[(200, "")],
+            Duration::from_secs(10),
+        )
+        .await;
+        let refused_at = time::OffsetDateTime::now_utc().unix_timestamp();
+        assert!(
+            refused_at >= expires,
+            "refused at {refused_at}, before the expiry {expires}"
+        );
+        // And it stays refused.
+        let r = hub
+            .client_as(USER_A)
+            .get(&accounts_path(BANK_1), Some(&token))
+            .await;
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (403, "consent_expired"),
+            "{}",
+            r.text()
+        );
     });
     drop(hub);
 }

@@ -112,6 +112,44 @@ fn code_from_outbox(outbox: &std::path::Path, consent: &str) -> String {
         .expect("a code for the consent")
 }
 
+/// A hub (no rate limits) following a sidecar that runs in-process on `rt`.
+struct Rig {
+    rt: tokio::runtime::Runtime,
+    slot: Slot,
+    hub: Hub,
+    addr: std::net::SocketAddr,
+    outbox: std::path::PathBuf,
+}
+
+fn rig() -> Rig {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let slot: Slot = Arc::new(Mutex::new(None));
+    let (handle, s) = (rt.handle().clone(), slot.clone());
+    let hub = Hub::start_with(env!("CARGO_BIN_EXE_hub-under-test"), move |setup| {
+        setup.unlimited();
+        with_sidecar(setup, &handle, &s);
+    });
+    let (addr, outbox) = {
+        let g = slot.lock().expect("slot");
+        let s = g.as_ref().expect("sidecar");
+        (
+            s.running.as_ref().expect("running").addr(),
+            s.outbox.clone(),
+        )
+    };
+    Rig {
+        rt,
+        slot,
+        hub,
+        addr,
+        outbox,
+    }
+}
+
 /// Registers the participants, creates a consent as `USER_A`, has the customer
 /// authorise it with the code from the outbox, and gets a token for it.
 async fn journey(
@@ -284,25 +322,13 @@ fn metric(text: &str, name: &str) -> Option<f64> {
 
 #[test]
 fn journey_revocation_staleness_and_restart_through_the_hub() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let slot: Slot = Arc::new(Mutex::new(None));
-    let (handle, s) = (rt.handle().clone(), slot.clone());
-    let hub = Hub::start_with(env!("CARGO_BIN_EXE_hub-under-test"), move |setup| {
-        setup.unlimited();
-        with_sidecar(setup, &handle, &s);
-    });
-    let (addr, outbox) = {
-        let g = slot.lock().expect("slot");
-        let s = g.as_ref().expect("sidecar");
-        (
-            s.running.as_ref().expect("running").addr(),
-            s.outbox.clone(),
-        )
-    };
+    let Rig {
+        rt,
+        slot,
+        hub,
+        addr,
+        outbox,
+    } = rig();
 
     rt.block_on(async {
         let (consent, token) = journey(&hub, addr, &outbox).await;
@@ -463,25 +489,13 @@ fn journey_revocation_staleness_and_restart_through_the_hub() {
 /// hub's clock-skew leeway), never before.
 #[test]
 fn a_consent_from_the_sidecar_stops_at_the_hub_when_it_expires() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let slot: Slot = Arc::new(Mutex::new(None));
-    let (handle, s) = (rt.handle().clone(), slot.clone());
-    let hub = Hub::start_with(env!("CARGO_BIN_EXE_hub-under-test"), move |setup| {
-        setup.unlimited();
-        with_sidecar(setup, &handle, &s);
-    });
-    let (addr, outbox) = {
-        let g = slot.lock().expect("slot");
-        let s = g.as_ref().expect("sidecar");
-        (
-            s.running.as_ref().expect("running").addr(),
-            s.outbox.clone(),
-        )
-    };
+    let Rig {
+        rt,
+        slot: _slot,
+        hub,
+        addr,
+        outbox,
+    } = rig();
     rt.block_on(async {
         let expires = time::OffsetDateTime::now_utc().unix_timestamp() + 3;
         let expires_at = time::OffsetDateTime::from_unix_timestamp(expires)
@@ -577,25 +591,13 @@ fn consent_routes_fail_closed_until_the_first_snapshot() {
 /// (unknown to the hub); its provider suspended.
 #[test]
 fn participant_changes_in_the_sidecar_apply_at_the_hub() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let slot: Slot = Arc::new(Mutex::new(None));
-    let (handle, s) = (rt.handle().clone(), slot.clone());
-    let hub = Hub::start_with(env!("CARGO_BIN_EXE_hub-under-test"), move |setup| {
-        setup.unlimited();
-        with_sidecar(setup, &handle, &s);
-    });
-    let (addr, outbox) = {
-        let g = slot.lock().expect("slot");
-        let s = g.as_ref().expect("sidecar");
-        (
-            s.running.as_ref().expect("running").addr(),
-            s.outbox.clone(),
-        )
-    };
+    let Rig {
+        rt,
+        slot,
+        hub,
+        addr,
+        outbox,
+    } = rig();
 
     rt.block_on(async {
         let (_consent, token) = journey(&hub, addr, &outbox).await;

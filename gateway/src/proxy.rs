@@ -7,7 +7,7 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::{RequestHeader, ResponseHeader, StaticHeaderName};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use std::cell::RefCell;
@@ -152,15 +152,15 @@ impl Ctx {
     }
 }
 
-const X_FAPI_INTERACTION_ID: HeaderName = HeaderName::from_static("x-fapi-interaction-id");
+static X_FAPI_INTERACTION_ID: StaticHeaderName = StaticHeaderName::new("x-fapi-interaction-id");
 const X_FAPI_CUSTOMER_IP: HeaderName = HeaderName::from_static("x-fapi-customer-ip-address");
-const X_HUB_API_USER: HeaderName = HeaderName::from_static("x-hub-api-user");
-const X_HUB_CONSENT_ID: HeaderName = HeaderName::from_static("x-hub-consent-id");
-const X_HUB_CUSTOMER: HeaderName = HeaderName::from_static("x-hub-customer");
-const X_HUB_PERMISSIONS: HeaderName = HeaderName::from_static("x-hub-permissions");
-const X_HUB_ACCOUNTS: HeaderName = HeaderName::from_static("x-hub-accounts");
-const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+static X_HUB_API_USER: StaticHeaderName = StaticHeaderName::new("x-hub-api-user");
+static X_HUB_CONSENT_ID: StaticHeaderName = StaticHeaderName::new("x-hub-consent-id");
+static X_HUB_CUSTOMER: StaticHeaderName = StaticHeaderName::new("x-hub-customer");
+static X_HUB_PERMISSIONS: StaticHeaderName = StaticHeaderName::new("x-hub-permissions");
+static X_HUB_ACCOUNTS: StaticHeaderName = StaticHeaderName::new("x-hub-accounts");
+static RATELIMIT_POLICY: StaticHeaderName = StaticHeaderName::new("ratelimit-policy");
+static RATELIMIT: StaticHeaderName = StaticHeaderName::new("ratelimit");
 
 /// Hop-by-hop and proxy-control headers never forwarded upstream (RFC 9110 §7.6.1), plus
 /// headers whose client-supplied values would mislead a bank.
@@ -464,7 +464,7 @@ fn problem_head(
     resp.insert_header(header::CONTENT_LENGTH, body_len)?;
     resp.insert_header(header::CACHE_CONTROL, "no-store")?;
     resp.insert_header(header::DATE, date_header())?;
-    resp.insert_header(X_FAPI_INTERACTION_ID, iid_str(iid))?;
+    resp.insert_static_header(&X_FAPI_INTERACTION_ID, iid_str(iid))?;
     match code {
         Code::InvalidToken | Code::TokenBindingMismatch => {
             resp.insert_header(header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\"")?;
@@ -483,8 +483,8 @@ fn problem_head(
                 let (mut policy, mut state) = (String::new(), String::new());
                 l.write_headers(&mut policy, &mut state);
                 resp.insert_header(header::RETRY_AFTER, l.retry_after_secs)?;
-                resp.insert_header(RATELIMIT_POLICY, policy)?;
-                resp.insert_header(RATELIMIT, state)?;
+                resp.insert_static_header(&RATELIMIT_POLICY, policy)?;
+                resp.insert_static_header(&RATELIMIT, state)?;
             }
         }
         _ => {}
@@ -545,6 +545,11 @@ fn is_upstream_failure(code: Code) -> bool {
 impl ProxyHttp for Hub {
     type CTX = Ctx;
 
+    /// No downstream modules: pingora's default adds a (disabled) response compression
+    /// module, which still costs a context and filter calls on every request. The hub
+    /// passes the bank's answer through as it is.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> Ctx {
         Ctx {
             start: Instant::now(),
@@ -575,7 +580,12 @@ impl ProxyHttp for Hub {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         ctx.start = Instant::now();
         ctx.arrived = SystemTime::now();
-        ctx.iid = interaction_id(session.req_header().headers.get(X_FAPI_INTERACTION_ID));
+        ctx.iid = interaction_id(
+            session
+                .req_header()
+                .headers
+                .get(X_FAPI_INTERACTION_ID.name()),
+        );
         // In-flight requests keep the snapshot they started with, whatever reloads do.
         let snap = self.state.snapshot.load_full();
         // The participant directory may change under a snapshot (trust feed): the request
@@ -723,18 +733,18 @@ impl ProxyHttp for Hub {
             upstream.remove_header(&X_FAPI_CUSTOMER_IP);
         }
 
-        upstream.insert_header(X_FAPI_INTERACTION_ID, iid_str(&ctx.iid))?;
+        upstream.insert_static_header(&X_FAPI_INTERACTION_ID, iid_str(&ctx.iid))?;
         if let Some(u) = ctx.api_user {
             let d = u.digits();
-            upstream.insert_header(
-                X_HUB_API_USER,
+            upstream.insert_static_header(
+                &X_HUB_API_USER,
                 HeaderValue::from_bytes(&d)
                     .map_err(|_| Error::explain(ErrorType::InternalError, "api user header"))?,
             )?;
         }
         if let Some(c) = &ctx.consent {
-            upstream.insert_header(X_HUB_CONSENT_ID, c.id())?;
-            upstream.insert_header(X_HUB_CUSTOMER, c.customer())?;
+            upstream.insert_static_header(&X_HUB_CONSENT_ID, c.id())?;
+            upstream.insert_static_header(&X_HUB_CUSTOMER, c.customer())?;
             // What the bank may serve: granted by the consent and by the token's scope.
             let granted = match &ctx.token {
                 Some(t) => {
@@ -743,7 +753,7 @@ impl ProxyHttp for Hub {
                 }
                 None => c.permissions(),
             };
-            upstream.insert_header(X_HUB_PERMISSIONS, granted.comma_list())?;
+            upstream.insert_static_header(&X_HUB_PERMISSIONS, granted.comma_list())?;
             if let Some(accounts) = c.accounts() {
                 // Extension to contract §3: lets the bank filter the account list of a
                 // consent restricted to some accounts.
@@ -754,7 +764,7 @@ impl ProxyHttp for Hub {
                     }
                     list.push_str(a);
                 }
-                upstream.insert_header(X_HUB_ACCOUNTS, list)?;
+                upstream.insert_static_header(&X_HUB_ACCOUNTS, list)?;
             }
         }
         Ok(())
@@ -780,17 +790,17 @@ impl ProxyHttp for Hub {
         for name in &doomed {
             upstream.remove_header(name);
         }
-        upstream.insert_header(X_FAPI_INTERACTION_ID, iid_str(&ctx.iid))?;
+        upstream.insert_static_header(&X_FAPI_INTERACTION_ID, iid_str(&ctx.iid))?;
         upstream.insert_header(header::DATE, date_header())?;
         if ctx.consent.is_some() {
             // Customer data is never cached on the way (contract §3).
             upstream.insert_header(header::CACHE_CONTROL, "no-store")?;
         }
         if let Some(info) = &ctx.rate {
-            let (mut policy, mut state) = (String::new(), String::new());
+            let (mut policy, mut state) = (String::with_capacity(64), String::with_capacity(64));
             info.write_headers(&mut policy, &mut state);
-            upstream.insert_header(RATELIMIT_POLICY, policy)?;
-            upstream.insert_header(RATELIMIT, state)?;
+            upstream.insert_static_header(&RATELIMIT_POLICY, policy)?;
+            upstream.insert_static_header(&RATELIMIT, state)?;
         }
         Ok(())
     }

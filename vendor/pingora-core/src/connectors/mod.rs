@@ -270,8 +270,12 @@ impl TransportConnector {
                         let mut stream = l.into_inner();
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
+                        // Patched (exchange hub): the address this connection was made to is
+                        // recorded in its socket digest at connect time; when it is the peer's,
+                        // skip `matches_fd`'s getpeername(2) (a syscall on every reuse) and
+                        // fall back to it otherwise.
                         #[cfg(unix)]
-                        if peer.matches_fd(stream.id())
+                        if (connected_to(&stream, peer) || peer.matches_fd(stream.id()))
                             && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
                         {
                             Some(stream)
@@ -484,6 +488,18 @@ impl PreferredHttpVersion {
 
 use futures::future::FutureExt;
 use tokio::io::AsyncReadExt;
+
+/// Patched (exchange hub): whether the stream's socket digest records, from connect time,
+/// that it was connected to `peer`'s address (no syscall: the digest caches it).
+#[cfg(unix)]
+fn connected_to<P: Peer>(stream: &Stream, peer: &P) -> bool {
+    stream.get_socket_digest().is_some_and(|d| {
+        d.peer_addr
+            .get()
+            .and_then(Option::as_ref)
+            .is_some_and(|a| a == peer.address())
+    })
+}
 
 /// Test whether a stream is already closed or not reusable (server sent unexpected data)
 fn test_reusable_stream(stream: &mut Stream, unexpected_data_conn_count: &AtomicU64) -> bool {

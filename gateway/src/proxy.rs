@@ -494,6 +494,21 @@ fn problem_head(
 
 /// Maps a proxying error to the contract's code (rows 17–19 and request-level failures).
 /// `None` means the downstream connection is gone and nothing can be answered.
+/// The client went away while its request was in flight: it closed or reset the
+/// connection (e.g. without TLS close_notify), stopped reading, or stopped sending. Nothing
+/// can be answered and it is no fault of the hub or the provider.
+fn client_gone(e: &Error) -> bool {
+    *e.esource() == ErrorSource::Downstream
+        && matches!(
+            e.etype(),
+            ErrorType::WriteError
+                | ErrorType::ReadError
+                | ErrorType::ConnectionClosed
+                | ErrorType::ReadTimedout
+                | ErrorType::WriteTimedout
+        )
+}
+
 fn failure_code(e: &Error) -> Option<Code> {
     if let ErrorType::HTTPStatus(s) = e.etype() {
         return Some(match *s {
@@ -515,11 +530,8 @@ fn failure_code(e: &Error) -> Option<Code> {
             | ErrorType::H2Downgrade => Code::ProviderBadResponse,
             _ => Code::ProviderUnavailable,
         }),
-        ErrorSource::Downstream => match e.etype() {
-            ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => None,
-            ErrorType::ReadTimedout | ErrorType::WriteTimedout => None,
-            _ => Some(Code::BadRequest),
-        },
+        ErrorSource::Downstream if client_gone(e) => None,
+        ErrorSource::Downstream => Some(Code::BadRequest),
         ErrorSource::Internal | ErrorSource::Unset => Some(match e.etype() {
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
                 Code::ProviderTimeout
@@ -827,6 +839,23 @@ impl ProxyHttp for Hub {
         }
     }
 
+    /// A client that went away mid-request is logged at debug, not as pingora's ERROR
+    /// line ("Fail to proxy: Downstream ReadError …"): load balancers and load generators
+    /// drop keep-alive connections routinely, and ERROR is for what an operator must look
+    /// at. The request still has its audit record (status 0: nothing was answered).
+    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, e: &Error) -> bool {
+        if client_gone(e) {
+            tracing::debug!(
+                route = ctx.route.map_or("-", RouteId::template),
+                interaction_id = iid_str(&ctx.iid),
+                error = %e,
+                "client went away mid-request"
+            );
+            return true;
+        }
+        false
+    }
+
     /// What pingora's own error log says about a request: the route template and the
     /// interaction id, never the path (it carries account ids) or headers.
     fn malformed_request_response(&self, e: &Error) -> Option<(ResponseHeader, Bytes)> {
@@ -913,5 +942,48 @@ impl ProxyHttp for Hub {
             latency_us: elapsed.as_micros() as u64,
             upstream_latency_us: ctx.upstream_us,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(etype: ErrorType, source: ErrorSource) -> Box<Error> {
+        let mut e = Error::new(etype);
+        match source {
+            ErrorSource::Upstream => e.as_up(),
+            ErrorSource::Downstream => e.as_down(),
+            _ => e.as_in(),
+        }
+        e
+    }
+
+    #[test]
+    fn a_client_that_went_away_is_no_failure_to_answer() {
+        for t in [
+            ErrorType::ReadError,
+            ErrorType::WriteError,
+            ErrorType::ConnectionClosed,
+            ErrorType::ReadTimedout,
+            ErrorType::WriteTimedout,
+        ] {
+            let e = err(t.clone(), ErrorSource::Downstream);
+            assert!(client_gone(&e), "{t:?}");
+            assert_eq!(failure_code(&e), None, "{t:?}");
+        }
+    }
+
+    #[test]
+    fn the_same_errors_from_the_provider_or_a_bad_request_are_failures() {
+        let e = err(ErrorType::ReadError, ErrorSource::Upstream);
+        assert!(!client_gone(&e));
+        assert_eq!(failure_code(&e), Some(Code::ProviderUnavailable));
+        let e = err(ErrorType::ReadTimedout, ErrorSource::Upstream);
+        assert!(!client_gone(&e));
+        assert_eq!(failure_code(&e), Some(Code::ProviderTimeout));
+        let e = err(ErrorType::InvalidHTTPHeader, ErrorSource::Downstream);
+        assert!(!client_gone(&e));
+        assert_eq!(failure_code(&e), Some(Code::BadRequest));
     }
 }

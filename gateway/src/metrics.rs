@@ -38,6 +38,8 @@ pub struct Metrics {
     pub token_cache: IntCounterVec,
     /// Audit records dropped because the writer fell behind.
     pub audit_dropped: IntCounter,
+    /// Requests whose client went away before the answer was complete.
+    pub client_gone: IntCounter,
     /// Upstream targets ejected right now.
     pub ejected: IntGauge,
     /// Handshake-level: requests whose TLS digest was missing (should stay 0).
@@ -131,6 +133,10 @@ impl Metrics {
             "audit_dropped_total",
             "Audit records dropped because the journal writer fell behind",
         ));
+        let client_gone = must(IntCounter::new(
+            "client_gone_total",
+            "Requests whose client closed, reset or stopped reading its connection before the answer was complete",
+        ));
         let ejected = must(IntGauge::new(
             "upstream_ejected",
             "Provider base URLs out of rotation",
@@ -175,6 +181,7 @@ impl Metrics {
             Box::new(reloads.clone()),
             Box::new(token_cache.clone()),
             Box::new(audit_dropped.clone()),
+            Box::new(client_gone.clone()),
             Box::new(ejected.clone()),
             Box::new(no_tls_digest.clone()),
             Box::new(generation.clone()),
@@ -198,6 +205,7 @@ impl Metrics {
             reloads,
             token_cache,
             audit_dropped,
+            client_gone,
             ejected,
             no_tls_digest,
             generation,

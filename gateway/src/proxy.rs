@@ -492,8 +492,6 @@ fn problem_head(
     Ok(resp)
 }
 
-/// Maps a proxying error to the contract's code (rows 17–19 and request-level failures).
-/// `None` means the downstream connection is gone and nothing can be answered.
 /// The client went away while its request was in flight: it closed or reset the
 /// connection (e.g. without TLS close_notify), stopped reading, or stopped sending. Nothing
 /// can be answered and it is no fault of the hub or the provider.
@@ -509,6 +507,8 @@ fn client_gone(e: &Error) -> bool {
         )
 }
 
+/// Maps a proxying error to the contract's code (rows 17–19 and request-level failures).
+/// `None` means the downstream connection is gone and nothing can be answered.
 fn failure_code(e: &Error) -> Option<Code> {
     if let ErrorType::HTTPStatus(s) = e.etype() {
         return Some(match *s {
@@ -818,6 +818,9 @@ impl ProxyHttp for Hub {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        if client_gone(e) {
+            self.state.metrics.client_gone.inc();
+        }
         let code = failure_code(e);
         if let Some(code) = code {
             if is_upstream_failure(code) {
@@ -842,7 +845,8 @@ impl ProxyHttp for Hub {
     /// A client that went away mid-request is logged at debug, not as pingora's ERROR
     /// line ("Fail to proxy: Downstream ReadError …"): load balancers and load generators
     /// drop keep-alive connections routinely, and ERROR is for what an operator must look
-    /// at. The request still has its audit record (status 0: nothing was answered).
+    /// at. Such requests are counted (`hub_client_gone_total`, in `fail_to_proxy`) and
+    /// keep their audit record.
     fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, e: &Error) -> bool {
         if client_gone(e) {
             tracing::debug!(

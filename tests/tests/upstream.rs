@@ -188,3 +188,38 @@ async fn oversized_chunked_body_to_a_slow_bank_is_payload_too_large() {
     hub.bank(BANK_2).set_behaviour(Behaviour::Normal);
     still_serving().await;
 }
+
+/// `hub_client_gone_total` from the hub's `/metrics`.
+async fn client_gone_count() -> u64 {
+    let text = hub().metrics().await;
+    text.lines()
+        .find_map(|l| l.strip_prefix("hub_client_gone_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_while_the_bank_thinks_is_counted_not_failed() {
+    let _serial = BANK2.lock().await;
+    let _restore = Restore;
+    let hub = hub();
+    let before = client_gone_count().await;
+    hub.bank(BANK_2).set_behaviour(Behaviour::Hang);
+    // The client gives up (its connection is dropped, no TLS close_notify) long before the
+    // provider's SLA would answer 504.
+    let gave_up = tokio::time::timeout(Duration::from_millis(SLA_MS / 5), bank2_accounts()).await;
+    assert!(gave_up.is_err(), "a hanging bank was answered: {gave_up:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut after = client_gone_count().await;
+    while after <= before && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        after = client_gone_count().await;
+    }
+    assert_eq!(
+        after,
+        before + 1,
+        "client_gone_total before {before}, after {after}"
+    );
+    hub.bank(BANK_2).set_behaviour(Behaviour::Normal);
+    still_serving().await;
+}

@@ -490,9 +490,17 @@ use futures::future::FutureExt;
 use tokio::io::AsyncReadExt;
 
 /// Patched (exchange hub): whether the stream's socket digest records, from connect time,
-/// that it was connected to `peer`'s address (no syscall: the digest caches it).
+/// that it was connected to `peer`'s address (no syscall: the digest caches it). Not
+/// trusted when the peer has a custom L4 connector, which decides itself where to connect
+/// while the digest still records `peer.address()`.
 #[cfg(unix)]
 fn connected_to<P: Peer>(stream: &Stream, peer: &P) -> bool {
+    if peer
+        .get_peer_options()
+        .is_some_and(|o| o.custom_l4.is_some())
+    {
+        return false;
+    }
     stream.get_socket_digest().is_some_and(|d| {
         d.peer_addr
             .get()

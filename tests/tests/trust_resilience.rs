@@ -439,6 +439,21 @@ impl Prober {
         panic!("{}: no answer over three connections", self.gate.name)
     }
 
+    /// Waits (≤ 10 s each) until this gateway serves every consent, which it may not know
+    /// yet (`consent_not_found` meanwhile).
+    async fn serves_all(&mut self, consents: &[Consent]) {
+        for c in consents {
+            self.until(
+                &c.token,
+                OK,
+                &[NOT_FOUND],
+                Instant::now(),
+                Duration::from_secs(10),
+            )
+            .await;
+        }
+    }
+
     /// Probes until `want` answers (each earlier answer must be one of `allowed`);
     /// returns how long it took after `since` and what came before.
     async fn until(
@@ -994,16 +1009,7 @@ fn two_gateways_follow_one_sidecar_and_both_enforce_each_revocation() {
         caught_up(&gates, head(&hub, &spec).await, Duration::from_secs(20)).await;
         let mut probers: Vec<Prober> = gates.iter().map(Prober::new).collect();
         for p in &mut probers {
-            for c in &consents {
-                p.until(
-                    &c.token,
-                    OK,
-                    &[NOT_FOUND],
-                    Instant::now(),
-                    Duration::from_secs(10),
-                )
-                .await;
-            }
+            p.serves_all(&consents).await;
         }
         let mut api_user = TrustConn::new(
             spec.addr(),
@@ -1071,17 +1077,7 @@ fn restart_while_serving_leaves_no_version_gap_and_no_stale_allow() {
         let (before, after) = rest.split_at(4);
         caught_up(&gates, head(&hub, &spec).await, Duration::from_secs(20)).await;
         for g in &gates {
-            let mut p = Prober::new(g);
-            for c in &consents {
-                p.until(
-                    &c.token,
-                    OK,
-                    &[NOT_FOUND],
-                    Instant::now(),
-                    Duration::from_secs(10),
-                )
-                .await;
-            }
+            Prober::new(g).serves_all(&consents).await;
         }
         let mut api_user = TrustConn::new(
             spec.addr(),

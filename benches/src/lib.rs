@@ -5,6 +5,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod bankproc;
+pub mod build;
 pub mod chart;
 pub mod engine;
 pub mod error;

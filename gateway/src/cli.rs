@@ -1,5 +1,5 @@
 //! Command-line interface: `gateway run --config FILE`, `gateway check --config FILE`,
-//! `gateway demo`, `gateway consents convert IN OUT`. Exit codes: 0 ok, 1 runtime
+//! `gateway consents convert IN OUT` (the development hub is its own binary, `devhub`). Exit codes: 0 ok, 1 runtime
 //! failure, 2 invalid configuration or usage.
 
 use clap::{Parser, Subcommand};
@@ -27,8 +27,6 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Start a complete development hub: PKI, token issuer, sandbox banks and the gateway.
-    Demo(crate::demo::DemoArgs),
     /// Consent snapshot tools.
     Consents {
         #[command(subcommand)]
@@ -67,13 +65,6 @@ pub fn main() -> i32 {
             Err(e) => {
                 eprintln!("gateway: {e}");
                 2
-            }
-        },
-        Command::Demo(args) => match crate::demo::run(args) {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("gateway demo: {e}");
-                1
             }
         },
         Command::Consents {

@@ -39,8 +39,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use consent_cache::{Bin, Change, ConsentRecord, ConsentStore};
+use feed_wire::{FeedLine, SnapshotLine};
 use policy::token::{Jwks, TokenVerifier};
-use trust::wire::{FeedLine, SnapshotLine};
 
 use crate::network::{self, Registry};
 use crate::proxy::State;
@@ -822,7 +822,7 @@ async fn follow_feed(
                 }
                 FeedLine::Participant(p) => {
                     pos.version = p.version;
-                    let trust::wire::ParticipantOp::Upsert(record) = p.op;
+                    let feed_wire::ParticipantOp::Upsert(record) = p.op;
                     tracing::info!(
                         participant = %record.bin,
                         status = record.status.as_str(),

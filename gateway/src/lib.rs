@@ -3,16 +3,10 @@
 //! and SLAs, and routes API users' calls to provider banks (contract v1).
 #![forbid(unsafe_code)]
 
-/// mimalloc instead of glibc malloc: a profile of the full policy path under load showed
-/// about 12% of the hub's CPU in glibc's allocator (arena locks, consolidation).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 pub mod admin;
 pub mod audit;
 pub mod cli;
 pub mod config;
-pub mod demo;
 pub mod follower;
 pub mod metrics;
 pub mod network;

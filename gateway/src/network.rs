@@ -33,10 +33,10 @@ use std::time::Duration;
 
 use base64::Engine;
 use consent_cache::Bin;
+use feed_wire::{self as wire, ParticipantRecord};
 use policy::directory::{
     Directory, DirectoryBuilder, Participant, ParticipantStatus, ProviderEntry, Role, Roles,
 };
-use trust::wire::{self, ParticipantRecord};
 
 use crate::upstream::{parse_base_url, TargetSpec, Upstream};
 

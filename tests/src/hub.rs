@@ -1,4 +1,4 @@
-//! The hub under test as a real child process: `gateway::demo::prepare` generates the PKI,
+//! The hub under test as a real child process: `devhub::prepare` generates the PKI,
 //! the token issuer, the sandbox banks (in this process) and `hub.toml`; a test may edit
 //! the configuration and the consents before the hub binary is spawned; readiness is
 //! polled on `/readyz`. A watchdog shell between the test process and the hub ends the hub
@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use consent_cache::{Bin, Permission};
-use gateway::demo::{DemoArgs, Prepared};
+use devhub::{DemoArgs, Prepared};
 use rustls::ClientConfig;
 use sandbox::bank::BankHandle;
 use sandbox::pki::{DevPki, Identity};
@@ -410,8 +410,7 @@ impl Hub {
             .keep();
         let port = free_port();
         let admin_port = free_port();
-        let prepared =
-            gateway::demo::prepare(&demo_args(port, admin_port, &dir)).expect("demo prepare");
+        let prepared = devhub::prepare(&demo_args(port, admin_port, &dir)).expect("demo prepare");
         let config_path = prepared.config.clone();
         let consents_path = prepared.dir.join("consents.jsonl");
         let text = std::fs::read_to_string(&config_path).expect("hub.toml");
@@ -642,8 +641,8 @@ exit "$status""#;
     /// issued now for an hour.
     pub fn claims(&self, user: &str, consent: &str, permissions: &[Permission]) -> AccessClaims {
         AccessClaims::for_consent(
-            gateway::demo::ISSUER,
-            gateway::demo::AUDIENCE,
+            devhub::ISSUER,
+            devhub::AUDIENCE,
             bin(user),
             consent,
             permissions,

@@ -483,13 +483,13 @@ async fn unknown_kid_and_wrong_key_are_invalid_token() {
     let other = sandbox::tokens::DevIssuer::generate(
         sandbox::tokens::DevAlg::Es256,
         hub.issuer.kid(),
-        gateway::demo::ISSUER,
+        devhub::ISSUER,
     )
     .expect("second issuer");
     let stranger = sandbox::tokens::DevIssuer::generate(
         sandbox::tokens::DevAlg::Es256,
         "not-in-the-jwks",
-        gateway::demo::ISSUER,
+        devhub::ISSUER,
     )
     .expect("third issuer");
     let no_kid = json!({"alg": "ES256", "typ": "at+jwt"}).to_string();
@@ -609,7 +609,7 @@ async fn malformed_oversized_and_duplicated_tokens_are_invalid_token() {
     assert!(big.len() > 8 * 1024);
     // Duplicate members whose values are both valid: only a strict parser refuses them.
     let claims = valid_claims().to_string();
-    let dup_iss = claims.replacen('{', &format!("{{\"iss\":\"{}\",", gateway::demo::ISSUER), 1);
+    let dup_iss = claims.replacen('{', &format!("{{\"iss\":\"{}\",", devhub::ISSUER), 1);
     let dup_consent = claims.replacen('{', "{\"consent_id\":\"c-authorised-restricted\",", 1);
     let dup_header = format!(
         "{{\"alg\":\"ES256\",\"alg\":\"ES256\",\"typ\":\"at+jwt\",\"kid\":\"{}\"}}",
@@ -657,7 +657,7 @@ async fn tolerated_token_variants_are_accepted() {
     let cases = [
         (
             "aud array containing the hub",
-            with(&|c| c["aud"] = json!(["https://other.example", gateway::demo::AUDIENCE])),
+            with(&|c| c["aud"] = json!(["https://other.example", devhub::AUDIENCE])),
         ),
         ("nbf in the past", with(&|c| c["nbf"] = json!(now - 10))),
         (

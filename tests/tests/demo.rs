@@ -64,8 +64,8 @@ fn the_demo_runs_the_sidecar_and_the_hub_follows_it() {
         .keep();
     let (port, admin, trust_port) = (free_port(), free_port(), free_port());
     let log = std::fs::File::create(dir.join("demo.log")).expect("log");
-    let child = Command::new(env!("CARGO_BIN_EXE_hub-under-test"))
-        .args(["demo", "--dir"])
+    let child = Command::new(env!("CARGO_BIN_EXE_devhub-under-test"))
+        .arg("--dir")
         .arg(&dir)
         .args([
             "--port",

@@ -133,42 +133,9 @@ fn target_dir(exe: &Path) -> PathBuf {
 }
 
 fn build_gateway(target: &Path) -> Result<PathBuf> {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    let bin = target.join("release").join("gateway");
-    eprintln!("building the gateway: cargo build --release -p gateway");
-    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args(["build", "--release", "-p", "gateway"])
-        .current_dir(&workspace)
-        .env("CARGO_TARGET_DIR", target)
-        .status();
-    match status {
-        Ok(s) if s.success() => Ok(bin),
-        Ok(s) if bin.is_file() => {
-            eprintln!(
-                "cargo build failed ({s}); using the existing {}",
-                bin.display()
-            );
-            Ok(bin)
-        }
-        Err(e) if bin.is_file() => {
-            eprintln!(
-                "cargo not available ({e}); using the existing {}",
-                bin.display()
-            );
-            Ok(bin)
-        }
-        Ok(s) => Err(HarnessError::Process {
-            name: "cargo build -p gateway".into(),
-            reason: s.to_string(),
-        }),
-        Err(e) => Err(HarnessError::Process {
-            name: "cargo build -p gateway".into(),
-            reason: e.to_string(),
-        }),
-    }
+    let mut bins = benches::build::release_binaries(target, &["gateway"])?;
+    bins.pop()
+        .ok_or_else(|| HarnessError::Plan("no gateway binary".into()))
 }
 
 fn read_trim(path: &str) -> String {

@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -159,40 +159,12 @@ fn target_dir(exe: &Path) -> PathBuf {
         .map_or_else(|| PathBuf::from("target"), Path::to_path_buf)
 }
 
-/// Builds the release `gateway` and `trust` binaries (or keeps existing ones when cargo
-/// is not available).
+/// Builds the release binaries (or keeps existing ones when cargo is not available) and
+/// returns the `gateway` and `trust` ones.
 fn build_binaries(target: &Path) -> Result<(PathBuf, PathBuf)> {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    let gateway = target.join("release").join("gateway");
-    let trust = target.join("release").join("trust");
-    eprintln!("building: cargo build --release -p gateway -p trust");
-    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args(["build", "--release", "-p", "gateway", "-p", "trust"])
-        .current_dir(&workspace)
-        .env("CARGO_TARGET_DIR", target)
-        .status();
-    let have = gateway.is_file() && trust.is_file();
-    match status {
-        Ok(s) if s.success() => Ok((gateway, trust)),
-        Ok(s) if have => {
-            eprintln!("cargo build failed ({s}); using the existing binaries");
-            Ok((gateway, trust))
-        }
-        Err(e) if have => {
-            eprintln!("cargo not available ({e}); using the existing binaries");
-            Ok((gateway, trust))
-        }
-        Ok(s) => Err(HarnessError::Process {
-            name: "cargo build".into(),
-            reason: s.to_string(),
-        }),
-        Err(e) => Err(HarnessError::Process {
-            name: "cargo build".into(),
-            reason: e.to_string(),
-        }),
+    match benches::build::release_binaries(target, &["gateway", "trust"])?[..] {
+        [ref gateway, ref trust] => Ok((gateway.clone(), trust.clone())),
+        _ => Err(HarnessError::Plan("no gateway or trust binary".into())),
     }
 }
 

@@ -1,6 +1,6 @@
-//! Wire formats the sidecar shares with gateways: participant records, the lines of
-//! `GET /v1/snapshot` and of the `GET /v1/feed` stream. Available without the
-//! `server` feature, so a gateway can depend on `trust` for these types alone.
+//! The wire formats the trust control plane shares with gateways, and nothing else:
+//! participant records, the lines of `GET /v1/snapshot` and of the `GET /v1/feed` stream.
+//! The gateway depends on this crate alone, never on the sidecar's server code.
 //!
 //! Both endpoints answer NDJSON (`application/x-ndjson`): one JSON object per line,
 //! `\n`-terminated, each object with exactly one member naming its kind
@@ -14,6 +14,9 @@
 //!
 //! The inner object of a `consent` line is exactly a [`consent_cache::Change`], so a
 //! gateway hands it to `ConsentStore::apply_batch` unchanged.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 use consent_cache::{Bin, Change, ConsentRecord};
 use serde::{Deserialize, Serialize};

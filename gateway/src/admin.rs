@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::metrics::Metrics;
-use crate::proxy::State;
 use crate::server::reload;
+use crate::state::State;
 
 /// The admin application.
 pub struct Admin {

@@ -43,7 +43,7 @@ use feed_wire::{FeedLine, SnapshotLine};
 use policy::token::{Jwks, TokenVerifier};
 
 use crate::network::{self, Registry};
-use crate::proxy::State;
+use crate::state::State;
 use crate::tls::{self, TlsError};
 
 /// First wait after a failed connection; doubled up to [`MAX_BACKOFF`].
@@ -444,7 +444,7 @@ async fn fetch_jwks(plane: &TrustPlane) -> Result<Vec<u8>, FollowError> {
 
 /// Replaces the serving verifier when the sidecar's key set changed and is usable.
 /// Holds the reload lock, so a concurrent reload builds from the set installed here.
-async fn install_keys(state: &Arc<State>, bytes: Vec<u8>) {
+pub(crate) async fn install_keys(state: &Arc<State>, bytes: Vec<u8>) {
     let _guard = state.reload_lock.lock().await;
     let snap = state.snapshot.load_full();
     let Some(plane) = snap.trust.as_ref() else {
@@ -706,7 +706,7 @@ fn undecodable_participant(line: &str) -> Option<(Option<u64>, Bin, Vec<String>)
 /// pools from it and the configuration file (on a blocking thread: provider host names
 /// are resolved) and swaps them into the serving snapshot. Holds the reload lock, so a
 /// concurrent reload builds from this registry.
-async fn publish_registry(state: &Arc<State>, registry: Arc<Registry>) {
+pub(crate) async fn publish_registry(state: &Arc<State>, registry: Arc<Registry>) {
     let _guard = state.reload_lock.lock().await;
     let snap = state.snapshot.load_full();
     let Some(plane) = snap.trust.clone() else {

@@ -13,5 +13,6 @@ pub mod network;
 pub mod proxy;
 pub mod server;
 pub mod snapshot;
+pub mod state;
 pub mod tls;
 pub mod upstream;

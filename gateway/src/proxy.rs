@@ -3,7 +3,6 @@
 //! rejection and failure as problem+json; one place (`failure_code`) maps proxy errors
 //! to the contract's codes.
 
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -12,9 +11,7 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use std::cell::RefCell;
 use std::net::IpAddr;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use consent_cache::{Bin, Consent};
@@ -22,79 +19,12 @@ use policy::code::{problem_json, Code, PROBLEM_CONTENT_TYPE};
 use policy::decision::{decide, Facts};
 use policy::limits::{Limited, RateInfo};
 use policy::route::{match_route, upstream_path, RouteId};
-use policy::token::{TokenError, VerifiedToken};
+use policy::token::VerifiedToken;
 
-use crate::audit::{AuditLog, AuditRecord};
-use crate::metrics::Metrics;
+use crate::audit::AuditRecord;
 use crate::network::Network;
 use crate::snapshot::Snapshot;
-use crate::tls::{SwappableCert, SwappableVerifier};
-
-/// Process-wide state shared by the proxy, the admin listener and reloads.
-pub struct State {
-    /// The snapshot requests start with; swapped atomically by reloads.
-    pub snapshot: ArcSwap<Snapshot>,
-    /// Metrics.
-    pub metrics: Metrics,
-    /// Audit journal (closed at shutdown).
-    pub audit: Mutex<Option<AuditLog>>,
-    /// Where the configuration lives.
-    pub config_path: PathBuf,
-    /// Reloadable downstream TLS pieces.
-    pub tls_verifier: Arc<SwappableVerifier>,
-    /// Reloadable server certificate.
-    pub tls_cert: Arc<SwappableCert>,
-    /// Serialises reloads.
-    pub reload_lock: tokio::sync::Mutex<()>,
-    /// Configuration generation.
-    pub generation: AtomicU64,
-    /// Set once the API listener accepts connections.
-    pub ready: AtomicBool,
-    /// The API listener address (for readiness probing).
-    pub listen: std::net::SocketAddr,
-    /// Token-cache lookups of verifiers replaced by reloads (hits, misses).
-    pub token_cache_base: (AtomicU64, AtomicU64),
-    /// Process settings in force (changes need a restart).
-    pub process: crate::snapshot::ProcessSettings,
-    audit_tx: std::sync::mpsc::SyncSender<AuditRecord>,
-}
-
-impl State {
-    /// Assembles the state.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        snapshot: Snapshot,
-        metrics: Metrics,
-        audit: AuditLog,
-        config_path: PathBuf,
-        tls_verifier: Arc<SwappableVerifier>,
-        tls_cert: Arc<SwappableCert>,
-        process: crate::snapshot::ProcessSettings,
-    ) -> State {
-        let audit_tx = audit.sender();
-        State {
-            snapshot: ArcSwap::from_pointee(snapshot),
-            metrics,
-            audit: Mutex::new(Some(audit)),
-            config_path,
-            tls_verifier,
-            tls_cert,
-            reload_lock: tokio::sync::Mutex::new(()),
-            generation: AtomicU64::new(1),
-            ready: AtomicBool::new(false),
-            listen: process.listen,
-            token_cache_base: (AtomicU64::new(0), AtomicU64::new(0)),
-            process,
-            audit_tx,
-        }
-    }
-
-    fn audit(&self, r: AuditRecord) {
-        if self.audit_tx.try_send(r).is_err() {
-            self.metrics.audit_dropped.inc();
-        }
-    }
-}
+pub use crate::state::State;
 
 /// The proxy.
 pub struct Hub {
@@ -315,7 +245,7 @@ impl Hub {
         let grant = match decide(&net.directory, &tokens, |id| consents.get(id), &facts) {
             Ok(g) => g,
             Err(rej) => {
-                if rej.reason == TokenError::UnknownKid.reason() {
+                if rej.is_unknown_kid() {
                     if let Some(plane) = &snap.trust {
                         plane.status.want_jwks();
                     }

@@ -20,8 +20,9 @@ use crate::admin::Admin;
 use crate::audit::AuditLog;
 use crate::config::ConfigError;
 use crate::metrics::Metrics;
-use crate::proxy::{Hub, State};
+use crate::proxy::Hub;
 use crate::snapshot;
+use crate::state::State;
 use crate::tls::{SwappableCert, SwappableVerifier};
 
 /// Why the hub could not start.

@@ -52,6 +52,43 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The participant directory and upstream pools in force.
+    pub fn network(&self) -> Arc<Network> {
+        self.network.load_full()
+    }
+
+    /// The access-token verifier in force.
+    pub fn tokens(&self) -> Arc<TokenVerifier> {
+        self.tokens.load_full()
+    }
+
+    /// The consent store in force.
+    pub fn consents(&self) -> arc_swap::Guard<Arc<ConsentStore>> {
+        self.consents.load()
+    }
+
+    /// The rate limiters.
+    pub fn limiter(&self) -> &Limiter {
+        &self.limiter
+    }
+
+    /// A token named an unknown `kid`: ask the sidecar for fresh keys (`[trust] jwks`).
+    pub fn want_jwks(&self) {
+        if let Some(plane) = &self.trust {
+            plane.status.want_jwks();
+        }
+    }
+
+    /// Request header block limit.
+    pub fn max_header_bytes(&self) -> usize {
+        self.max_header_bytes
+    }
+
+    /// Request body limit.
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
+    }
+
     /// The consent snapshot file's current (length, modification time), if it differs from
     /// what this snapshot loaded.
     pub fn consents_changed_on_disk(&self) -> Option<(u64, Option<SystemTime>)> {

@@ -28,7 +28,7 @@ use consent_cache::{Bin, ConsentStatus, Permissions};
 use crate::code::Code;
 use crate::directory::{Directory, Participant, ProviderEntry, Role};
 use crate::route::Route;
-use crate::token::{bearer, check_binding, TokenVerifier, VerifiedToken};
+use crate::token::{bearer, check_binding, TokenError, TokenVerifier, VerifiedToken};
 
 /// What the decision needs to know about a consent.
 ///
@@ -160,10 +160,32 @@ pub struct Rejection {
     pub code: Code,
     /// A fixed, data-free explanation for logs and metrics.
     pub reason: &'static str,
+    /// Why the token was refused, when row 4 refused it (typed, for callers that act on
+    /// a cause, e.g. an unknown `kid` asks for fresh keys).
+    pub token_error: Option<TokenError>,
+}
+
+impl Rejection {
+    /// The token named a key id the verifier does not know (keys may have rotated).
+    pub fn is_unknown_kid(&self) -> bool {
+        self.token_error == Some(TokenError::UnknownKid)
+    }
 }
 
 const fn reject(code: Code, reason: &'static str) -> Rejection {
-    Rejection { code, reason }
+    Rejection {
+        code,
+        reason,
+        token_error: None,
+    }
+}
+
+const fn token_rejected(e: TokenError) -> Rejection {
+    Rejection {
+        code: Code::InvalidToken,
+        reason: e.reason(),
+        token_error: Some(e),
+    }
 }
 
 /// Runs rows 2–15 of contract §6 for one request. The happy path allocates nothing beyond
@@ -205,9 +227,7 @@ pub fn decide<'a, C: ConsentView>(
                 .authorization
                 .ok_or(reject(Code::InvalidToken, "authorization header missing"))?;
             let raw = bearer(raw).ok_or(reject(Code::InvalidToken, "not a bearer token"))?;
-            let token = tokens
-                .verify(raw, facts.now_unix)
-                .map_err(|e| reject(Code::InvalidToken, e.reason()))?;
+            let token = tokens.verify(raw, facts.now_unix).map_err(token_rejected)?;
             // Row 5. `cert_thumbprint` is present: row 2 passed.
             let thumbprint = facts.cert_thumbprint.ok_or(reject(
                 Code::ParticipantUnknown,

@@ -40,9 +40,8 @@ use tokio_rustls::TlsConnector;
 
 use consent_cache::{Bin, Change, ConsentRecord, ConsentStore};
 use feed_wire::{FeedLine, SnapshotLine};
-use policy::token::{Jwks, TokenVerifier};
 
-use crate::network::{self, Registry};
+use crate::network::Registry;
 use crate::state::State;
 use crate::tls::{self, TlsError};
 
@@ -246,6 +245,21 @@ impl FeedStatus {
         self.participant_changes.load(Ordering::Relaxed)
     }
 
+    /// Records the JWKS document now in force.
+    pub fn set_jwks(&self, bytes: Arc<[u8]>) {
+        if let Ok(mut g) = self.jwks.lock() {
+            *g = Some(bytes);
+        }
+    }
+
+    /// Records the participant registry now in force.
+    pub fn set_registry(&self, registry: Arc<Registry>) {
+        *self
+            .registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(registry);
+    }
+
     /// The participant registry as last loaded from the sidecar (none before the first
     /// snapshot).
     pub fn registry(&self) -> Option<Arc<Registry>> {
@@ -335,7 +349,7 @@ async fn follow(state: Arc<State>) {
                         participants = registry.len(),
                         "snapshot loaded from the trust sidecar"
                     );
-                    publish_registry(&state, Arc::new(registry)).await;
+                    state.publish_registry(Arc::new(registry)).await;
                     store.store(Arc::new(new_store));
                     status.version.store(p.version, Ordering::Relaxed);
                     status.heard();
@@ -401,7 +415,7 @@ async fn keep_keys(state: Arc<State>) {
         let (status, refresh) = (plane.status.clone(), plane.jwks_refresh);
         let wait = match fetch_jwks(plane).await {
             Ok(bytes) => {
-                install_keys(&state, bytes).await;
+                state.publish_jwks(bytes).await;
                 refresh
             }
             Err(e) => {
@@ -440,53 +454,6 @@ async fn fetch_jwks(plane: &TrustPlane) -> Result<Vec<u8>, FollowError> {
         .await
         .map_err(|_| FollowError::Timeout)??;
     Ok(out)
-}
-
-/// Replaces the serving verifier when the sidecar's key set changed and is usable.
-/// Holds the reload lock, so a concurrent reload builds from the set installed here.
-pub(crate) async fn install_keys(state: &Arc<State>, bytes: Vec<u8>) {
-    let _guard = state.reload_lock.lock().await;
-    let snap = state.snapshot.load_full();
-    let Some(plane) = snap.trust.as_ref() else {
-        return;
-    };
-    if plane
-        .status
-        .last_jwks()
-        .is_some_and(|last| *last == bytes[..])
-    {
-        return;
-    }
-    let jwks = match Jwks::from_json(&bytes) {
-        Ok(j) if !j.is_empty() => j,
-        Ok(_) => {
-            tracing::warn!(
-                "the trust sidecar's JWKS has no usable key; keeping the last good keys"
-            );
-            return;
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "the trust sidecar's JWKS is unusable; keeping the last good keys");
-            return;
-        }
-    };
-    let kids: Vec<String> = jwks.kids().map(|(k, _)| k.to_string()).collect();
-    let settings = snap.tokens.load().settings().clone();
-    let old = snap
-        .tokens
-        .swap(Arc::new(TokenVerifier::new(settings, jwks)));
-    state
-        .token_cache_base
-        .0
-        .fetch_add(old.cache_hits(), Ordering::Relaxed);
-    state
-        .token_cache_base
-        .1
-        .fetch_add(old.cache_misses(), Ordering::Relaxed);
-    if let Ok(mut g) = plane.status.jwks.lock() {
-        *g = Some(Arc::from(bytes));
-    }
-    tracing::info!(?kids, "token keys updated from the trust sidecar");
 }
 
 /// One GET; the sender is returned so the connection lives as long as the body.
@@ -702,49 +669,6 @@ fn undecodable_participant(line: &str) -> Option<(Option<u64>, Bin, Vec<String>)
     Some((l.participant.version, l.participant.bin, thumbprints))
 }
 
-/// Makes `registry` the one in force: rebuilds the participant directory and provider
-/// pools from it and the configuration file (on a blocking thread: provider host names
-/// are resolved) and swaps them into the serving snapshot. Holds the reload lock, so a
-/// concurrent reload builds from this registry.
-pub(crate) async fn publish_registry(state: &Arc<State>, registry: Arc<Registry>) {
-    let _guard = state.reload_lock.lock().await;
-    let snap = state.snapshot.load_full();
-    let Some(plane) = snap.trust.clone() else {
-        return;
-    };
-    *plane
-        .status
-        .registry
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(registry.clone());
-    let building = snap.clone();
-    let built = tokio::task::spawn_blocking(move || {
-        let previous = building.network.load_full();
-        network::build(&building.base, Some(&registry), Some(&previous))
-    })
-    .await;
-    match built {
-        Ok(net) => {
-            tracing::debug!(
-                participants = net.directory.participants().len(),
-                refused = net.refused,
-                "participant directory updated from the trust registry"
-            );
-            snap.network.store(Arc::new(net));
-        }
-        Err(e) => {
-            // Fail closed: recognise no one rather than keep a directory that may grant
-            // what the registry has withdrawn.
-            tracing::error!(error = %e, "participant directory rebuild failed: refusing every participant until the next change");
-            snap.network.store(Arc::new(network::build(
-                &network::FileBase::default(),
-                None,
-                None,
-            )));
-        }
-    }
-}
-
 async fn follow_feed(
     state: &Arc<State>,
     plane: &TrustPlane,
@@ -864,7 +788,7 @@ async fn follow_feed(
             }
         }
         if participants_changed {
-            publish_registry(state, Arc::new(registry.clone())).await;
+            state.publish_registry(Arc::new(registry.clone())).await;
         }
         if applied {
             status.version.store(pos.version, Ordering::Relaxed);

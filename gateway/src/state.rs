@@ -5,7 +5,7 @@
 
 use arc_swap::ArcSwap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use consent_cache::{BatchError, BatchSummary, Change, ConsentStore};
@@ -13,9 +13,10 @@ use consent_cache::{BatchError, BatchSummary, Change, ConsentStore};
 use crate::audit::{AuditLog, AuditRecord};
 use crate::follower::TrustPlane;
 use crate::metrics::Metrics;
-use crate::network::Registry;
+use crate::network::{self, Registry};
 use crate::snapshot::Snapshot;
 use crate::tls::{SwappableCert, SwappableVerifier};
+use policy::token::{Jwks, TokenVerifier};
 
 /// Process-wide state shared by the proxy, the admin listener and reloads.
 pub struct State {
@@ -110,12 +111,96 @@ impl State {
 
     /// Makes `registry` the participant registry in force and republishes.
     pub async fn publish_registry(self: &Arc<Self>, registry: Arc<Registry>) {
-        crate::follower::publish_registry(self, registry).await;
+        publish_registry(self, registry).await;
     }
 
     /// Makes a JWKS document fetched from the sidecar the token keys in force (when it
     /// changed and is usable) and republishes.
     pub async fn publish_jwks(self: &Arc<Self>, jwks: Vec<u8>) {
-        crate::follower::install_keys(self, jwks).await;
+        install_keys(self, jwks).await;
     }
+}
+
+/// Makes `registry` the one in force: rebuilds the participant directory and provider
+/// pools from it and the configuration file (on a blocking thread: provider host names
+/// are resolved) and swaps them into the serving snapshot. Holds the reload lock, so a
+/// concurrent reload builds from this registry.
+async fn publish_registry(state: &Arc<State>, registry: Arc<Registry>) {
+    let _guard = state.reload_lock.lock().await;
+    let snap = state.snapshot.load_full();
+    let Some(plane) = snap.trust.clone() else {
+        return;
+    };
+    plane.status.set_registry(registry.clone());
+    let building = snap.clone();
+    let built = tokio::task::spawn_blocking(move || {
+        let previous = building.network.load_full();
+        network::build(&building.base, Some(&registry), Some(&previous))
+    })
+    .await;
+    match built {
+        Ok(net) => {
+            tracing::debug!(
+                participants = net.directory.participants().len(),
+                refused = net.refused,
+                "participant directory updated from the trust registry"
+            );
+            snap.network.store(Arc::new(net));
+        }
+        Err(e) => {
+            // Fail closed: recognise no one rather than keep a directory that may grant
+            // what the registry has withdrawn.
+            tracing::error!(error = %e, "participant directory rebuild failed: refusing every participant until the next change");
+            snap.network.store(Arc::new(network::build(
+                &network::FileBase::default(),
+                None,
+                None,
+            )));
+        }
+    }
+}
+
+/// Replaces the serving verifier when the sidecar's key set changed and is usable.
+/// Holds the reload lock, so a concurrent reload builds from the set installed here.
+async fn install_keys(state: &Arc<State>, bytes: Vec<u8>) {
+    let _guard = state.reload_lock.lock().await;
+    let snap = state.snapshot.load_full();
+    let Some(plane) = snap.trust.as_ref() else {
+        return;
+    };
+    if plane
+        .status
+        .last_jwks()
+        .is_some_and(|last| *last == bytes[..])
+    {
+        return;
+    }
+    let jwks = match Jwks::from_json(&bytes) {
+        Ok(j) if !j.is_empty() => j,
+        Ok(_) => {
+            tracing::warn!(
+                "the trust sidecar's JWKS has no usable key; keeping the last good keys"
+            );
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "the trust sidecar's JWKS is unusable; keeping the last good keys");
+            return;
+        }
+    };
+    let kids: Vec<String> = jwks.kids().map(|(k, _)| k.to_string()).collect();
+    let settings = snap.tokens.load().settings().clone();
+    let old = snap
+        .tokens
+        .swap(Arc::new(TokenVerifier::new(settings, jwks)));
+    state
+        .token_cache_base
+        .0
+        .fetch_add(old.cache_hits(), Ordering::Relaxed);
+    state
+        .token_cache_base
+        .1
+        .fetch_add(old.cache_misses(), Ordering::Relaxed);
+    plane.status.set_jwks(Arc::from(bytes));
+    tracing::info!(?kids, "token keys updated from the trust sidecar");
 }

@@ -23,7 +23,7 @@
 
 use std::sync::Arc;
 
-use consent_cache::{Bin, ConsentStatus, Permissions};
+use consent_cache::{Bin, ConsentStatus, Permission, Permissions};
 
 use crate::code::Code;
 use crate::directory::{Directory, Participant, ProviderEntry, Role};
@@ -197,7 +197,39 @@ pub fn decide<'a, C: ConsentView>(
     facts: &Facts<'_>,
 ) -> Result<Grant<'a, C>, Rejection> {
     let route = facts.route;
+    let participant = calling_participant(dir, facts)?;
+    let provider_bin = route.provider_bin();
+    let (token, consent) = match route.id.permission() {
+        // Open data: rows 4–14 skipped.
+        None => (None, None),
+        Some(permission) => {
+            let token = verified_token(tokens, participant, permission, facts)?;
+            let consent = consents_rows(&consents, &token, participant.bin, facts)?;
+            consent_covers(
+                &consent,
+                permission,
+                provider_bin,
+                route.account,
+                facts.now_unix,
+            )?;
+            (Some(token), Some(consent))
+        }
+    };
+    let provider = provider_rows(dir, provider_bin)?;
+    Ok(Grant {
+        api_user: participant,
+        provider,
+        token,
+        consent,
+    })
+}
 
+/// Rows 2–3: the connection's certificate names an active participant with the user role.
+#[inline]
+fn calling_participant<'a>(
+    dir: &'a Directory,
+    facts: &Facts<'_>,
+) -> Result<&'a Participant, Rejection> {
     // Row 2.
     let participant = facts
         .cert_thumbprint
@@ -216,95 +248,124 @@ pub fn decide<'a, C: ConsentView>(
             "participant lacks user role",
         ));
     }
+    Ok(participant)
+}
 
-    let provider_bin = route.provider_bin();
-    let (token, consent) = match route.id.permission() {
-        // Open data: rows 4–14 skipped.
-        None => (None, None),
-        Some(permission) => {
-            // Row 4.
-            let raw = facts
-                .authorization
-                .ok_or(reject(Code::InvalidToken, "authorization header missing"))?;
-            let raw = bearer(raw).ok_or(reject(Code::InvalidToken, "not a bearer token"))?;
-            let token = tokens.verify(raw, facts.now_unix).map_err(token_rejected)?;
-            // Row 5. `cert_thumbprint` is present: row 2 passed.
-            let thumbprint = facts.cert_thumbprint.ok_or(reject(
-                Code::ParticipantUnknown,
-                "client certificate not registered",
-            ))?;
-            check_binding(&token, participant.bin, thumbprint).map_err(|code| {
-                reject(code, "token client_id or cnf does not match the connection")
-            })?;
-            // Row 6.
-            if !token.grants(permission) {
-                return Err(reject(
-                    Code::InsufficientScope,
-                    "token scope lacks permission",
-                ));
-            }
-            // Row 7.
-            if !facts.consent_state_fresh {
-                return Err(reject(Code::ConsentStateStale, "consent state stale"));
-            }
-            // Row 8.
-            let consent = consents(&token.consent_id)
-                .ok_or(reject(Code::ConsentNotFound, "consent not found"))?;
-            // Row 9.
-            if consent.api_user() != participant.bin {
-                return Err(reject(Code::ConsentNotOwned, "consent of another api user"));
-            }
-            // Row 10.
-            match consent.status() {
-                ConsentStatus::Authorised => {}
-                ConsentStatus::Revoked => {
-                    return Err(reject(Code::ConsentRevoked, "consent revoked"))
-                }
-                ConsentStatus::Expired => {
-                    return Err(reject(Code::ConsentExpired, "consent status expired"))
-                }
-                ConsentStatus::AwaitingAuthorisation => {
-                    return Err(reject(
-                        Code::ConsentNotAuthorised,
-                        "consent awaiting authorisation",
-                    ))
-                }
-                ConsentStatus::Rejected => {
-                    return Err(reject(Code::ConsentNotAuthorised, "consent rejected"))
-                }
-            }
-            // Row 11.
-            if consent.expires_at().is_some_and(|e| e <= facts.now_unix) {
-                return Err(reject(Code::ConsentExpired, "consent past expires_at"));
-            }
-            // Row 12.
-            if !provider_bin.is_some_and(|p| consent.covers_provider(p)) {
-                return Err(reject(
-                    Code::ProviderNotInConsent,
-                    "provider not covered by consent",
-                ));
-            }
-            // Row 13.
-            if !consent.permissions().contains(permission) {
-                return Err(reject(
-                    Code::PermissionNotGranted,
-                    "consent lacks permission",
-                ));
-            }
-            // Row 14.
-            if let Some(account) = route.account {
-                if consent.accounts_restricted() && !consent.covers_account(account) {
-                    return Err(reject(
-                        Code::AccountNotInConsent,
-                        "account not covered by consent",
-                    ));
-                }
-            }
-            (Some(token), Some(consent))
+/// Rows 4–6: a valid bearer token, bound to this connection, whose scope has `permission`.
+#[inline]
+fn verified_token(
+    tokens: &TokenVerifier,
+    participant: &Participant,
+    permission: Permission,
+    facts: &Facts<'_>,
+) -> Result<Arc<VerifiedToken>, Rejection> {
+    // Row 4.
+    let raw = facts
+        .authorization
+        .ok_or(reject(Code::InvalidToken, "authorization header missing"))?;
+    let raw = bearer(raw).ok_or(reject(Code::InvalidToken, "not a bearer token"))?;
+    let token = tokens.verify(raw, facts.now_unix).map_err(token_rejected)?;
+    // Row 5. `cert_thumbprint` is present: row 2 passed.
+    let thumbprint = facts.cert_thumbprint.ok_or(reject(
+        Code::ParticipantUnknown,
+        "client certificate not registered",
+    ))?;
+    check_binding(&token, participant.bin, thumbprint)
+        .map_err(|code| reject(code, "token client_id or cnf does not match the connection"))?;
+    // Row 6.
+    if !token.grants(permission) {
+        return Err(reject(
+            Code::InsufficientScope,
+            "token scope lacks permission",
+        ));
+    }
+    Ok(token)
+}
+
+/// Rows 7–10: fresh consent state holds the token's consent, owned by the caller and
+/// authorised.
+#[inline]
+fn consents_rows<C: ConsentView>(
+    consents: &impl Fn(&str) -> Option<C>,
+    token: &VerifiedToken,
+    api_user: Bin,
+    facts: &Facts<'_>,
+) -> Result<C, Rejection> {
+    // Row 7.
+    if !facts.consent_state_fresh {
+        return Err(reject(Code::ConsentStateStale, "consent state stale"));
+    }
+    // Row 8.
+    let consent =
+        consents(&token.consent_id).ok_or(reject(Code::ConsentNotFound, "consent not found"))?;
+    // Row 9.
+    if consent.api_user() != api_user {
+        return Err(reject(Code::ConsentNotOwned, "consent of another api user"));
+    }
+    // Row 10.
+    status_row(consent.status())?;
+    Ok(consent)
+}
+
+/// Row 10: only an authorised consent passes (see the module notes for `expired`).
+#[inline]
+fn status_row(status: ConsentStatus) -> Result<(), Rejection> {
+    match status {
+        ConsentStatus::Authorised => Ok(()),
+        ConsentStatus::Revoked => Err(reject(Code::ConsentRevoked, "consent revoked")),
+        ConsentStatus::Expired => Err(reject(Code::ConsentExpired, "consent status expired")),
+        ConsentStatus::AwaitingAuthorisation => Err(reject(
+            Code::ConsentNotAuthorised,
+            "consent awaiting authorisation",
+        )),
+        ConsentStatus::Rejected => Err(reject(Code::ConsentNotAuthorised, "consent rejected")),
+    }
+}
+
+/// Rows 11–14: the consent has not expired and covers the provider, the permission and
+/// (on routes with one) the account.
+#[inline]
+fn consent_covers(
+    consent: &impl ConsentView,
+    permission: Permission,
+    provider_bin: Option<Bin>,
+    account: Option<&str>,
+    now_unix: i64,
+) -> Result<(), Rejection> {
+    // Row 11.
+    if consent.expires_at().is_some_and(|e| e <= now_unix) {
+        return Err(reject(Code::ConsentExpired, "consent past expires_at"));
+    }
+    // Row 12.
+    if !provider_bin.is_some_and(|p| consent.covers_provider(p)) {
+        return Err(reject(
+            Code::ProviderNotInConsent,
+            "provider not covered by consent",
+        ));
+    }
+    // Row 13.
+    if !consent.permissions().contains(permission) {
+        return Err(reject(
+            Code::PermissionNotGranted,
+            "consent lacks permission",
+        ));
+    }
+    // Row 14.
+    if let Some(account) = account {
+        if consent.accounts_restricted() && !consent.covers_account(account) {
+            return Err(reject(
+                Code::AccountNotInConsent,
+                "account not covered by consent",
+            ));
         }
-    };
+    }
+    Ok(())
+}
 
-    // Row 15.
+/// Row 15: the route's provider is a published entry of an active participant with the
+/// provider role.
+#[inline]
+fn provider_rows(dir: &Directory, provider_bin: Option<Bin>) -> Result<&ProviderEntry, Rejection> {
     let not_found = reject(Code::ProviderNotFound, "provider unknown");
     let provider_bin = provider_bin.ok_or(not_found)?;
     let provider = dir.provider(provider_bin).ok_or(not_found)?;
@@ -321,11 +382,5 @@ pub fn decide<'a, C: ConsentView>(
     if !provider.published {
         return Err(reject(Code::ProviderUnavailable, "provider not published"));
     }
-
-    Ok(Grant {
-        api_user: participant,
-        provider,
-        token,
-        consent,
-    })
+    Ok(provider)
 }

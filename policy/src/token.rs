@@ -260,6 +260,14 @@ impl Jwks {
         Ok(Jwks { keys, skipped })
     }
 
+    /// A set with no key: verifies no token (where a set must stand in, failing closed).
+    pub fn none() -> Jwks {
+        Jwks {
+            keys: Vec::new(),
+            skipped: 0,
+        }
+    }
+
     /// Number of usable keys.
     pub fn len(&self) -> usize {
         self.keys.len()
@@ -292,34 +300,12 @@ fn b64_len(s: Option<&String>) -> Option<usize> {
 
 fn parse_jwk(k: &JwkDoc) -> Result<Option<VerifyKey>, JwksError> {
     let kid = k.kid.clone().unwrap_or_default();
-    let private = k.d.is_some()
-        || k.p.is_some()
-        || k.q.is_some()
-        || k.dp.is_some()
-        || k.dq.is_some()
-        || k.qi.is_some()
-        || k.oth.is_some()
-        || k.k.is_some();
-    if private {
+    if has_private_material(k) {
         return Err(JwksError::PrivateKeyMaterial { kid });
     }
-    if k.use_.as_deref().is_some_and(|u| u != "sig") {
+    let Some(alg) = usable_alg(k) else {
         return Ok(None);
-    }
-    if let Some(ops) = &k.key_ops {
-        if !ops.iter().any(|o| o == "verify") {
-            return Ok(None);
-        }
-    }
-    let alg = match (k.kty.as_str(), k.crv.as_deref()) {
-        ("EC", Some("P-256")) => SigAlg::Es256,
-        ("RSA", _) => SigAlg::Ps256,
-        ("OKP", Some("Ed25519")) => SigAlg::EdDsa,
-        _ => return Ok(None),
     };
-    if k.alg.as_deref().is_some_and(|a| a != alg.as_str()) {
-        return Ok(None);
-    }
     let invalid = |reason: &'static str| JwksError::InvalidKey {
         kid: kid.clone(),
         reason,
@@ -340,36 +326,72 @@ fn parse_jwk(k: &JwkDoc) -> Result<Option<VerifyKey>, JwksError> {
             DecodingKey::from_ed_components(k.x.as_deref().unwrap_or(""))
                 .map_err(|_| invalid("bad Ed25519 key"))?
         }
-        SigAlg::Ps256 => {
-            let n =
-                k.n.as_deref()
-                    .and_then(|n| URL_SAFE_NO_PAD.decode(n).ok())
-                    .ok_or_else(|| invalid("RSA n must be base64url"))?;
-            let e =
-                k.e.as_deref()
-                    .and_then(|e| URL_SAFE_NO_PAD.decode(e).ok())
-                    .ok_or_else(|| invalid("RSA e must be base64url"))?;
-            let bits = bit_len(&n);
-            if bits < 2048 {
-                return Err(invalid("RSA modulus shorter than 2048 bits"));
-            }
-            if bits > 8192 {
-                return Err(invalid("RSA modulus longer than 8192 bits"));
-            }
-            let e_bits = bit_len(&e);
-            if !(2..=33).contains(&e_bits) || e.last().is_none_or(|b| b & 1 == 0) {
-                return Err(invalid(
-                    "RSA exponent must be odd, at least 3 and at most 33 bits",
-                ));
-            }
-            DecodingKey::from_rsa_raw_components(&n, &e)
-        }
+        SigAlg::Ps256 => rsa_key(k).map_err(invalid)?,
     };
     Ok(Some(VerifyKey {
         kid: kid.into_boxed_str(),
         alg,
         key,
     }))
+}
+
+/// Whether the JWK carries private or symmetric material (a leaked secret).
+fn has_private_material(k: &JwkDoc) -> bool {
+    k.d.is_some()
+        || k.p.is_some()
+        || k.q.is_some()
+        || k.dp.is_some()
+        || k.dq.is_some()
+        || k.qi.is_some()
+        || k.oth.is_some()
+        || k.k.is_some()
+}
+
+/// The algorithm the key is pinned to, or `None` when the hub can never use it to verify
+/// (wrong `use`, `key_ops`, type, curve or `alg`): such keys are skipped, not errors.
+fn usable_alg(k: &JwkDoc) -> Option<SigAlg> {
+    if k.use_.as_deref().is_some_and(|u| u != "sig") {
+        return None;
+    }
+    if let Some(ops) = &k.key_ops {
+        if !ops.iter().any(|o| o == "verify") {
+            return None;
+        }
+    }
+    let alg = match (k.kty.as_str(), k.crv.as_deref()) {
+        ("EC", Some("P-256")) => SigAlg::Es256,
+        ("RSA", _) => SigAlg::Ps256,
+        ("OKP", Some("Ed25519")) => SigAlg::EdDsa,
+        _ => return None,
+    };
+    if k.alg.as_deref().is_some_and(|a| a != alg.as_str()) {
+        return None;
+    }
+    Some(alg)
+}
+
+/// A PS256 key from `n` and `e`; the error is the reason the key is invalid.
+fn rsa_key(k: &JwkDoc) -> Result<DecodingKey, &'static str> {
+    let n =
+        k.n.as_deref()
+            .and_then(|n| URL_SAFE_NO_PAD.decode(n).ok())
+            .ok_or("RSA n must be base64url")?;
+    let e =
+        k.e.as_deref()
+            .and_then(|e| URL_SAFE_NO_PAD.decode(e).ok())
+            .ok_or("RSA e must be base64url")?;
+    let bits = bit_len(&n);
+    if bits < 2048 {
+        return Err("RSA modulus shorter than 2048 bits");
+    }
+    if bits > 8192 {
+        return Err("RSA modulus longer than 8192 bits");
+    }
+    let e_bits = bit_len(&e);
+    if !(2..=33).contains(&e_bits) || e.last().is_none_or(|b| b & 1 == 0) {
+        return Err("RSA exponent must be odd, at least 3 and at most 33 bits");
+    }
+    Ok(DecodingKey::from_rsa_raw_components(&n, &e))
 }
 
 fn bit_len(be: &[u8]) -> usize {
@@ -516,14 +538,34 @@ impl From<TokenError> for Code {
     }
 }
 
+/// Token-cache lookups (hits, misses). A verifier counts into its own, or into one that
+/// outlives it ([`TokenVerifier::with_counters`]): a gateway replaces its verifier when
+/// keys change and keeps counting across verifiers.
+#[derive(Debug, Default)]
+pub struct CacheCounters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl CacheCounters {
+    /// Verifications answered from the cache.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    /// Verifications that had to check the signature (including failed ones).
+    pub fn misses(&self) -> u64 {
+        self.misses.load(Ordering::Relaxed)
+    }
+}
+
 /// Verifies access tokens and caches successful verifications (Send + Sync; share it).
 pub struct TokenVerifier {
     settings: TokenSettings,
     leeway: i64,
     jwks: Jwks,
     cache: Option<quick_cache::sync::Cache<Box<str>, Arc<VerifiedToken>>>,
-    hits: AtomicU64,
-    misses: AtomicU64,
+    counters: Arc<CacheCounters>,
 }
 
 impl std::fmt::Debug for TokenVerifier {
@@ -538,6 +580,15 @@ impl std::fmt::Debug for TokenVerifier {
 impl TokenVerifier {
     /// A verifier for `settings` trusting the keys of `jwks`.
     pub fn new(settings: TokenSettings, jwks: Jwks) -> Self {
+        TokenVerifier::with_counters(settings, jwks, Arc::default())
+    }
+
+    /// The same, counting cache lookups into `counters`.
+    pub fn with_counters(
+        settings: TokenSettings,
+        jwks: Jwks,
+        counters: Arc<CacheCounters>,
+    ) -> Self {
         let cache = (settings.cache_capacity > 0)
             .then(|| quick_cache::sync::Cache::new(settings.cache_capacity));
         TokenVerifier {
@@ -545,8 +596,7 @@ impl TokenVerifier {
             settings,
             jwks,
             cache,
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
+            counters,
         }
     }
 
@@ -557,12 +607,12 @@ impl TokenVerifier {
 
     /// Verifications answered from the cache.
     pub fn cache_hits(&self) -> u64 {
-        self.hits.load(Ordering::Relaxed)
+        self.counters.hits()
     }
 
     /// Verifications that had to check the signature (including failed ones).
     pub fn cache_misses(&self) -> u64 {
-        self.misses.load(Ordering::Relaxed)
+        self.counters.misses()
     }
 
     /// Verifies `token` (the bearer value) at `now_unix`.
@@ -574,7 +624,7 @@ impl TokenVerifier {
         }
         if let Some(cache) = &self.cache {
             if let Some(hit) = cache.get(token) {
-                self.hits.fetch_add(1, Ordering::Relaxed);
+                self.counters.hits.fetch_add(1, Ordering::Relaxed);
                 if let Err(e) = self.check_times(&hit, now_unix) {
                     if e == TokenError::Expired {
                         cache.remove(token);
@@ -584,7 +634,7 @@ impl TokenVerifier {
                 return Ok(hit);
             }
         }
-        self.misses.fetch_add(1, Ordering::Relaxed);
+        self.counters.misses.fetch_add(1, Ordering::Relaxed);
         let verified = self.verify_uncached(token)?;
         self.check_times(&verified, now_unix)?;
         let verified = Arc::new(verified);
@@ -675,82 +725,41 @@ impl TokenVerifier {
     }
 
     fn check_claims(&self, claims: &str) -> Result<VerifiedToken, TokenError> {
-        const NAMES: [&str; 10] = [
-            "iss",
-            "aud",
-            "exp",
-            "nbf",
-            "iat",
-            "jti",
-            "client_id",
-            "consent_id",
-            "scope",
-            "cnf",
-        ];
-        let m = scan_members(claims, &NAMES).map_err(|e| match e {
+        let m = scan_members(claims, &CLAIM_NAMES).map_err(|e| match e {
             ScanError::Json => TokenError::ClaimsJson,
             ScanError::Duplicate => TokenError::DuplicateClaim,
         })?;
-        let req = |i: usize| -> Result<&RawValue, TokenError> {
-            m.get(i).ok_or(TokenError::MissingClaim(
-                NAMES.get(i).copied().unwrap_or("?"),
-            ))
-        };
+        let c = Claims { m };
         // Presence first, in a fixed order, so "missing" is reported before "invalid".
-        for i in [0usize, 1, 2, 4, 5, 6, 7, 8, 9] {
-            req(i)?;
+        for i in [ISS, AUD, EXP, IAT, JTI, CLIENT_ID, CONSENT_ID, SCOPE, CNF] {
+            c.req(i)?;
         }
-        let string = |i: usize| -> Result<String, TokenError> {
-            json_string(req(i)?).ok_or(TokenError::InvalidClaim(
-                NAMES.get(i).copied().unwrap_or("?"),
-            ))
-        };
-        let int = |i: usize, name: &'static str| -> Result<i64, TokenError> {
-            serde_json::from_str::<i64>(req(i)?.get()).map_err(|_| TokenError::InvalidClaim(name))
-        };
-
-        let iss = string(0)?;
-        if iss != self.settings.issuer {
-            return Err(TokenError::WrongIssuer);
-        }
-        let aud = req(1)?;
-        let aud_ok = if let Some(one) = json_string(aud) {
-            one == self.settings.audience
-        } else {
-            let many: Vec<String> =
-                serde_json::from_str(aud.get()).map_err(|_| TokenError::InvalidClaim("aud"))?;
-            many.contains(&self.settings.audience)
-        };
-        if !aud_ok {
-            return Err(TokenError::WrongAudience);
-        }
-        let exp = int(2, "exp")?;
-        let nbf = match m.get(3) {
-            Some(raw) => Some(
-                serde_json::from_str::<i64>(raw.get())
-                    .map_err(|_| TokenError::InvalidClaim("nbf"))?,
-            ),
-            None => None,
-        };
-        let iat = int(4, "iat")?;
-        let jti = string(5)?;
+        self.check_iss_aud(&c)?;
+        let exp = c.int(EXP)?;
+        let nbf =
+            c.m.get(NBF)
+                .map(|raw| Claims::int_value(raw, NBF))
+                .transpose()?;
+        let iat = c.int(IAT)?;
+        let jti = c.string(JTI)?;
         if jti.is_empty() || jti.len() > MAX_JTI_LEN {
             return Err(TokenError::InvalidClaim("jti"));
         }
         let client_id =
-            Bin::parse(&string(6)?).map_err(|_| TokenError::InvalidClaim("client_id"))?;
-        let consent_id = string(7)?;
+            Bin::parse(&c.string(CLIENT_ID)?).map_err(|_| TokenError::InvalidClaim("client_id"))?;
+        let consent_id = c.string(CONSENT_ID)?;
         if consent_id.is_empty()
             || consent_id.len() > MAX_CONSENT_ID_LEN
             || !consent_id.bytes().all(|b| b.is_ascii_graphic())
         {
             return Err(TokenError::InvalidClaim("consent_id"));
         }
-        let scope: Permissions = string(8)?
+        let scope: Permissions = c
+            .string(SCOPE)?
             .split(' ')
             .filter_map(Permission::parse)
             .collect();
-        let cnf_x5t_s256 = parse_cnf(req(9)?.get())?;
+        let cnf_x5t_s256 = parse_cnf(c.req(CNF)?.get())?;
         Ok(VerifiedToken {
             client_id,
             consent_id: consent_id.into_boxed_str(),
@@ -761,6 +770,78 @@ impl TokenVerifier {
             iat,
             jti: jti.into_boxed_str(),
         })
+    }
+
+    /// `iss` is the configured issuer and `aud` names the hub (a string or an array).
+    fn check_iss_aud(&self, c: &Claims<'_>) -> Result<(), TokenError> {
+        let iss = c.string(ISS)?;
+        if iss != self.settings.issuer {
+            return Err(TokenError::WrongIssuer);
+        }
+        let aud = c.req(AUD)?;
+        let aud_ok = if let Some(one) = json_string(aud) {
+            one == self.settings.audience
+        } else {
+            let many: Vec<String> =
+                serde_json::from_str(aud.get()).map_err(|_| TokenError::InvalidClaim("aud"))?;
+            many.contains(&self.settings.audience)
+        };
+        if !aud_ok {
+            return Err(TokenError::WrongAudience);
+        }
+        Ok(())
+    }
+}
+
+/// The claims the hub reads, by index into [`Claims`].
+const CLAIM_NAMES: [&str; 10] = [
+    "iss",
+    "aud",
+    "exp",
+    "nbf",
+    "iat",
+    "jti",
+    "client_id",
+    "consent_id",
+    "scope",
+    "cnf",
+];
+const ISS: usize = 0;
+const AUD: usize = 1;
+const EXP: usize = 2;
+const NBF: usize = 3;
+const IAT: usize = 4;
+const JTI: usize = 5;
+const CLIENT_ID: usize = 6;
+const CONSENT_ID: usize = 7;
+const SCOPE: usize = 8;
+const CNF: usize = 9;
+
+/// The scanned claims object, with typed accessors that name the claim in their errors.
+struct Claims<'a> {
+    m: Members<'a, 10>,
+}
+
+impl<'a> Claims<'a> {
+    fn name(i: usize) -> &'static str {
+        CLAIM_NAMES.get(i).copied().unwrap_or("?")
+    }
+
+    fn req(&self, i: usize) -> Result<&'a RawValue, TokenError> {
+        self.m.get(i).ok_or(TokenError::MissingClaim(Self::name(i)))
+    }
+
+    fn string(&self, i: usize) -> Result<String, TokenError> {
+        json_string(self.req(i)?).ok_or(TokenError::InvalidClaim(Self::name(i)))
+    }
+
+    fn int(&self, i: usize) -> Result<i64, TokenError> {
+        Self::int_value(self.req(i)?, i)
+    }
+
+    /// NumericDates must be JSON integers: fractional values are refused.
+    fn int_value(raw: &RawValue, i: usize) -> Result<i64, TokenError> {
+        serde_json::from_str::<i64>(raw.get()).map_err(|_| TokenError::InvalidClaim(Self::name(i)))
     }
 }
 

@@ -570,31 +570,7 @@ impl App {
             return Err(refused());
         }
         let granted: Permissions = record.permissions.iter().copied().collect();
-        let scope = match scope {
-            None => granted
-                .iter()
-                .map(|p| p.as_str())
-                .collect::<Vec<_>>()
-                .join(" "),
-            Some(asked) => {
-                let mut set = Permissions::EMPTY;
-                for s in asked.split(' ').filter(|s| !s.is_empty()) {
-                    match consent_cache::Permission::parse(s) {
-                        Some(p) if granted.contains(p) => set.insert(p),
-                        _ => {
-                            return Err(OAuthError::bad(
-                                "invalid_scope",
-                                "scope asks for more than the consent grants",
-                            ))
-                        }
-                    }
-                }
-                if set.is_empty() {
-                    return Err(OAuthError::bad("invalid_scope", "scope is empty"));
-                }
-                set.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(" ")
-            }
-        };
+        let scope = token_scope(granted, scope)?;
         let mut exp = now + self.settings.token_lifetime_secs;
         if let Some(e) = record.expires_at {
             exp = exp.min(e.unix_timestamp());
@@ -801,6 +777,35 @@ impl App {
         })
         .await
     }
+}
+
+/// The token's `scope`: all the consent grants when the client asked for none, else what it
+/// asked for, which must be a non-empty subset of the grant (RFC 6749 §3.3).
+fn token_scope(granted: Permissions, asked: Option<String>) -> Result<String, OAuthError> {
+    let Some(asked) = asked else {
+        return Ok(scope_string(granted));
+    };
+    let mut set = Permissions::EMPTY;
+    for s in asked.split(' ').filter(|s| !s.is_empty()) {
+        match consent_cache::Permission::parse(s) {
+            Some(p) if granted.contains(p) => set.insert(p),
+            _ => {
+                return Err(OAuthError::bad(
+                    "invalid_scope",
+                    "scope asks for more than the consent grants",
+                ))
+            }
+        }
+    }
+    if set.is_empty() {
+        return Err(OAuthError::bad("invalid_scope", "scope is empty"));
+    }
+    Ok(scope_string(set))
+}
+
+/// Permissions as a space-separated `scope` value.
+fn scope_string(set: Permissions) -> String {
+    set.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(" ")
 }
 
 impl From<StoreError> for OAuthError {

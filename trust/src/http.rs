@@ -285,21 +285,78 @@ pub async fn handle(app: Arc<App>, peer: Arc<Peer>, req: Request<Incoming>) -> R
     }
 }
 
+/// One request on its way through the routers, with what every route needs.
+struct Call<'a> {
+    app: &'a Arc<App>,
+    peer: &'a Peer,
+    method: Method,
+    req: Request<Incoming>,
+}
+
+impl Call<'_> {
+    fn api_user(&self) -> Result<ParticipantRecord, Error> {
+        api_user(self.app, self.peer)
+    }
+
+    fn operator(&self) -> Result<String, Error> {
+        operator(self.app, self.peer)
+    }
+
+    async fn customer(&self) -> Result<String, Error> {
+        customer(self.app, &self.req).await
+    }
+}
+
 async fn route(app: &Arc<App>, peer: &Peer, req: Request<Incoming>) -> Result<Resp, Error> {
     let path = req.uri().path().to_owned();
     let segs: Vec<&str> = path.split('/').skip(1).collect();
-    let m = req.method().clone();
+    let call = Call {
+        app,
+        peer,
+        method: req.method().clone(),
+        req,
+    };
     match segs.as_slice() {
-        ["healthz"] => match m {
+        ["healthz"] => match call.method {
             Method::GET => Ok(json(
                 StatusCode::OK,
                 &serde_json::json!({"status": "ok", "version": app.db.head()}),
             )),
             _ => Ok(method_not_allowed("GET")),
         },
-        [".well-known", "jwks.json"] => match m {
+        [".well-known", rest @ ..] => well_known_routes(call, rest),
+        ["oauth2", "token"] => match call.method {
+            Method::POST => Ok(token(app, peer, call.req).await),
+            _ => Ok(method_not_allowed("POST")),
+        },
+        ["v1", "consents", rest @ ..] => consent_routes(call, rest).await,
+        ["v1", "customer", rest @ ..] => customer_routes(call, rest).await,
+        ["v1", "participants", rest @ ..] => participant_routes(call, rest).await,
+        ["v1", "admin", "keys", rest @ ..] => key_routes(call, rest).await,
+        ["v1", "snapshot"] => match call.method {
             Method::GET => {
-                let mut r = Response::new(full(app.keys().jwks.clone()));
+                hub(app, peer)?;
+                Ok(stream(app, feed::snapshot(app)))
+            }
+            _ => Ok(method_not_allowed("GET")),
+        },
+        ["v1", "feed"] => match call.method {
+            Method::GET => {
+                hub(app, peer)?;
+                feed_route(app, call.req.uri().query().unwrap_or("")).await
+            }
+            _ => Ok(method_not_allowed("GET")),
+        },
+        _ => Err(Error::NotFound("route_not_found")),
+    }
+}
+
+/// `/.well-known/…`: the key set and the authorisation-server metadata (public).
+fn well_known_routes(call: Call<'_>, rest: &[&str]) -> Result<Resp, Error> {
+    match rest {
+        ["jwks.json"] => match call.method {
+            Method::GET => {
+                let mut r = Response::new(full(call.app.keys().jwks.clone()));
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/jwk-set+json"),
@@ -310,18 +367,22 @@ async fn route(app: &Arc<App>, peer: &Peer, req: Request<Incoming>) -> Result<Re
             }
             _ => Ok(method_not_allowed("GET")),
         },
-        [".well-known", "oauth-authorization-server"] => match m {
-            Method::GET => Ok(metadata(app)),
+        ["oauth-authorization-server"] => match call.method {
+            Method::GET => Ok(metadata(call.app)),
             _ => Ok(method_not_allowed("GET")),
         },
-        ["oauth2", "token"] => match m {
-            Method::POST => Ok(token(app, peer, req).await),
-            _ => Ok(method_not_allowed("POST")),
-        },
-        ["v1", "consents"] => match m {
+        _ => Err(Error::NotFound("route_not_found")),
+    }
+}
+
+/// `/v1/consents/…`: the API user's side of consents.
+async fn consent_routes(call: Call<'_>, rest: &[&str]) -> Result<Resp, Error> {
+    let app = call.app;
+    match rest {
+        [] => match call.method {
             Method::POST => {
-                let user = api_user(app, peer)?;
-                let input = read_json(req).await?;
+                let user = call.api_user()?;
+                let input = read_json(call.req).await?;
                 let view = app.create_consent(user.bin, input).await?;
                 let mut r = json(StatusCode::CREATED, &view);
                 if let Ok(v) = HeaderValue::from_str(&format!("/v1/consents/{}", view.record.id)) {
@@ -331,48 +392,46 @@ async fn route(app: &Arc<App>, peer: &Peer, req: Request<Incoming>) -> Result<Re
             }
             _ => Ok(method_not_allowed("POST")),
         },
-        ["v1", "consents", id] => {
+        [id] => {
             let id = (*id).to_owned();
-            match m {
+            match call.method {
                 Method::GET => {
-                    let user = api_user(app, peer)?;
-                    Ok(json(
-                        StatusCode::OK,
-                        &app.consent_for_user(user.bin, id).await?,
-                    ))
+                    let user = call.api_user()?;
+                    ok(&app.consent_for_user(user.bin, id).await?)
                 }
                 Method::DELETE => {
-                    let user = api_user(app, peer)?;
-                    Ok(json(
-                        StatusCode::OK,
-                        &app.revoke_by_user(user.bin, id).await?,
-                    ))
+                    let user = call.api_user()?;
+                    ok(&app.revoke_by_user(user.bin, id).await?)
                 }
                 _ => Ok(method_not_allowed("GET, DELETE")),
             }
         }
-        ["v1", "customer", rest @ ..] => customer_routes(app, rest, m, req).await,
-        ["v1", "participants"] => match m {
+        _ => Err(Error::NotFound("route_not_found")),
+    }
+}
+
+/// `/v1/participants/…`: the registry, for operators.
+async fn participant_routes(call: Call<'_>, rest: &[&str]) -> Result<Resp, Error> {
+    let app = call.app;
+    match rest {
+        [] => match call.method {
             Method::GET => {
-                operator(app, peer)?;
+                call.operator()?;
                 let all = app.participants().await?;
-                Ok(json(
-                    StatusCode::OK,
-                    &serde_json::json!({ "participants": all }),
-                ))
+                ok(&serde_json::json!({ "participants": all }))
             }
             _ => Ok(method_not_allowed("GET")),
         },
-        ["v1", "participants", bin] => {
+        [bin] => {
             let bin = parse_bin(bin)?;
-            match m {
+            match call.method {
                 Method::GET => {
-                    operator(app, peer)?;
-                    Ok(json(StatusCode::OK, &app.participant(bin).await?))
+                    call.operator()?;
+                    ok(&app.participant(bin).await?)
                 }
                 Method::PUT => {
-                    let actor = operator(app, peer)?;
-                    let input: ParticipantInput = read_json(req).await?;
+                    let actor = call.operator()?;
+                    let input: ParticipantInput = read_json(call.req).await?;
                     let (view, created) = app.put_participant(actor, bin, input).await?;
                     let status = if created {
                         StatusCode::CREATED
@@ -384,54 +443,46 @@ async fn route(app: &Arc<App>, peer: &Peer, req: Request<Incoming>) -> Result<Re
                 _ => Ok(method_not_allowed("GET, PUT")),
             }
         }
-        ["v1", "participants", bin, "status"] => {
+        [bin, "status"] => {
             let bin = parse_bin(bin)?;
-            match m {
+            match call.method {
                 Method::PUT => {
-                    let actor = operator(app, peer)?;
-                    let input: StatusInput = read_json(req).await?;
-                    Ok(json(
-                        StatusCode::OK,
-                        &app.set_participant_status(actor, bin, input.status).await?,
-                    ))
+                    let actor = call.operator()?;
+                    let input: StatusInput = read_json(call.req).await?;
+                    ok(&app.set_participant_status(actor, bin, input.status).await?)
                 }
                 _ => Ok(method_not_allowed("PUT")),
             }
         }
-        ["v1", "admin", "keys"] => match m {
+        _ => Err(Error::NotFound("route_not_found")),
+    }
+}
+
+/// `/v1/admin/keys/…`: the token-signing keys, for operators.
+async fn key_routes(call: Call<'_>, rest: &[&str]) -> Result<Resp, Error> {
+    match rest {
+        [] => match call.method {
             Method::GET => {
-                operator(app, peer)?;
-                Ok(json(
-                    StatusCode::OK,
-                    &serde_json::json!({ "keys": app.keys().keys }),
-                ))
+                call.operator()?;
+                ok(&serde_json::json!({ "keys": call.app.keys().keys }))
             }
             _ => Ok(method_not_allowed("GET")),
         },
-        ["v1", "admin", "keys", "rotate"] => match m {
+        ["rotate"] => match call.method {
             Method::POST => {
-                operator(app, peer)?;
-                let keys = app.rotate_keys(true).await?;
-                Ok(json(StatusCode::OK, &serde_json::json!({ "keys": keys })))
+                call.operator()?;
+                let keys = call.app.rotate_keys(true).await?;
+                ok(&serde_json::json!({ "keys": keys }))
             }
             _ => Ok(method_not_allowed("POST")),
         },
-        ["v1", "snapshot"] => match m {
-            Method::GET => {
-                hub(app, peer)?;
-                Ok(stream(app, feed::snapshot(app)))
-            }
-            _ => Ok(method_not_allowed("GET")),
-        },
-        ["v1", "feed"] => match m {
-            Method::GET => {
-                hub(app, peer)?;
-                feed_route(app, req.uri().query().unwrap_or("")).await
-            }
-            _ => Ok(method_not_allowed("GET")),
-        },
         _ => Err(Error::NotFound("route_not_found")),
     }
+}
+
+/// A 200 JSON answer.
+fn ok<T: Serialize>(value: &T) -> Result<Resp, Error> {
+    Ok(json(StatusCode::OK, value))
 }
 
 fn stream(app: &App, rx: mpsc::Receiver<Bytes>) -> Resp {
@@ -648,111 +699,91 @@ struct CodeInput {
     code: String,
 }
 
-async fn customer_routes(
-    app: &Arc<App>,
-    rest: &[&str],
-    m: Method,
-    req: Request<Incoming>,
-) -> Result<Resp, Error> {
+/// `/v1/customer/…`: the customer's side (development sessions, consents, authorisations).
+async fn customer_routes(call: Call<'_>, rest: &[&str]) -> Result<Resp, Error> {
     match rest {
-        ["sessions"] => match m {
-            Method::POST => {
-                let input: SessionInput = read_json(req).await?;
-                let (token, expires_at) = app.open_customer_session(input.customer.clone()).await?;
-                Ok(json(
-                    StatusCode::CREATED,
-                    &serde_json::json!({
-                        "session": token,
-                        "customer": input.customer,
-                        "expires_at": expires_at.format(&time::format_description::well_known::Rfc3339)
-                            .unwrap_or_default(),
-                    }),
-                ))
-            }
+        ["sessions"] => match call.method {
+            Method::POST => open_session(call.app, call.req).await,
             _ => Ok(method_not_allowed("POST")),
         },
-        ["consents"] => match m {
+        ["consents", rest @ ..] => customer_consent_routes(call, rest).await,
+        ["authorisations", id, rest @ ..] => {
+            authorisation_routes(call, (*id).to_owned(), rest).await
+        }
+        _ => Err(Error::NotFound("route_not_found")),
+    }
+}
+
+/// `POST /v1/customer/sessions` (development only: the app answers 404 otherwise).
+async fn open_session(app: &Arc<App>, req: Request<Incoming>) -> Result<Resp, Error> {
+    let input: SessionInput = read_json(req).await?;
+    let (token, expires_at) = app.open_customer_session(input.customer.clone()).await?;
+    Ok(json(
+        StatusCode::CREATED,
+        &serde_json::json!({
+            "session": token,
+            "customer": input.customer,
+            "expires_at": expires_at.format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+        }),
+    ))
+}
+
+/// `/v1/customer/consents/…`.
+async fn customer_consent_routes(call: Call<'_>, rest: &[&str]) -> Result<Resp, Error> {
+    let app = call.app;
+    match rest {
+        [] => match call.method {
             Method::GET => {
-                let c = customer(app, &req).await?;
-                let list = app.customer_consents(c).await?;
-                Ok(json(
-                    StatusCode::OK,
-                    &serde_json::json!({ "consents": list }),
-                ))
+                let list = app.customer_consents(call.customer().await?).await?;
+                ok(&serde_json::json!({ "consents": list }))
             }
             _ => Ok(method_not_allowed("GET")),
         },
-        ["consents", id] => {
+        [id] => {
             let id = (*id).to_owned();
-            match m {
-                Method::GET => {
-                    let c = customer(app, &req).await?;
-                    Ok(json(StatusCode::OK, &app.customer_consent(c, id).await?))
-                }
-                Method::DELETE => {
-                    let c = customer(app, &req).await?;
-                    Ok(json(StatusCode::OK, &app.revoke_by_customer(c, id).await?))
-                }
+            match call.method {
+                Method::GET => ok(&app.customer_consent(call.customer().await?, id).await?),
+                Method::DELETE => ok(&app.revoke_by_customer(call.customer().await?, id).await?),
                 _ => Ok(method_not_allowed("GET, DELETE")),
             }
         }
-        ["consents", id, "authorisations"] => {
-            let id = (*id).to_owned();
-            match m {
-                Method::POST => {
-                    let c = customer(app, &req).await?;
-                    Ok(json(
-                        StatusCode::CREATED,
-                        &app.start_authorisation(c, id).await?,
-                    ))
-                }
-                _ => Ok(method_not_allowed("POST")),
+        [id, "authorisations"] => match call.method {
+            Method::POST => {
+                let c = call.customer().await?;
+                let view = app.start_authorisation(c, (*id).to_owned()).await?;
+                Ok(json(StatusCode::CREATED, &view))
             }
-        }
-        ["consents", id, "reject"] => {
-            let id = (*id).to_owned();
-            match m {
-                Method::POST => {
-                    let c = customer(app, &req).await?;
-                    Ok(json(StatusCode::OK, &app.reject(c, id).await?))
-                }
-                _ => Ok(method_not_allowed("POST")),
+            _ => Ok(method_not_allowed("POST")),
+        },
+        [id, "reject"] => match call.method {
+            Method::POST => ok(&app.reject(call.customer().await?, (*id).to_owned()).await?),
+            _ => Ok(method_not_allowed("POST")),
+        },
+        _ => Err(Error::NotFound("route_not_found")),
+    }
+}
+
+/// `/v1/customer/authorisations/{id}/…`.
+async fn authorisation_routes(call: Call<'_>, id: String, rest: &[&str]) -> Result<Resp, Error> {
+    let app = call.app;
+    match rest {
+        [] => match call.method {
+            Method::GET => ok(&app.authorisation(call.customer().await?, id).await?),
+            _ => Ok(method_not_allowed("GET")),
+        },
+        ["resend"] => match call.method {
+            Method::POST => ok(&app.resend_code(call.customer().await?, id).await?),
+            _ => Ok(method_not_allowed("POST")),
+        },
+        ["verify"] => match call.method {
+            Method::POST => {
+                let c = call.customer().await?;
+                let input: CodeInput = read_json(call.req).await?;
+                ok(&app.verify_code(c, id, input.code).await?)
             }
-        }
-        ["authorisations", id] => {
-            let id = (*id).to_owned();
-            match m {
-                Method::GET => {
-                    let c = customer(app, &req).await?;
-                    Ok(json(StatusCode::OK, &app.authorisation(c, id).await?))
-                }
-                _ => Ok(method_not_allowed("GET")),
-            }
-        }
-        ["authorisations", id, "resend"] => {
-            let id = (*id).to_owned();
-            match m {
-                Method::POST => {
-                    let c = customer(app, &req).await?;
-                    Ok(json(StatusCode::OK, &app.resend_code(c, id).await?))
-                }
-                _ => Ok(method_not_allowed("POST")),
-            }
-        }
-        ["authorisations", id, "verify"] => {
-            let id = (*id).to_owned();
-            match m {
-                Method::POST => {
-                    let c = customer(app, &req).await?;
-                    let input: CodeInput = read_json(req).await?;
-                    Ok(json(
-                        StatusCode::OK,
-                        &app.verify_code(c, id, input.code).await?,
-                    ))
-                }
-                _ => Ok(method_not_allowed("POST")),
-            }
-        }
+            _ => Ok(method_not_allowed("POST")),
+        },
         _ => Err(Error::NotFound("route_not_found")),
     }
 }

@@ -224,68 +224,20 @@ pub async fn start(
     let operators = thumbprints(&config.operator_certs, &config.operator_thumbprints)?;
     let hubs = thumbprints(&config.hub_certs, &config.hub_thumbprints)?;
     let imported = key_files(&config.signing_keys)?;
-    let notifier: Option<Arc<dyn Notifier>> = match (notifier, &config.otp_outbox) {
-        (Some(n), _) => Some(n),
-        (None, Some(path)) => Some(Arc::new(FileNotifier::open(path).map_err(|source| {
-            StartError::Io {
-                path: path.clone(),
-                source,
-            }
-        })?)),
-        (None, None) => None,
-    };
+    let notifier = notifier_for(notifier, &config)?;
     let db_path = config.db.clone();
     let db = tokio::task::spawn_blocking(move || Db::open(&db_path))
         .await
         .map_err(|e| StartError::App(Error::Internal(e.to_string())))??;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Bind {
-        addr: config.listen,
-        source,
-    })?;
-    let public_url = config
-        .public_url
-        .clone()
-        .unwrap_or_else(|| format!("https://{addr}"));
-    let settings = Settings {
-        issuer: config.issuer.clone().unwrap_or_else(|| public_url.clone()),
-        audience: config.audience.clone(),
-        public_url,
-        token_lifetime_secs: config.token_lifetime_secs,
-        key_policy: Policy {
-            alg: config.token_alg,
-            rotate_after_secs: config.key_rotate_after_secs,
-            publish_lead_secs: config.key_publish_lead_secs,
-            retire_after_secs: config.token_lifetime_secs + config.token_leeway_secs,
-        },
-        limits: config.limits,
-        dev_customer_sessions: config.dev_customer_sessions,
-        operators,
-        hubs,
-        heartbeat: config.heartbeat,
-        feed_retention: config.feed_retention,
-    };
+    let (listener, addr) = bind(&config).await?;
+    let settings = settings(&config, addr, operators, hubs);
     let app = Arc::new(App::new(
         Arc::new(db),
         settings,
         config.clock.clone(),
         notifier,
     )?);
-    if !imported.is_empty() {
-        let kids = app.import_keys(&imported)?;
-        tracing::info!(?kids, "signing keys imported");
-    }
-    app.rotate_keys(false).await?;
-    if app.keys().signer.is_none() {
-        return Err(StartError::Keys(
-            "no signing key is active: with PS256, pass --signing-key".into(),
-        ));
-    }
+    activate_keys(&app, &imported).await?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let acceptor = TlsAcceptor::from(tls);
     let accept = tokio::spawn(accept_loop(
@@ -302,6 +254,82 @@ pub async fn start(
         shutdown,
         tasks: vec![accept, house],
     })
+}
+
+/// The notifier given by the embedder, else a file outbox when one is configured.
+fn notifier_for(
+    given: Option<Arc<dyn Notifier>>,
+    config: &Config,
+) -> Result<Option<Arc<dyn Notifier>>, StartError> {
+    Ok(match (given, &config.otp_outbox) {
+        (Some(n), _) => Some(n),
+        (None, Some(path)) => Some(Arc::new(FileNotifier::open(path).map_err(|source| {
+            StartError::Io {
+                path: path.clone(),
+                source,
+            }
+        })?)),
+        (None, None) => None,
+    })
+}
+
+/// Binds the listener; the bound address matters when the configuration asks for port 0.
+async fn bind(config: &Config) -> Result<(TcpListener, SocketAddr), StartError> {
+    let bind_error = |source| StartError::Bind {
+        addr: config.listen,
+        source,
+    };
+    let listener = TcpListener::bind(config.listen).await.map_err(bind_error)?;
+    let addr = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, addr))
+}
+
+/// The application settings; the public URL (and so the default issuer) defaults to the
+/// bound address.
+fn settings(
+    config: &Config,
+    addr: SocketAddr,
+    operators: Vec<[u8; 32]>,
+    hubs: Vec<[u8; 32]>,
+) -> Settings {
+    let public_url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("https://{addr}"));
+    Settings {
+        issuer: config.issuer.clone().unwrap_or_else(|| public_url.clone()),
+        audience: config.audience.clone(),
+        public_url,
+        token_lifetime_secs: config.token_lifetime_secs,
+        key_policy: Policy {
+            alg: config.token_alg,
+            rotate_after_secs: config.key_rotate_after_secs,
+            publish_lead_secs: config.key_publish_lead_secs,
+            retire_after_secs: config.token_lifetime_secs + config.token_leeway_secs,
+        },
+        limits: config.limits,
+        dev_customer_sessions: config.dev_customer_sessions,
+        operators,
+        hubs,
+        heartbeat: config.heartbeat,
+        feed_retention: config.feed_retention,
+    }
+}
+
+/// Imports the configured signing keys and runs one rotation step; refuses to start
+/// without an active signer, since every token request would fail.
+async fn activate_keys(app: &Arc<App>, imported: &[(Alg, Vec<u8>)]) -> Result<(), StartError> {
+    if !imported.is_empty() {
+        let kids = app.import_keys(imported)?;
+        tracing::info!(?kids, "signing keys imported");
+    }
+    app.rotate_keys(false).await?;
+    if app.keys().signer.is_none() {
+        return Err(StartError::Keys(
+            "no signing key is active: with PS256, pass --signing-key".into(),
+        ));
+    }
+    Ok(())
 }
 
 async fn stopped(rx: &mut watch::Receiver<bool>) {

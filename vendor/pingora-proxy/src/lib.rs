@@ -347,7 +347,11 @@ where
             }
             Err(mut e) => {
                 e.as_down();
-                if matches!(e.etype, InvalidHTTPHeader) {
+                // Patched (exchange hub): an over-long header block has a type of its own
+                // (`REQUEST_HEADER_TOO_LARGE`) and is answered like a malformed one.
+                if matches!(e.etype, InvalidHTTPHeader)
+                    || e.etype == pingora_core::protocols::http::REQUEST_HEADER_TOO_LARGE
+                {
                     debug!(
                         "Fail to proxy: {e}, downstream session type: {}",
                         downstream_session.session_type()

@@ -690,8 +690,10 @@ pub trait ProxyHttp {
     }
 
     /// Patched (exchange hub): the answer to a request whose header block could not be
-    /// parsed (pingora answers it before any other hook runs). `None` keeps pingora's bare
-    /// `400`. See vendor/README.md.
+    /// parsed (pingora answers it before any other hook runs). `error`'s type says why:
+    /// `InvalidHTTPHeader` (malformed) or
+    /// `pingora_core::protocols::http::REQUEST_HEADER_TOO_LARGE` (over the size limit).
+    /// `None` keeps pingora's bare `400`. See vendor/README.md.
     fn malformed_request_response(
         &self,
         _error: &Error,

@@ -33,6 +33,14 @@ pub use server::{ReusableHttpStream, Session as ServerSession};
 /// The Pingora server name string
 pub const SERVER_NAME: &[u8; 7] = b"Pingora";
 
+/// Patched (exchange hub): the type of the error an HTTP/1 server session returns when a
+/// request's header block grows past the size limit before it is complete. Upstream reports
+/// it as `InvalidHTTPHeader`, like a malformed header, so an application could only tell
+/// the two apart by the wording of the error's context; with its own type it can answer
+/// `431` rather than `400`. See vendor/README.md.
+pub const REQUEST_HEADER_TOO_LARGE: pingora_error::ErrorType =
+    pingora_error::ErrorType::new("RequestHeaderTooLarge");
+
 /// An enum to hold all possible HTTP response events.
 #[derive(Debug)]
 pub enum HttpTask {

@@ -309,8 +309,9 @@ impl HttpSession {
                 /* NOTE: this check only blocks second read. The first large read is allowed
                 since the buf is already allocated. The goal is to avoid slowly bloating
                 this buffer */
+                // Patched (exchange hub): a type of its own (was `InvalidHTTPHeader`).
                 return Error::e_explain(
-                    InvalidHTTPHeader,
+                    crate::protocols::http::REQUEST_HEADER_TOO_LARGE,
                     format!("Request header larger than {MAX_HEADER_SIZE}"),
                 );
             }

@@ -1,0 +1,292 @@
+//! The decision adapter: reads what `policy` needs from the request and its connection,
+//! runs contract §6 rows 1–16 and makes the result the request's [`Outcome`]. A refusal
+//! carries what the rows passed before it had identified; an admitted request's body is
+//! drained here, before anything goes upstream.
+
+use http::header;
+use pingora::http::RequestHeader;
+use pingora::proxy::Session;
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use consent_cache::{Bin, Consent};
+use policy::code::Code;
+use policy::decision::{decide, Facts, Grant, Rejection};
+use policy::limits::{Limited, Limiter, RateInfo};
+use policy::route::{match_route, upstream_path, Route, RouteId};
+use policy::token::TokenVerifier;
+
+use super::ctx::{Admitted, Outcome, Refused, UpstreamCall};
+use crate::metrics::Metrics;
+use crate::network::Network;
+use crate::snapshot::Snapshot;
+
+/// How long a request body may take to arrive.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Decides the request read on `session` with `snap` (rows 1–16), then drains an
+/// admitted request's body. Records the matched route in `route` (refusals have one too).
+pub(super) async fn admission(
+    session: &mut Session,
+    snap: &Snapshot,
+    metrics: &Metrics,
+    route: &mut Option<RouteId>,
+) -> Outcome {
+    let mut admitted = match evaluate(session, snap, metrics, route) {
+        Ok(a) => a,
+        Err(r) => return Outcome::Refused(r),
+    };
+    if !session.is_body_empty() {
+        if let Err(code) = discard_body(session, admitted.max_body_bytes).await {
+            return Outcome::Refused(admitted.refuse(code));
+        }
+        admitted.body_discarded = true;
+    }
+    Outcome::Admitted(admitted)
+}
+
+/// Runs the decision (contract §6 rows 1–16) without touching the response.
+fn evaluate(
+    session: &Session,
+    snap: &Snapshot,
+    metrics: &Metrics,
+    route_id: &mut Option<RouteId>,
+) -> Result<Admitted, Refused> {
+    let req = session.req_header();
+    check_sizes(req, snap).map_err(Refused::anonymous)?;
+    let raw =
+        std::str::from_utf8(req.raw_path()).map_err(|_| Refused::anonymous(Code::BadRequest))?;
+    let (path, query) = match raw.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (raw, None),
+    };
+    let route = match_route(&req.method, path, query).map_err(Refused::anonymous)?;
+    *route_id = Some(route.id);
+    let thumb = cert_thumbprint(session);
+    if thumb.is_none() {
+        metrics.no_tls_digest.inc();
+    }
+    let facts = Facts {
+        route: &route,
+        cert_thumbprint: thumb.as_ref(),
+        authorization: single_authorization(req),
+        now_unix: now_unix(),
+        consent_state_fresh: snap.consent_state_fresh(),
+    };
+    let net = snap.network();
+    let tokens = snap.tokens();
+    let consents = snap.consents();
+    let Grant {
+        api_user,
+        provider,
+        token,
+        consent,
+    } = decide(&net.directory, &tokens, |id| consents.get(id), &facts)
+        .map_err(|rej| refused_by_policy(snap, &net, &tokens, &facts, rej))?;
+    let (api_user, provider, provider_index) = (api_user.bin, provider.bin, provider.index);
+    let limiter = snap.limiter();
+    let rate = match rate_limit(
+        session,
+        limiter,
+        api_user,
+        provider,
+        &route,
+        consent.as_ref(),
+    ) {
+        Ok(rate) => rate,
+        Err((code, limited)) => {
+            return Err(Refused {
+                code,
+                api_user: Some(api_user),
+                provider: Some(provider),
+                token,
+                limited,
+            })
+        }
+    };
+    Ok(Admitted {
+        net,
+        api_user,
+        provider,
+        provider_index,
+        token,
+        consent,
+        rate,
+        upstream_path: upstream_target(&route, query),
+        max_body_bytes: snap.max_body_bytes(),
+        body_discarded: false,
+        call: UpstreamCall::default(),
+        failed: None,
+    })
+}
+
+/// The transport-level limits checked before routing: the header block (`431`) and a
+/// declared body (`413`; an unreadable `Content-Length` is `400`).
+fn check_sizes(req: &RequestHeader, snap: &Snapshot) -> Result<(), Code> {
+    if header_bytes(req) > snap.max_header_bytes() {
+        return Err(Code::RequestHeaderFieldsTooLarge);
+    }
+    if let Some(cl) = req.headers.get(header::CONTENT_LENGTH) {
+        let n: usize = std::str::from_utf8(cl.as_bytes())
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or(Code::BadRequest)?;
+        if n > snap.max_body_bytes() {
+            return Err(Code::PayloadTooLarge);
+        }
+    }
+    Ok(())
+}
+
+fn header_bytes(req: &RequestHeader) -> usize {
+    req.headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + req.raw_path().len()
+}
+
+/// SHA-256 of the client certificate, from the TLS digest of the connection.
+fn cert_thumbprint(session: &Session) -> Option<[u8; 32]> {
+    session
+        .as_downstream()
+        .digest()
+        .and_then(|d| d.ssl_digest.as_ref())
+        .and_then(|s| <[u8; 32]>::try_from(s.cert_digest.as_slice()).ok())
+}
+
+/// The `Authorization` value. More than one such field is not a well-formed bearer token
+/// (RFC 9110 §5.3): treated as absent, which row 4 refuses.
+fn single_authorization(req: &RequestHeader) -> Option<&[u8]> {
+    let mut fields = req.headers.get_all(header::AUTHORIZATION).iter();
+    match (fields.next(), fields.next()) {
+        (Some(v), None) => Some(v.as_bytes()),
+        _ => None,
+    }
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn client_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .as_downstream()
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+/// Row 16: the limits of a consent route (user, user × provider, consent × route) or of
+/// open data (per client IP). Open data from no IP address is a bad request.
+fn rate_limit(
+    session: &Session,
+    limiter: &Limiter,
+    user: Bin,
+    provider: Bin,
+    route: &Route<'_>,
+    consent: Option<&Consent>,
+) -> Result<RateInfo, (Code, Option<Limited>)> {
+    let checked = match (consent, route.id.is_open_data()) {
+        (Some(c), false) => limiter.check_consent_route(user, provider, c.id(), route.id),
+        _ => match client_ip(session) {
+            Some(ip) => limiter.check_open_data(ip, user),
+            None => return Err((Code::BadRequest, None)),
+        },
+    };
+    checked.map_err(|limited| (Code::RateLimited, Some(limited)))
+}
+
+/// The provider-side path and query of an admitted request.
+fn upstream_target(route: &Route<'_>, query: Option<&str>) -> String {
+    let mut out = String::new();
+    upstream_path(route, &mut out);
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+/// A refusal by rows 2–15. A token naming an unknown key asks the trust sidecar for
+/// fresh keys (they may have rotated).
+fn refused_by_policy(
+    snap: &Snapshot,
+    net: &Network,
+    tokens: &TokenVerifier,
+    facts: &Facts<'_>,
+    rej: Rejection,
+) -> Refused {
+    if rej.is_unknown_kid() {
+        snap.want_jwks();
+    }
+    tracing::debug!(reason = rej.reason, code = rej.code.as_str(), "rejected");
+    identify_refused(net, tokens, facts, rej.code)
+}
+
+/// What the rows passed before a refusal had established, for the journal and metrics:
+/// the participant (row 2), the verified token (row 4), a *registered* provider (never a
+/// raw path value, which would let callers invent metric labels). Runs on refusals only;
+/// the token lookup hits the verifier's cache.
+fn identify_refused(
+    net: &Network,
+    tokens: &TokenVerifier,
+    facts: &Facts<'_>,
+    code: Code,
+) -> Refused {
+    let api_user = facts
+        .cert_thumbprint
+        .and_then(|t| net.directory.participant_by_thumbprint(t))
+        .map(|p| p.bin);
+    let provider = facts
+        .route
+        .provider_bin()
+        .and_then(|b| net.directory.provider(b))
+        .map(|entry| entry.bin);
+    let past_token_checks = !matches!(
+        code,
+        Code::ParticipantUnknown | Code::ParticipantInactive | Code::InvalidToken
+    );
+    let token = if past_token_checks && !facts.route.id.is_open_data() {
+        facts
+            .authorization
+            .and_then(policy::token::bearer)
+            .and_then(|t| tokens.verify(t, facts.now_unix).ok())
+    } else {
+        None
+    };
+    Refused {
+        code,
+        api_user,
+        provider,
+        token,
+        limited: None,
+    }
+}
+
+/// Reads and drops an allowed request's body before anything goes upstream. Every
+/// contract route is a `GET`, whose body has no meaning (RFC 9110 §9.3.1); reading it
+/// here, bounded in size and time, means an oversized body always gets `413` instead of
+/// racing the bank's answer, and the bank never receives it.
+async fn discard_body(session: &mut Session, max: usize) -> Result<(), Code> {
+    let read_all = async {
+        let mut total = 0usize;
+        while let Some(chunk) = session
+            .read_request_body()
+            .await
+            .map_err(|_| Code::BadRequest)?
+        {
+            total += chunk.len();
+            if total > max {
+                return Err(Code::PayloadTooLarge);
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(BODY_READ_TIMEOUT, read_all).await {
+        Ok(r) => r,
+        Err(_) => Err(Code::BadRequest),
+    }
+}

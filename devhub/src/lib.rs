@@ -29,6 +29,12 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use consent_cache::{Bin, ConsentRecord, ConsentStatus, Permission};
+use gateway::config::{
+    at, AuditSection, ConsentSection, FileConfig, ParticipantSection, ProviderSection,
+    ServerSection, TlsSection, TokenSection, TrustSection, UpstreamTlsSection,
+};
+use policy::directory::{ParticipantStatus, Role};
+use policy::limits::{LimitSettings, QuotaSettings};
 use sandbox::bank::{BankConfig, BankHandle};
 use sandbox::pki::{DevPki, PkiSpec};
 use sandbox::tokens::{AccessClaims, DevAlg, DevIssuer};
@@ -180,10 +186,6 @@ fn bin(s: &str) -> Bin {
     Bin::parse(s).expect("demo BIN constants are valid")
 }
 
-fn toml_str(p: &Path) -> String {
-    toml::Value::String(p.display().to_string()).to_string()
-}
-
 fn abs(p: &Path) -> PathBuf {
     std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
 }
@@ -225,17 +227,129 @@ impl Prepared {
 /// with `--consents-from trust`, the seeded trust sidecar (both keep running on
 /// `Prepared::runtime` until `Prepared::shutdown` or drop).
 pub fn prepare(args: &DemoArgs) -> Result<Prepared, DemoError> {
-    let dir = args
-        .dir
-        .clone()
-        .unwrap_or_else(|| target_dir().join("demo"));
-    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-    let dir = abs(&dir);
-    let manifest_path = args
-        .manifest
-        .clone()
-        .unwrap_or_else(|| dir.join("manifest.json"));
+    let paths = Paths::new(args)?;
+    let ids = identities(&paths.dir)?;
+    let with_trust = args.consents_from == ConsentSource::Trust;
+    let runtime = demo_runtime(with_trust, &paths.dir)?;
+    let banks = start_banks(&runtime, &ids, args.customers)?;
+    let world = World {
+        paths,
+        ids,
+        runtime,
+        banks,
+    };
+    let DemoConsents {
+        jsonl,
+        records,
+        manifest: mut manifest_consents,
+    } = demo_consents(&world)?;
+    let running = if with_trust {
+        Some(seed_trust(
+            &world,
+            args.trust_port,
+            records,
+            &mut manifest_consents,
+        )?)
+    } else {
+        let path = &world.paths.consents;
+        std::fs::write(path, jsonl).map_err(io(path))?;
+        None
+    };
+    let trust_url = running.as_ref().map(|r| r.url().to_string());
+    write_hub_config(&world, args, trust_url.as_deref())?;
+    let manifest_json = manifest_json(&world, args, trust_url.as_deref(), manifest_consents);
+    write_manifest(&world.paths.manifest, &manifest_json)?;
 
+    let World {
+        paths,
+        ids,
+        runtime,
+        banks,
+    } = world;
+    Ok(Prepared {
+        config: paths.config,
+        manifest: abs(&paths.manifest),
+        manifest_json,
+        banks,
+        runtime,
+        pki: ids.pki,
+        issuer: ids.issuer,
+        dir: paths.dir,
+        trust: running,
+    })
+}
+
+/// Where the demo writes its files (all under `dir` but the manifest, which may be
+/// elsewhere).
+struct Paths {
+    dir: PathBuf,
+    manifest: PathBuf,
+    config: PathBuf,
+    consents: PathBuf,
+    audit: PathBuf,
+    trust_db: PathBuf,
+    otp_outbox: PathBuf,
+}
+
+impl Paths {
+    /// Creates the directory; the paths under it are absolute, since `hub.toml` and the
+    /// manifest name them for other processes.
+    fn new(args: &DemoArgs) -> Result<Paths, DemoError> {
+        let dir = args
+            .dir
+            .clone()
+            .unwrap_or_else(|| target_dir().join("demo"));
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let dir = abs(&dir);
+        Ok(Paths {
+            manifest: args
+                .manifest
+                .clone()
+                .unwrap_or_else(|| dir.join("manifest.json")),
+            config: dir.join("hub.toml"),
+            consents: dir.join("consents.jsonl"),
+            audit: dir.join("audit.jsonl"),
+            trust_db: dir.join("trust.db"),
+            otp_outbox: dir.join("otp_outbox"),
+            dir,
+        })
+    }
+}
+
+/// The demo's identities: the development PKI and the token issuer, with their files.
+struct Identities {
+    users: Vec<Bin>,
+    providers: Vec<Bin>,
+    pki: DevPki,
+    issuer: DevIssuer,
+    /// The issuer's private key (PEM), also the trust sidecar's signing key.
+    issuer_key: PathBuf,
+    /// The issuer's public key set, the hub's start-up keys.
+    jwks: PathBuf,
+}
+
+/// What the steps after the identities and banks share.
+struct World {
+    paths: Paths,
+    ids: Identities,
+    /// Drives the banks (and the trust sidecar).
+    runtime: tokio::runtime::Runtime,
+    /// One running sandbox bank per entry of `PROVIDERS`, in that order.
+    banks: Vec<BankHandle>,
+}
+
+impl World {
+    fn api_user(&self, user: Bin) -> Result<&sandbox::pki::Identity, DemoError> {
+        self.ids
+            .pki
+            .api_user(user)
+            .ok_or_else(|| DemoError::Bank("no certificate for api user".into()))
+    }
+}
+
+/// The PKI (with an operator certificate for the trust sidecar's registry) and the
+/// token issuer, written under `dir`.
+fn identities(dir: &Path) -> Result<Identities, DemoError> {
     let users: Vec<Bin> = API_USERS.iter().map(|u| bin(u.0)).collect();
     let providers: Vec<Bin> = PROVIDERS.iter().map(|p| bin(p.0)).collect();
     let pki = DevPki::generate(
@@ -256,18 +370,36 @@ pub fn prepare(args: &DemoArgs) -> Result<Prepared, DemoError> {
     .kid()
     .to_string();
     let issuer = DevIssuer::load(generated.key_pem(), &kid, ISSUER, DevAlg::Es256)?;
-    let (issuer_key, jwks) = issuer.write_files(&dir)?;
-    let with_trust = args.consents_from == ConsentSource::Trust;
+    let (issuer_key, jwks) = issuer.write_files(dir)?;
+    Ok(Identities {
+        users,
+        providers,
+        pki,
+        issuer,
+        issuer_key,
+        jwks,
+    })
+}
 
-    // Sandbox banks on ephemeral loopback ports.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+/// The runtime of the banks; the trust sidecar, when it runs, gets a second worker.
+fn demo_runtime(with_trust: bool, dir: &Path) -> Result<tokio::runtime::Runtime, DemoError> {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(if with_trust { 2 } else { 1 })
         .thread_name("sandbox-bank")
         .enable_all()
         .build()
-        .map_err(io(&dir))?;
+        .map_err(io(dir))
+}
+
+/// One sandbox bank per provider, on ephemeral loopback ports, accepting only the hub.
+fn start_banks(
+    runtime: &tokio::runtime::Runtime,
+    ids: &Identities,
+    customers: usize,
+) -> Result<Vec<BankHandle>, DemoError> {
+    let pki = &ids.pki;
     let mut banks = Vec::new();
-    for (i, p) in providers.iter().enumerate() {
+    for (i, p) in ids.providers.iter().enumerate() {
         let id = pki
             .provider_server(*p)
             .ok_or_else(|| DemoError::Bank("no certificate for provider".into()))?;
@@ -278,7 +410,7 @@ pub fn prepare(args: &DemoArgs) -> Result<Prepared, DemoError> {
             server_cert_chain_pem: id.chain_pem().into_bytes(),
             server_key_pem: id.key_pem.clone().into_bytes(),
             client_ca_pem: pki.ca_cert_pem().as_bytes().to_vec(),
-            customers: args.customers,
+            customers,
             seed: 0x5EED_0000 + i as u64,
             allowed_client_thumbprints: Some(vec![pki.hub_client().thumbprint]),
         };
@@ -287,178 +419,135 @@ pub fn prepare(args: &DemoArgs) -> Result<Prepared, DemoError> {
             .map_err(|e| DemoError::Bank(e.to_string()))?;
         banks.push(h);
     }
+    Ok(banks)
+}
 
-    // Consents in every status over real sandbox customers and accounts.
+const ALL: [Permission; 3] = [
+    Permission::Accounts,
+    Permission::Balances,
+    Permission::Transactions,
+];
+
+/// One demo consent: indices into `API_USERS`, `PROVIDERS` (and the banks) and the
+/// bank's customers, what it grants and its state.
+struct Plan {
+    id: &'static str,
+    user: usize,
+    bank: usize,
+    customer: usize,
+    perms: &'static [Permission],
+    /// Restricted to the customer's first account.
+    restrict: bool,
+    status: ConsentStatus,
+    /// Seconds from now; negative for a consent already past its expiry.
+    expires_in: Option<i64>,
+}
+
+impl Plan {
+    /// A consent of the first user at the first bank over `ALL`, expiring in a day.
+    const fn new(id: &'static str, customer: usize, status: ConsentStatus) -> Plan {
+        Plan {
+            id,
+            user: 0,
+            bank: 0,
+            customer,
+            perms: &ALL,
+            restrict: false,
+            status,
+            expires_in: Some(86400),
+        }
+    }
+}
+
+/// Consents in every status over real sandbox customers and accounts.
+const PLANS: [Plan; 9] = [
+    Plan {
+        expires_in: Some(90 * 86400),
+        ..Plan::new("c-authorised-full", 0, ConsentStatus::Authorised)
+    },
+    Plan {
+        restrict: true,
+        expires_in: Some(90 * 86400),
+        ..Plan::new("c-authorised-restricted", 1, ConsentStatus::Authorised)
+    },
+    Plan {
+        user: 1,
+        bank: 1,
+        perms: &[Permission::Accounts],
+        expires_in: None,
+        ..Plan::new("c-authorised-accounts-only", 2, ConsentStatus::Authorised)
+    },
+    Plan {
+        user: 1,
+        bank: 1,
+        expires_in: Some(30 * 86400),
+        ..Plan::new("c-authorised-bank2", 0, ConsentStatus::Authorised)
+    },
+    Plan::new("c-awaiting", 3, ConsentStatus::AwaitingAuthorisation),
+    Plan::new("c-rejected", 4, ConsentStatus::Rejected),
+    Plan::new("c-revoked", 5, ConsentStatus::Revoked),
+    Plan {
+        user: 1,
+        bank: 1,
+        expires_in: Some(-86400),
+        ..Plan::new("c-expired", 6, ConsentStatus::Expired)
+    },
+    Plan {
+        user: 1,
+        bank: 1,
+        expires_in: Some(-3600),
+        ..Plan::new("c-lapsed", 7, ConsentStatus::Authorised)
+    },
+];
+
+/// The demo consents in the forms the next steps need.
+struct DemoConsents {
+    /// `consents.jsonl`, the hub's snapshot with `--consents-from file`.
+    jsonl: String,
+    /// The contract records, imported into the trust sidecar.
+    records: Vec<ConsentRecord>,
+    /// The manifest's entries: each record with a token and the customer's account ids.
+    manifest: Vec<serde_json::Value>,
+}
+
+/// The `PLANS` as contract records, snapshot lines and manifest entries with tokens.
+fn demo_consents(world: &World) -> Result<DemoConsents, DemoError> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    let rfc3339 = |t: i64| {
-        time::OffsetDateTime::from_unix_timestamp(t)
-            .ok()
-            .and_then(|d| {
-                d.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            })
-            .unwrap_or_default()
+    let mut out = DemoConsents {
+        jsonl: String::new(),
+        records: Vec::new(),
+        manifest: Vec::new(),
     };
-    const ALL: [Permission; 3] = [
-        Permission::Accounts,
-        Permission::Balances,
-        Permission::Transactions,
-    ];
-    struct Plan {
-        id: &'static str,
-        user: usize,
-        bank: usize,
-        customer: usize,
-        perms: &'static [Permission],
-        restrict: bool,
-        status: ConsentStatus,
-        expires_in: Option<i64>,
-    }
-    let plans = [
-        Plan {
-            id: "c-authorised-full",
-            user: 0,
-            bank: 0,
-            customer: 0,
-            perms: &ALL,
-            restrict: false,
-            status: ConsentStatus::Authorised,
-            expires_in: Some(90 * 86400),
-        },
-        Plan {
-            id: "c-authorised-restricted",
-            user: 0,
-            bank: 0,
-            customer: 1,
-            perms: &ALL,
-            restrict: true,
-            status: ConsentStatus::Authorised,
-            expires_in: Some(90 * 86400),
-        },
-        Plan {
-            id: "c-authorised-accounts-only",
-            user: 1,
-            bank: 1,
-            customer: 2,
-            perms: &[Permission::Accounts],
-            restrict: false,
-            status: ConsentStatus::Authorised,
-            expires_in: None,
-        },
-        Plan {
-            id: "c-authorised-bank2",
-            user: 1,
-            bank: 1,
-            customer: 0,
-            perms: &ALL,
-            restrict: false,
-            status: ConsentStatus::Authorised,
-            expires_in: Some(30 * 86400),
-        },
-        Plan {
-            id: "c-awaiting",
-            user: 0,
-            bank: 0,
-            customer: 3,
-            perms: &ALL,
-            restrict: false,
-            status: ConsentStatus::AwaitingAuthorisation,
-            expires_in: Some(86400),
-        },
-        Plan {
-            id: "c-rejected",
-            user: 0,
-            bank: 0,
-            customer: 4,
-            perms: &ALL,
-            restrict: false,
-            status: ConsentStatus::Rejected,
-            expires_in: Some(86400),
-        },
-        Plan {
-            id: "c-revoked",
-            user: 0,
-            bank: 0,
-            customer: 5,
-            perms: &ALL,
-            restrict: false,
-            status: ConsentStatus::Revoked,
-            expires_in: Some(86400),
-        },
-        Plan {
-            id: "c-expired",
-            user: 1,
-            bank: 1,
-            customer: 6,
-            perms: &ALL,
-            restrict: false,
-            status: ConsentStatus::Expired,
-            expires_in: Some(-86400),
-        },
-        Plan {
-            id: "c-lapsed",
-            user: 1,
-            bank: 1,
-            customer: 7,
-            perms: &ALL,
-            restrict: false,
-            status: ConsentStatus::Authorised,
-            expires_in: Some(-3600),
-        },
-    ];
-    let mut jsonl = String::new();
-    let mut manifest_consents = Vec::new();
-    let mut records: Vec<ConsentRecord> = Vec::new();
-    for p in &plans {
-        let data = banks[p.bank].data();
+    for p in &PLANS {
+        let data = world.banks[p.bank].data();
         let customer = data
             .customers()
             .nth(p.customer)
             .ok_or_else(|| DemoError::Bank("too few sandbox customers".into()))?;
-        let accounts: Option<Vec<String>> = p.restrict.then(|| {
-            customer
-                .accounts
-                .iter()
-                .take(1)
-                .map(|a| a.id.clone())
-                .collect()
-        });
-        let record = json!({
-            "id": p.id,
-            "api_user": users[p.user].to_string(),
-            "customer": customer.iin,
-            "providers": [providers[p.bank].to_string()],
-            "permissions": p.perms.iter().map(|x| x.as_str()).collect::<Vec<_>>(),
-            "accounts": accounts,
-            "purpose": "Personal finance overview (demo)",
-            "created_at": rfc3339(now - 86400),
-            "expires_at": p.expires_in.map(|s| rfc3339(now + s)),
-            "status": p.status.as_str(),
-        });
-        let _ = writeln!(jsonl, "{record}");
-        records.push(serde_json::from_value(record.clone()).map_err(|e| {
-            DemoError::Bank(format!(
-                "demo consent {} is not a contract record: {e}",
-                p.id
-            ))
-        })?);
-        let user_id = pki
-            .api_user(users[p.user])
-            .ok_or_else(|| DemoError::Bank("no certificate for api user".into()))?;
+        let record = consent_json(p, &world.ids, customer, now);
+        let _ = writeln!(out.jsonl, "{record}");
+        out.records
+            .push(serde_json::from_value(record.clone()).map_err(|e| {
+                DemoError::Bank(format!(
+                    "demo consent {} is not a contract record: {e}",
+                    p.id
+                ))
+            })?);
+        let user = world.ids.users[p.user];
         let claims = AccessClaims::for_consent(
             ISSUER,
             AUDIENCE,
-            users[p.user],
+            user,
             p.id,
             p.perms,
-            &user_id.thumbprint,
+            &world.api_user(user)?.thumbprint,
             now,
             24 * 3600,
         )?;
-        let token = issuer.mint(&claims)?;
-        let mut m = record.clone();
+        let token = world.ids.issuer.mint(&claims)?;
+        let mut m = record;
         if let Some(o) = m.as_object_mut() {
             o.insert("token".into(), json!(token));
             o.insert(
@@ -470,167 +559,257 @@ pub fn prepare(args: &DemoArgs) -> Result<Prepared, DemoError> {
                     .collect::<Vec<_>>()),
             );
         }
-        manifest_consents.push(m);
+        out.manifest.push(m);
     }
-    let consents_path = dir.join("consents.jsonl");
-    let trust_db = dir.join("trust.db");
-    let otp_outbox = dir.join("otp_outbox");
-    let running = if with_trust {
-        // A new registry for a new PKI: the previous run's database and codes go.
-        for stale in [
-            trust_db.clone(),
-            dir.join("trust.db-wal"),
-            dir.join("trust.db-shm"),
-            otp_outbox.clone(),
-            consents_path.clone(),
-        ] {
-            match std::fs::remove_file(&stale) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(DemoError::Io {
-                        path: stale,
-                        source: e,
-                    })
-                }
-                _ => {}
-            }
-        }
-        let sidecar = start_trust(
-            &runtime,
-            args,
-            &pki,
-            &issuer_key,
-            &trust_db,
-            &otp_outbox,
-            &banks,
-            records,
-        )?;
-        // The manifest says what the sidecar holds (the consent past its expiry was
-        // expired by it).
-        for m in &mut manifest_consents {
-            let Some(id) = m["id"].as_str().map(str::to_string) else {
-                continue;
-            };
-            let view = runtime.block_on(sidecar.app().consent(id))?;
-            m["status"] = json!(view.record.status.as_str());
-            m["version"] = json!(view.version);
-        }
-        Some(sidecar)
-    } else {
-        std::fs::write(&consents_path, jsonl).map_err(io(&consents_path))?;
-        None
-    };
-    let trust_url = running.as_ref().map(|r| r.url().to_string());
+    Ok(out)
+}
 
-    // The hub's configuration.
-    let mut cfg = String::new();
-    let _ = writeln!(
-        cfg,
-        "# Generated by `devhub` (scripts/demo): development material only."
-    );
-    let _ = writeln!(
-        cfg,
-        "[server]\nlisten = \"127.0.0.1:{}\"\nadmin_listen = \"127.0.0.1:{}\"",
-        args.port, args.admin_port
-    );
-    if let Some(t) = args.threads {
-        let _ = writeln!(cfg, "threads = {t}");
+/// The contract record (§8) of one planned consent, created a day before `now`.
+fn consent_json(
+    p: &Plan,
+    ids: &Identities,
+    customer: &sandbox::data::Customer,
+    now: i64,
+) -> serde_json::Value {
+    let accounts: Option<Vec<String>> = p.restrict.then(|| {
+        customer
+            .accounts
+            .iter()
+            .take(1)
+            .map(|a| a.id.clone())
+            .collect()
+    });
+    json!({
+        "id": p.id,
+        "api_user": ids.users[p.user].to_string(),
+        "customer": customer.iin,
+        "providers": [ids.providers[p.bank].to_string()],
+        "permissions": p.perms.iter().map(|x| x.as_str()).collect::<Vec<_>>(),
+        "accounts": accounts,
+        "purpose": "Personal finance overview (demo)",
+        "created_at": rfc3339(now - 86400),
+        "expires_at": p.expires_in.map(|s| rfc3339(now + s)),
+        "status": p.status.as_str(),
+    })
+}
+
+/// Unix seconds as RFC 3339 (empty when out of range, which the demo's times never are).
+fn rfc3339(t: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .ok()
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// The sidecar branch: a fresh database, the sidecar started and seeded, and the
+/// manifest's consents as the sidecar then holds them (the consent past its expiry was
+/// expired by it).
+fn seed_trust(
+    world: &World,
+    port: u16,
+    records: Vec<ConsentRecord>,
+    manifest_consents: &mut [serde_json::Value],
+) -> Result<trust::Running, DemoError> {
+    remove_stale(&world.paths)?;
+    let sidecar = start_trust(world, port, records)?;
+    for m in manifest_consents {
+        let Some(id) = m["id"].as_str().map(str::to_string) else {
+            continue;
+        };
+        let view = world.runtime.block_on(sidecar.app().consent(id))?;
+        m["status"] = json!(view.record.status.as_str());
+        m["version"] = json!(view.version);
     }
-    let _ = writeln!(
-        cfg,
-        "\n[tls]\ncert = {}\nkey = {}\nclient_ca = [{}]",
-        toml_str(&pki.hub_server().cert_path),
-        toml_str(&pki.hub_server().key_path),
-        toml_str(pki.ca_cert_path())
+    Ok(sidecar)
+}
+
+/// A new registry for a new PKI: the previous run's database and codes go (and the
+/// snapshot file, which the hub does not read with the sidecar).
+fn remove_stale(paths: &Paths) -> Result<(), DemoError> {
+    for stale in [
+        paths.trust_db.clone(),
+        paths.dir.join("trust.db-wal"),
+        paths.dir.join("trust.db-shm"),
+        paths.otp_outbox.clone(),
+        paths.consents.clone(),
+    ] {
+        match std::fs::remove_file(&stale) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(DemoError::Io {
+                    path: stale,
+                    source: e,
+                })
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// What the hub's configuration is made of.
+struct HubConfig<'a> {
+    port: u16,
+    admin_port: u16,
+    threads: Option<usize>,
+    /// Requests per second for every limit kind (burst twice that), instead of the defaults.
+    rate_limit: Option<u32>,
+    pki: &'a DevPki,
+    jwks: &'a Path,
+    /// The trust sidecar; without it consents come from `consents` and participants are
+    /// listed in the file.
+    trust_url: Option<&'a str>,
+    consents: &'a Path,
+    audit: &'a Path,
+    /// Each API user's `x5t#S256`, in `API_USERS` order (empty with the sidecar).
+    user_thumbprints: Vec<&'a str>,
+    /// Each provider's bank, in `PROVIDERS` order.
+    bank_addrs: Vec<SocketAddr>,
+}
+
+/// The hub's configuration, typed (serialised by [`write_hub_config`]).
+fn hub_config(c: &HubConfig<'_>) -> Result<FileConfig, DemoError> {
+    let ca = [c.pki.ca_cert_path().to_path_buf()];
+    let (server, client) = (c.pki.hub_server(), c.pki.hub_client());
+    let mut listen = ServerSection::new(&format!("127.0.0.1:{}", c.port));
+    listen.admin_listen = at(format!("127.0.0.1:{}", c.admin_port));
+    listen.threads = c.threads;
+    let mut cfg = FileConfig::new(
+        listen,
+        TlsSection::new(server.cert_path.clone(), server.key_path.clone(), &ca),
+        UpstreamTlsSection::new(&ca, client.cert_path.clone(), client.key_path.clone()),
+        TokenSection::new(c.jwks.to_path_buf(), ISSUER, AUDIENCE),
     );
-    let _ = writeln!(
-        cfg,
-        "\n[upstream_tls]\nca = [{}]\nclient_cert = {}\nclient_key = {}",
-        toml_str(pki.ca_cert_path()),
-        toml_str(&pki.hub_client().cert_path),
-        toml_str(&pki.hub_client().key_path)
-    );
-    let _ = writeln!(
-        cfg,
-        "\n[tokens]\njwks = {}\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"",
-        toml_str(&jwks)
-    );
-    match &trust_url {
+    match c.trust_url {
         // Consents, participants and token keys from the sidecar; the JWKS file is the
         // start-up key set (the same demo key).
         Some(url) => {
-            let _ = writeln!(
-                cfg,
-                "\n[trust]\nurl = \"{url}\"\nca = [{}]\njwks = true",
-                toml_str(pki.ca_cert_path())
-            );
+            let mut t = TrustSection::new(url, &ca);
+            t.jwks = true;
+            cfg.trust = Some(t);
         }
-        None => {
-            let _ = writeln!(cfg, "\n[consents]\nsnapshot = {}", toml_str(&consents_path));
-        }
+        None => cfg.consents = ConsentSection::file(c.consents.to_path_buf()),
     }
-    let _ = writeln!(
-        cfg,
-        "\n[audit]\npath = {}",
-        toml_str(&dir.join("audit.jsonl"))
-    );
-    if let Some(r) = args.rate_limit {
+    cfg.audit = AuditSection::file(c.audit.to_path_buf());
+    if let Some(r) = c.rate_limit {
         let r = r.max(1);
-        for kind in [
-            "per_user",
-            "per_user_provider",
-            "per_consent_route",
-            "per_ip_open_data",
-        ] {
-            let burst = r.saturating_mul(2);
-            let _ = writeln!(cfg, "\n[limits.{kind}]\nper_second = {r}\nburst = {burst}");
-        }
+        let q = QuotaSettings::new(r, r.saturating_mul(2))
+            .ok_or_else(|| DemoError::Bank("rate limit must be > 0".into()))?;
+        cfg.limits = LimitSettings {
+            per_user: q,
+            per_user_provider: q,
+            per_consent_route: q,
+            per_ip_open_data: q,
+            overrides: Vec::new(),
+        };
     }
     // With the sidecar, participants come from its registry (which has the same URLs);
     // `[[providers]]` then only tune the upstreams.
-    if !with_trust {
-        for (i, u) in API_USERS.iter().enumerate() {
-            let id = pki
-                .api_user(users[i])
-                .ok_or_else(|| DemoError::Bank("no certificate for api user".into()))?;
-            let _ = writeln!(cfg, "\n[[participants]]\nbin = \"{}\"\nname = \"{}\"\nroles = [\"user\"]\nstatus = \"{}\"\nthumbprints = [\"{}\"]", u.0, u.1, u.2, id.x5t_s256);
-        }
+    for ((bin, name, status), x5t) in API_USERS.iter().zip(&c.user_thumbprints) {
+        let mut p = ParticipantSection::new(bin, name, &[Role::User], participant_status(status));
+        p.thumbprints = vec![at(x5t.to_string())];
+        cfg.participants.push(p);
     }
-    for (i, p) in PROVIDERS.iter().enumerate() {
-        if !with_trust {
-            let _ = writeln!(cfg, "\n[[participants]]\nbin = \"{}\"\nname = \"{}\"\nroles = [\"provider\"]\nstatus = \"active\"", p.0, p.1);
+    for ((bin, name), addr) in PROVIDERS.iter().zip(&c.bank_addrs) {
+        if c.trust_url.is_none() {
+            cfg.participants.push(ParticipantSection::new(
+                bin,
+                name,
+                &[Role::Provider],
+                ParticipantStatus::Active,
+            ));
         }
-        let _ = writeln!(cfg, "\n[[providers]]\nbin = \"{}\"\nupstreams = [\"https://{}\"]\nsni = \"localhost\"\ntimeout_ms = 5000", p.0, banks[i].addr());
+        let mut p = ProviderSection::new(bin, &[format!("https://{addr}")]);
+        p.sni = Some("localhost".into());
+        cfg.providers.push(p);
     }
-    let config_path = dir.join("hub.toml");
-    std::fs::write(&config_path, cfg).map_err(io(&config_path))?;
+    Ok(cfg)
+}
 
-    let mut manifest_json = json!({
+/// A demo participant's status as written in [`API_USERS`].
+fn participant_status(s: &str) -> ParticipantStatus {
+    match s {
+        "active" => ParticipantStatus::Active,
+        "isolated" => ParticipantStatus::Isolated,
+        "terminated" => ParticipantStatus::Terminated,
+        _ => ParticipantStatus::Suspended,
+    }
+}
+
+/// Writes `hub.toml`.
+fn write_hub_config(
+    world: &World,
+    args: &DemoArgs,
+    trust_url: Option<&str>,
+) -> Result<(), DemoError> {
+    let user_thumbprints = match trust_url {
+        Some(_) => Vec::new(),
+        None => world
+            .ids
+            .users
+            .iter()
+            .map(|u| Ok(world.api_user(*u)?.x5t_s256.as_str()))
+            .collect::<Result<_, DemoError>>()?,
+    };
+    let cfg = hub_config(&HubConfig {
+        port: args.port,
+        admin_port: args.admin_port,
+        threads: args.threads,
+        rate_limit: args.rate_limit,
+        pki: &world.ids.pki,
+        jwks: &world.ids.jwks,
+        trust_url,
+        consents: &world.paths.consents,
+        audit: &world.paths.audit,
+        user_thumbprints,
+        bank_addrs: world.banks.iter().map(BankHandle::addr).collect(),
+    })?;
+    let text = cfg
+        .to_toml()
+        .map_err(|e| DemoError::Bank(format!("hub configuration: {e}")))?;
+    let text =
+        format!("# Generated by `devhub` (scripts/demo): development material only.\n{text}");
+    let path = &world.paths.config;
+    std::fs::write(path, text).map_err(io(path))
+}
+
+/// The contract §9 manifest.
+fn manifest_json(
+    world: &World,
+    args: &DemoArgs,
+    trust_url: Option<&str>,
+    consents: Vec<serde_json::Value>,
+) -> serde_json::Value {
+    let (ids, paths, pki) = (&world.ids, &world.paths, &world.ids.pki);
+    let mut manifest = json!({
         "gateway_url": format!("https://127.0.0.1:{}", args.port),
         "admin_url": format!("http://127.0.0.1:{}", args.admin_port),
         "ca_cert": abs(pki.ca_cert_path()),
         "issuer": ISSUER,
         "audience": AUDIENCE,
-        "token_signing_key": abs(&issuer_key),
-        "token_kid": issuer.kid(),
+        "token_signing_key": abs(&ids.issuer_key),
+        "token_kid": ids.issuer.kid(),
         "token_alg": "ES256",
-        "jwks": abs(&jwks),
+        "jwks": abs(&ids.jwks),
         "api_users": API_USERS.iter().enumerate().filter_map(|(i, u)| {
-            let id = pki.api_user(users[i])?;
+            let id = pki.api_user(ids.users[i])?;
             Some(json!({"id": u.0, "name": u.1, "status": u.2, "cert": abs(&id.cert_path), "key": abs(&id.key_path), "x5t#S256": id.x5t_s256}))
         }).collect::<Vec<_>>(),
-        "providers": PROVIDERS.iter().enumerate().map(|(i, p)| json!({"id": p.0, "name": p.1, "url": format!("https://{}", banks[i].addr())})).collect::<Vec<_>>(),
+        "providers": PROVIDERS.iter().enumerate().map(|(i, p)| json!({"id": p.0, "name": p.1, "url": format!("https://{}", world.banks[i].addr())})).collect::<Vec<_>>(),
         "hub_client_cert": abs(&pki.hub_client().cert_path),
         "hub_client_key": abs(&pki.hub_client().key_path),
         "untrusted_client": {"cert": abs(&pki.untrusted_client().cert_path), "key": abs(&pki.untrusted_client().key_path)},
-        "config": abs(&config_path),
-        "audit_log": dir.join("audit.jsonl"),
-        "consents_from": if with_trust { "trust" } else { "file" },
-        "consents": manifest_consents,
+        "config": abs(&paths.config),
+        "audit_log": paths.audit,
+        "consents_from": if trust_url.is_some() { "trust" } else { "file" },
+        "consents": consents,
     });
-    if let (Some(url), Some(o)) = (&trust_url, manifest_json.as_object_mut()) {
+    if let (Some(url), Some(o)) = (trust_url, manifest.as_object_mut()) {
         o.insert("trust_url".into(), json!(url));
-        o.insert("otp_outbox".into(), json!(otp_outbox));
-        o.insert("trust_db".into(), json!(trust_db));
+        o.insert("otp_outbox".into(), json!(paths.otp_outbox));
+        o.insert("trust_db".into(), json!(paths.trust_db));
         if let Some(op) = pki.operator() {
             o.insert(
                 "operator".into(),
@@ -638,48 +817,26 @@ pub fn prepare(args: &DemoArgs) -> Result<Prepared, DemoError> {
             );
         }
     }
-    if let Some(parent) = manifest_path.parent() {
-        std::fs::create_dir_all(parent).map_err(io(parent))?;
-    }
-    let text = serde_json::to_string_pretty(&manifest_json).unwrap_or_default();
-    std::fs::write(&manifest_path, text).map_err(io(&manifest_path))?;
-
-    Ok(Prepared {
-        config: config_path,
-        manifest: abs(&manifest_path),
-        manifest_json,
-        banks,
-        runtime,
-        pki,
-        issuer,
-        dir,
-        trust: running,
-    })
+    manifest
 }
 
-/// Starts the trust sidecar on the demo's PKI and seeds it: the demo participants
-/// (through the registry, as the operator), then the demo consents (imported through
-/// its storage, each with a feed version and a history entry), then one expiry pass.
-#[allow(clippy::too_many_arguments)]
-fn start_trust(
-    runtime: &tokio::runtime::Runtime,
-    args: &DemoArgs,
-    pki: &DevPki,
-    issuer_key: &Path,
-    db: &Path,
-    otp_outbox: &Path,
-    banks: &[BankHandle],
-    records: Vec<ConsentRecord>,
-) -> Result<trust::Running, DemoError> {
-    use trust::participants::ParticipantInput;
-    use trust::wire::{ParticipantStatus, Role};
+/// Writes the manifest (creating its directory, which may be outside the demo's).
+fn write_manifest(path: &Path, manifest: &serde_json::Value) -> Result<(), DemoError> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+    }
+    let text = serde_json::to_string_pretty(manifest).unwrap_or_default();
+    std::fs::write(path, text).map_err(io(path))
+}
 
-    let operator = pki
-        .operator()
-        .ok_or_else(|| DemoError::Bank("the PKI has no operator certificate".into()))?;
+/// The trust sidecar's configuration on the demo's PKI: the hub's server certificate,
+/// the hub's client certificate reads the feed, the operator certificate runs the
+/// registry, the demo issuer's key signs tokens.
+fn trust_config(world: &World, port: u16, operator: &sandbox::pki::Identity) -> trust::Config {
+    let pki = &world.ids.pki;
     let mut c = trust::Config::new(
-        SocketAddr::from(([127, 0, 0, 1], args.trust_port)),
-        db.to_path_buf(),
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        world.paths.trust_db.clone(),
         pki.hub_server().cert_path.clone(),
         pki.hub_server().key_path.clone(),
         pki.ca_cert_path().to_path_buf(),
@@ -688,43 +845,78 @@ fn start_trust(
     c.hub_certs = vec![pki.hub_client().cert_path.clone()];
     c.issuer = Some(ISSUER.to_string());
     c.audience = AUDIENCE.to_string();
-    c.signing_keys = vec![issuer_key.to_path_buf()];
-    c.otp_outbox = Some(otp_outbox.to_path_buf());
+    c.signing_keys = vec![world.ids.issuer_key.clone()];
+    c.otp_outbox = Some(world.paths.otp_outbox.clone());
     c.dev_customer_sessions = true;
-    runtime.block_on(async {
-        let running = trust::start(c, None).await?;
+    c
+}
+
+/// Starts the trust sidecar on the demo's PKI and seeds it: the demo participants
+/// (through the registry, as the operator), then the demo consents (imported through
+/// its storage, each with a feed version and a history entry), then one expiry pass.
+fn start_trust(
+    world: &World,
+    port: u16,
+    records: Vec<ConsentRecord>,
+) -> Result<trust::Running, DemoError> {
+    let operator = world
+        .ids
+        .pki
+        .operator()
+        .ok_or_else(|| DemoError::Bank("the PKI has no operator certificate".into()))?;
+    let config = trust_config(world, port, operator);
+    world.runtime.block_on(async {
+        let running = trust::start(config, None).await?;
         let app = running.app().clone();
         let actor = trust::history::operator(&operator.x5t_s256);
-        for (i, u) in API_USERS.iter().enumerate() {
-            let id = pki
-                .api_user(bin(u.0))
-                .ok_or_else(|| DemoError::Bank(format!("no certificate for api user {i}")))?;
-            let input = ParticipantInput {
-                name: u.1.to_string(),
-                roles: vec![Role::User],
-                thumbprints: vec![id.x5t_s256.clone()],
-                provider_urls: Vec::new(),
-                status: ParticipantStatus::parse(u.2),
-            };
-            app.put_participant(actor.clone(), bin(u.0), input).await?;
-        }
-        for (i, p) in PROVIDERS.iter().enumerate() {
-            let bank = banks
-                .get(i)
-                .ok_or_else(|| DemoError::Bank("too few sandbox banks".into()))?;
-            let input = ParticipantInput {
-                name: p.1.to_string(),
-                roles: vec![Role::Provider],
-                thumbprints: Vec::new(),
-                provider_urls: vec![format!("https://{}", bank.addr())],
-                status: Some(ParticipantStatus::Active),
-            };
-            app.put_participant(actor.clone(), bin(p.0), input).await?;
-        }
+        seed_participants(world, &app, &actor).await?;
         app.import_consents(records).await?;
         app.expire_due().await?;
         Ok::<_, DemoError>(running)
     })
+}
+
+/// The demo's API users and providers, put into the sidecar's registry by `actor`.
+async fn seed_participants(
+    world: &World,
+    app: &std::sync::Arc<trust::app::App>,
+    actor: &str,
+) -> Result<(), DemoError> {
+    use trust::participants::ParticipantInput;
+    use trust::wire::{ParticipantStatus, Role};
+
+    for (i, u) in API_USERS.iter().enumerate() {
+        let id = world
+            .ids
+            .pki
+            .api_user(bin(u.0))
+            .ok_or_else(|| DemoError::Bank(format!("no certificate for api user {i}")))?;
+        let input = ParticipantInput {
+            name: u.1.to_string(),
+            roles: vec![Role::User],
+            thumbprints: vec![id.x5t_s256.clone()],
+            provider_urls: Vec::new(),
+            status: ParticipantStatus::parse(u.2),
+        };
+        app.put_participant(actor.to_owned(), bin(u.0), input)
+            .await?;
+    }
+    for (i, p) in PROVIDERS.iter().enumerate() {
+        let bank = world
+            .banks
+            .get(i)
+            .ok_or_else(|| DemoError::Bank("too few sandbox banks".into()))?;
+        let input = ParticipantInput {
+            name: p.1.to_string(),
+            roles: vec![Role::Provider],
+            thumbprints: Vec::new(),
+            provider_urls: vec![format!("https://{}", bank.addr())],
+            status: Some(ParticipantStatus::Active),
+        };
+        app.put_participant(actor.to_owned(), bin(p.0), input)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Ready-to-paste commands for the first consents.

@@ -9,7 +9,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::metrics::Metrics;
-use crate::server::reload;
 use crate::state::State;
 
 /// The admin application.
@@ -25,13 +24,13 @@ impl Admin {
 
     fn refresh_gauges(&self) {
         let m = &self.state.metrics;
-        let snap = self.state.snapshot.load();
+        let snap = self.state.snapshot();
         {
-            let store = snap.consents.load();
+            let store = snap.consents();
             m.consents.set(store.len() as i64);
             m.consent_version.set(store.version() as i64);
         }
-        if let Some(plane) = &snap.trust {
+        if let Some(plane) = snap.trust() {
             let s = &plane.status;
             m.feed_version.set(s.version() as i64);
             m.feed_staleness.set(s.staleness().as_secs_f64());
@@ -39,18 +38,10 @@ impl Admin {
             Metrics::sync_counter(&m.feed_reconnects, s.reconnects());
             Metrics::sync_counter(&m.participant_changes, s.participant_changes());
         }
-        let tokens = snap.tokens.load();
-        let (h, mi) = (tokens.cache_hits(), tokens.cache_misses());
-        let base = &self.state.token_cache_base;
-        Metrics::sync_counter(
-            &m.token_cache.with_label_values(&["hit"]),
-            base.0.load(Ordering::Relaxed) + h,
-        );
-        Metrics::sync_counter(
-            &m.token_cache.with_label_values(&["miss"]),
-            base.1.load(Ordering::Relaxed) + mi,
-        );
-        let net = snap.network.load();
+        let (hits, misses) = self.state.token_cache_totals();
+        Metrics::sync_counter(&m.token_cache.with_label_values(&["hit"]), hits);
+        Metrics::sync_counter(&m.token_cache.with_label_values(&["miss"]), misses);
+        let net = snap.network();
         m.participants_refused.set(net.refused as i64);
         let ejected: usize = net
             .upstreams
@@ -100,7 +91,7 @@ impl ServeHttp for Admin {
                 if self.state.ready.load(Ordering::Relaxed) {
                     json(
                         StatusCode::OK,
-                        serde_json::json!({"status": "ready", "generation": self.state.generation.load(Ordering::Relaxed)}),
+                        serde_json::json!({"status": "ready", "generation": self.state.generation()}),
                     )
                 } else {
                     json(
@@ -109,14 +100,14 @@ impl ServeHttp for Admin {
                     )
                 }
             }
-            (Method::POST, "/admin/reload") => match reload(&self.state).await {
-                Ok(summary) => json(
+            (Method::POST, "/admin/reload") => match self.state.reload().await {
+                Ok(r) => json(
                     StatusCode::OK,
-                    serde_json::json!({"status": "ok", "summary": summary}),
+                    serde_json::json!({"status": "ok", "summary": format!("generation {}: {}", r.generation, r.summary)}),
                 ),
                 Err(error) => json(
                     StatusCode::UNPROCESSABLE_ENTITY,
-                    serde_json::json!({"status": "refused", "error": error}),
+                    serde_json::json!({"status": "refused", "error": error.to_string()}),
                 ),
             },
             (_, "/metrics" | "/healthz" | "/readyz" | "/admin/reload") => json(

@@ -10,9 +10,13 @@ pub mod config;
 pub mod follower;
 pub mod metrics;
 pub mod network;
+pub mod plane;
 pub mod proxy;
 pub mod server;
 pub mod snapshot;
 pub mod state;
 pub mod tls;
 pub mod upstream;
+
+#[cfg(test)]
+mod testkit;

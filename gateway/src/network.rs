@@ -38,18 +38,8 @@ use policy::directory::{
     Directory, DirectoryBuilder, Participant, ParticipantStatus, ProviderEntry, Role, Roles,
 };
 
+use crate::config::defaults;
 use crate::upstream::{parse_base_url, TargetSpec, Upstream};
-
-/// `published` of a provider the registry knows and `[[providers]]` does not.
-pub const DEFAULT_PUBLISHED: bool = true;
-/// Its connect timeout (as `[[providers]] connect_timeout_ms`' default).
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(1_000);
-/// Its SLA (as `[[providers]] timeout_ms`' default).
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(5_000);
-/// Its ejection threshold (as `[[providers]] eject_after_failures`' default).
-pub const DEFAULT_EJECT_AFTER: u32 = 3;
-/// Its ejection period (as `[[providers]] eject_secs`' default).
-pub const DEFAULT_EJECT_FOR: Duration = Duration::from_secs(10);
 
 /// What the request path reads: who a certificate belongs to and where each provider is.
 pub struct Network {
@@ -242,14 +232,18 @@ fn refuse(p: &mut Participant, reason: &'static str, refused: &mut usize) {
     }
 }
 
+/// The pool key of a provider's URLs with its `[[providers]]` settings, or the defaults
+/// of `[[providers]]` for a provider only the registry knows.
 fn key_for(urls: &[String], s: Option<&ProviderSettings>) -> UpstreamKey {
     UpstreamKey {
         urls: urls.to_vec(),
         sni: s.and_then(|s| s.sni.clone()),
-        connect_timeout: s.map_or(DEFAULT_CONNECT_TIMEOUT, |s| s.connect_timeout),
-        timeout: s.map_or(DEFAULT_TIMEOUT, |s| s.timeout),
-        eject_after: s.map_or(DEFAULT_EJECT_AFTER, |s| s.eject_after),
-        eject_for: s.map_or(DEFAULT_EJECT_FOR, |s| s.eject_for),
+        connect_timeout: s.map_or(Duration::from_millis(defaults::CONNECT_TIMEOUT_MS), |s| {
+            s.connect_timeout
+        }),
+        timeout: s.map_or(Duration::from_millis(defaults::TIMEOUT_MS), |s| s.timeout),
+        eject_after: s.map_or(defaults::EJECT_AFTER, |s| s.eject_after),
+        eject_for: s.map_or(Duration::from_secs(defaults::EJECT_SECS), |s| s.eject_for),
     }
 }
 
@@ -265,96 +259,204 @@ fn resolve(urls: &[String], sni: Option<&str>) -> Option<Vec<TargetSpec>> {
 /// lends its upstream pools to providers whose URLs and settings did not change.
 /// Never fails: what cannot be applied is left out or kept inactive, and logged.
 pub fn build(base: &FileBase, registry: Option<&Registry>, previous: Option<&Network>) -> Network {
-    let settings: HashMap<Bin, &ProviderSettings> =
-        base.providers.iter().map(|p| (p.bin, p)).collect();
-    let mut refused = 0usize;
-    let mut candidates: Vec<Candidate> = Vec::new();
-    // Registry URLs resolved here (for pools that cannot be reused).
-    let mut resolved: HashMap<Bin, Vec<TargetSpec>> = HashMap::new();
-
-    if let Some(registry) = registry {
-        for (bin, entry) in &registry.entries {
-            let cand = match entry {
-                Entry::Record(r) => {
-                    let mut participant = Participant {
-                        bin: *bin,
-                        name: r.name.clone().into_boxed_str(),
-                        roles: r.roles.iter().copied().map(role).collect(),
-                        status: status(r.status),
-                    };
-                    let decoded: Vec<Option<[u8; 32]>> =
-                        r.thumbprints.iter().map(|t| decode_thumbprint(t)).collect();
-                    let thumbprints: Vec<[u8; 32]> = decoded.iter().flatten().copied().collect();
-                    if decoded.iter().any(Option::is_none) {
-                        refuse(&mut participant, "malformed thumbprint", &mut refused);
-                    } else if participant.roles == Roles::EMPTY {
-                        refuse(&mut participant, "no role", &mut refused);
-                    }
-                    let mut registry_urls = None;
-                    if participant.roles.contains(Role::Provider) && !r.provider_urls.is_empty() {
-                        let s = settings.get(bin).copied();
-                        let key = key_for(&r.provider_urls, s);
-                        let reusable = previous
-                            .and_then(|p| p.keys.get(bin))
-                            .is_some_and(|(k, _)| *k == key);
-                        if reusable {
-                            registry_urls = Some(r.provider_urls.clone());
-                        } else {
-                            match resolve(&r.provider_urls, s.and_then(|s| s.sni.as_deref())) {
-                                Some(t) => {
-                                    resolved.insert(*bin, t);
-                                    registry_urls = Some(r.provider_urls.clone());
-                                }
-                                None => {
-                                    refuse(&mut participant, "provider URL unusable", &mut refused)
-                                }
-                            }
-                        }
-                    }
-                    Candidate {
-                        participant,
-                        thumbprints,
-                        from_registry: true,
-                        registry_urls,
-                    }
-                }
-                Entry::Undecodable { thumbprints } => {
-                    let mut participant = Participant {
-                        bin: *bin,
-                        name: "(registry record not decodable)".into(),
-                        roles: Roles::EMPTY,
-                        status: ParticipantStatus::Active,
-                    };
-                    refuse(&mut participant, "record not decodable", &mut refused);
-                    Candidate {
-                        participant,
-                        thumbprints: thumbprints
-                            .iter()
-                            .filter_map(|t| decode_thumbprint(t))
-                            .collect(),
-                        from_registry: true,
-                        registry_urls: None,
-                    }
-                }
-            };
-            candidates.push(cand);
-        }
-    }
+    let mut b = Builder {
+        settings: base.providers.iter().map(|p| (p.bin, p)).collect(),
+        previous,
+        resolved: HashMap::new(),
+        refused: 0,
+    };
+    let mut candidates: Vec<Candidate> = match registry {
+        Some(r) => r
+            .entries
+            .iter()
+            .map(|(bin, e)| b.candidate(*bin, e))
+            .collect(),
+        None => Vec::new(),
+    };
     let from_registry = candidates.len();
-    for f in &base.participants {
-        if registry.is_some_and(|r| r.entries.contains_key(&f.participant.bin)) {
-            continue;
+    candidates.extend(
+        base.participants
+            .iter()
+            .filter(|f| !registry.is_some_and(|r| r.entries.contains_key(&f.participant.bin)))
+            .map(|f| Candidate {
+                participant: f.participant.clone(),
+                thumbprints: f.thumbprints.clone(),
+                from_registry: false,
+                registry_urls: None,
+            }),
+    );
+    one_owner_per_thumbprint(&mut candidates);
+    b.assemble(candidates, from_registry)
+}
+
+/// What building one network needs besides the candidates.
+struct Builder<'a> {
+    settings: HashMap<Bin, &'a ProviderSettings>,
+    previous: Option<&'a Network>,
+    /// Registry URLs resolved here (for pools that cannot be reused).
+    resolved: HashMap<Bin, Vec<TargetSpec>>,
+    refused: usize,
+}
+
+impl Builder<'_> {
+    /// A registry entry on its way into the directory (fail closed where it cannot apply).
+    fn candidate(&mut self, bin: Bin, entry: &Entry) -> Candidate {
+        match entry {
+            Entry::Record(r) => self.record(bin, r),
+            Entry::Undecodable { thumbprints } => {
+                let mut participant = Participant {
+                    bin,
+                    name: "(registry record not decodable)".into(),
+                    roles: Roles::EMPTY,
+                    status: ParticipantStatus::Active,
+                };
+                refuse(&mut participant, "record not decodable", &mut self.refused);
+                Candidate {
+                    participant,
+                    thumbprints: thumbprints
+                        .iter()
+                        .filter_map(|t| decode_thumbprint(t))
+                        .collect(),
+                    from_registry: true,
+                    registry_urls: None,
+                }
+            }
         }
-        candidates.push(Candidate {
-            participant: f.participant.clone(),
-            thumbprints: f.thumbprints.clone(),
-            from_registry: false,
-            registry_urls: None,
-        });
     }
 
-    // Thumbprints: one owner each. Claimed twice by the registry: matched by neither;
-    // claimed by the registry and the file: the registry's.
+    fn record(&mut self, bin: Bin, r: &ParticipantRecord) -> Candidate {
+        let mut participant = Participant {
+            bin,
+            name: r.name.clone().into_boxed_str(),
+            roles: r.roles.iter().copied().map(role).collect(),
+            status: status(r.status),
+        };
+        let decoded: Vec<Option<[u8; 32]>> =
+            r.thumbprints.iter().map(|t| decode_thumbprint(t)).collect();
+        let thumbprints: Vec<[u8; 32]> = decoded.iter().flatten().copied().collect();
+        if decoded.iter().any(Option::is_none) {
+            refuse(&mut participant, "malformed thumbprint", &mut self.refused);
+        } else if participant.roles == Roles::EMPTY {
+            refuse(&mut participant, "no role", &mut self.refused);
+        }
+        let mut registry_urls = None;
+        if participant.roles.contains(Role::Provider) && !r.provider_urls.is_empty() {
+            if self.registry_urls_usable(bin, &r.provider_urls) {
+                registry_urls = Some(r.provider_urls.clone());
+            } else {
+                refuse(&mut participant, "provider URL unusable", &mut self.refused);
+            }
+        }
+        Candidate {
+            participant,
+            thumbprints,
+            from_registry: true,
+            registry_urls,
+        }
+    }
+
+    /// Whether a provider's registry URLs can be routed: their pool is reusable as it is,
+    /// or they parse and resolve now.
+    fn registry_urls_usable(&mut self, bin: Bin, urls: &[String]) -> bool {
+        let s = self.settings.get(&bin).copied();
+        let key = key_for(urls, s);
+        let reusable = self
+            .previous
+            .and_then(|p| p.keys.get(&bin))
+            .is_some_and(|(k, _)| *k == key);
+        if reusable {
+            return true;
+        }
+        match resolve(urls, s.and_then(|s| s.sni.as_deref())) {
+            Some(t) => {
+                self.resolved.insert(bin, t);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The directory and the pools, each pool reused from `previous` when its key matches.
+    fn assemble(mut self, candidates: Vec<Candidate>, from_registry: usize) -> Network {
+        let mut dir = DirectoryBuilder::new();
+        let mut upstreams: Vec<Arc<Upstream>> = Vec::new();
+        let mut keys: HashMap<Bin, (UpstreamKey, usize)> = HashMap::new();
+        for c in candidates {
+            let bin = c.participant.bin;
+            if let Err(e) = dir.add_participant(c.participant, c.thumbprints) {
+                // Cannot happen after the filtering above; leaving it out refuses it.
+                tracing::warn!(participant = %bin, error = %e, "participant left out of the directory");
+                continue;
+            }
+            let Some((key, pool)) = self.pool(bin, c.registry_urls.as_deref()) else {
+                continue;
+            };
+            let index = upstreams.len();
+            upstreams.push(pool);
+            keys.insert(bin, (key, index));
+            let published = self
+                .settings
+                .get(&bin)
+                .map_or(defaults::PUBLISHED, |s| s.published);
+            if let Err(e) = dir.add_provider(ProviderEntry {
+                bin,
+                published,
+                index,
+            }) {
+                tracing::warn!(provider = %bin, error = %e, "provider left out of the directory");
+            }
+        }
+        let directory = dir.build().unwrap_or_else(|e| {
+            // Every provider entry above has its participant; refuse everything rather
+            // than guess.
+            tracing::error!(error = %e, "directory cannot be built: no participant is recognised");
+            Directory::default()
+        });
+        Network {
+            directory,
+            upstreams: upstreams.into_boxed_slice(),
+            keys,
+            refused: self.refused,
+            from_registry,
+        }
+    }
+
+    /// A provider's pool: the registry's URLs or the file's, reused when unchanged.
+    fn pool(
+        &mut self,
+        bin: Bin,
+        registry_urls: Option<&[String]>,
+    ) -> Option<(UpstreamKey, Arc<Upstream>)> {
+        let s = self.settings.get(&bin).copied();
+        let (key, targets) = match (registry_urls, s) {
+            (Some(urls), _) => (key_for(urls, s), self.resolved.remove(&bin)),
+            (None, Some(s)) => (key_for(&s.urls, Some(s)), Some(s.targets.clone())),
+            (None, None) => return None,
+        };
+        let reused = self
+            .previous
+            .and_then(|p| p.keys.get(&bin).map(|(k, i)| (k, *i, p)))
+            .filter(|(k, _, _)| **k == key)
+            .and_then(|(_, i, p)| p.upstreams.get(i).cloned());
+        let pool = match (reused, targets) {
+            (Some(pool), _) => pool,
+            (None, Some(targets)) => Arc::new(Upstream::new(
+                bin,
+                targets,
+                key.connect_timeout,
+                key.timeout,
+                key.eject_after,
+                key.eject_for,
+            )),
+            (None, None) => return None,
+        };
+        Some((key, pool))
+    }
+}
+
+/// Thumbprints: one owner each. Claimed twice by the registry: matched by neither;
+/// claimed by the registry and the file: the registry's.
+fn one_owner_per_thumbprint(candidates: &mut [Candidate]) {
     let mut registry_owners: HashMap<[u8; 32], usize> = HashMap::new();
     for c in candidates.iter().filter(|c| c.from_registry) {
         let mine: HashSet<&[u8; 32]> = c.thumbprints.iter().collect();
@@ -363,7 +465,7 @@ pub fn build(base: &FileBase, registry: Option<&Registry>, previous: Option<&Net
         }
     }
     let mut file_seen: HashSet<[u8; 32]> = HashSet::new();
-    for c in &mut candidates {
+    for c in candidates {
         let bin = c.participant.bin;
         let mut kept: Vec<[u8; 32]> = Vec::with_capacity(c.thumbprints.len());
         for t in &c.thumbprints {
@@ -383,67 +485,6 @@ pub fn build(base: &FileBase, registry: Option<&Registry>, previous: Option<&Net
             }
         }
         c.thumbprints = kept;
-    }
-
-    let mut dir = DirectoryBuilder::new();
-    let mut upstreams: Vec<Arc<Upstream>> = Vec::new();
-    let mut keys: HashMap<Bin, (UpstreamKey, usize)> = HashMap::new();
-    for c in candidates {
-        let bin = c.participant.bin;
-        if let Err(e) = dir.add_participant(c.participant, c.thumbprints) {
-            // Cannot happen after the filtering above; leaving it out refuses it.
-            tracing::warn!(participant = %bin, error = %e, "participant left out of the directory");
-            continue;
-        }
-        let s = settings.get(&bin).copied();
-        let (key, targets) = match (&c.registry_urls, s) {
-            (Some(urls), _) => (key_for(urls, s), resolved.remove(&bin)),
-            (None, Some(s)) => (key_for(&s.urls, Some(s)), Some(s.targets.clone())),
-            (None, None) => continue,
-        };
-        let reused = previous
-            .and_then(|p| p.keys.get(&bin).map(|(k, i)| (k, *i, p)))
-            .filter(|(k, _, _)| **k == key)
-            .and_then(|(_, i, p)| p.upstreams.get(i).cloned());
-        let pool = match (reused, targets) {
-            (Some(pool), _) => pool,
-            (None, Some(targets)) => Arc::new(Upstream::new(
-                bin,
-                targets,
-                key.connect_timeout,
-                key.timeout,
-                key.eject_after,
-                key.eject_for,
-            )),
-            (None, None) => continue,
-        };
-        let index = upstreams.len();
-        upstreams.push(pool);
-        keys.insert(bin, (key, index));
-        let published = s.map_or(DEFAULT_PUBLISHED, |s| s.published);
-        if let Err(e) = dir.add_provider(ProviderEntry {
-            bin,
-            published,
-            index,
-        }) {
-            tracing::warn!(provider = %bin, error = %e, "provider left out of the directory");
-        }
-    }
-    let directory = match dir.build() {
-        Ok(d) => d,
-        Err(e) => {
-            // Every provider entry above has its participant; refuse everything rather
-            // than guess.
-            tracing::error!(error = %e, "directory cannot be built: no participant is recognised");
-            Directory::default()
-        }
-    };
-    Network {
-        directory,
-        upstreams: upstreams.into_boxed_slice(),
-        keys,
-        refused,
-        from_registry,
     }
 }
 
@@ -603,7 +644,10 @@ mod tests {
         // Only in the registry: defaults, published.
         let e2 = n.directory.provider(bin("990340000022")).unwrap();
         assert!(e2.published);
-        assert_eq!(n.upstreams[e2.index].timeout, DEFAULT_TIMEOUT);
+        assert_eq!(
+            n.upstreams[e2.index].timeout,
+            Duration::from_millis(defaults::TIMEOUT_MS)
+        );
 
         // An unchanged provider keeps its pool (and its ejection state) across a rebuild.
         let again = build(&base(), Some(&reg), Some(&n));

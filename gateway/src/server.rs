@@ -14,16 +14,16 @@ use pingora::services::listening::Service;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::admin::Admin;
 use crate::audit::AuditLog;
 use crate::config::ConfigError;
 use crate::metrics::Metrics;
+use crate::plane::FeedStatus;
 use crate::proxy::Hub;
-use crate::snapshot;
+use crate::snapshot::{self, sections, Publisher};
 use crate::state::State;
-use crate::tls::{SwappableCert, SwappableVerifier};
 
 /// Why the hub could not start.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +41,7 @@ pub enum RunError {
 
 /// Validates a configuration without starting anything; returns its summary.
 pub fn check(config: &Path) -> Result<String, ConfigError> {
-    snapshot::load(config, None).map(|l| l.summary)
+    snapshot::check(config)
 }
 
 /// Installs the log subscriber (stderr, `RUST_LOG` or the default below). Idempotent.
@@ -64,29 +64,21 @@ pub const DEFAULT_LOG_FILTER: &str = "info,pingora_core::connectors=off";
 
 /// Runs the hub until SIGINT/SIGTERM. Returns once shut down and the journal is flushed.
 pub fn run(config: &Path) -> Result<(), RunError> {
-    let loaded = snapshot::load(config, None)?;
-    tracing::info!(summary = %loaded.summary, "configuration loaded");
-    let process = loaded.process.clone();
+    let feed = Arc::new(FeedStatus::new());
+    let file = sections::load(config, None, &feed)?;
+    let process = file.process.clone();
     // Pingora retries a busy port for 30 s and then panics; find out now, and say so.
     for addr in [process.listen, process.admin_listen] {
         std::net::TcpListener::bind(addr)
             .map_err(|e| RunError::Listener(format!("cannot listen on {addr}: {e}")))?;
     }
-
+    let publisher = Publisher::new(file, feed);
+    tracing::info!(summary = %publisher.current().summary(), "configuration loaded");
     let metrics = Metrics::new();
     metrics.generation.set(1);
     let audit = AuditLog::open(&process.audit_path, process.audit_buffer)?;
-    let verifier = SwappableVerifier::new(loaded.tls.verifier);
-    let cert = SwappableCert::new(loaded.tls.cert);
-    let state = Arc::new(State::new(
-        loaded.snapshot,
-        metrics,
-        audit,
-        config.to_path_buf(),
-        verifier.clone(),
-        cert.clone(),
-        process.clone(),
-    ));
+    let state = Arc::new(State::new(publisher, metrics, audit, config.to_path_buf()));
+    let (verifier, cert) = (state.tls_verifier.clone(), state.tls_cert.clone());
 
     let conf = ServerConf {
         threads: process.threads,
@@ -132,7 +124,7 @@ pub fn run(config: &Path) -> Result<(), RunError> {
         },
     );
 
-    let follower = state.snapshot.load().trust.as_ref().map(|plane| {
+    let follower = state.trust_plane().map(|plane| {
         tracing::info!(url = %plane.url, "consents follow the trust sidecar");
         pingora::services::background::background_service(
             "consent-feed",
@@ -175,50 +167,6 @@ fn upstream_ca_bundle(files: &[std::path::PathBuf]) -> Result<String, RunError> 
     Ok(path.display().to_string())
 }
 
-/// Rebuilds the snapshot from the configuration files off the request path and swaps it
-/// in atomically; on any error the running snapshot keeps serving.
-pub async fn reload(state: &Arc<State>) -> Result<String, String> {
-    let _guard = state.reload_lock.lock().await;
-    let t0 = Instant::now();
-    let st = state.clone();
-    let built = tokio::task::spawn_blocking(move || {
-        let prev = st.snapshot.load_full();
-        snapshot::load(&st.config_path, Some(&prev))
-    })
-    .await;
-    state
-        .metrics
-        .reload_seconds
-        .observe(t0.elapsed().as_secs_f64());
-    let loaded = match built {
-        Ok(Ok(l)) => l,
-        Ok(Err(e)) => {
-            state.metrics.reloads.with_label_values(&["error"]).inc();
-            tracing::error!(error = %e, "reload refused; the running configuration keeps serving");
-            return Err(e.to_string());
-        }
-        Err(e) => {
-            state.metrics.reloads.with_label_values(&["error"]).inc();
-            return Err(format!("reload task failed: {e}"));
-        }
-    };
-    if loaded.process != state.process {
-        tracing::warn!("listener, thread, shutdown or audit settings changed: they take effect at the next restart");
-    }
-    state.tls_verifier.replace(loaded.tls.verifier);
-    state.tls_cert.replace(loaded.tls.cert);
-    let old = state.snapshot.swap(Arc::new(loaded.snapshot));
-    let old_tokens = old.tokens.load();
-    let (h, m) = (old_tokens.cache_hits(), old_tokens.cache_misses());
-    state.token_cache_base.0.fetch_add(h, Ordering::Relaxed);
-    state.token_cache_base.1.fetch_add(m, Ordering::Relaxed);
-    let generation = state.generation.fetch_add(1, Ordering::SeqCst) + 1;
-    state.metrics.generation.set(generation as i64);
-    state.metrics.reloads.with_label_values(&["ok"]).inc();
-    tracing::info!(generation, summary = %loaded.summary, "configuration reloaded");
-    Ok(format!("generation {generation}: {}", loaded.summary))
-}
-
 /// Background duties: SIGHUP reloads, rate-limiter housekeeping, readiness.
 struct Maintenance {
     state: Arc<State>,
@@ -245,23 +193,23 @@ impl BackgroundService for Maintenance {
                 _ = shutdown.changed() => break,
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                     tracing::info!("SIGHUP: reloading");
-                    let _ = reload(&self.state).await;
+                    let _ = self.state.reload().await;
                 }
                 _ = tick.tick() => {
-                    self.state.snapshot.load().limiter.retain_recent();
+                    self.state.snapshot().limiter().retain_recent();
                 }
                 _ = watch.tick() => {
-                    let changed = self.state.snapshot.load().consents_changed_on_disk();
+                    let changed = self.state.snapshot().consents_changed_on_disk();
                     // A file that was refused is not retried every second, only once it changes again.
                     if changed.is_some() && changed != refused {
                         tracing::info!("consent snapshot changed on disk: reloading");
-                        refused = if reload(&self.state).await.is_err() { changed } else { None };
+                        refused = if self.state.reload().await.is_err() { changed } else { None };
                     }
                 }
                 _ = ready_probe.tick(), if !self.state.ready.load(Ordering::Relaxed) => {
-                    if tokio::net::TcpStream::connect(self.state.listen).await.is_ok() {
+                    if tokio::net::TcpStream::connect(self.state.process.listen).await.is_ok() {
                         self.state.ready.store(true, Ordering::Relaxed);
-                        tracing::info!(listen = %self.state.listen, "ready");
+                        tracing::info!(listen = %self.state.process.listen, "ready");
                     }
                 }
             }

@@ -1,78 +1,91 @@
 //! Process-wide state shared by the proxy, the admin listener, the feed follower and
-//! reloads: the published runtime snapshot, metrics, the audit journal's sender, and the
-//! seams through which control-plane events (a reload, a registry change, fetched keys,
-//! consent changes) reach what the request path reads.
+//! the maintenance task: the snapshot publisher, metrics, the audit journal's sender,
+//! the listener's swappable TLS pieces, and the seams through which control-plane events
+//! (a reload, a registry change, fetched keys, consent changes) reach the request path.
+//! Every such event goes through the one publisher (`snapshot::Publisher`).
 
-use arc_swap::ArcSwap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-use consent_cache::{BatchError, BatchSummary, Change, ConsentStore};
+use consent_cache::{BatchError, BatchSummary, Change as ConsentChange, ConsentStore};
+use policy::token::Jwks;
 
 use crate::audit::{AuditLog, AuditRecord};
-use crate::follower::TrustPlane;
+use crate::config::ConfigError;
 use crate::metrics::Metrics;
-use crate::network::{self, Registry};
-use crate::snapshot::Snapshot;
+use crate::network::Registry;
+use crate::plane::TrustPlane;
+use crate::snapshot::{
+    sections, Change, ProcessSettings, PublishError, Published, Publisher, Snapshot,
+};
 use crate::tls::{SwappableCert, SwappableVerifier};
-use policy::token::{Jwks, TokenVerifier};
 
 /// Process-wide state shared by the proxy, the admin listener and reloads.
 pub struct State {
-    /// The snapshot requests start with; swapped atomically by reloads.
-    pub snapshot: ArcSwap<Snapshot>,
+    publisher: Publisher,
     /// Metrics.
     pub metrics: Metrics,
     /// Audit journal (closed at shutdown).
-    pub audit: Mutex<Option<AuditLog>>,
-    /// Where the configuration lives.
-    pub config_path: PathBuf,
-    /// Reloadable downstream TLS pieces.
-    pub tls_verifier: Arc<SwappableVerifier>,
-    /// Reloadable server certificate.
-    pub tls_cert: Arc<SwappableCert>,
-    /// Serialises reloads.
-    pub reload_lock: tokio::sync::Mutex<()>,
-    /// Configuration generation.
-    pub generation: AtomicU64,
+    pub(crate) audit: Mutex<Option<AuditLog>>,
+    config_path: PathBuf,
+    /// Reloadable mTLS verifier of the API listener.
+    pub(crate) tls_verifier: Arc<SwappableVerifier>,
+    /// Reloadable server certificate of the API listener.
+    pub(crate) tls_cert: Arc<SwappableCert>,
+    generation: AtomicU64,
     /// Set once the API listener accepts connections.
-    pub ready: AtomicBool,
-    /// The API listener address (for readiness probing).
-    pub listen: std::net::SocketAddr,
-    /// Token-cache lookups of verifiers replaced by reloads (hits, misses).
-    pub token_cache_base: (AtomicU64, AtomicU64),
+    pub(crate) ready: AtomicBool,
     /// Process settings in force (changes need a restart).
-    pub process: crate::snapshot::ProcessSettings,
+    pub(crate) process: ProcessSettings,
     audit_tx: std::sync::mpsc::SyncSender<AuditRecord>,
 }
 
+/// A reload that took effect.
+#[derive(Debug, Clone)]
+pub struct Reloaded {
+    /// The configuration generation now in force.
+    pub generation: u64,
+    /// What it serves.
+    pub summary: String,
+}
+
+/// Why a reload was refused (the running configuration keeps serving).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file is invalid.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// The new snapshot could not be published.
+    #[error("{0}")]
+    Publish(#[from] PublishError),
+    /// The load task failed.
+    #[error("reload task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
 impl State {
-    /// Assembles the state.
-    #[allow(clippy::too_many_arguments)]
+    /// Assembles the state around the publisher of the first snapshot.
     pub fn new(
-        snapshot: Snapshot,
+        publisher: Publisher,
         metrics: Metrics,
         audit: AuditLog,
         config_path: PathBuf,
-        tls_verifier: Arc<SwappableVerifier>,
-        tls_cert: Arc<SwappableCert>,
-        process: crate::snapshot::ProcessSettings,
     ) -> State {
         let audit_tx = audit.sender();
+        let first = publisher.current();
+        let file = first.file();
         State {
-            snapshot: ArcSwap::from_pointee(snapshot),
+            tls_verifier: SwappableVerifier::new(file.tls.verifier.clone()),
+            tls_cert: SwappableCert::new(file.tls.cert.clone()),
+            process: file.process.clone(),
+            publisher,
             metrics,
             audit: Mutex::new(Some(audit)),
             config_path,
-            tls_verifier,
-            tls_cert,
-            reload_lock: tokio::sync::Mutex::new(()),
             generation: AtomicU64::new(1),
             ready: AtomicBool::new(false),
-            listen: process.listen,
-            token_cache_base: (AtomicU64::new(0), AtomicU64::new(0)),
-            process,
             audit_tx,
         }
     }
@@ -83,124 +96,116 @@ impl State {
             self.metrics.audit_dropped.inc();
         }
     }
-}
 
-impl State {
     /// The snapshot a request starts with (kept for the whole request).
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.load_full()
+        self.publisher.current()
+    }
+
+    /// The configuration generation in force.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// Token-cache (hits, misses) over the process's life: every verifier the publisher
+    /// builds counts into the same counters.
+    pub fn token_cache_totals(&self) -> (u64, u64) {
+        let t = self.snapshot().tokens();
+        (t.cache_hits(), t.cache_misses())
     }
 
     /// The trust sidecar as currently configured (`[trust]`), if it is the control plane.
     pub fn trust_plane(&self) -> Option<Arc<TrustPlane>> {
-        self.snapshot.load().trust.clone()
+        self.snapshot().trust().cloned()
     }
 
     /// Replaces the whole consent store (a snapshot loaded from the sidecar).
     pub fn replace_consents(&self, store: ConsentStore) {
-        self.snapshot.load().consents.store(Arc::new(store));
+        self.publisher.consents().store(Arc::new(store));
     }
 
     /// Applies feed changes to the consent store in force.
     pub fn apply_consent_changes(
         &self,
-        changes: impl IntoIterator<Item = Change>,
+        changes: impl IntoIterator<Item = ConsentChange>,
     ) -> Result<BatchSummary, BatchError> {
-        self.snapshot.load().consents.load().apply_batch(changes)
+        self.publisher.consents().load().apply_batch(changes)
     }
 
     /// Makes `registry` the participant registry in force and republishes.
     pub async fn publish_registry(self: &Arc<Self>, registry: Arc<Registry>) {
-        publish_registry(self, registry).await;
+        match self.publish(Change::Registry(registry)).await {
+            Ok(_) => {
+                let net = self.snapshot().network();
+                tracing::debug!(
+                    participants = net.directory.participants().len(),
+                    refused = net.refused,
+                    "participant directory updated from the trust registry"
+                );
+            }
+            Err(e) => tracing::error!(error = %e, "participant registry not published"),
+        }
     }
 
     /// Makes a JWKS document fetched from the sidecar the token keys in force (when it
-    /// changed and is usable) and republishes.
+    /// changed and is usable) and republishes; otherwise the last good keys stay.
     pub async fn publish_jwks(self: &Arc<Self>, jwks: Vec<u8>) {
-        install_keys(self, jwks).await;
+        let kids: Vec<String> = Jwks::from_json(&jwks)
+            .map(|j| j.kids().map(|(k, _)| k.to_string()).collect())
+            .unwrap_or_default();
+        match self.publish(Change::Jwks(jwks)).await {
+            Ok(Published::Replaced) => {
+                tracing::info!(?kids, "token keys updated from the trust sidecar");
+            }
+            Ok(Published::Unchanged) => {}
+            Err(e) => tracing::warn!(error = %e, "keeping the last good token keys"),
+        }
     }
-}
 
-/// Makes `registry` the one in force: rebuilds the participant directory and provider
-/// pools from it and the configuration file (on a blocking thread: provider host names
-/// are resolved) and swaps them into the serving snapshot. Holds the reload lock, so a
-/// concurrent reload builds from this registry.
-async fn publish_registry(state: &Arc<State>, registry: Arc<Registry>) {
-    let _guard = state.reload_lock.lock().await;
-    let snap = state.snapshot.load_full();
-    let Some(plane) = snap.trust.clone() else {
-        return;
-    };
-    plane.status.set_registry(registry.clone());
-    let building = snap.clone();
-    let built = tokio::task::spawn_blocking(move || {
-        let previous = building.network.load_full();
-        network::build(&building.base, Some(&registry), Some(&previous))
-    })
-    .await;
-    match built {
-        Ok(net) => {
-            tracing::debug!(
-                participants = net.directory.participants().len(),
-                refused = net.refused,
-                "participant directory updated from the trust registry"
-            );
-            snap.network.store(Arc::new(net));
-        }
-        Err(e) => {
-            // Fail closed: recognise no one rather than keep a directory that may grant
-            // what the registry has withdrawn.
-            tracing::error!(error = %e, "participant directory rebuild failed: refusing every participant until the next change");
-            snap.network.store(Arc::new(network::build(
-                &network::FileBase::default(),
-                None,
-                None,
-            )));
-        }
+    /// Rebuilds the file's inputs off the request path and publishes them; on any error
+    /// the running configuration keeps serving.
+    pub async fn reload(self: &Arc<Self>) -> Result<Reloaded, ReloadError> {
+        let t0 = Instant::now();
+        let result = self.load_and_publish().await;
+        let m = &self.metrics;
+        m.reload_seconds.observe(t0.elapsed().as_secs_f64());
+        let summary = match result {
+            Ok(summary) => summary,
+            Err(e) => {
+                m.reloads.with_label_values(&["error"]).inc();
+                tracing::error!(error = %e, "reload refused; the running configuration keeps serving");
+                return Err(e);
+            }
+        };
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        m.generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
+        m.reloads.with_label_values(&["ok"]).inc();
+        tracing::info!(generation, summary = %summary, "configuration reloaded");
+        Ok(Reloaded {
+            generation,
+            summary,
+        })
     }
-}
 
-/// Replaces the serving verifier when the sidecar's key set changed and is usable.
-/// Holds the reload lock, so a concurrent reload builds from the set installed here.
-async fn install_keys(state: &Arc<State>, bytes: Vec<u8>) {
-    let _guard = state.reload_lock.lock().await;
-    let snap = state.snapshot.load_full();
-    let Some(plane) = snap.trust.as_ref() else {
-        return;
-    };
-    if plane
-        .status
-        .last_jwks()
-        .is_some_and(|last| *last == bytes[..])
-    {
-        return;
+    async fn load_and_publish(self: &Arc<Self>) -> Result<String, ReloadError> {
+        let previous = self.publisher.file_inputs().await;
+        let (path, feed) = (self.config_path.clone(), self.publisher.feed().clone());
+        let file =
+            tokio::task::spawn_blocking(move || sections::load(&path, Some(&previous), &feed))
+                .await??;
+        if file.process != self.process {
+            tracing::warn!("listener, thread, shutdown or audit settings changed: they take effect at the next restart");
+        }
+        let tls = file.tls.clone();
+        self.publish(Change::File(Box::new(file))).await?;
+        self.tls_verifier.replace(tls.verifier);
+        self.tls_cert.replace(tls.cert);
+        Ok(self.snapshot().summary())
     }
-    let jwks = match Jwks::from_json(&bytes) {
-        Ok(j) if !j.is_empty() => j,
-        Ok(_) => {
-            tracing::warn!(
-                "the trust sidecar's JWKS has no usable key; keeping the last good keys"
-            );
-            return;
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "the trust sidecar's JWKS is unusable; keeping the last good keys");
-            return;
-        }
-    };
-    let kids: Vec<String> = jwks.kids().map(|(k, _)| k.to_string()).collect();
-    let settings = snap.tokens.load().settings().clone();
-    let old = snap
-        .tokens
-        .swap(Arc::new(TokenVerifier::new(settings, jwks)));
-    state
-        .token_cache_base
-        .0
-        .fetch_add(old.cache_hits(), Ordering::Relaxed);
-    state
-        .token_cache_base
-        .1
-        .fetch_add(old.cache_misses(), Ordering::Relaxed);
-    plane.status.set_jwks(Arc::from(bytes));
-    tracing::info!(?kids, "token keys updated from the trust sidecar");
+
+    /// Publishes through the one publisher.
+    async fn publish(&self, change: Change) -> Result<Published, PublishError> {
+        self.publisher.publish(change).await
+    }
 }

@@ -1,13 +1,22 @@
 //! The hub's configuration file: serde DTOs parsed strictly from TOML (unknown keys
-//! are errors). They are never used on the request path: `snapshot` compiles them
-//! into a validated runtime snapshot. Every error names the file, the line and the field.
+//! are errors). They are never used on the request path: `snapshot::sections` compiles
+//! them, section by section, into what the runtime snapshot is built from. Every error
+//! names the file, the line and the field. The same DTOs serialise: the development hub,
+//! the benches and the tests build a typed configuration and write it with
+//! [`FileConfig::to_toml`] instead of writing TOML by hand.
 
-use serde::Deserialize;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+mod build;
+pub mod defaults;
+mod source;
+
+pub use build::at;
+pub use source::Source;
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 use toml::Spanned;
 
-use consent_cache::{Bin, Permission};
+use consent_cache::Permission;
 use policy::directory::{ParticipantStatus, Role};
 
 /// A configuration problem, always with enough context to fix it.
@@ -39,7 +48,7 @@ pub enum ConfigError {
 }
 
 /// The whole configuration file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     /// Listeners and process settings.
@@ -51,10 +60,10 @@ pub struct FileConfig {
     /// Access-token validation.
     pub tokens: TokenSection,
     /// Consents from a file (one of `[consents] snapshot` and `[trust]` is required).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "ConsentSection::is_empty")]
     pub consents: ConsentSection,
     /// Consents followed live from the trust sidecar.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trust: Option<TrustSection>,
     /// The audit journal.
     #[serde(default)]
@@ -71,22 +80,22 @@ pub struct FileConfig {
 }
 
 /// `[server]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSection {
     /// The HTTPS listener for API users, e.g. `"127.0.0.1:8443"`.
     pub listen: Spanned<String>,
     /// The plain-HTTP admin listener (metrics, health, reload); loopback by default.
-    #[serde(default = "default_admin")]
+    #[serde(default = "defaults::admin_listen")]
     pub admin_listen: Spanned<String>,
     /// Worker threads; default: the machine's cores.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threads: Option<usize>,
     /// Request header block limit in bytes; larger gets `431`.
-    #[serde(default = "default_max_header_bytes")]
+    #[serde(default = "defaults::max_header_bytes")]
     pub max_header_bytes: usize,
     /// Request body limit in bytes; larger gets `413`.
-    #[serde(default = "default_max_body_bytes")]
+    #[serde(default = "defaults::max_body_bytes")]
     pub max_body_bytes: usize,
     /// Share work between worker threads (tokio work stealing). Off by default: one
     /// runtime per thread avoids cross-thread wake-ups, which a profile showed to cost
@@ -94,21 +103,21 @@ pub struct ServerSection {
     #[serde(default)]
     pub work_stealing: bool,
     /// Offer HTTP/2 by ALPN (HTTP/1.1 is always offered).
-    #[serde(default = "yes")]
+    #[serde(default = "defaults::http2")]
     pub http2: bool,
     /// Seconds to keep serving after SIGTERM before closing listeners.
-    #[serde(default = "default_grace")]
+    #[serde(default = "defaults::grace_period_secs")]
     pub grace_period_secs: u64,
     /// Seconds in-flight requests get to finish at shutdown.
-    #[serde(default = "default_shutdown_timeout")]
+    #[serde(default = "defaults::shutdown_timeout_secs")]
     pub shutdown_timeout_secs: u64,
     /// Idle pooled connections kept per worker towards banks.
-    #[serde(default = "default_pool")]
+    #[serde(default = "defaults::upstream_pool")]
     pub upstream_keepalive_pool_size: usize,
 }
 
 /// `[tls]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSection {
     /// The hub's server certificate chain (PEM).
@@ -123,7 +132,7 @@ pub struct TlsSection {
 }
 
 /// `[upstream_tls]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTlsSection {
     /// CA bundle(s) that issue the banks' server certificates.
@@ -135,7 +144,7 @@ pub struct UpstreamTlsSection {
 }
 
 /// `[tokens]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenSection {
     /// JWKS file with the authorization server's public keys. With `[trust] jwks = true`
@@ -146,29 +155,29 @@ pub struct TokenSection {
     /// Expected `aud` (the hub's audience).
     pub audience: Spanned<String>,
     /// Clock skew tolerance for `exp`, `nbf`, `iat`.
-    #[serde(default = "default_leeway")]
+    #[serde(default = "defaults::leeway_secs")]
     pub leeway_secs: u64,
     /// Largest accepted token.
-    #[serde(default = "default_max_token")]
+    #[serde(default = "defaults::max_token_bytes")]
     pub max_token_bytes: usize,
     /// Verified tokens kept in memory.
-    #[serde(default = "default_token_cache")]
+    #[serde(default = "defaults::token_cache")]
     pub cache_capacity: usize,
 }
 
 /// `[consents]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsentSection {
     /// Snapshot file (`.jsonl` or `.snap`); reloaded with the configuration. Exactly one
     /// of this and `[trust]` is set.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<Spanned<PathBuf>>,
 }
 
 /// `[trust]`: the trust sidecar as the consent control plane (snapshot + change feed).
 /// The hub authenticates with its `[upstream_tls]` client identity.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrustSection {
     /// The sidecar's https base URL, e.g. `"https://127.0.0.1:7443"`.
@@ -177,7 +186,7 @@ pub struct TrustSection {
     pub ca: Vec<Spanned<PathBuf>>,
     /// Consent routes answer `503 consent_state_stale` once the sidecar has not been
     /// heard from for longer than this (contract §6 row 7).
-    #[serde(default = "default_max_staleness")]
+    #[serde(default = "defaults::max_staleness_secs")]
     pub max_staleness_secs: u64,
     /// Take the token keys from `{url}/.well-known/jwks.json`: fetched at start, every
     /// `jwks_refresh_secs` and when a token names an unknown `kid`; the last good set is
@@ -185,34 +194,34 @@ pub struct TrustSection {
     #[serde(default)]
     pub jwks: bool,
     /// Seconds between JWKS refreshes.
-    #[serde(default = "default_jwks_refresh")]
+    #[serde(default = "defaults::jwks_refresh_secs")]
     pub jwks_refresh_secs: u64,
 }
 
 /// `[audit]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditSection {
     /// Journal file (appended), or `"-"` for standard output.
-    #[serde(default = "default_audit_path")]
+    #[serde(default = "defaults::audit_path")]
     pub path: PathBuf,
     /// Records buffered between the request path and the writer; when full, records are
     /// counted as dropped rather than blocking requests.
-    #[serde(default = "default_audit_buffer")]
+    #[serde(default = "defaults::audit_buffer")]
     pub buffer: usize,
 }
 
 impl Default for AuditSection {
     fn default() -> Self {
         AuditSection {
-            path: default_audit_path(),
-            buffer: default_audit_buffer(),
+            path: defaults::audit_path(),
+            buffer: defaults::audit_buffer(),
         }
     }
 }
 
 /// `[[participants]]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ParticipantSection {
     /// 12-digit BIN.
@@ -232,208 +241,31 @@ pub struct ParticipantSection {
 }
 
 /// `[[providers]]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderSection {
     /// The provider participant's BIN.
     pub bin: Spanned<String>,
     /// Published in the catalogue; a delisted provider answers `503 provider_unavailable`.
-    #[serde(default = "yes")]
+    #[serde(default = "defaults::published")]
     pub published: bool,
     /// Base URLs (`https://host:port[/prefix]`); several are balanced round-robin.
     pub upstreams: Vec<Spanned<String>>,
     /// TLS server name to verify, when it differs from the URL's host.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sni: Option<String>,
     /// TCP + TLS connect timeout.
-    #[serde(default = "default_connect_ms")]
+    #[serde(default = "defaults::connect_timeout_ms")]
     pub connect_timeout_ms: u64,
     /// SLA: the longest the hub waits for the bank's answer before `504 provider_timeout`.
-    #[serde(default = "default_timeout_ms")]
+    #[serde(default = "defaults::timeout_ms")]
     pub timeout_ms: u64,
     /// Consecutive failures after which a base URL is ejected.
-    #[serde(default = "default_eject_after")]
+    #[serde(default = "defaults::eject_after")]
     pub eject_after_failures: u32,
     /// How long an ejected base URL stays out of rotation.
-    #[serde(default = "default_eject_secs")]
+    #[serde(default = "defaults::eject_secs")]
     pub eject_secs: u64,
-}
-
-fn yes() -> bool {
-    true
-}
-fn default_admin() -> Spanned<String> {
-    Spanned::new(0..0, "127.0.0.1:9901".to_string())
-}
-fn default_max_header_bytes() -> usize {
-    16 * 1024
-}
-fn default_max_body_bytes() -> usize {
-    64 * 1024
-}
-fn default_grace() -> u64 {
-    1
-}
-fn default_shutdown_timeout() -> u64 {
-    10
-}
-fn default_pool() -> usize {
-    1024
-}
-fn default_leeway() -> u64 {
-    30
-}
-fn default_max_token() -> usize {
-    8 * 1024
-}
-fn default_token_cache() -> usize {
-    100_000
-}
-fn default_max_staleness() -> u64 {
-    30
-}
-fn default_jwks_refresh() -> u64 {
-    300
-}
-fn default_audit_path() -> PathBuf {
-    PathBuf::from("-")
-}
-fn default_audit_buffer() -> usize {
-    65_536
-}
-fn default_connect_ms() -> u64 {
-    1_000
-}
-fn default_timeout_ms() -> u64 {
-    5_000
-}
-fn default_eject_after() -> u32 {
-    3
-}
-fn default_eject_secs() -> u64 {
-    10
-}
-
-/// A parsed file with what is needed to point at lines in it.
-pub struct Source {
-    /// The file as given.
-    pub path: PathBuf,
-    /// Its directory, against which relative paths in it are resolved.
-    pub dir: PathBuf,
-    text: String,
-}
-
-impl Source {
-    /// Reads a configuration file.
-    pub fn read(path: &Path) -> Result<Source, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            file: path.to_path_buf(),
-            source,
-        })?;
-        let dir = path
-            .parent()
-            .map(Path::to_path_buf)
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or_else(|| PathBuf::from("."));
-        Ok(Source {
-            path: path.to_path_buf(),
-            dir,
-            text,
-        })
-    }
-
-    /// Parses the text strictly.
-    pub fn parse(&self) -> Result<FileConfig, ConfigError> {
-        toml::from_str::<FileConfig>(&self.text).map_err(|e| {
-            let offset = e.span().map(|s| s.start).unwrap_or(0);
-            let line = self.line_of(offset);
-            let field = self.key_on_line(line).unwrap_or_else(|| "-".to_string());
-            ConfigError::Invalid {
-                file: self.path.clone(),
-                line,
-                field,
-                message: e.message().trim().to_string(),
-            }
-        })
-    }
-
-    /// 1-based line number of a byte offset.
-    pub fn line_of(&self, offset: usize) -> usize {
-        let end = offset.min(self.text.len());
-        self.text.as_bytes()[..end]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count()
-            + 1
-    }
-
-    fn key_on_line(&self, line: usize) -> Option<String> {
-        let l = self.text.lines().nth(line.checked_sub(1)?)?;
-        let key = l.split('=').next()?.trim();
-        if key.is_empty() {
-            None
-        } else {
-            Some(key.trim_matches(|c| c == '[' || c == ']').to_string())
-        }
-    }
-
-    /// An error pointing at a spanned value.
-    pub fn invalid<T>(
-        &self,
-        at: &Spanned<T>,
-        field: &str,
-        message: impl Into<String>,
-    ) -> ConfigError {
-        let span = at.span();
-        ConfigError::Invalid {
-            file: self.path.clone(),
-            line: if span.end == 0 {
-                0
-            } else {
-                self.line_of(span.start)
-            },
-            field: field.to_string(),
-            message: message.into(),
-        }
-    }
-
-    /// An error not tied to a line.
-    pub fn invalid_here(&self, field: &str, message: impl Into<String>) -> ConfigError {
-        ConfigError::Invalid {
-            file: self.path.clone(),
-            line: 0,
-            field: field.to_string(),
-            message: message.into(),
-        }
-    }
-
-    /// Resolves a configured path against the file's directory.
-    pub fn resolve(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            self.dir.join(p)
-        }
-    }
-
-    /// Reads a file named by a spanned path, with the error pointing at the value.
-    pub fn read_bytes(&self, p: &Spanned<PathBuf>, field: &str) -> Result<Vec<u8>, ConfigError> {
-        let full = self.resolve(p.get_ref());
-        std::fs::read(&full)
-            .map_err(|e| self.invalid(p, field, format!("cannot read {}: {e}", full.display())))
-    }
-
-    /// Parses a spanned BIN.
-    pub fn bin(&self, s: &Spanned<String>, field: &str) -> Result<Bin, ConfigError> {
-        Bin::parse(s.get_ref()).map_err(|e| self.invalid(s, field, e.to_string()))
-    }
-
-    /// Parses a spanned socket address.
-    pub fn socket_addr(&self, s: &Spanned<String>, field: &str) -> Result<SocketAddr, ConfigError> {
-        s.get_ref()
-            .parse()
-            .map_err(|e| self.invalid(s, field, format!("not an ip:port address: {e}")))
-    }
 }
 
 /// The permissions the demo and docs mention, re-exported for callers building configs.

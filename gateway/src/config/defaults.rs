@@ -1,0 +1,104 @@
+//! Every default of the configuration file, in one place: the serde defaults of the
+//! DTOs, the constructors that build a typed configuration, and the upstream settings
+//! of a provider that only the trust registry knows all read these.
+
+use std::path::PathBuf;
+use toml::Spanned;
+
+/// `[server] admin_listen`.
+pub const ADMIN_LISTEN: &str = "127.0.0.1:9901";
+/// `[server] max_header_bytes`.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// `[server] max_body_bytes`.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// `[server] http2`.
+pub const HTTP2: bool = true;
+/// `[server] grace_period_secs`.
+pub const GRACE_PERIOD_SECS: u64 = 1;
+/// `[server] shutdown_timeout_secs`.
+pub const SHUTDOWN_TIMEOUT_SECS: u64 = 10;
+/// `[server] upstream_keepalive_pool_size`.
+pub const UPSTREAM_POOL: usize = 1024;
+/// `[tokens] leeway_secs`.
+pub const LEEWAY_SECS: u64 = 30;
+/// `[tokens] max_token_bytes`.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// `[tokens] cache_capacity`.
+pub const TOKEN_CACHE: usize = 100_000;
+/// `[trust] max_staleness_secs`.
+pub const MAX_STALENESS_SECS: u64 = 30;
+/// `[trust] jwks_refresh_secs`.
+pub const JWKS_REFRESH_SECS: u64 = 300;
+/// `[audit] path`: standard output.
+pub const AUDIT_PATH: &str = "-";
+/// `[audit] buffer`.
+pub const AUDIT_BUFFER: usize = 65_536;
+/// `[[providers]] published`.
+pub const PUBLISHED: bool = true;
+/// `[[providers]] connect_timeout_ms`.
+pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// `[[providers]] timeout_ms` (the SLA).
+pub const TIMEOUT_MS: u64 = 5_000;
+/// `[[providers]] eject_after_failures`.
+pub const EJECT_AFTER: u32 = 3;
+/// `[[providers]] eject_secs`.
+pub const EJECT_SECS: u64 = 10;
+
+// The functions serde's `default = "…"` attributes name.
+pub(super) fn admin_listen() -> Spanned<String> {
+    Spanned::new(0..0, ADMIN_LISTEN.to_string())
+}
+pub(super) fn max_header_bytes() -> usize {
+    MAX_HEADER_BYTES
+}
+pub(super) fn max_body_bytes() -> usize {
+    MAX_BODY_BYTES
+}
+pub(super) fn http2() -> bool {
+    HTTP2
+}
+pub(super) fn grace_period_secs() -> u64 {
+    GRACE_PERIOD_SECS
+}
+pub(super) fn shutdown_timeout_secs() -> u64 {
+    SHUTDOWN_TIMEOUT_SECS
+}
+pub(super) fn upstream_pool() -> usize {
+    UPSTREAM_POOL
+}
+pub(super) fn leeway_secs() -> u64 {
+    LEEWAY_SECS
+}
+pub(super) fn max_token_bytes() -> usize {
+    MAX_TOKEN_BYTES
+}
+pub(super) fn token_cache() -> usize {
+    TOKEN_CACHE
+}
+pub(super) fn max_staleness_secs() -> u64 {
+    MAX_STALENESS_SECS
+}
+pub(super) fn jwks_refresh_secs() -> u64 {
+    JWKS_REFRESH_SECS
+}
+pub(super) fn audit_path() -> PathBuf {
+    PathBuf::from(AUDIT_PATH)
+}
+pub(super) fn audit_buffer() -> usize {
+    AUDIT_BUFFER
+}
+pub(super) fn published() -> bool {
+    PUBLISHED
+}
+pub(super) fn connect_timeout_ms() -> u64 {
+    CONNECT_TIMEOUT_MS
+}
+pub(super) fn timeout_ms() -> u64 {
+    TIMEOUT_MS
+}
+pub(super) fn eject_after() -> u32 {
+    EJECT_AFTER
+}
+pub(super) fn eject_secs() -> u64 {
+    EJECT_SECS
+}

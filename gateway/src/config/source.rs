@@ -1,0 +1,155 @@
+//! A configuration file as read: its text, its directory (relative paths resolve against
+//! it), and the helpers that turn a problem into an error naming the file, the line and
+//! the field.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+use consent_cache::Bin;
+
+use super::{ConfigError, FileConfig};
+
+/// A parsed file with what is needed to point at lines in it.
+pub struct Source {
+    /// The file as given.
+    pub path: PathBuf,
+    /// Its directory, against which relative paths in it are resolved.
+    pub dir: PathBuf,
+    text: String,
+}
+
+impl Source {
+    /// Reads a configuration file.
+    pub fn read(path: &Path) -> Result<Source, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        let dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."));
+        Ok(Source {
+            path: path.to_path_buf(),
+            dir,
+            text,
+        })
+    }
+
+    /// Parses the text strictly.
+    pub fn parse(&self) -> Result<FileConfig, ConfigError> {
+        toml::from_str::<FileConfig>(&self.text).map_err(|e| {
+            let offset = e.span().map(|s| s.start).unwrap_or(0);
+            let line = self.line_of(offset);
+            let field = self.key_on_line(line).unwrap_or_else(|| "-".to_string());
+            ConfigError::Invalid {
+                file: self.path.clone(),
+                line,
+                field,
+                message: e.message().trim().to_string(),
+            }
+        })
+    }
+
+    /// 1-based line number of a byte offset.
+    pub fn line_of(&self, offset: usize) -> usize {
+        let end = offset.min(self.text.len());
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
+    }
+
+    fn key_on_line(&self, line: usize) -> Option<String> {
+        let l = self.text.lines().nth(line.checked_sub(1)?)?;
+        let key = l.split('=').next()?.trim();
+        if key.is_empty() {
+            None
+        } else {
+            Some(key.trim_matches(|c| c == '[' || c == ']').to_string())
+        }
+    }
+
+    /// An error pointing at a spanned value.
+    pub fn invalid<T>(
+        &self,
+        at: &Spanned<T>,
+        field: &str,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        let span = at.span();
+        ConfigError::Invalid {
+            file: self.path.clone(),
+            line: if span.end == 0 {
+                0
+            } else {
+                self.line_of(span.start)
+            },
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// An error not tied to a line.
+    pub fn invalid_here(&self, field: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.path.clone(),
+            line: 0,
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// Resolves a configured path against the file's directory.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.dir.join(p)
+        }
+    }
+
+    /// Reads a file named by a spanned path, with the error pointing at the value.
+    pub fn read_bytes(&self, p: &Spanned<PathBuf>, field: &str) -> Result<Vec<u8>, ConfigError> {
+        let full = self.resolve(p.get_ref());
+        std::fs::read(&full)
+            .map_err(|e| self.invalid(p, field, format!("cannot read {}: {e}", full.display())))
+    }
+
+    /// Reads every file of a PEM list (`ca = [..]`, `client_ca = [..]`), each checked to
+    /// hold at least one certificate; errors name the entry (`field[i]`). An empty list
+    /// is refused with `empty`.
+    pub fn pem_list(
+        &self,
+        files: &[Spanned<PathBuf>],
+        field: &str,
+        empty: &str,
+    ) -> Result<Vec<Vec<u8>>, ConfigError> {
+        if files.is_empty() {
+            return Err(self.invalid_here(field, empty));
+        }
+        let mut pems = Vec::with_capacity(files.len());
+        for (i, p) in files.iter().enumerate() {
+            let entry = format!("{field}[{i}]");
+            let pem = self.read_bytes(p, &entry)?;
+            crate::tls::certs_from_pem(&pem).map_err(|e| self.invalid(p, &entry, e.to_string()))?;
+            pems.push(pem);
+        }
+        Ok(pems)
+    }
+
+    /// Parses a spanned BIN.
+    pub fn bin(&self, s: &Spanned<String>, field: &str) -> Result<Bin, ConfigError> {
+        Bin::parse(s.get_ref()).map_err(|e| self.invalid(s, field, e.to_string()))
+    }
+
+    /// Parses a spanned socket address.
+    pub fn socket_addr(&self, s: &Spanned<String>, field: &str) -> Result<SocketAddr, ConfigError> {
+        s.get_ref()
+            .parse()
+            .map_err(|e| self.invalid(s, field, format!("not an ip:port address: {e}")))
+    }
+}

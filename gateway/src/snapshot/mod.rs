@@ -1,0 +1,200 @@
+//! The runtime snapshot: everything the request path reads, compiled from its inputs
+//! (the configuration file, the participant registry from the feed, the keys fetched
+//! from the sidecar) into one immutable value and published with one `ArcSwap` by the
+//! [`Publisher`], the only writer. Every event (SIGHUP, `POST /admin/reload`, a registry
+//! change, a JWKS fetch) updates its input and republishes through
+//! [`Publisher::publish`]; nothing edits a published snapshot.
+//!
+//! Long-lived state lives outside the snapshot and is reused by key when its inputs did
+//! not change: the rate limiters and their counters (by `[limits]`), the upstream pools
+//! and their ejection state (by URL and settings, see `network`), the token verifier and
+//! its cache (by settings and key set), the consent store that the feed updates in place
+//! (one per process), the follower's status.
+
+mod publish;
+pub mod sections;
+
+use rustls::server::danger::ClientCertVerifier;
+use rustls::sign::CertifiedKey;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use consent_cache::ConsentStore;
+use policy::limits::Limiter;
+use policy::token::{TokenSettings, TokenVerifier};
+
+use crate::config::ConfigError;
+use crate::network::Network;
+use crate::plane::{FeedStatus, TrustPlane};
+
+pub use publish::{Change, PublishError, Published, Publisher};
+pub use sections::{ControlPlane, FileInputs};
+
+/// What the request path reads; immutable once published.
+pub struct Snapshot {
+    file: Arc<FileInputs>,
+    network: Arc<Network>,
+    tokens: Arc<TokenVerifier>,
+    /// What `tokens` was built from (to reuse it, and its cache, when unchanged).
+    tokens_key: (TokenSettings, Arc<[u8]>),
+    consents: Arc<ArcSwap<ConsentStore>>,
+}
+
+impl Snapshot {
+    /// The participant directory and upstream pools.
+    pub fn network(&self) -> Arc<Network> {
+        self.network.clone()
+    }
+
+    /// The access-token verifier.
+    pub fn tokens(&self) -> Arc<TokenVerifier> {
+        self.tokens.clone()
+    }
+
+    /// The consent store in force (the feed updates it in place; a consent file reload
+    /// replaces it).
+    pub fn consents(&self) -> arc_swap::Guard<Arc<ConsentStore>> {
+        self.consents.load()
+    }
+
+    /// The rate limiters.
+    pub fn limiter(&self) -> &Limiter {
+        &self.file.limiter
+    }
+
+    /// The trust sidecar, when it is the consent control plane.
+    pub fn trust(&self) -> Option<&Arc<TrustPlane>> {
+        self.file.trust()
+    }
+
+    /// A token named an unknown `kid`: ask the sidecar for fresh keys (`[trust] jwks`).
+    pub fn want_jwks(&self) {
+        if let Some(plane) = self.trust() {
+            plane.status.want_jwks();
+        }
+    }
+
+    /// Request header block limit.
+    pub fn max_header_bytes(&self) -> usize {
+        self.file.max_header_bytes
+    }
+
+    /// Request body limit.
+    pub fn max_body_bytes(&self) -> usize {
+        self.file.max_body_bytes
+    }
+
+    /// The configuration file's share of the inputs.
+    pub fn file(&self) -> &FileInputs {
+        &self.file
+    }
+
+    /// The consent snapshot file's current (length, modification time), if it differs from
+    /// what this snapshot loaded.
+    pub fn consents_changed_on_disk(&self) -> Option<(u64, Option<SystemTime>)> {
+        let ControlPlane::File { stamp, .. } = &self.file.control else {
+            return None;
+        };
+        FileStamp::of(&stamp.path)
+            .filter(|now| now != stamp)
+            .map(|now| (now.len, now.modified))
+    }
+
+    /// Contract §6 row 7: a file control plane is always fresh; the sidecar's state is
+    /// fresh once a snapshot is loaded and while the feed is heard within the bound.
+    pub fn consent_state_fresh(&self) -> bool {
+        self.trust().is_none_or(|plane| plane.is_fresh())
+    }
+
+    /// One line for logs and `gateway check`.
+    pub fn summary(&self) -> String {
+        let p = &self.file.process;
+        let source = match self.trust() {
+            Some(plane) => format!("consents from {}", plane.url),
+            None => format!("{} consents", self.consents.load().len()),
+        };
+        let registry = if self.trust().and_then(|t| t.status.registry()).is_some() {
+            format!(" ({} from the trust registry)", self.network.from_registry)
+        } else {
+            String::new()
+        };
+        format!(
+            "{} participants{registry}, {} providers, {source}, listen {}, admin {}",
+            self.network.directory.participants().len(),
+            self.network.upstreams.len(),
+            p.listen,
+            p.admin_listen
+        )
+    }
+}
+
+/// Settings that only take effect at process start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessSettings {
+    /// API listener.
+    pub listen: SocketAddr,
+    /// Admin listener.
+    pub admin_listen: SocketAddr,
+    /// Worker threads.
+    pub threads: usize,
+    /// Offer h2.
+    pub http2: bool,
+    /// Tokio work stealing between worker threads.
+    pub work_stealing: bool,
+    /// Grace period at SIGTERM.
+    pub grace_period_secs: u64,
+    /// In-flight budget at shutdown.
+    pub shutdown_timeout_secs: u64,
+    /// Upstream keep-alive pool size.
+    pub upstream_keepalive_pool_size: usize,
+    /// Audit journal destination.
+    pub audit_path: PathBuf,
+    /// Audit buffer.
+    pub audit_buffer: usize,
+    /// The hub's client certificate towards banks (read by the connector at start).
+    pub upstream_cert: PathBuf,
+    /// Its key.
+    pub upstream_key: PathBuf,
+    /// The banks' CA bundle files.
+    pub upstream_ca: Vec<PathBuf>,
+}
+
+/// Downstream TLS material.
+#[derive(Clone)]
+pub struct TlsMaterial {
+    /// mTLS verifier (platform CAs + CRLs).
+    pub verifier: Arc<dyn ClientCertVerifier>,
+    /// The hub's server certificate.
+    pub cert: Arc<CertifiedKey>,
+}
+
+/// Identifies a file's content cheaply, to skip reloading an unchanged consent snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileStamp {
+    path: PathBuf,
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Option<FileStamp> {
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            path: path.to_path_buf(),
+            len: m.len(),
+            modified: m.modified().ok(),
+        })
+    }
+}
+
+/// Validates a configuration file the way a start would, without starting anything
+/// (`gateway check`); returns the summary of what it would serve.
+pub fn check(path: &Path) -> Result<String, ConfigError> {
+    let file = sections::load(path, None, &Arc::new(FeedStatus::new()))?;
+    Ok(Publisher::new(file, Arc::new(FeedStatus::new()))
+        .current()
+        .summary())
+}

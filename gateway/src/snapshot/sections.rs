@@ -1,0 +1,478 @@
+//! The configuration file compiled section by section into [`FileInputs`], the file's
+//! share of what a snapshot is built from. Each section has one small function that
+//! validates it and reports problems with the file, the line and the field; parts that
+//! are expensive or hold state (the consent file's store, the limiter's counters) are
+//! reused from the previous load when their key did not change.
+
+use base64::Engine;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use consent_cache::{Bin, ConsentStore};
+use policy::directory::{DirectoryBuilder, Participant, Role, Roles};
+use policy::limits::{LimitSettings, Limiter};
+use policy::token::{Jwks, TokenSettings};
+
+use crate::config::{
+    ConfigError, FileConfig, ParticipantSection, ProviderSection, Source, TrustSection,
+};
+use crate::network::{FileBase, FileParticipant, ProviderSettings};
+use crate::plane::{FeedStatus, TrustPlane};
+use crate::tls;
+use crate::upstream::parse_base_url;
+
+use super::{FileStamp, ProcessSettings, TlsMaterial};
+
+/// What one load of the configuration file contributes to a snapshot.
+pub struct FileInputs {
+    /// Settings that take effect at process start.
+    pub process: ProcessSettings,
+    /// Downstream TLS (swapped into the listener by a reload).
+    pub tls: TlsMaterial,
+    /// `[[participants]]` and `[[providers]]`, validated.
+    pub base: FileBase,
+    /// `[tokens]` verification settings.
+    pub token_settings: TokenSettings,
+    /// The `[tokens] jwks` file's content (validated).
+    pub jwks: Arc<[u8]>,
+    /// `[limits]`: the key under which the limiter is reused.
+    pub limits: LimitSettings,
+    /// The rate limiters (with their counters).
+    pub limiter: Arc<Limiter>,
+    /// Where consents come from.
+    pub control: ControlPlane,
+    /// Request header block limit.
+    pub max_header_bytes: usize,
+    /// Request body limit.
+    pub max_body_bytes: usize,
+}
+
+/// The consent control plane the file chose.
+pub enum ControlPlane {
+    /// `[consents] snapshot`: the file as loaded (reused while its stamp is unchanged).
+    File {
+        /// The file's identity when loaded.
+        stamp: FileStamp,
+        /// Its consents.
+        store: Arc<ConsentStore>,
+    },
+    /// `[trust]`: the sidecar, followed by the feed.
+    Trust(Arc<TrustPlane>),
+}
+
+impl FileInputs {
+    /// The trust sidecar, in `[trust]` mode.
+    pub fn trust(&self) -> Option<&Arc<TrustPlane>> {
+        match &self.control {
+            ControlPlane::Trust(plane) => Some(plane),
+            ControlPlane::File { .. } => None,
+        }
+    }
+}
+
+/// Reads, parses and compiles a configuration file. `previous` lends what did not change
+/// (the consent file's store, the limiter); `feed` is the process's follower status,
+/// which a `[trust]` plane reports through.
+pub fn load(
+    path: &Path,
+    previous: Option<&FileInputs>,
+    feed: &Arc<FeedStatus>,
+) -> Result<FileInputs, ConfigError> {
+    let src = Source::read(path)?;
+    let cfg = src.parse()?;
+    compile(&src, &cfg, previous, feed)
+}
+
+fn compile(
+    src: &Source,
+    cfg: &FileConfig,
+    previous: Option<&FileInputs>,
+    feed: &Arc<FeedStatus>,
+) -> Result<FileInputs, ConfigError> {
+    let process = process(src, cfg)?;
+    let tls = downstream_tls(src, cfg)?;
+    let identity = upstream_identity(src, cfg)?;
+    let (token_settings, jwks) = tokens(src, cfg)?;
+    let participants = participants(src, &cfg.participants)?;
+    let providers = providers(src, &cfg.providers, &participants, cfg.trust.is_some())?;
+    let limiter = match previous {
+        Some(p) if p.limits == cfg.limits => p.limiter.clone(),
+        _ => Arc::new(
+            Limiter::new(&cfg.limits).map_err(|e| src.invalid_here("limits", e.to_string()))?,
+        ),
+    };
+    let control = control_plane(src, cfg, previous.map(|p| &p.control), &identity, feed)?;
+    Ok(FileInputs {
+        process,
+        tls,
+        base: FileBase {
+            participants,
+            providers,
+        },
+        token_settings,
+        jwks,
+        limits: cfg.limits.clone(),
+        limiter,
+        control,
+        max_header_bytes: cfg.server.max_header_bytes,
+        max_body_bytes: cfg.server.max_body_bytes,
+    })
+}
+
+/// `[server]` and `[audit]`, `[upstream_tls]` paths: the process settings.
+fn process(src: &Source, cfg: &FileConfig) -> Result<ProcessSettings, ConfigError> {
+    let s = &cfg.server;
+    let listen = src.socket_addr(&s.listen, "server.listen")?;
+    let admin_listen = src.socket_addr(&s.admin_listen, "server.admin_listen")?;
+    let threads = s
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if threads == 0 || threads > 1024 {
+        return Err(src.invalid_here("server.threads", "must be between 1 and 1024"));
+    }
+    if s.max_header_bytes < 1024 || s.max_header_bytes > 1024 * 1024 {
+        return Err(src.invalid_here(
+            "server.max_header_bytes",
+            "must be between 1024 and 1048576",
+        ));
+    }
+    let audit_path = if cfg.audit.path.as_os_str() == "-" {
+        cfg.audit.path.clone()
+    } else {
+        src.resolve(&cfg.audit.path)
+    };
+    Ok(ProcessSettings {
+        listen,
+        admin_listen,
+        threads,
+        http2: s.http2,
+        work_stealing: s.work_stealing,
+        grace_period_secs: s.grace_period_secs,
+        shutdown_timeout_secs: s.shutdown_timeout_secs,
+        upstream_keepalive_pool_size: s.upstream_keepalive_pool_size,
+        audit_path,
+        audit_buffer: cfg.audit.buffer.max(1),
+        upstream_cert: src.resolve(cfg.upstream_tls.client_cert.get_ref()),
+        upstream_key: src.resolve(cfg.upstream_tls.client_key.get_ref()),
+        upstream_ca: cfg
+            .upstream_tls
+            .ca
+            .iter()
+            .map(|p| src.resolve(p.get_ref()))
+            .collect::<Vec<PathBuf>>(),
+    })
+}
+
+/// `[tls]`: the server certificate and the mTLS verifier (platform CAs and CRLs).
+fn downstream_tls(src: &Source, cfg: &FileConfig) -> Result<TlsMaterial, ConfigError> {
+    let t = &cfg.tls;
+    let cert_pem = src.read_bytes(&t.cert, "tls.cert")?;
+    let key_pem = src.read_bytes(&t.key, "tls.key")?;
+    let cert = tls::certified_key(&cert_pem, &key_pem)
+        .map_err(|e| src.invalid(&t.cert, "tls.cert", e.to_string()))?;
+    let ca_pems = src.pem_list(
+        &t.client_ca,
+        "tls.client_ca",
+        "at least one platform CA is required",
+    )?;
+    let mut crls = Vec::new();
+    for (i, p) in t.crl.iter().enumerate() {
+        let field = format!("tls.crl[{i}]");
+        let data = src.read_bytes(p, &field)?;
+        crls.extend(
+            tls::crls_from_bytes(&data).map_err(|e| src.invalid(p, &field, e.to_string()))?,
+        );
+    }
+    let verifier = tls::client_verifier(&ca_pems, crls)
+        .map_err(|e| src.invalid_here("tls.client_ca", e.to_string()))?;
+    Ok(TlsMaterial { verifier, cert })
+}
+
+/// The hub's client identity towards banks and the trust sidecar (PEM cert, PEM key).
+struct Identity {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+}
+
+/// `[upstream_tls]`: the hub's client identity and the banks' CAs.
+fn upstream_identity(src: &Source, cfg: &FileConfig) -> Result<Identity, ConfigError> {
+    let u = &cfg.upstream_tls;
+    let cert = src.read_bytes(&u.client_cert, "upstream_tls.client_cert")?;
+    let key = src.read_bytes(&u.client_key, "upstream_tls.client_key")?;
+    tls::check_upstream_identity(&cert, &key)
+        .map_err(|e| src.invalid(&u.client_cert, "upstream_tls.client_cert", e.to_string()))?;
+    let ca = src.pem_list(
+        &u.ca,
+        "upstream_tls.ca",
+        "at least one CA for banks' certificates is required",
+    )?;
+    tls::check_upstream_roots(&ca)
+        .map_err(|e| src.invalid_here("upstream_tls.ca", e.to_string()))?;
+    Ok(Identity { cert, key })
+}
+
+/// `[tokens]`: verification settings and the start-up key set.
+fn tokens(src: &Source, cfg: &FileConfig) -> Result<(TokenSettings, Arc<[u8]>), ConfigError> {
+    let t = &cfg.tokens;
+    let jwks = src.read_bytes(&t.jwks, "tokens.jwks")?;
+    Jwks::from_json(&jwks).map_err(|e| src.invalid(&t.jwks, "tokens.jwks", e.to_string()))?;
+    if t.issuer.get_ref().is_empty() {
+        return Err(src.invalid(&t.issuer, "tokens.issuer", "must not be empty"));
+    }
+    if t.audience.get_ref().is_empty() {
+        return Err(src.invalid(&t.audience, "tokens.audience", "must not be empty"));
+    }
+    let settings = TokenSettings {
+        issuer: t.issuer.get_ref().clone(),
+        audience: t.audience.get_ref().clone(),
+        leeway_secs: t.leeway_secs,
+        max_token_bytes: t.max_token_bytes,
+        cache_capacity: t.cache_capacity,
+    };
+    Ok((settings, Arc::from(jwks)))
+}
+
+/// `[[participants]]`, with duplicate BINs and thumbprints refused at their position.
+fn participants(
+    src: &Source,
+    entries: &[ParticipantSection],
+) -> Result<Vec<FileParticipant>, ConfigError> {
+    let mut out = Vec::with_capacity(entries.len());
+    let mut dir = DirectoryBuilder::new();
+    let mut seen = HashSet::new();
+    for (i, p) in entries.iter().enumerate() {
+        let bin = src.bin(&p.bin, &format!("participants[{i}].bin"))?;
+        if !seen.insert(bin) {
+            return Err(src.invalid(
+                &p.bin,
+                &format!("participants[{i}].bin"),
+                "duplicate participant",
+            ));
+        }
+        if p.roles.is_empty() {
+            return Err(src.invalid(
+                &p.bin,
+                &format!("participants[{i}].roles"),
+                "at least one role",
+            ));
+        }
+        let thumbprints = thumbprints(src, i, p)?;
+        let participant = Participant {
+            bin,
+            name: p.name.clone().into_boxed_str(),
+            roles: p.roles.iter().copied().collect::<Roles>(),
+            status: p.status,
+        };
+        // Only to find duplicate thumbprints, with the entry's position.
+        dir.add_participant(participant.clone(), thumbprints.iter().copied())
+            .map_err(|e| src.invalid(&p.bin, &format!("participants[{i}]"), e.to_string()))?;
+        out.push(FileParticipant {
+            participant,
+            thumbprints,
+        });
+    }
+    Ok(out)
+}
+
+/// A participant's registered thumbprints: given (`thumbprints`) and computed (`certs`).
+fn thumbprints(
+    src: &Source,
+    i: usize,
+    p: &ParticipantSection,
+) -> Result<Vec<[u8; 32]>, ConfigError> {
+    let mut out = Vec::new();
+    for (j, t) in p.thumbprints.iter().enumerate() {
+        let field = format!("participants[{i}].thumbprints[{j}]");
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(t.get_ref())
+            .ok()
+            .and_then(|v| <[u8; 32]>::try_from(v.as_slice()).ok())
+            .ok_or_else(|| {
+                src.invalid(t, &field, "not a base64url SHA-256 thumbprint (43 chars)")
+            })?;
+        out.push(raw);
+    }
+    for (j, c) in p.certs.iter().enumerate() {
+        let field = format!("participants[{i}].certs[{j}]");
+        let pem = src.read_bytes(c, &field)?;
+        let certs = tls::certs_from_pem(&pem).map_err(|e| src.invalid(c, &field, e.to_string()))?;
+        let d = ring::digest::digest(&ring::digest::SHA256, certs[0].as_ref());
+        let mut a = [0u8; 32];
+        a.copy_from_slice(d.as_ref());
+        out.push(a);
+    }
+    Ok(out)
+}
+
+/// `[[providers]]`. Without `[trust]` each must be a participant with the provider role;
+/// with it, the registry may be the one that knows the provider.
+fn providers(
+    src: &Source,
+    entries: &[ProviderSection],
+    participants: &[FileParticipant],
+    with_trust: bool,
+) -> Result<Vec<ProviderSettings>, ConfigError> {
+    let provider_bins: HashSet<Bin> = participants
+        .iter()
+        .filter(|p| p.participant.roles.contains(Role::Provider))
+        .map(|p| p.participant.bin)
+        .collect();
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(entries.len());
+    for (i, p) in entries.iter().enumerate() {
+        let field = format!("providers[{i}].bin");
+        let bin = src.bin(&p.bin, &field)?;
+        if !with_trust && !provider_bins.contains(&bin) {
+            return Err(src.invalid(
+                &p.bin,
+                &field,
+                "no participant with this BIN holds the `provider` role",
+            ));
+        }
+        if !seen.insert(bin) {
+            return Err(src.invalid(&p.bin, &field, format!("provider {bin} is listed twice")));
+        }
+        out.push(provider(src, i, bin, p)?);
+    }
+    Ok(out)
+}
+
+/// One `[[providers]]` entry: its base URLs (parsed and resolved) and upstream settings.
+fn provider(
+    src: &Source,
+    i: usize,
+    bin: Bin,
+    p: &ProviderSection,
+) -> Result<ProviderSettings, ConfigError> {
+    if p.upstreams.is_empty() {
+        return Err(src.invalid(
+            &p.bin,
+            &format!("providers[{i}].upstreams"),
+            "at least one base URL",
+        ));
+    }
+    if p.timeout_ms == 0 || p.connect_timeout_ms == 0 {
+        return Err(src.invalid(
+            &p.bin,
+            &format!("providers[{i}].timeout_ms"),
+            "timeouts must be > 0",
+        ));
+    }
+    let mut targets = Vec::with_capacity(p.upstreams.len());
+    for (j, u) in p.upstreams.iter().enumerate() {
+        let t = parse_base_url(u.get_ref(), p.sni.as_deref()).map_err(|e| {
+            src.invalid(u, &format!("providers[{i}].upstreams[{j}]"), e.to_string())
+        })?;
+        targets.push(t);
+    }
+    Ok(ProviderSettings {
+        bin,
+        published: p.published,
+        urls: p.upstreams.iter().map(|u| u.get_ref().clone()).collect(),
+        targets,
+        sni: p.sni.clone(),
+        connect_timeout: Duration::from_millis(p.connect_timeout_ms),
+        timeout: Duration::from_millis(p.timeout_ms),
+        eject_after: p.eject_after_failures,
+        eject_for: Duration::from_secs(p.eject_secs),
+    })
+}
+
+/// `[consents]` or `[trust]`: exactly one consent control plane; switching between them
+/// needs a restart.
+fn control_plane(
+    src: &Source,
+    cfg: &FileConfig,
+    previous: Option<&ControlPlane>,
+    identity: &Identity,
+    feed: &Arc<FeedStatus>,
+) -> Result<ControlPlane, ConfigError> {
+    match (&cfg.consents.snapshot, &cfg.trust) {
+        (Some(_), Some(t)) => Err(src.invalid(
+            &t.url,
+            "trust",
+            "exactly one consent control plane: `[consents] snapshot` or `[trust]`, not both",
+        )),
+        (None, None) => Err(src.invalid_here(
+            "consents.snapshot",
+            "a consent control plane is required: `[consents] snapshot` (a file) or `[trust]` (the sidecar)",
+        )),
+        (Some(file), None) => {
+            if matches!(previous, Some(ControlPlane::Trust(_))) {
+                return Err(src.invalid(
+                    file,
+                    "consents.snapshot",
+                    "switching from `[trust]` to a consent file needs a restart",
+                ));
+            }
+            consent_file(src, file, previous)
+        }
+        (None, Some(t)) => {
+            if matches!(previous, Some(ControlPlane::File { .. })) {
+                return Err(src.invalid(
+                    &t.url,
+                    "trust.url",
+                    "switching from a consent file to `[trust]` needs a restart",
+                ));
+            }
+            trust_plane(src, t, identity, feed).map(|p| ControlPlane::Trust(Arc::new(p)))
+        }
+    }
+}
+
+/// `[consents] snapshot`: loaded, or the previous store when the file is unchanged.
+fn consent_file(
+    src: &Source,
+    file: &toml::Spanned<PathBuf>,
+    previous: Option<&ControlPlane>,
+) -> Result<ControlPlane, ConfigError> {
+    let path = src.resolve(file.get_ref());
+    let stamp = FileStamp::of(&path).ok_or_else(|| {
+        src.invalid(
+            file,
+            "consents.snapshot",
+            format!("cannot read {}", path.display()),
+        )
+    })?;
+    let store = match previous {
+        Some(ControlPlane::File { stamp: old, store }) if *old == stamp => store.clone(),
+        _ => Arc::new(ConsentStore::load(&path)?),
+    };
+    Ok(ControlPlane::File { stamp, store })
+}
+
+/// `[trust]`: the sidecar's URL, CAs and bounds, reporting through `feed`.
+fn trust_plane(
+    src: &Source,
+    t: &TrustSection,
+    identity: &Identity,
+    feed: &Arc<FeedStatus>,
+) -> Result<TrustPlane, ConfigError> {
+    if t.ca.is_empty() {
+        return Err(src.invalid(&t.url, "trust.ca", "at least one CA is required"));
+    }
+    let mut pems = Vec::with_capacity(t.ca.len());
+    for (i, p) in t.ca.iter().enumerate() {
+        pems.push(src.read_bytes(p, &format!("trust.ca[{i}]"))?);
+    }
+    if t.max_staleness_secs == 0 {
+        return Err(src.invalid(&t.url, "trust.max_staleness_secs", "must be > 0"));
+    }
+    if t.jwks && t.jwks_refresh_secs == 0 {
+        return Err(src.invalid(&t.url, "trust.jwks_refresh_secs", "must be > 0"));
+    }
+    let mut plane = TrustPlane::new(
+        t.url.get_ref(),
+        &pems,
+        &identity.cert,
+        &identity.key,
+        Duration::from_secs(t.max_staleness_secs),
+        feed.clone(),
+    )
+    .map_err(|e| src.invalid(&t.url, "trust.url", e.to_string()))?;
+    plane.jwks = t.jwks;
+    plane.jwks_refresh = Duration::from_secs(t.jwks_refresh_secs);
+    Ok(plane)
+}

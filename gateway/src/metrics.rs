@@ -65,153 +65,67 @@ fn must<T>(r: prometheus::Result<T>) -> T {
     r.expect("static metric definition")
 }
 
+/// Registers a collector and hands it back (start-up).
+fn registered<C: prometheus::core::Collector + Clone + 'static>(reg: &Registry, c: C) -> C {
+    must(reg.register(Box::new(c.clone())));
+    c
+}
+
+fn counter(reg: &Registry, name: &str, help: &str) -> IntCounter {
+    registered(reg, must(IntCounter::new(name, help)))
+}
+
+fn gauge(reg: &Registry, name: &str, help: &str) -> IntGauge {
+    registered(reg, must(IntGauge::new(name, help)))
+}
+
+fn counters(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    registered(reg, must(IntCounterVec::new(Opts::new(name, help), labels)))
+}
+
+fn histograms(reg: &Registry, name: &str, help: &str, label: &str) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+    registered(reg, must(HistogramVec::new(opts, &[label])))
+}
+
 impl Metrics {
     /// Registers every family (start-up).
     pub fn new() -> Metrics {
-        let registry = Registry::new_custom(Some("hub".into()), None).unwrap_or_default();
-        let requests = must(IntCounterVec::new(
-            Opts::new(
-                "requests_total",
-                "Requests by route template, decision code and provider",
-            ),
-            &["route", "code", "provider"],
-        ));
-        let latency = must(HistogramVec::new(
-            HistogramOpts::new("request_duration_seconds", "Hub end-to-end latency")
-                .buckets(LATENCY_BUCKETS.to_vec()),
-            &["route"],
-        ));
-        let upstream_latency = must(HistogramVec::new(
-            HistogramOpts::new("upstream_duration_seconds", "Time waiting for the provider")
-                .buckets(LATENCY_BUCKETS.to_vec()),
-            &["provider"],
-        ));
-        let consents = must(IntGauge::new(
-            "consent_cache_records",
-            "Consents in the cache",
-        ));
-        let consent_version = must(IntGauge::new(
-            "consent_cache_version",
-            "Change-feed version reflected by the consent cache",
-        ));
-        let feed_version = must(IntGauge::new(
-            "consent_feed_version",
-            "Trust sidecar change-feed position applied by the follower",
-        ));
-        let feed_staleness = must(Gauge::new(
-            "consent_feed_staleness_seconds",
-            "Seconds since the trust sidecar was last heard from",
-        ));
-        let feed_resyncs = must(IntCounter::new(
-            "consent_feed_resyncs_total",
-            "Consent snapshot reloads after a gap, a resync line or a 410",
-        ));
-        let feed_reconnects = must(IntCounter::new(
-            "consent_feed_reconnects_total",
-            "Consent feed connections lost or refused",
-        ));
-        let participant_changes = must(IntCounter::new(
-            "participant_feed_changes_total",
-            "Participant changes applied from the trust sidecar's feed",
-        ));
-        let participants_refused = must(IntGauge::new(
-            "participants_refused",
-            "Registry records the hub could not apply (participants kept inactive)",
-        ));
-        let reloads = must(IntCounterVec::new(
-            Opts::new("config_reloads_total", "Configuration reloads by result"),
-            &["result"],
-        ));
-        let token_cache = must(IntCounterVec::new(
-            Opts::new(
-                "token_cache_total",
-                "Token verification cache lookups by result",
-            ),
-            &["result"],
-        ));
-        let audit_dropped = must(IntCounter::new(
-            "audit_dropped_total",
-            "Audit records dropped because the journal writer fell behind",
-        ));
-        let client_gone = must(IntCounter::new(
-            "client_gone_total",
-            "Requests whose client closed, reset or stopped reading its connection before the answer was complete",
-        ));
-        let ejected = must(IntGauge::new(
-            "upstream_ejected",
-            "Provider base URLs out of rotation",
-        ));
-        let no_tls_digest = must(IntCounter::new(
-            "requests_without_tls_digest_total",
-            "Requests that arrived without a TLS client certificate digest",
-        ));
-        let generation = must(IntGauge::new(
-            "config_generation",
-            "Configuration generation serving",
-        ));
-        let reload_seconds = must(Histogram::with_opts(
-            HistogramOpts::new(
-                "config_reload_seconds",
-                "Time to build and validate a snapshot",
-            )
-            .buckets(vec![0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0]),
-        ));
-        let upstream_connections = must(IntCounterVec::new(
-            Opts::new(
-                "upstream_connections_total",
-                "Upstream connections used by requests, by whether they came from the pool",
-            ),
+        let r = Registry::new_custom(Some("hub".into()), None).unwrap_or_default();
+        let upstream_connections = counters(
+            &r,
+            "upstream_connections_total",
+            "Upstream connections used by requests, by whether they came from the pool",
             &["reused"],
-        ));
-        let upstream_reused = upstream_connections.with_label_values(&["true"]);
-        let upstream_new = upstream_connections.with_label_values(&["false"]);
-        for c in [
-            Box::new(upstream_connections) as Box<dyn prometheus::core::Collector>,
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(latency.clone()),
-            Box::new(upstream_latency.clone()),
-            Box::new(consents.clone()),
-            Box::new(consent_version.clone()),
-            Box::new(feed_version.clone()),
-            Box::new(feed_staleness.clone()),
-            Box::new(feed_resyncs.clone()),
-            Box::new(feed_reconnects.clone()),
-            Box::new(participant_changes.clone()),
-            Box::new(participants_refused.clone()),
-            Box::new(reloads.clone()),
-            Box::new(token_cache.clone()),
-            Box::new(audit_dropped.clone()),
-            Box::new(client_gone.clone()),
-            Box::new(ejected.clone()),
-            Box::new(no_tls_digest.clone()),
-            Box::new(generation.clone()),
-            Box::new(reload_seconds.clone()),
-        ] {
-            must(registry.register(c));
-        }
+        );
+        let reload_opts = HistogramOpts::new(
+            "config_reload_seconds",
+            "Time to build and validate a snapshot",
+        )
+        .buckets(vec![0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0]);
         Metrics {
-            registry,
-            requests,
-            latency,
-            upstream_latency,
-            consents,
-            consent_version,
-            feed_version,
-            feed_staleness,
-            feed_resyncs,
-            feed_reconnects,
-            participant_changes,
-            participants_refused,
-            reloads,
-            token_cache,
-            audit_dropped,
-            client_gone,
-            ejected,
-            no_tls_digest,
-            generation,
-            upstream_reused,
-            upstream_new,
-            reload_seconds,
+            requests: counters(&r, "requests_total", "Requests by route template, decision code and provider", &["route", "code", "provider"]),
+            latency: histograms(&r, "request_duration_seconds", "Hub end-to-end latency", "route"),
+            upstream_latency: histograms(&r, "upstream_duration_seconds", "Time waiting for the provider", "provider"),
+            consents: gauge(&r, "consent_cache_records", "Consents in the cache"),
+            consent_version: gauge(&r, "consent_cache_version", "Change-feed version reflected by the consent cache"),
+            feed_version: gauge(&r, "consent_feed_version", "Trust sidecar change-feed position applied by the follower"),
+            feed_staleness: registered(&r, must(Gauge::new("consent_feed_staleness_seconds", "Seconds since the trust sidecar was last heard from"))),
+            feed_resyncs: counter(&r, "consent_feed_resyncs_total", "Consent snapshot reloads after a gap, a resync line or a 410"),
+            feed_reconnects: counter(&r, "consent_feed_reconnects_total", "Consent feed connections lost or refused"),
+            participant_changes: counter(&r, "participant_feed_changes_total", "Participant changes applied from the trust sidecar's feed"),
+            participants_refused: gauge(&r, "participants_refused", "Registry records the hub could not apply (participants kept inactive)"),
+            reloads: counters(&r, "config_reloads_total", "Configuration reloads by result", &["result"]),
+            token_cache: counters(&r, "token_cache_total", "Token verification cache lookups by result", &["result"]),
+            audit_dropped: counter(&r, "audit_dropped_total", "Audit records dropped because the journal writer fell behind"),
+            client_gone: counter(&r, "client_gone_total", "Requests whose client closed, reset or stopped reading its connection before the answer was complete"),
+            ejected: gauge(&r, "upstream_ejected", "Provider base URLs out of rotation"),
+            no_tls_digest: counter(&r, "requests_without_tls_digest_total", "Requests that arrived without a TLS client certificate digest"),
+            generation: gauge(&r, "config_generation", "Configuration generation serving"),
+            upstream_reused: upstream_connections.with_label_values(&["true"]),
+            upstream_new: upstream_connections.with_label_values(&["false"]),
+            reload_seconds: registered(&r, must(Histogram::with_opts(reload_opts))),
+            registry: r,
         }
     }
 

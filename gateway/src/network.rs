@@ -161,6 +161,7 @@ impl Registry {
     }
 
     /// The entry of a BIN.
+    #[cfg(test)]
     pub fn get(&self, bin: Bin) -> Option<&Entry> {
         self.entries.get(&bin)
     }
@@ -168,11 +169,6 @@ impl Registry {
     /// BINs known.
     pub fn len(&self) -> usize {
         self.entries.len()
-    }
-
-    /// Whether no BIN is known.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 }
 

@@ -124,7 +124,6 @@ pub struct FeedStatus {
     reconnects: AtomicU64,
     participant_changes: AtomicU64,
     registry: std::sync::Mutex<Option<Arc<Registry>>>,
-    jwks: std::sync::Mutex<Option<Arc<[u8]>>>,
     jwks_wanted: tokio::sync::Notify,
 }
 
@@ -146,14 +145,8 @@ impl FeedStatus {
             reconnects: AtomicU64::new(0),
             participant_changes: AtomicU64::new(0),
             registry: std::sync::Mutex::new(None),
-            jwks: std::sync::Mutex::new(None),
             jwks_wanted: tokio::sync::Notify::new(),
         }
-    }
-
-    /// The last JWKS document fetched from the sidecar and in force.
-    pub fn last_jwks(&self) -> Option<Arc<[u8]>> {
-        self.jwks.lock().ok().and_then(|g| g.clone())
     }
 
     /// Asks for a JWKS refresh (a token named an unknown `kid`); requests coalesce.
@@ -213,6 +206,7 @@ impl FeedStatus {
     }
 
     /// Whether a snapshot has been loaded.
+    #[cfg(test)]
     pub fn loaded(&self) -> bool {
         self.loaded.load(Ordering::Acquire)
     }
@@ -235,13 +229,6 @@ impl FeedStatus {
     /// Participant changes applied from the feed.
     pub fn participant_changes(&self) -> u64 {
         self.participant_changes.load(Ordering::Relaxed)
-    }
-
-    /// Records the JWKS document now in force.
-    pub fn set_jwks(&self, bytes: Arc<[u8]>) {
-        if let Ok(mut g) = self.jwks.lock() {
-            *g = Some(bytes);
-        }
     }
 
     /// Records the participant registry now in force.

@@ -64,6 +64,50 @@ pub const DEFAULT_LOG_FILTER: &str = "info,pingora_core::connectors=off";
 
 /// Runs the hub until SIGINT/SIGTERM. Returns once shut down and the journal is flushed.
 pub fn run(config: &Path) -> Result<(), RunError> {
+    let state = Arc::new(start_state(config)?);
+    let process = state.process.clone();
+    let conf = ServerConf {
+        threads: process.threads,
+        work_stealing: process.work_stealing,
+        grace_period_seconds: Some(process.grace_period_secs),
+        graceful_shutdown_timeout_seconds: Some(process.shutdown_timeout_secs),
+        upstream_keepalive_pool_size: process.upstream_keepalive_pool_size,
+        max_retries: 2,
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    server.add_service(proxy_service(&server, &state)?);
+    let mut admin = Service::new("admin".to_string(), Admin::new(state.clone()));
+    admin.add_tcp(&process.admin_listen.to_string());
+    server.add_service(admin);
+    server.add_service(pingora::services::background::background_service(
+        "maintenance",
+        Maintenance {
+            state: state.clone(),
+        },
+    ));
+    if let Some(plane) = state.trust_plane() {
+        tracing::info!(url = %plane.url, "consents follow the trust sidecar");
+        server.add_service(pingora::services::background::background_service(
+            "consent-feed",
+            crate::follower::Follower::new(state.clone()),
+        ));
+    }
+    server.run(pingora::server::RunArgs::default());
+
+    tracing::info!("shut down; flushing the audit journal");
+    if let Ok(mut a) = state.audit.lock() {
+        if let Some(mut log) = a.take() {
+            log.close();
+        }
+    }
+    Ok(())
+}
+
+/// Loads the configuration, checks the listeners can bind, publishes the first snapshot
+/// and opens the journal.
+fn start_state(config: &Path) -> Result<State, RunError> {
     let feed = Arc::new(FeedStatus::new());
     let file = sections::load(config, None, &feed)?;
     let process = file.process.clone();
@@ -77,21 +121,15 @@ pub fn run(config: &Path) -> Result<(), RunError> {
     let metrics = Metrics::new();
     metrics.generation.set(1);
     let audit = AuditLog::open(&process.audit_path, process.audit_buffer)?;
-    let state = Arc::new(State::new(publisher, metrics, audit, config.to_path_buf()));
-    let (verifier, cert) = (state.tls_verifier.clone(), state.tls_cert.clone());
+    Ok(State::new(publisher, metrics, audit, config.to_path_buf()))
+}
 
-    let conf = ServerConf {
-        threads: process.threads,
-        work_stealing: process.work_stealing,
-        grace_period_seconds: Some(process.grace_period_secs),
-        graceful_shutdown_timeout_seconds: Some(process.shutdown_timeout_secs),
-        upstream_keepalive_pool_size: process.upstream_keepalive_pool_size,
-        max_retries: 2,
-        ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
-
+/// The mTLS API listener and the proxy behind it.
+fn proxy_service(
+    server: &Server,
+    state: &Arc<State>,
+) -> Result<Service<pingora::proxy::HttpProxy<Hub>>, RunError> {
+    let process = &state.process;
     // The hub's identity towards banks and the banks' CA are built once, into the
     // connector's TLS configuration, rather than per peer: pingora would otherwise
     // rebuild the client configuration per connection and hash the certificate per request.
@@ -107,46 +145,13 @@ pub fn run(config: &Path) -> Result<(), RunError> {
         .build();
     let mut tls =
         TlsSettings::intermediate("", "").map_err(|e| RunError::Listener(e.to_string()))?;
-    tls.set_cert_resolver(cert);
-    tls.set_client_cert_verifier(verifier);
+    tls.set_cert_resolver(state.tls_cert.clone());
+    tls.set_client_cert_verifier(state.tls_verifier.clone());
     if process.http2 {
         tls.enable_h2();
     }
     proxy.add_tls_with_settings(&process.listen.to_string(), None, tls);
-
-    let mut admin = Service::new("admin".to_string(), Admin::new(state.clone()));
-    admin.add_tcp(&process.admin_listen.to_string());
-
-    let bg = pingora::services::background::background_service(
-        "maintenance",
-        Maintenance {
-            state: state.clone(),
-        },
-    );
-
-    let follower = state.trust_plane().map(|plane| {
-        tracing::info!(url = %plane.url, "consents follow the trust sidecar");
-        pingora::services::background::background_service(
-            "consent-feed",
-            crate::follower::Follower::new(state.clone()),
-        )
-    });
-
-    server.add_service(proxy);
-    server.add_service(admin);
-    server.add_service(bg);
-    if let Some(f) = follower {
-        server.add_service(f);
-    }
-    server.run(pingora::server::RunArgs::default());
-
-    tracing::info!("shut down; flushing the audit journal");
-    if let Ok(mut a) = state.audit.lock() {
-        if let Some(mut log) = a.take() {
-            log.close();
-        }
-    }
-    Ok(())
+    Ok(proxy)
 }
 
 /// The banks' CA bundle as one file (pingora's connector takes a single path).

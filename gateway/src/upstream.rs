@@ -180,6 +180,13 @@ impl Upstream {
             t.ejected_until_ms
                 .store(now_ms() + self.eject_for_ms, Ordering::Relaxed);
             t.failures.store(0, Ordering::Relaxed);
+            tracing::warn!(
+                provider = %self.bin,
+                target = idx,
+                failures = f,
+                eject_ms = self.eject_for_ms,
+                "provider base URL ejected after consecutive failures"
+            );
         }
     }
 

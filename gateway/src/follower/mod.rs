@@ -38,7 +38,7 @@ use pingora::services::background::BackgroundService;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use crate::plane::{FeedStatus, PlaneError, TrustPlane};
+pub use crate::plane::{FeedStatus, TrustPlane};
 use crate::state::State;
 use client::{ClientError, Lines};
 use protocol::{Ended, Install, Protocol, Request, Step};

@@ -154,9 +154,6 @@ impl Publisher {
         if let Some(r) = &next.registry {
             self.live.feed.set_registry(r.clone());
         }
-        if let (Some(j), Some(_)) = (&next.jwks, next.file.trust()) {
-            self.live.feed.set_jwks(j.clone());
-        }
         self.current.store(Arc::new(snapshot));
         *inputs = next;
         Ok(Published::Replaced)

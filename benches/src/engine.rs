@@ -26,7 +26,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsConnector;
 
 use crate::error::{HarnessError, Result};
-use crate::workload::{Endpoint, Identity, Load, Plan};
+use crate::workload::{Endpoint, Group, Identity, Load, Plan, VirtualUser};
 
 /// Highest latency the histograms hold (µs); larger values are clamped.
 const MAX_LATENCY_US: u64 = 600_000_000;
@@ -257,6 +257,13 @@ fn short_error(e: &dyn std::error::Error) -> String {
     s.chars().take(120).collect()
 }
 
+/// What a request's exchange ended with: the status and body, a transport error, or
+/// the request timeout.
+type Outcome = std::result::Result<
+    std::result::Result<(u16, Bytes), hyper::Error>,
+    tokio::time::error::Elapsed,
+>;
+
 impl Worker {
     async fn run(self, shared: Arc<Shared>) -> Result<(usize, Tally)> {
         let g = self.group;
@@ -277,107 +284,19 @@ impl Worker {
             if shared.stop.load(Ordering::Relaxed) {
                 break;
             }
-            let intended = match &self.open {
-                None => {
-                    let now = Instant::now();
-                    if now >= shared.end {
-                        break;
-                    }
-                    now
-                }
-                Some(open) => {
-                    match open.gate.acquire().await {
-                        Ok(p) => p.forget(),
-                        Err(_) => break,
-                    }
-                    let k = open.issued.fetch_add(1, Ordering::Relaxed);
-                    shared.t0 + Duration::from_secs_f64(k as f64 / open.rate)
-                }
+            let Some(intended) = self.next_ticket(&shared).await else {
+                break;
             };
-            let (user_idx, token) = match &group.tokens {
-                Some(pool) => match pool.next(self.identity) {
-                    Some((u, t)) => (u, Some(t)),
-                    None => return Err(HarnessError::Plan("empty token pool".into())),
-                },
-                None => {
-                    let i = self.feed.cursor.fetch_add(1, Ordering::Relaxed);
-                    let u = self.feed.users[i % self.feed.users.len()];
-                    (u, None)
-                }
-            };
+            let (user_idx, token) = self.pick_user(group)?;
             let Some(user) = group.users.get(user_idx as usize) else {
                 return Err(HarnessError::Plan("token for an unknown user".into()));
             };
-            let mut req = Request::new(Empty::<Bytes>::new());
-            *req.method_mut() = Method::GET;
-            *req.headers_mut() = user.headers.clone();
-            if plan.http2 {
-                *req.uri_mut() = user.absolute.clone();
-                *req.version_mut() = Version::HTTP_2;
-            } else {
-                *req.uri_mut() = user.path.clone();
-                if let Some(h) = shared.hosts.get(self.group) {
-                    req.headers_mut().insert(HOST, h.clone());
-                }
-            }
-            if let Some(t) = token {
-                req.headers_mut().insert(AUTHORIZATION, t);
-            }
+            let req = self.request(&shared, user, token);
             let sent = Instant::now();
-            let outcome = tokio::time::timeout(plan.request_timeout, async {
-                let resp = self.sender.send(req).await?;
-                let status = resp.status().as_u16();
-                let body = resp.into_body().collect().await?.to_bytes();
-                Ok::<_, hyper::Error>((status, body))
-            })
-            .await;
+            let outcome = self.exchange(req, plan.request_timeout).await;
             let done = Instant::now();
-            let (status, code, broken) = match outcome {
-                Ok(Ok((status, body))) => {
-                    tally.bytes += body.len() as u64;
-                    let code = if (200..300).contains(&status) {
-                        None
-                    } else {
-                        Some(problem_code(&body).unwrap_or_else(|| "-".into()))
-                    };
-                    (status, code, false)
-                }
-                Ok(Err(e)) => {
-                    *tally
-                        .errors
-                        .entry(format!("io: {}", short_error(&e)))
-                        .or_default() += 1;
-                    (0, None, true)
-                }
-                Err(_) => {
-                    *tally.errors.entry("timeout".into()).or_default() += 1;
-                    (0, None, true)
-                }
-            };
-            if status != 0 {
-                let us = done.saturating_duration_since(intended).as_micros();
-                let us = u64::try_from(us)
-                    .unwrap_or(MAX_LATENCY_US)
-                    .clamp(1, MAX_LATENCY_US);
-                if let Some(h) = tally.histogram.as_mut() {
-                    h.saturating_record(us);
-                }
-                tally.responses += 1;
-                tally.last_done = tally.last_done.max(Some(done));
-                *tally.statuses.entry(status).or_default() += 1;
-                if let Some(c) = &code {
-                    *tally.errors.entry(format!("{status} {c}")).or_default() += 1;
-                    shared.failures.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    tally.ok += 1;
-                }
-                shared.responses.fetch_add(1, Ordering::Relaxed);
-                let at = u64::try_from(done.saturating_duration_since(shared.t0).as_micros())
-                    .unwrap_or(u64::MAX);
-                shared.last_done_us.fetch_max(at, Ordering::Relaxed);
-            } else {
-                shared.failures.fetch_add(1, Ordering::Relaxed);
-            }
+            let (status, code, broken) = tally.outcome(outcome);
+            tally.record(&shared, intended, done, status, code.as_deref());
             if user.watch {
                 tally.watched.push(WatchRecord {
                     user: user_idx,
@@ -388,27 +307,159 @@ impl Worker {
                 });
             }
             if broken {
-                // The connection may be dead (closed by the server, reset, timed out):
-                // open a new one so the next request does not inherit the failure.
-                match connect(
-                    group.endpoint(plan),
-                    &plan.identities[self.identity],
-                    plan.http2,
-                )
-                .await
-                {
-                    Ok(s) => {
-                        self.sender = s;
-                        tally.reconnects += 1;
-                    }
-                    Err(e) => {
-                        *tally.errors.entry(format!("connect: {e}")).or_default() += 1;
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
+                self.reconnect(group.endpoint(plan), plan, &mut tally).await;
             }
         }
         Ok(tally)
+    }
+
+    /// When the next request is meant to be sent: now in closed loop (none after the
+    /// window), the ticket's time in open loop (none once the pacer closed the gate).
+    async fn next_ticket(&self, shared: &Shared) -> Option<Instant> {
+        match &self.open {
+            None => {
+                let now = Instant::now();
+                (now < shared.end).then_some(now)
+            }
+            Some(open) => {
+                match open.gate.acquire().await {
+                    Ok(p) => p.forget(),
+                    Err(_) => return None,
+                }
+                let k = open.issued.fetch_add(1, Ordering::Relaxed);
+                Some(shared.t0 + Duration::from_secs_f64(k as f64 / open.rate))
+            }
+        }
+    }
+
+    /// The next virtual user of this connection, with a single-use token when the group
+    /// has a pool.
+    fn pick_user(&self, group: &Group) -> Result<(u32, Option<HeaderValue>)> {
+        match &group.tokens {
+            Some(pool) => match pool.next(self.identity) {
+                Some((u, t)) => Ok((u, Some(t))),
+                None => Err(HarnessError::Plan("empty token pool".into())),
+            },
+            None => {
+                let i = self.feed.cursor.fetch_add(1, Ordering::Relaxed);
+                Ok((self.feed.users[i % self.feed.users.len()], None))
+            }
+        }
+    }
+
+    /// `user`'s request on this connection's protocol.
+    fn request(
+        &self,
+        shared: &Shared,
+        user: &VirtualUser,
+        token: Option<HeaderValue>,
+    ) -> Request<Empty<Bytes>> {
+        let mut req = Request::new(Empty::<Bytes>::new());
+        *req.method_mut() = Method::GET;
+        *req.headers_mut() = user.headers.clone();
+        if shared.plan.http2 {
+            *req.uri_mut() = user.absolute.clone();
+            *req.version_mut() = Version::HTTP_2;
+        } else {
+            *req.uri_mut() = user.path.clone();
+            if let Some(h) = shared.hosts.get(self.group) {
+                req.headers_mut().insert(HOST, h.clone());
+            }
+        }
+        if let Some(t) = token {
+            req.headers_mut().insert(AUTHORIZATION, t);
+        }
+        req
+    }
+
+    /// Sends `req` and reads the whole answer, within `timeout`.
+    async fn exchange(&mut self, req: Request<Empty<Bytes>>, timeout: Duration) -> Outcome {
+        tokio::time::timeout(timeout, async {
+            let resp = self.sender.send(req).await?;
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await?.to_bytes();
+            Ok::<_, hyper::Error>((status, body))
+        })
+        .await
+    }
+
+    /// Replaces a connection that may be dead (closed by the server, reset, timed out)
+    /// so the next request does not inherit the failure.
+    async fn reconnect(&mut self, endpoint: &Endpoint, plan: &Plan, tally: &mut Tally) {
+        match connect(endpoint, &plan.identities[self.identity], plan.http2).await {
+            Ok(s) => {
+                self.sender = s;
+                tally.reconnects += 1;
+            }
+            Err(e) => {
+                *tally.errors.entry(format!("connect: {e}")).or_default() += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+impl Tally {
+    /// (status, problem code of a non-2xx answer, whether the connection may be broken);
+    /// counts body bytes and transport failures.
+    fn outcome(&mut self, outcome: Outcome) -> (u16, Option<String>, bool) {
+        match outcome {
+            Ok(Ok((status, body))) => {
+                self.bytes += body.len() as u64;
+                let code = if (200..300).contains(&status) {
+                    None
+                } else {
+                    Some(problem_code(&body).unwrap_or_else(|| "-".into()))
+                };
+                (status, code, false)
+            }
+            Ok(Err(e)) => {
+                *self
+                    .errors
+                    .entry(format!("io: {}", short_error(&e)))
+                    .or_default() += 1;
+                (0, None, true)
+            }
+            Err(_) => {
+                *self.errors.entry("timeout".into()).or_default() += 1;
+                (0, None, true)
+            }
+        }
+    }
+
+    /// Counts one request: its latency from `intended` and its answer (status 0: none).
+    fn record(
+        &mut self,
+        shared: &Shared,
+        intended: Instant,
+        done: Instant,
+        status: u16,
+        code: Option<&str>,
+    ) {
+        if status == 0 {
+            shared.failures.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let us = done.saturating_duration_since(intended).as_micros();
+        let us = u64::try_from(us)
+            .unwrap_or(MAX_LATENCY_US)
+            .clamp(1, MAX_LATENCY_US);
+        if let Some(h) = self.histogram.as_mut() {
+            h.saturating_record(us);
+        }
+        self.responses += 1;
+        self.last_done = self.last_done.max(Some(done));
+        *self.statuses.entry(status).or_default() += 1;
+        if let Some(c) = code {
+            *self.errors.entry(format!("{status} {c}")).or_default() += 1;
+            shared.failures.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.ok += 1;
+        }
+        shared.responses.fetch_add(1, Ordering::Relaxed);
+        let at = u64::try_from(done.saturating_duration_since(shared.t0).as_micros())
+            .unwrap_or(u64::MAX);
+        shared.last_done_us.fetch_max(at, Ordering::Relaxed);
     }
 }
 
@@ -441,40 +492,58 @@ fn pacer(open: Arc<OpenLoop>, t0: Instant, stop: Arc<AtomicBool>) {
     open.gate.close();
 }
 
+/// Per group, per identity: the users its connections serve (none: no connection).
+type Feeds = Vec<Option<Arc<Feed>>>;
+
+/// An open connection: its group, its identity, its sender.
+type Connection = (usize, usize, Sender);
+
+/// Per group: its open loop (none in closed loop).
+type OpenLoops = Vec<Option<Arc<OpenLoop>>>;
+
 /// Runs `plan` and returns what every group measured.
 pub async fn run(plan: &Plan, opts: RunOptions<'_>) -> Result<RunResult> {
     plan.validate()?;
     // Connections first: handshakes are not part of the measurement.
+    let (feeds, connections) = open_connections(plan).await?;
+    let t0 = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let shared = Arc::new(Shared::new(plan, t0)?);
+    let opens = open_loops(plan);
+    if let Some(cb) = opts.on_phase {
+        cb(Phase::Started, t0);
+    }
+    let pacers = start_pacers(&opens, t0, &stop)?;
+    let workers = spawn_workers(plan, &shared, connections, &feeds, &opens);
+    let progress = Progress::start(opts.progress.as_deref(), plan, &shared);
+    let (tallies, first_error) = join_workers(workers, plan, &stop, &shared, &opens).await?;
+    stop.store(true, Ordering::Relaxed);
+    for p in pacers {
+        let _ = p.join();
+    }
+    progress.finish();
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    let finished = Instant::now();
+    if let Some(cb) = opts.on_phase {
+        cb(Phase::Finished, finished);
+    }
+    let last = Duration::from_micros(shared.last_done_us.load(Ordering::Relaxed));
+    Ok(RunResult {
+        groups: group_results(plan, tallies, &opens, t0)?,
+        started: t0,
+        elapsed: last.max(plan.duration),
+    })
+}
+
+/// Opens every connection of every group (spread over the identities its users have)
+/// and returns, per group, which users each identity's connections serve.
+async fn open_connections(plan: &Plan) -> Result<(Vec<Feeds>, Vec<Connection>)> {
     let mut pending = JoinSet::new();
-    let mut feeds: Vec<Vec<Option<Arc<Feed>>>> = Vec::new();
+    let mut feeds: Vec<Feeds> = Vec::new();
     for (gi, g) in plan.groups.iter().enumerate() {
-        let idents: BTreeSet<usize> = g
-            .users
-            .iter()
-            .map(|u| u.identity)
-            .filter(|i| g.tokens.as_ref().is_none_or(|p| p.has(*i)))
-            .collect();
-        let idents: Vec<usize> = idents.into_iter().collect();
-        if idents.is_empty() {
-            return Err(HarnessError::Plan(format!(
-                "group {}: no usable identity",
-                g.name
-            )));
-        }
-        let mut per_ident = vec![None; plan.identities.len()];
-        for &i in &idents {
-            let users: Vec<u32> = g
-                .users
-                .iter()
-                .enumerate()
-                .filter(|(_, u)| u.identity == i)
-                .filter_map(|(n, _)| u32::try_from(n).ok())
-                .collect();
-            per_ident[i] = Some(Arc::new(Feed {
-                users,
-                cursor: AtomicUsize::new(0),
-            }));
-        }
+        let (idents, per_ident) = feeds_of(g, plan.identities.len())?;
         feeds.push(per_ident);
         for c in 0..g.connections {
             let ident = idents[c % idents.len()];
@@ -493,29 +562,68 @@ pub async fn run(plan: &Plan, opts: RunOptions<'_>) -> Result<RunResult> {
             joined.map_err(|e| HarnessError::Plan(format!("connect task: {e}")))?;
         connections.push((gi, ident, sender?));
     }
+    Ok((feeds, connections))
+}
 
-    let t0 = Instant::now();
-    let end = t0 + plan.duration;
-    let stop = Arc::new(AtomicBool::new(false));
-    let shared = Arc::new(Shared {
-        plan: plan.clone(),
-        hosts: plan
-            .groups
+/// The identities `g`'s connections use (those of its users, and with tokens in its
+/// pool) and, per identity, the users they serve.
+fn feeds_of(g: &Group, identities: usize) -> Result<(Vec<usize>, Feeds)> {
+    let idents: BTreeSet<usize> = g
+        .users
+        .iter()
+        .map(|u| u.identity)
+        .filter(|i| g.tokens.as_ref().is_none_or(|p| p.has(*i)))
+        .collect();
+    let idents: Vec<usize> = idents.into_iter().collect();
+    if idents.is_empty() {
+        return Err(HarnessError::Plan(format!(
+            "group {}: no usable identity",
+            g.name
+        )));
+    }
+    let mut per_ident = vec![None; identities];
+    for &i in &idents {
+        let users: Vec<u32> = g
+            .users
             .iter()
-            .map(|g| {
-                HeaderValue::from_str(&g.endpoint(plan).authority)
-                    .map_err(|e| HarnessError::Plan(format!("authority: {e}")))
-            })
-            .collect::<Result<_>>()?,
-        t0,
-        end,
-        responses: AtomicU64::new(0),
-        failures: AtomicU64::new(0),
-        last_done_us: AtomicU64::new(0),
-        stop: AtomicBool::new(false),
-    });
-    let opens: Vec<Option<Arc<OpenLoop>>> = plan
-        .groups
+            .enumerate()
+            .filter(|(_, u)| u.identity == i)
+            .filter_map(|(n, _)| u32::try_from(n).ok())
+            .collect();
+        per_ident[i] = Some(Arc::new(Feed {
+            users,
+            cursor: AtomicUsize::new(0),
+        }));
+    }
+    Ok((idents, per_ident))
+}
+
+impl Shared {
+    /// The state of a run whose window starts at `t0`.
+    fn new(plan: &Plan, t0: Instant) -> Result<Shared> {
+        Ok(Shared {
+            plan: plan.clone(),
+            hosts: plan
+                .groups
+                .iter()
+                .map(|g| {
+                    HeaderValue::from_str(&g.endpoint(plan).authority)
+                        .map_err(|e| HarnessError::Plan(format!("authority: {e}")))
+                })
+                .collect::<Result<_>>()?,
+            t0,
+            end: t0 + plan.duration,
+            responses: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            last_done_us: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        })
+    }
+}
+
+/// The open loop of each group (its whole window's tickets at its rate).
+fn open_loops(plan: &Plan) -> OpenLoops {
+    plan.groups
         .iter()
         .map(|g| match g.load {
             Load::Closed => None,
@@ -526,10 +634,15 @@ pub async fn run(plan: &Plan, opts: RunOptions<'_>) -> Result<RunResult> {
                 rate,
             })),
         })
-        .collect();
-    if let Some(cb) = opts.on_phase {
-        cb(Phase::Started, t0);
-    }
+        .collect()
+}
+
+/// One pacer thread per open loop.
+fn start_pacers(
+    opens: &OpenLoops,
+    t0: Instant,
+    stop: &Arc<AtomicBool>,
+) -> Result<Vec<std::thread::JoinHandle<()>>> {
     let mut pacers = Vec::new();
     for open in opens.iter().flatten() {
         let (open, stop) = (open.clone(), stop.clone());
@@ -543,6 +656,17 @@ pub async fn run(plan: &Plan, opts: RunOptions<'_>) -> Result<RunResult> {
                 })?,
         );
     }
+    Ok(pacers)
+}
+
+/// One worker per connection, or per stream of an HTTP/2 connection.
+fn spawn_workers(
+    plan: &Plan,
+    shared: &Arc<Shared>,
+    connections: Vec<Connection>,
+    feeds: &[Feeds],
+    opens: &OpenLoops,
+) -> JoinSet<Result<(usize, Tally)>> {
     let mut workers = JoinSet::new();
     for (gi, ident, sender) in connections {
         let streams = if plan.http2 {
@@ -571,40 +695,73 @@ pub async fn run(plan: &Plan, opts: RunOptions<'_>) -> Result<RunResult> {
             workers.spawn(w.run(shared.clone()));
         }
     }
+    workers
+}
 
-    let bar = opts.progress.as_ref().map(|label| {
-        let target = if std::io::stderr().is_terminal() {
-            ProgressDrawTarget::stderr_with_hz(4)
-        } else {
-            ProgressDrawTarget::hidden()
-        };
-        let bar = ProgressBar::with_draw_target(Some(plan.duration.as_millis() as u64), target);
-        if let Ok(style) =
-            ProgressStyle::with_template("{prefix:>28} [{bar:25}] {elapsed:>3} {msg}")
-        {
-            bar.set_style(style.progress_chars("=> "));
-        }
-        bar.set_prefix(label.clone());
-        bar
-    });
-    let ticker = bar.clone().map(|bar| {
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(250));
-            loop {
-                tick.tick().await;
-                let el = shared.t0.elapsed();
-                let n = shared.responses.load(Ordering::Relaxed);
-                let f = shared.failures.load(Ordering::Relaxed);
-                bar.set_position(el.as_millis().min(u128::from(u64::MAX)) as u64);
-                bar.set_message(format!(
-                    "{n} answers, {:.0}/s, {f} not 2xx",
-                    n as f64 / el.as_secs_f64().max(1e-3)
-                ));
+/// The progress bar of a run (drawn on a terminal only) and the task that updates it.
+struct Progress {
+    bar: Option<ProgressBar>,
+    ticker: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Progress {
+    /// A bar labelled `label` (none without a label), updated four times a second.
+    fn start(label: Option<&str>, plan: &Plan, shared: &Arc<Shared>) -> Progress {
+        let bar = label.map(|label| {
+            let target = if std::io::stderr().is_terminal() {
+                ProgressDrawTarget::stderr_with_hz(4)
+            } else {
+                ProgressDrawTarget::hidden()
+            };
+            let bar = ProgressBar::with_draw_target(Some(plan.duration.as_millis() as u64), target);
+            if let Ok(style) =
+                ProgressStyle::with_template("{prefix:>28} [{bar:25}] {elapsed:>3} {msg}")
+            {
+                bar.set_style(style.progress_chars("=> "));
             }
-        })
-    });
+            bar.set_prefix(label.to_string());
+            bar
+        });
+        let ticker = bar.clone().map(|bar| {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(250));
+                loop {
+                    tick.tick().await;
+                    let el = shared.t0.elapsed();
+                    let n = shared.responses.load(Ordering::Relaxed);
+                    let f = shared.failures.load(Ordering::Relaxed);
+                    bar.set_position(el.as_millis().min(u128::from(u64::MAX)) as u64);
+                    bar.set_message(format!(
+                        "{n} answers, {:.0}/s, {f} not 2xx",
+                        n as f64 / el.as_secs_f64().max(1e-3)
+                    ));
+                }
+            })
+        });
+        Progress { bar, ticker }
+    }
 
+    /// Stops the updates and clears the bar.
+    fn finish(self) {
+        if let Some(t) = self.ticker {
+            t.abort();
+        }
+        if let Some(b) = self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// Waits for every worker and merges their tallies per group; on the first failure,
+/// stops the others (and the pacers) and keeps that error.
+async fn join_workers(
+    mut workers: JoinSet<Result<(usize, Tally)>>,
+    plan: &Plan,
+    stop: &AtomicBool,
+    shared: &Shared,
+    opens: &OpenLoops,
+) -> Result<(Vec<Tally>, Option<HarnessError>)> {
     let mut tallies: Vec<Tally> = plan.groups.iter().map(|_| Tally::default()).collect();
     let mut first_error = None;
     while let Some(joined) = workers.join_next().await {
@@ -627,27 +784,18 @@ pub async fn run(plan: &Plan, opts: RunOptions<'_>) -> Result<RunResult> {
             first_error.get_or_insert(e);
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    for p in pacers {
-        let _ = p.join();
-    }
-    if let Some(t) = ticker {
-        t.abort();
-    }
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
-    if let Some(e) = first_error {
-        return Err(e);
-    }
-    let finished = Instant::now();
-    if let Some(cb) = opts.on_phase {
-        cb(Phase::Finished, finished);
-    }
-    let last = Duration::from_micros(shared.last_done_us.load(Ordering::Relaxed));
-    let elapsed = last.max(plan.duration);
+    Ok((tallies, first_error))
+}
+
+/// What each group measured, from its merged tally.
+fn group_results(
+    plan: &Plan,
+    tallies: Vec<Tally>,
+    opens: &OpenLoops,
+    t0: Instant,
+) -> Result<Vec<GroupResult>> {
     let mut groups = Vec::with_capacity(plan.groups.len());
-    for ((g, t), open) in plan.groups.iter().zip(tallies).zip(&opens) {
+    for ((g, t), open) in plan.groups.iter().zip(tallies).zip(opens) {
         let group_elapsed = t.last_done.map_or(plan.duration, |d| {
             d.saturating_duration_since(t0).max(plan.duration)
         });
@@ -674,11 +822,7 @@ pub async fn run(plan: &Plan, opts: RunOptions<'_>) -> Result<RunResult> {
             window: plan.duration,
         });
     }
-    Ok(RunResult {
-        groups,
-        started: t0,
-        elapsed,
-    })
+    Ok(groups)
 }
 
 fn merge(into: &mut Tally, t: Tally) -> Result<()> {

@@ -195,23 +195,85 @@ fn usable(c: &ManifestConsent, now: i64, perm: Option<&str>) -> bool {
 /// Builds a plan from a manifest.
 pub fn plan(m: &Manifest, o: &ManifestPlan) -> Result<Plan> {
     let now = crate::fixture::now_unix();
-    let perm = o.route.permission();
     let active: Vec<&ManifestUser> = m
         .api_users
         .iter()
         .filter(|u| u.status.as_deref().is_none_or(|s| s == "active"))
-        .collect();
-    let mut consents: Vec<&ManifestConsent> = m
-        .consents
-        .iter()
-        .filter(|c| usable(c, now, perm))
-        .filter(|c| active.iter().any(|u| u.id == c.api_user))
         .collect();
     let bank_url = m
         .providers
         .first()
         .map(|p| p.url.clone())
         .ok_or_else(|| HarnessError::Manifest("no provider".into()))?;
+    let consents = usable_consents(m, o, &active, now)?;
+    let url = o.url.clone().unwrap_or_else(|| match o.target {
+        TargetKind::Bank => bank_url,
+        _ => m.gateway_url.clone(),
+    });
+    let endpoint = Endpoint::localhost(url_addr(&url)?)?;
+    let identities = identities(m, &active, o.http2)?;
+    let cx = Users {
+        m,
+        o,
+        endpoint: &endpoint,
+        active: &active,
+        hub_ident: active.len(),
+    };
+    let users_n = o.users.max(1);
+    let mut users = Vec::with_capacity(users_n);
+    let mut owners = Vec::with_capacity(users_n);
+    for i in 0..users_n {
+        let iid = format!("00000000-0000-4000-8000-{:012x}", i + 1);
+        if o.route == RouteKind::OpenData {
+            users.push(cx.open_data_user(i, iid)?);
+            owners.push(None);
+            continue;
+        }
+        let c = consents[i % consents.len()];
+        users.push(cx.consent_user(c, iid)?);
+        owners.push(Some(c));
+    }
+    let tokens = if o.cold && o.target != TargetKind::Bank && o.route != RouteKind::OpenData {
+        Some(cx.cold_pool(&users, &owners, identities.len(), now)?)
+    } else {
+        None
+    };
+    Ok(Plan {
+        endpoint,
+        identities,
+        groups: vec![Group {
+            name: "main".into(),
+            users: Arc::new(users),
+            tokens,
+            connections: o.connections,
+            streams: o.streams,
+            load: match o.rate {
+                Some(rate) => Load::Open { rate },
+                None => Load::Closed,
+            },
+            endpoint: None,
+        }],
+        http2: o.http2,
+        duration: o.duration,
+        request_timeout: o.timeout,
+    })
+}
+
+/// The consents the virtual users can use: authorised, unexpired, of an active API user,
+/// granting the route (at the first provider when the target is the bank).
+fn usable_consents<'m>(
+    m: &'m Manifest,
+    o: &ManifestPlan,
+    active: &[&ManifestUser],
+    now: i64,
+) -> Result<Vec<&'m ManifestConsent>> {
+    let perm = o.route.permission();
+    let mut consents: Vec<&ManifestConsent> = m
+        .consents
+        .iter()
+        .filter(|c| usable(c, now, perm))
+        .filter(|c| active.iter().any(|u| u.id == c.api_user))
+        .collect();
     if o.target == TargetKind::Bank {
         let first = m
             .providers
@@ -225,71 +287,65 @@ pub fn plan(m: &Manifest, o: &ManifestPlan) -> Result<Plan> {
             "no authorised, unexpired consent of an active API user grants that route".into(),
         ));
     }
-    let url = o.url.clone().unwrap_or_else(|| match o.target {
-        TargetKind::Bank => bank_url,
-        _ => m.gateway_url.clone(),
-    });
-    let endpoint = Endpoint::localhost(url_addr(&url)?)?;
+    Ok(consents)
+}
+
+/// Every active API user's identity, then the hub's client identity.
+fn identities(m: &Manifest, active: &[&ManifestUser], http2: bool) -> Result<Vec<Identity>> {
     let mut identities = Vec::new();
-    for u in &active {
+    for u in active {
         identities.push(Identity {
             name: u.id.clone(),
-            tls: crate::tls::client_config(&m.ca_cert, &u.cert, &u.key, o.http2)?,
+            tls: crate::tls::client_config(&m.ca_cert, &u.cert, &u.key, http2)?,
         });
     }
-    let hub_ident = identities.len();
     identities.push(Identity {
         name: "hub-client".into(),
-        tls: crate::tls::client_config(&m.ca_cert, &m.hub_client_cert, &m.hub_client_key, o.http2)?,
+        tls: crate::tls::client_config(&m.ca_cert, &m.hub_client_cert, &m.hub_client_key, http2)?,
     });
-    let users_n = o.users.max(1);
-    let mut users = Vec::with_capacity(users_n);
-    let mut owners = Vec::with_capacity(users_n);
-    for i in 0..users_n {
-        let iid = format!("00000000-0000-4000-8000-{:012x}", i + 1);
-        if o.route == RouteKind::OpenData {
-            let u = i % active.len().max(1);
-            let provider = m
-                .providers
-                .get(i % m.providers.len().max(1))
-                .map(|p| p.id.clone())
-                .unwrap_or_default();
-            let (path, ident) = match o.target {
-                TargetKind::Bank => ("/v1/open-data/exchange-rates".to_string(), hub_ident),
-                _ => (format!("/v1/open-data/{provider}/exchange-rates"), u),
-            };
-            users.push(VirtualUser::new(
-                &endpoint,
-                &path,
-                &[("x-fapi-interaction-id", iid)],
-                ident,
-            )?);
-            owners.push(None);
-            continue;
-        }
-        let c = consents[i % consents.len()];
-        let provider = c.providers.first().cloned().unwrap_or_default();
-        let account = c
-            .accounts
-            .as_ref()
-            .and_then(|a| a.first())
-            .or_else(|| c.account_ids.as_ref().and_then(|a| a.first()))
-            .cloned();
-        let tail = match o.route {
-            RouteKind::Accounts => "/accounts".to_string(),
-            RouteKind::Balances | RouteKind::Transactions => {
-                let a = account.ok_or_else(|| {
-                    HarnessError::Manifest(format!("consent {} lists no account id", c.id))
-                })?;
-                if o.route == RouteKind::Balances {
-                    format!("/accounts/{a}/balances")
-                } else {
-                    format!("/accounts/{a}/transactions?limit=20")
-                }
-            }
-            RouteKind::OpenData => String::new(),
+    Ok(identities)
+}
+
+/// What the virtual users of a manifest plan are made from.
+struct Users<'a> {
+    m: &'a Manifest,
+    o: &'a ManifestPlan,
+    endpoint: &'a Endpoint,
+    /// The active API users (identities `0..len`).
+    active: &'a [&'a ManifestUser],
+    /// The hub's client identity (towards the bank).
+    hub_ident: usize,
+}
+
+impl Users<'_> {
+    /// Virtual user `i` of open data (providers and API users in turn).
+    fn open_data_user(&self, i: usize, iid: String) -> Result<VirtualUser> {
+        let u = i % self.active.len().max(1);
+        let provider = self
+            .m
+            .providers
+            .get(i % self.m.providers.len().max(1))
+            .map(|p| p.id.clone())
+            .unwrap_or_default();
+        let (path, ident) = match self.o.target {
+            TargetKind::Bank => ("/v1/open-data/exchange-rates".to_string(), self.hub_ident),
+            _ => (format!("/v1/open-data/{provider}/exchange-rates"), u),
         };
-        let ident = active
+        VirtualUser::new(
+            self.endpoint,
+            &path,
+            &[("x-fapi-interaction-id", iid)],
+            ident,
+        )
+    }
+
+    /// The virtual user of consent `c` on the route, as the target expects it.
+    fn consent_user(&self, c: &ManifestConsent, iid: String) -> Result<VirtualUser> {
+        let o = self.o;
+        let provider = c.providers.first().cloned().unwrap_or_default();
+        let tail = route_tail(o.route, c)?;
+        let ident = self
+            .active
             .iter()
             .position(|u| u.id == c.api_user)
             .ok_or_else(|| HarnessError::Manifest(format!("consent {}: unknown API user", c.id)))?;
@@ -301,51 +357,50 @@ pub fn plan(m: &Manifest, o: &ManifestPlan) -> Result<Plan> {
             ("x-hub-permissions", c.permissions.join(",")),
         ];
         let bearer = ("authorization", format!("Bearer {}", c.token));
-        let u = match o.target {
-            TargetKind::Hub => {
-                let mut h = vec![context[0].clone()];
+        let path = format!("/v1/providers/{provider}{tail}");
+        match o.target {
+            TargetKind::Hub | TargetKind::Proxy => {
+                let mut h = if o.target == TargetKind::Hub {
+                    vec![context[0].clone()]
+                } else {
+                    context.to_vec()
+                };
                 if !o.cold {
                     h.push(bearer);
                 }
-                VirtualUser::new(
-                    &endpoint,
-                    &format!("/v1/providers/{provider}{tail}"),
-                    &h,
-                    ident,
-                )?
+                VirtualUser::new(self.endpoint, &path, &h, ident)
             }
-            TargetKind::Proxy => {
-                let mut h = context.to_vec();
-                if !o.cold {
-                    h.push(bearer);
-                }
-                VirtualUser::new(
-                    &endpoint,
-                    &format!("/v1/providers/{provider}{tail}"),
-                    &h,
-                    ident,
-                )?
-            }
-            TargetKind::Bank => {
-                VirtualUser::new(&endpoint, &format!("/v1{tail}"), &context, hub_ident)?
-            }
-        };
-        users.push(u);
-        owners.push(Some(c));
+            TargetKind::Bank => VirtualUser::new(
+                self.endpoint,
+                &format!("/v1{tail}"),
+                &context,
+                self.hub_ident,
+            ),
+        }
     }
-    let tokens = if o.cold && o.target != TargetKind::Bank && o.route != RouteKind::OpenData {
+
+    /// `cold_pool` single-use tokens minted with the manifest's development key, for
+    /// the virtual users in turn (`owners`: each user's consent).
+    fn cold_pool(
+        &self,
+        users: &[VirtualUser],
+        owners: &[Option<&ManifestConsent>],
+        identities: usize,
+        now: i64,
+    ) -> Result<Arc<TokenPool>> {
+        let m = self.m;
         let alg = DevAlg::parse(&m.token_alg)
             .ok_or_else(|| HarnessError::Manifest(format!("token_alg {}", m.token_alg)))?;
         let key =
             std::fs::read_to_string(&m.token_signing_key).map_err(io_at(&m.token_signing_key))?;
         let issuer = DevIssuer::load(&key, &m.token_kid, &m.issuer, alg)?;
         let mut thumbs = Vec::new();
-        for u in &active {
+        for u in self.active {
             let pem = std::fs::read(&u.cert).map_err(io_at(&u.cert))?;
             thumbs.push(sandbox::pki::thumbprint_of_pem(&pem)?);
         }
-        let mut minted = Vec::with_capacity(o.cold_pool);
-        for k in 0..o.cold_pool.max(1) {
+        let mut minted = Vec::with_capacity(self.o.cold_pool);
+        for k in 0..self.o.cold_pool.max(1) {
             let vu = k % users.len();
             let Some(c) = owners[vu] else { continue };
             let client =
@@ -371,27 +426,30 @@ pub fn plan(m: &Manifest, o: &ManifestPlan) -> Result<Plan> {
                 issuer.mint(&claims)?,
             ));
         }
-        Some(Arc::new(TokenPool::new(identities.len(), minted)?))
-    } else {
-        None
-    };
-    Ok(Plan {
-        endpoint,
-        identities,
-        groups: vec![Group {
-            name: "main".into(),
-            users: Arc::new(users),
-            tokens,
-            connections: o.connections,
-            streams: o.streams,
-            load: match o.rate {
-                Some(rate) => Load::Open { rate },
-                None => Load::Closed,
-            },
-            endpoint: None,
-        }],
-        http2: o.http2,
-        duration: o.duration,
-        request_timeout: o.timeout,
+        Ok(Arc::new(TokenPool::new(identities, minted)?))
+    }
+}
+
+/// The path after `/v1/providers/{p}` of `route` for consent `c` (its first account).
+fn route_tail(route: RouteKind, c: &ManifestConsent) -> Result<String> {
+    let account = c
+        .accounts
+        .as_ref()
+        .and_then(|a| a.first())
+        .or_else(|| c.account_ids.as_ref().and_then(|a| a.first()))
+        .cloned();
+    Ok(match route {
+        RouteKind::Accounts => "/accounts".to_string(),
+        RouteKind::Balances | RouteKind::Transactions => {
+            let a = account.ok_or_else(|| {
+                HarnessError::Manifest(format!("consent {} lists no account id", c.id))
+            })?;
+            if route == RouteKind::Balances {
+                format!("/accounts/{a}/balances")
+            } else {
+                format!("/accounts/{a}/transactions?limit=20")
+            }
+        }
+        RouteKind::OpenData => String::new(),
     })
 }

@@ -220,9 +220,8 @@ fn opt(x: Option<f64>) -> String {
     x.map_or_else(|| "–".into(), f)
 }
 
-/// The markdown report.
-pub fn markdown(r: &Report) -> String {
-    let mut s = String::new();
+/// The title, the run's command, machine, peers and result, and how to read the tables.
+fn header(s: &mut String, r: &Report) {
     let _ = writeln!(s, "# Hub side by side: hub, HAProxy, nginx, bank\n");
     let _ = writeln!(s, "- command: `{}`", r.command);
     let _ = writeln!(s, "- generated: {}", r.generated_at);
@@ -251,6 +250,12 @@ pub fn markdown(r: &Report) -> String {
         s,
         "CPU µs/req: CPU time (user + system, every process and thread of the system, from `/proc/PID/stat`) spent during the window, divided by the answers in it. Latency in ms; in open loop it counts from the intended send time. All systems run on the same 2 cores as the load generator and the bank.\n"
     );
+}
+
+/// The markdown report.
+pub fn markdown(r: &Report) -> String {
+    let mut s = String::new();
+    header(&mut s, r);
     for sc in &r.scenarios {
         let _ = writeln!(s, "## {}\n\n{}\n", sc.name, sc.what);
         let _ = writeln!(
@@ -258,42 +263,7 @@ pub fn markdown(r: &Report) -> String {
             "{} consents loaded, {} virtual users.\n",
             sc.consents, sc.virtual_users
         );
-        let _ = writeln!(s, "| system | load | group | answers | ok | req/s | p50 | p90 | p99 | p99.9 | max | proxy CPU µs/req | bank CPU µs/req | loadgen CPU µs/req | not 2xx |");
-        let _ = writeln!(
-            s,
-            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
-        );
-        for p in &sc.points {
-            let m = &p.merged;
-            let errs: Vec<String> = m.errors.iter().map(|(k, v)| format!("{v}× {k}")).collect();
-            let mut errs = errs.join(", ");
-            if m.unsent > 0 {
-                if !errs.is_empty() {
-                    errs.push_str(", ");
-                }
-                let _ = write!(errs, "{} unsent", m.unsent);
-            }
-            let _ = writeln!(
-                s,
-                "| {} | {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                p.system,
-                p.load,
-                if p.saturated { " (saturated)" } else { "" },
-                p.group,
-                m.requests,
-                m.ok,
-                f(m.rps),
-                f(m.latency.p50_ms),
-                f(m.latency.p90_ms),
-                f(m.latency.p99_ms),
-                f(m.latency.p999_ms),
-                f(m.latency.max_ms),
-                opt(p.proxy_cpu_us_per_req),
-                f(p.bank_cpu_us_per_req),
-                f(p.loadgen_cpu_us_per_req),
-                if errs.is_empty() { "–".into() } else { errs }
-            );
-        }
+        points_table(&mut s, &sc.points);
         if !sc.ratios.is_empty() {
             let _ = writeln!(s, "\nHub ÷ peer (below 1: the hub does better):\n");
             let _ = writeln!(s, "| load | peer | CPU/req | p99 | throughput |");
@@ -339,28 +309,7 @@ pub fn markdown(r: &Report) -> String {
                 );
             }
         }
-        let failed: Vec<&super::report::Check> = sc.checks.iter().filter(|c| !c.pass).collect();
-        let _ = writeln!(
-            s,
-            "\nProbes before measuring: {} of {} as the contract requires{}.",
-            sc.checks.len() - failed.len(),
-            sc.checks.len(),
-            if failed.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    "; FAILED: {}",
-                    failed
-                        .iter()
-                        .map(|c| format!(
-                            "{} {} (expected {}, got {})",
-                            c.system, c.probe, c.expected, c.got
-                        ))
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                )
-            }
-        );
+        probes_line(&mut s, &sc.checks);
         for n in &sc.notes {
             let _ = writeln!(s, "\n- {n}");
         }
@@ -372,6 +321,72 @@ pub fn markdown(r: &Report) -> String {
         let _ = writeln!(s);
     }
     s
+}
+
+/// One row per system × load × group.
+fn points_table(s: &mut String, points: &[PointReport]) {
+    let _ = writeln!(s, "| system | load | group | answers | ok | req/s | p50 | p90 | p99 | p99.9 | max | proxy CPU µs/req | bank CPU µs/req | loadgen CPU µs/req | not 2xx |");
+    let _ = writeln!(
+        s,
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    );
+    for p in points {
+        let m = &p.merged;
+        let errs: Vec<String> = m.errors.iter().map(|(k, v)| format!("{v}× {k}")).collect();
+        let mut errs = errs.join(", ");
+        if m.unsent > 0 {
+            if !errs.is_empty() {
+                errs.push_str(", ");
+            }
+            let _ = write!(errs, "{} unsent", m.unsent);
+        }
+        let _ = writeln!(
+            s,
+            "| {} | {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            p.system,
+            p.load,
+            if p.saturated { " (saturated)" } else { "" },
+            p.group,
+            m.requests,
+            m.ok,
+            f(m.rps),
+            f(m.latency.p50_ms),
+            f(m.latency.p90_ms),
+            f(m.latency.p99_ms),
+            f(m.latency.p999_ms),
+            f(m.latency.max_ms),
+            opt(p.proxy_cpu_us_per_req),
+            f(p.bank_cpu_us_per_req),
+            f(p.loadgen_cpu_us_per_req),
+            if errs.is_empty() { "–".into() } else { errs }
+        );
+    }
+}
+
+/// How many probes answered as the contract requires, naming those that did not.
+fn probes_line(s: &mut String, checks: &[Check]) {
+    let failed: Vec<&Check> = checks.iter().filter(|c| !c.pass).collect();
+    let _ = writeln!(
+        s,
+        "\nProbes before measuring: {} of {} as the contract requires{}.",
+        checks.len() - failed.len(),
+        checks.len(),
+        if failed.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; FAILED: {}",
+                failed
+                    .iter()
+                    .map(|c| format!(
+                        "{} {} (expected {}, got {})",
+                        c.system, c.probe, c.expected, c.got
+                    ))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        }
+    );
 }
 
 /// Writes `report.json` and `report.md` into `dir`.

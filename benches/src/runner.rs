@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http::HeaderMap;
 use nix::sys::signal::Signal;
 
 use crate::bankproc;
@@ -140,6 +139,53 @@ struct WaveEvent {
     written: Instant,
     applied: Option<Instant>,
 }
+
+/// A scenario's inputs, fixed before any system starts.
+struct Setup {
+    sc: Scenario,
+    /// Its work folder.
+    dir: PathBuf,
+    /// The systems it runs.
+    systems: Vec<System>,
+    /// Consents loaded.
+    consents: usize,
+    /// The hub's consent snapshot.
+    snapshot: PathBuf,
+    /// The virtual users' consents (none in open-data).
+    rows: Vec<ConsentRow>,
+    /// A token for each of `rows`.
+    tokens: Vec<String>,
+}
+
+/// The started systems of a scenario and the bank process behind them (dropped in
+/// that order: the systems, then the bank).
+struct Fleet {
+    running: Vec<Running>,
+    bank: Bank,
+}
+
+/// What the measured windows of a scenario run.
+struct Loads {
+    /// The load points, in order.
+    points: Vec<Load>,
+    /// The measurement window.
+    window: Duration,
+    /// Per system, its groups (the main one first).
+    plans: BTreeMap<System, Vec<Group>>,
+    /// The single-use tokens of cold-tokens, shared by every window.
+    pool: Option<Arc<TokenPool>>,
+}
+
+/// What the steps of a running scenario share.
+#[derive(Clone, Copy)]
+struct Stage<'a> {
+    setup: &'a Setup,
+    fleet: &'a Fleet,
+    loads: &'a Loads,
+}
+
+/// One measured window: its system, load point (index), round (0-based), measurement.
+type Window = (System, usize, usize, Measured);
 
 /// The runner of one `compare` invocation.
 pub struct Runner {
@@ -428,161 +474,96 @@ impl Runner {
         }
     }
 
-    fn endpoint_for(&self, running: &[Running], system: System, bank: &Bank) -> Result<Endpoint> {
-        if system == System::Bank {
-            // Provider 1: in slow-bank it is the fast one; the slow group targets 0 itself.
-            return Endpoint::localhost(bank.addrs[1]);
-        }
-        running
-            .iter()
-            .find(|r| r.system == system)
-            .map(|r| r.endpoint.clone())
-            .ok_or_else(|| HarnessError::Plan(format!("{system} is not running")))
-    }
-
-    /// Probes that every system answers as the contract requires.
+    /// Probes that `r` answers as the contract requires, adding a [`Check`] per probe.
     fn probe(
         &self,
         r: &Running,
         bank: &Bank,
-        identities: &[Identity],
         rows: &[ConsentRow],
         tokens: &[String],
         checks: &mut Vec<Check>,
     ) -> Result<()> {
-        let env = &self.env;
         let sys = r.system;
-        // A consent on provider 1 (never the slow one), with a token.
-        let (row, token) = match rows.iter().position(|x| x.provider == 1) {
-            Some(k) if k < tokens.len() => (rows[k].clone(), tokens[k].clone()),
-            _ => {
-                let row = env.consent(1);
-                let token = env.mint(&row, fixture::now_unix())?;
-                (row, token)
-            }
-        };
-        let (row, token) = (&row, Some(token.as_str()));
-        let mut probe = |name: &str,
-                         endpoint: &Endpoint,
-                         user: &VirtualUser,
-                         identity: usize,
-                         extra: Option<(&'static str, String)>,
-                         expect: (u16, Option<&str>)|
-         -> Result<(u16, Option<String>)> {
-            let mut h: HeaderMap = user.headers.clone();
-            if let Some((n, v)) = extra {
-                h.insert(
-                    http::header::HeaderName::from_static(n),
-                    http::HeaderValue::from_str(&v)
-                        .map_err(|e| HarnessError::Plan(format!("probe header: {e}")))?,
-                );
-            }
-            let got = self.rt.block_on(engine::request_once(
-                endpoint,
-                &identities[identity],
-                &user.path.to_string(),
-                &h,
-            ));
-            let (status, code) = match got {
-                Ok((s, c, _)) => (s, c),
-                Err(e) => (0, Some(e.to_string())),
-            };
-            let pass = status == expect.0 && expect.1.is_none_or(|c| code.as_deref() == Some(c));
-            checks.push(Check {
-                system: sys.name().into(),
-                probe: name.into(),
-                expected: format!("{} {}", expect.0, expect.1.unwrap_or(""))
-                    .trim()
-                    .to_string(),
-                got: format!("{status} {}", code.clone().unwrap_or_default())
-                    .trim()
-                    .to_string(),
-                pass,
-            });
-            Ok((status, code))
-        };
-        let ep = if sys == System::Bank {
+        let (row, token) = self.probe_consent(rows, tokens)?;
+        let endpoint = if sys == System::Bank {
             Endpoint::localhost(bank.addrs[row.provider])?
         } else {
             r.endpoint.clone()
         };
-        let valid = self.consent_user(sys, &ep, row, token, 0)?;
-        probe(
+        let mut p = Prober {
+            runner: self,
+            system: sys,
+            endpoint,
+            checks,
+        };
+        let valid = self.consent_user(sys, &p.endpoint, &row, Some(&token), 0)?;
+        p.check(
             "valid consent and token",
-            &ep,
             &valid,
             valid.identity,
-            None,
             (200, None),
-        )?;
-        let od = self.open_data_user(sys, &ep, 1)?;
-        probe("open data", &ep, &od, od.identity, None, (200, None))?;
+        );
+        let od = self.open_data_user(sys, &p.endpoint, 1)?;
+        p.check("open data", &od, od.identity, (200, None));
         if !sys.has_policy() {
             return Ok(());
         }
-        let Some(token) = token else {
-            return Err(HarnessError::Plan("no token for the probes".into()));
-        };
-        // Change one character in the middle of the signature: a forged token.
-        let mut forged = token.to_string();
-        let sig_start = forged.rfind('.').map_or(0, |i| i + 1);
-        let mid = sig_start + (forged.len() - sig_start) / 2;
-        let c = forged.as_bytes()[mid];
-        forged.replace_range(mid..=mid, if c == b'A' { "B" } else { "A" });
-        let bad = self.consent_user(sys, &ep, row, Some(&forged), 0)?;
-        probe(
+        self.probe_policy(&mut p, &row, &token, &valid)
+    }
+
+    /// A consent on provider 1 (never the slow one), with a token.
+    fn probe_consent(
+        &self,
+        rows: &[ConsentRow],
+        tokens: &[String],
+    ) -> Result<(ConsentRow, String)> {
+        match rows.iter().position(|x| x.provider == 1) {
+            Some(k) if k < tokens.len() => Ok((rows[k].clone(), tokens[k].clone())),
+            _ => {
+                let row = self.env.consent(1);
+                let token = self.env.mint(&row, fixture::now_unix())?;
+                Ok((row, token))
+            }
+        }
+    }
+
+    /// The probes of a system that enforces the policy: a forged token, a token on
+    /// another API user's connection, a revoked consent, a throttled user.
+    fn probe_policy(
+        &self,
+        p: &mut Prober<'_>,
+        row: &ConsentRow,
+        token: &str,
+        valid: &VirtualUser,
+    ) -> Result<()> {
+        let env = &self.env;
+        let sys = p.system;
+        let bad = self.consent_user(sys, &p.endpoint, row, Some(&forge(token)), 0)?;
+        p.check(
             "forged signature",
-            &ep,
             &bad,
             bad.identity,
-            None,
             (401, Some("invalid_token")),
-        )?;
+        );
         let other = (row.user + 1) % env.active_users();
-        probe(
+        p.check(
             "token on another API user's connection",
-            &ep,
-            &valid,
+            valid,
             other,
-            None,
             (401, Some("token_binding_mismatch")),
-        )?;
+        );
         let [revoked, throttled] = env.extra_consents();
         let revoked_token = env.mint(&revoked, fixture::now_unix())?;
-        let ru = self.consent_user(sys, &ep, &revoked, Some(&revoked_token), 0)?;
-        probe(
+        let ru = self.consent_user(sys, &p.endpoint, &revoked, Some(&revoked_token), 0)?;
+        p.check(
             "revoked consent",
-            &ep,
             &ru,
             ru.identity,
-            None,
             (403, Some("consent_revoked")),
-        )?;
+        );
         let tt = env.mint(&throttled, fixture::now_unix())?;
-        let tu = self.consent_user(sys, &ep, &throttled, Some(&tt), 0)?;
-        let mut limited = false;
-        let mut seen = Vec::new();
-        for _ in 0..6 {
-            let got = self.rt.block_on(engine::request_once(
-                &ep,
-                &identities[tu.identity],
-                &tu.path.to_string(),
-                &tu.headers,
-            ));
-            let (s, c) = match got {
-                Ok((s, c, _)) => (s, c),
-                Err(e) => (0, Some(e.to_string())),
-            };
-            limited |= s == 429 && c.as_deref() == Some("rate_limited");
-            seen.push(s.to_string());
-        }
-        checks.push(Check {
-            system: sys.name().into(),
-            probe: "6 quick requests of a user limited to 1/s".into(),
-            expected: "a 429 rate_limited".into(),
-            got: seen.join(","),
-            pass: limited,
-        });
+        let tu = self.consent_user(sys, &p.endpoint, &throttled, Some(&tt), 0)?;
+        p.rate_limit(&tu);
         Ok(())
     }
 
@@ -613,7 +594,8 @@ impl Runner {
                 }
             }
         };
-        let polling = Arc::new(AtomicBool::new(admin.is_some()));
+        let polling = AtomicBool::new(admin.is_some());
+        let polling = &polling;
         let result = std::thread::scope(|scope| {
             let waves = revocation.map(|f| {
                 scope.spawn(move || match start_rx.recv() {
@@ -621,21 +603,7 @@ impl Runner {
                     Err(_) => Vec::new(),
                 })
             });
-            let poller = admin.map(|a| {
-                let polling = polling.clone();
-                scope.spawn(move || {
-                    let mut seen: Vec<(Instant, u64)> = Vec::new();
-                    while polling.load(Ordering::Relaxed) {
-                        if let Some(g) = hub_generation(a) {
-                            if seen.last().is_none_or(|(_, last)| *last != g) {
-                                seen.push((Instant::now(), g));
-                            }
-                        }
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                    seen
-                })
-            });
+            let poller = admin.map(|a| scope.spawn(move || poll_generations(a, polling)));
             let r = self.rt.block_on(engine::run(
                 plan,
                 RunOptions {
@@ -665,8 +633,49 @@ impl Runner {
         })
     }
 
-    /// Runs one scenario.
+    /// Runs one scenario: sets it up, starts and probes its systems, plans its loads,
+    /// warms every system up, measures the interleaved rounds, stops the systems and
+    /// reports.
     pub fn scenario(&mut self, sc: Scenario) -> Result<ScenarioReport> {
+        let mut notes = Vec::new();
+        let setup = self.set_up(sc, &mut notes)?;
+        let fleet = self.start_systems(&setup, &mut notes)?;
+        let checks = self.probe_all(&setup, &fleet)?;
+        let loads = self.loads(&setup, &fleet, &mut notes)?;
+        let stage = Stage {
+            setup: &setup,
+            fleet: &fleet,
+            loads: &loads,
+        };
+        self.warm_up(stage)?;
+        let (measured, revocation) = self.measure_rounds(stage, &mut notes)?;
+        let peak_rss_mib = fleet.stop();
+        self.trim_logs(&setup.dir, &mut notes);
+        let points = self.points(&setup.systems, &loads.points, &measured)?;
+        let ratios = ratios(&points);
+        Ok(ScenarioReport {
+            name: sc.name().into(),
+            what: sc.what().into(),
+            consents: setup.consents,
+            virtual_users: if sc == Scenario::OpenData {
+                OPEN_DATA_USERS
+            } else {
+                setup.rows.len()
+            },
+            systems: setup.systems.iter().map(|s| s.name().to_string()).collect(),
+            checks,
+            points,
+            ratios,
+            revocation,
+            peak_rss_mib,
+            notes,
+            charts: Vec::new(),
+        })
+    }
+
+    /// The scenario's folder, systems and consent snapshot, its virtual users' consents
+    /// and their tokens.
+    fn set_up(&self, sc: Scenario, notes: &mut Vec<String>) -> Result<Setup> {
         let dir = self.work.join(sc.name());
         std::fs::create_dir_all(&dir).map_err(io_at(&dir))?;
         let systems: Vec<System> = sc
@@ -675,7 +684,6 @@ impl Runner {
             .copied()
             .filter(|s| self.s.systems.contains(s))
             .collect();
-        let mut notes = Vec::new();
         let consents = if sc == Scenario::BigCache {
             self.s.big_consents
         } else {
@@ -701,8 +709,31 @@ impl Runner {
                 secs(t.elapsed())
             ));
         }
-        // Virtual users' consents.
-        let rows: Vec<ConsentRow> = match sc {
+        let rows = self.user_rows(sc, consents);
+        let t = Instant::now();
+        let tokens = self.env.mint_all(&rows)?;
+        if !rows.is_empty() {
+            eprintln!(
+                "   minted {} tokens in {:.1} s",
+                tokens.len(),
+                secs(t.elapsed())
+            );
+        }
+        Ok(Setup {
+            sc,
+            dir,
+            systems,
+            consents,
+            snapshot,
+            rows,
+            tokens,
+        })
+    }
+
+    /// The virtual users' consents: none in open-data, spread over the whole store in
+    /// big-cache, the first ones otherwise.
+    fn user_rows(&self, sc: Scenario, consents: usize) -> Vec<ConsentRow> {
+        match sc {
             Scenario::OpenData => Vec::new(),
             Scenario::BigCache => {
                 let n = self.s.big_users.min(consents).max(1);
@@ -713,24 +744,20 @@ impl Runner {
             _ => (0..CONSENTS.min(consents))
                 .map(|i| self.env.consent(i))
                 .collect(),
-        };
-        let t = Instant::now();
-        let tokens = self.env.mint_all(&rows)?;
-        if !rows.is_empty() {
-            eprintln!(
-                "   minted {} tokens in {:.1} s",
-                tokens.len(),
-                secs(t.elapsed())
-            );
         }
-        let bank = self.start_bank(&dir, sc == Scenario::SlowBank)?;
+    }
+
+    /// Starts the bank process, then every system of the scenario in front of it.
+    fn start_systems(&self, setup: &Setup, notes: &mut Vec<String>) -> Result<Fleet> {
+        let (dir, consents) = (&setup.dir, setup.consents);
+        let bank = self.start_bank(dir, setup.sc == Scenario::SlowBank)?;
         let mut running = Vec::new();
-        for &sys in &systems {
+        for &sys in &setup.systems {
             let t = Instant::now();
             let r = match sys {
-                System::Hub => self.start_hub(&dir, &snapshot, &bank)?,
-                System::Haproxy => self.start_haproxy(&dir, consents, &bank)?,
-                System::Nginx => self.start_nginx(&dir, &bank)?,
+                System::Hub => self.start_hub(dir, &setup.snapshot, &bank)?,
+                System::Haproxy => self.start_haproxy(dir, consents, &bank)?,
+                System::Nginx => self.start_nginx(dir, &bank)?,
                 System::Bank => Running {
                     system: System::Bank,
                     proc: None,
@@ -739,7 +766,7 @@ impl Runner {
                     haproxy: None,
                 },
             };
-            if sc == Scenario::BigCache && sys.has_policy() {
+            if setup.sc == Scenario::BigCache && sys.has_policy() {
                 notes.push(format!(
                     "{sys} started with {consents} consents in {:.1} s",
                     secs(t.elapsed())
@@ -747,10 +774,14 @@ impl Runner {
             }
             running.push(r);
         }
-        let identities = self.probe_identities.clone();
+        Ok(Fleet { running, bank })
+    }
+
+    /// Probes every running system; prints the probes that failed.
+    fn probe_all(&self, setup: &Setup, fleet: &Fleet) -> Result<Vec<Check>> {
         let mut checks = Vec::new();
-        for r in &running {
-            self.probe(r, &bank, &identities, &rows, &tokens, &mut checks)?;
+        for r in &fleet.running {
+            self.probe(r, &fleet.bank, &setup.rows, &setup.tokens, &mut checks)?;
         }
         for c in checks.iter().filter(|c| !c.pass) {
             eprintln!(
@@ -758,8 +789,33 @@ impl Runner {
                 c.system, c.probe, c.expected, c.got
             );
         }
+        Ok(checks)
+    }
 
-        // Load points.
+    /// The load points and window of the scenario, the cold-tokens pool and every
+    /// system's groups.
+    fn loads(&self, setup: &Setup, fleet: &Fleet, notes: &mut Vec<String>) -> Result<Loads> {
+        let (points, window) = self.load_points(setup.sc);
+        let pool = if setup.sc == Scenario::ColdTokens {
+            Some(self.cold_token_pool(setup, &points, window, notes)?)
+        } else {
+            None
+        };
+        let mut plans: BTreeMap<System, Vec<Group>> = BTreeMap::new();
+        for &sys in &setup.systems {
+            plans.insert(sys, self.groups_for(sys, setup, fleet, pool.as_ref())?);
+        }
+        Ok(Loads {
+            points,
+            window,
+            plans,
+            pool,
+        })
+    }
+
+    /// The open-loop rates (and the closed loop where it applies; the top rate alone in
+    /// revocation) and the measurement window.
+    fn load_points(&self, sc: Scenario) -> (Vec<Load>, Duration) {
         let mut points: Vec<Load> = self
             .s
             .rates
@@ -778,128 +834,146 @@ impl Runner {
         } else {
             self.s.duration
         };
+        (points, window)
+    }
 
-        // Single-use tokens for cold-tokens, shared by every window so none is sent twice.
-        let pool = if sc == Scenario::ColdTokens {
-            let per_window: f64 = points
-                .iter()
-                .map(|p| match p {
-                    Load::Open { rate } => rate * secs(window) * 1.02 + 50.0,
-                    Load::Closed => 16_000.0 * secs(window),
-                })
-                .sum();
-            let warm = 16_000.0
-                * secs(
-                    self.s
-                        .warmup
-                        .max(Duration::from_secs_f64(rows.len() as f64 / 2_500.0)),
-                )
-                + 50.0;
-            let policy_systems = systems.iter().filter(|s| s.has_policy()).count() as f64;
-            let want = ((per_window * self.s.rounds as f64 + warm) * policy_systems) as usize;
-            let n = want.min(self.s.cold_pool_max).max(rows.len());
-            if want > self.s.cold_pool_max {
-                notes.push(format!(
-                    "the single-use token pool was capped at {n} tokens (wanted {want}); see `tokens reused` below"
-                ));
-            }
-            let t = Instant::now();
-            let pool_rows: Vec<ConsentRow> = (0..n).map(|k| rows[k % rows.len()].clone()).collect();
-            let minted = self.env.mint_all(&pool_rows)?;
-            eprintln!(
-                "   minted {n} single-use tokens in {:.1} s",
-                secs(t.elapsed())
-            );
-            let triples = minted
-                .into_iter()
-                .enumerate()
-                .map(|(k, tok)| {
-                    let vu = k % rows.len();
-                    (rows[vu].user, u32::try_from(vu).unwrap_or(0), tok)
-                })
-                .collect();
-            Some(Arc::new(TokenPool::new(identities.len(), triples)?))
-        } else {
-            None
-        };
-
-        // Per-system groups.
-        let mut plans: BTreeMap<System, Vec<Group>> = BTreeMap::new();
-        for &sys in &systems {
-            let ep = self.endpoint_for(&running, sys, &bank)?;
-            let fixed = pool.is_none();
-            let make = |rows: &[(usize, &ConsentRow)], ep: &Endpoint| -> Result<Vec<VirtualUser>> {
-                rows.iter()
-                    .map(|(n, row)| {
-                        let mut u = self.consent_user(
-                            sys,
-                            ep,
-                            row,
-                            if fixed {
-                                tokens.get(*n).map(String::as_str)
-                            } else {
-                                None
-                            },
-                            *n,
-                        )?;
-                        u.watch = sc == Scenario::Revocation;
-                        Ok(u)
-                    })
-                    .collect()
-            };
-            let groups = match sc {
-                Scenario::OpenData => {
-                    let users = (0..OPEN_DATA_USERS)
-                        .map(|n| self.open_data_user(sys, &ep, n))
-                        .collect::<Result<Vec<_>>>()?;
-                    vec![self.group("main", users, None)]
-                }
-                Scenario::SlowBank => {
-                    let fast: Vec<(usize, &ConsentRow)> = rows
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, r)| r.provider == 1)
-                        .collect();
-                    let slow: Vec<(usize, &ConsentRow)> = rows
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, r)| r.provider == 0)
-                        .collect();
-                    let slow_ep = if sys == System::Bank {
-                        Endpoint::localhost(bank.addrs[0])?
-                    } else {
-                        ep.clone()
-                    };
-                    let mut s = self.group("slow-provider", make(&slow, &slow_ep)?, None);
-                    if sys == System::Bank {
-                        s.endpoint = Some(slow_ep.clone());
-                    }
-                    s.connections = SLOW_CONNECTIONS;
-                    s.load = Load::Open { rate: SLOW_RATE };
-                    vec![self.group("main", make(&fast, &ep)?, None), s]
-                }
-                _ => {
-                    // The bank alone is one bank's address: its users are that bank's
-                    // customers (a proxy spreads the same users over both banks).
-                    let all: Vec<(usize, &ConsentRow)> = rows
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, r)| sys != System::Bank || r.provider == 1)
-                        .collect();
-                    vec![self.group("main", make(&all, &ep)?, pool.clone())]
-                }
-            };
-            plans.insert(sys, groups);
+    /// Single-use tokens for cold-tokens, shared by every window so none is sent twice.
+    fn cold_token_pool(
+        &self,
+        setup: &Setup,
+        points: &[Load],
+        window: Duration,
+        notes: &mut Vec<String>,
+    ) -> Result<Arc<TokenPool>> {
+        let rows = &setup.rows;
+        let per_window: f64 = points
+            .iter()
+            .map(|p| match p {
+                Load::Open { rate } => rate * secs(window) * 1.02 + 50.0,
+                Load::Closed => 16_000.0 * secs(window),
+            })
+            .sum();
+        let warm = 16_000.0
+            * secs(
+                self.s
+                    .warmup
+                    .max(Duration::from_secs_f64(rows.len() as f64 / 2_500.0)),
+            )
+            + 50.0;
+        let policy_systems = setup.systems.iter().filter(|s| s.has_policy()).count() as f64;
+        let want = ((per_window * self.s.rounds as f64 + warm) * policy_systems) as usize;
+        let n = want.min(self.s.cold_pool_max).max(rows.len());
+        if want > self.s.cold_pool_max {
+            notes.push(format!(
+                "the single-use token pool was capped at {n} tokens (wanted {want}); see `tokens reused` below"
+            ));
         }
+        let t = Instant::now();
+        let pool_rows: Vec<ConsentRow> = (0..n).map(|k| rows[k % rows.len()].clone()).collect();
+        let minted = self.env.mint_all(&pool_rows)?;
+        eprintln!(
+            "   minted {n} single-use tokens in {:.1} s",
+            secs(t.elapsed())
+        );
+        let triples = minted
+            .into_iter()
+            .enumerate()
+            .map(|(k, tok)| {
+                let vu = k % rows.len();
+                (rows[vu].user, u32::try_from(vu).unwrap_or(0), tok)
+            })
+            .collect();
+        Ok(Arc::new(TokenPool::new(
+            self.probe_identities.len(),
+            triples,
+        )?))
+    }
 
-        // Warm-up, then the interleaved rounds.
-        for &sys in &systems {
+    /// `sys`'s groups: the main one (and slow-bank's stream to the slow provider).
+    fn groups_for(
+        &self,
+        sys: System,
+        setup: &Setup,
+        fleet: &Fleet,
+        pool: Option<&Arc<TokenPool>>,
+    ) -> Result<Vec<Group>> {
+        let ep = fleet.endpoint(sys)?;
+        let rows = &setup.rows;
+        let tokens = pool.is_none().then_some(setup.tokens.as_slice());
+        let watch = setup.sc == Scenario::Revocation;
+        let make = |rows: &[(usize, &ConsentRow)], ep: &Endpoint| {
+            self.consent_users(sys, ep, rows, tokens, watch)
+        };
+        let of = |provider: usize| -> Vec<(usize, &ConsentRow)> {
+            rows.iter()
+                .enumerate()
+                .filter(|(_, r)| r.provider == provider)
+                .collect()
+        };
+        Ok(match setup.sc {
+            Scenario::OpenData => {
+                let users = (0..OPEN_DATA_USERS)
+                    .map(|n| self.open_data_user(sys, &ep, n))
+                    .collect::<Result<Vec<_>>>()?;
+                vec![self.group("main", users, None)]
+            }
+            Scenario::SlowBank => {
+                let slow_ep = if sys == System::Bank {
+                    Endpoint::localhost(fleet.bank.addrs[0])?
+                } else {
+                    ep.clone()
+                };
+                let mut s = self.group("slow-provider", make(&of(0), &slow_ep)?, None);
+                if sys == System::Bank {
+                    s.endpoint = Some(slow_ep.clone());
+                }
+                s.connections = SLOW_CONNECTIONS;
+                s.load = Load::Open { rate: SLOW_RATE };
+                vec![self.group("main", make(&of(1), &ep)?, None), s]
+            }
+            _ => {
+                // The bank alone is one bank's address: its users are that bank's
+                // customers (a proxy spreads the same users over both banks).
+                let all: Vec<(usize, &ConsentRow)> = rows
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| sys != System::Bank || r.provider == 1)
+                    .collect();
+                vec![self.group("main", make(&all, &ep)?, pool.cloned())]
+            }
+        })
+    }
+
+    /// The virtual users of `rows` (each with its index), with their fixed tokens
+    /// (`tokens`; none: a pool hands them out), watched or not.
+    fn consent_users(
+        &self,
+        sys: System,
+        ep: &Endpoint,
+        rows: &[(usize, &ConsentRow)],
+        tokens: Option<&[String]>,
+        watch: bool,
+    ) -> Result<Vec<VirtualUser>> {
+        rows.iter()
+            .map(|(n, row)| {
+                let token = tokens.and_then(|t| t.get(*n)).map(String::as_str);
+                let mut u = self.consent_user(sys, ep, row, token, *n)?;
+                u.watch = watch;
+                Ok(u)
+            })
+            .collect()
+    }
+
+    /// Closed loop on every system, long enough to touch every virtual user (hot caches,
+    /// pooled upstream connections) before anything is measured.
+    fn warm_up(&self, st: Stage<'_>) -> Result<()> {
+        for &sys in &st.setup.systems {
             if self.s.warmup.is_zero() {
                 break;
             }
-            // Closed loop, long enough to touch every virtual user (hot caches, pooled
-            // upstream connections) before anything is measured.
-            let users = plans
+            let users = st
+                .loads
+                .plans
                 .get(&sys)
                 .and_then(|g| g.first())
                 .map_or(0, |g| g.users.len());
@@ -908,107 +982,93 @@ impl Runner {
                 .warmup
                 .max(Duration::from_secs_f64(users as f64 / 2_500.0))
                 .min(Duration::from_secs(30));
-            let mut plan = self.plan_for(sys, &running, &bank, &plans, Load::Closed, warm)?;
+            let mut plan = self.plan_for(st, sys, Load::Closed, warm)?;
             plan.groups.truncate(1);
             self.rt.block_on(engine::run(
                 &plan,
                 RunOptions {
-                    progress: Some(format!("{sc} {sys} warm-up")),
+                    progress: Some(format!("{} {sys} warm-up", st.setup.sc)),
                     ..RunOptions::default()
                 },
             ))?;
         }
-        let mut measured: Vec<(System, usize, usize, Measured)> = Vec::new();
+        Ok(())
+    }
+
+    /// The interleaved rounds (round 1: A B C D, round 2: B C D A, …) at every load point;
+    /// with the revocation waves' analysis in revocation.
+    fn measure_rounds(
+        &self,
+        st: Stage<'_>,
+        notes: &mut Vec<String>,
+    ) -> Result<(Vec<Window>, Vec<RevocationWave>)> {
+        let systems = &st.setup.systems;
+        let mut measured: Vec<Window> = Vec::new();
         let mut waves_report = Vec::new();
         for round in 0..self.s.rounds {
-            for (pi, &load) in points.iter().enumerate() {
+            for (pi, &load) in st.loads.points.iter().enumerate() {
                 for k in 0..systems.len() {
                     let sys = systems[(k + round) % systems.len()];
-                    if sc == Scenario::Revocation {
-                        self.restore_revocations(sys, &running, &snapshot, consents)?;
-                    }
-                    let plan = self.plan_for(sys, &running, &bank, &plans, load, window)?;
-                    let r = running.iter().find(|r| r.system == sys);
-                    let proxy_pid = r.and_then(|r| r.proc.as_ref()).map(Proc::pid);
-                    let admin = if sc == Scenario::Revocation {
-                        r.and_then(|r| r.admin)
-                    } else {
-                        None
-                    };
-                    let label = format!(
-                        "{sc} r{} {sys} {}",
-                        round + 1,
-                        load.label(self.s.connections)
-                    );
-                    let revoke = |t0: Instant| {
-                        self.revocation_waves(
-                            sys,
-                            &running,
-                            &snapshot,
-                            consents,
-                            rows.len(),
-                            t0,
-                            window,
-                        )
-                    };
-                    let reused_before = pool.as_ref().map_or(0, |p| p.reused());
-                    let mut m = self.measure(
-                        &plan,
-                        label,
-                        proxy_pid,
-                        bank.proc.pid(),
-                        if sc == Scenario::Revocation {
-                            Some(&revoke)
-                        } else {
-                            None
-                        },
-                        admin,
-                    )?;
-                    m.tokens_reused = pool.as_ref().map_or(0, |p| p.reused()) - reused_before;
-                    if m.tokens_reused > 0 {
-                        notes.push(format!(
-                            "round {} {sys} {}: {} requests reused a token (the single-use pool ran dry; raise --cold-pool-max): that window is optimistic for the hub",
-                            round + 1,
-                            load.label(self.s.connections),
-                            m.tokens_reused
-                        ));
-                    }
-                    let main = &m.result.groups[0];
-                    eprintln!(
-                        "   round {} {:8} {:16} {:>8.0}/s  p50 {:>8.3} ms  p99 {:>8.3} ms  ok {}/{}{}",
-                        round + 1,
-                        sys.name(),
-                        load.label(self.s.connections),
-                        main.rps(),
-                        stats::latency(&main.histogram).p50_ms,
-                        stats::latency(&main.histogram).p99_ms,
-                        main.ok,
-                        main.responses,
-                        if main.unsent > 0 { format!(", {} unsent", main.unsent) } else { String::new() }
-                    );
-                    if sc == Scenario::Revocation {
+                    let m = self.measure_window(st, sys, round, load, notes)?;
+                    if st.setup.sc == Scenario::Revocation {
                         waves_report.extend(analyse_revocation(sys, round + 1, &m));
                     }
                     measured.push((sys, pi, round, m));
                 }
             }
         }
-        let mut peak_rss_mib = BTreeMap::new();
-        for r in &running {
-            if let Some(p) = &r.proc {
-                peak_rss_mib.insert(
-                    r.system.name().to_string(),
-                    stats::round1(p.peak_rss() as f64 / 1_048_576.0),
-                );
-            }
+        Ok((measured, waves_report))
+    }
+
+    /// One measured window of `sys` at `load` in round `round` (0-based); revocation
+    /// restores every consent first and revokes two waves during the window.
+    fn measure_window(
+        &self,
+        st: Stage<'_>,
+        sys: System,
+        round: usize,
+        load: Load,
+        notes: &mut Vec<String>,
+    ) -> Result<Measured> {
+        let revocation = st.setup.sc == Scenario::Revocation;
+        if revocation {
+            self.restore_revocations(st, sys)?;
         }
-        peak_rss_mib.insert(
-            "bank process".into(),
-            stats::round1(bank.proc.peak_rss() as f64 / 1_048_576.0),
-        );
-        drop(running);
-        drop(bank);
-        // Access logs and the audit journal grow with every request; keep the folder small.
+        let plan = self.plan_for(st, sys, load, st.loads.window)?;
+        let r = st.fleet.find(sys);
+        let proxy_pid = r.and_then(|r| r.proc.as_ref()).map(Proc::pid);
+        let admin = if revocation {
+            r.and_then(|r| r.admin)
+        } else {
+            None
+        };
+        let load_label = load.label(self.s.connections);
+        let label = format!("{} r{} {sys} {load_label}", st.setup.sc, round + 1);
+        let revoke = |t0: Instant| self.revocation_waves(st, sys, t0);
+        let reused = || st.loads.pool.as_ref().map_or(0, |p| p.reused());
+        let reused_before = reused();
+        let mut m = self.measure(
+            &plan,
+            label,
+            proxy_pid,
+            st.fleet.bank.proc.pid(),
+            if revocation { Some(&revoke) } else { None },
+            admin,
+        )?;
+        m.tokens_reused = reused() - reused_before;
+        if m.tokens_reused > 0 {
+            notes.push(format!(
+                "round {} {sys} {load_label}: {} requests reused a token (the single-use pool ran dry; raise --cold-pool-max): that window is optimistic for the hub",
+                round + 1,
+                m.tokens_reused
+            ));
+        }
+        print_window(round, sys, &load_label, &m);
+        Ok(m)
+    }
+
+    /// Access logs and the audit journal grow with every request; keep the folder small.
+    fn trim_logs(&self, dir: &Path, notes: &mut Vec<String>) {
         for log in [
             dir.join("audit.jsonl"),
             dir.join("haproxy").join("haproxy.log"),
@@ -1027,27 +1087,6 @@ impl Runner {
                 }
             }
         }
-
-        let points_report = self.points(&systems, &points, &measured)?;
-        let ratios = ratios(&points_report);
-        Ok(ScenarioReport {
-            name: sc.name().into(),
-            what: sc.what().into(),
-            consents,
-            virtual_users: if sc == Scenario::OpenData {
-                OPEN_DATA_USERS
-            } else {
-                rows.len()
-            },
-            systems: systems.iter().map(|s| s.name().to_string()).collect(),
-            checks,
-            points: points_report,
-            ratios,
-            revocation: waves_report,
-            peak_rss_mib,
-            notes,
-            charts: Vec::new(),
-        })
     }
 
     fn group(&self, name: &str, users: Vec<VirtualUser>, tokens: Option<Arc<TokenPool>>) -> Group {
@@ -1062,23 +1101,17 @@ impl Runner {
         }
     }
 
-    fn plan_for(
-        &self,
-        sys: System,
-        running: &[Running],
-        bank: &Bank,
-        plans: &BTreeMap<System, Vec<Group>>,
-        load: Load,
-        duration: Duration,
-    ) -> Result<Plan> {
-        let mut groups = plans
+    fn plan_for(&self, st: Stage<'_>, sys: System, load: Load, duration: Duration) -> Result<Plan> {
+        let mut groups = st
+            .loads
+            .plans
             .get(&sys)
             .cloned()
             .ok_or_else(|| HarnessError::Plan(format!("no plan for {sys}")))?;
         if let Some(main) = groups.first_mut() {
             main.load = load;
         }
-        let endpoint = self.endpoint_for(running, sys, bank)?;
+        let endpoint = st.fleet.endpoint(sys)?;
         Ok(Plan {
             endpoint,
             identities: self.identities.clone(),
@@ -1089,11 +1122,12 @@ impl Runner {
         })
     }
 
+    /// Every system × load × group, merged over the rounds.
     fn points(
         &self,
         systems: &[System],
         loads: &[Load],
-        measured: &[(System, usize, usize, Measured)],
+        measured: &[Window],
     ) -> Result<Vec<PointReport>> {
         let mut out = Vec::new();
         for (pi, load) in loads.iter().enumerate() {
@@ -1105,100 +1139,70 @@ impl Runner {
                     .collect();
                 let Some(first) = runs.first() else { continue };
                 for gi in 0..first.result.groups.len() {
-                    let mut merged: Option<GroupResult> = None;
-                    let mut rounds = Vec::new();
-                    let (mut proxy, mut bankc, mut lg, mut all) =
-                        (Duration::ZERO, Duration::ZERO, Duration::ZERO, 0u64);
-                    let mut has_proxy = true;
-                    for (ri, m) in runs.iter().enumerate() {
-                        let g = &m.result.groups[gi];
-                        let total: u64 = m.result.groups.iter().map(|g| g.responses).sum();
-                        let (a, b) = m.cpu;
-                        let d_proxy = match (a.proxy, b.proxy) {
-                            (Some(x), Some(y)) => Some(y.saturating_sub(x)),
-                            _ => None,
-                        };
-                        has_proxy &= d_proxy.is_some();
-                        proxy += d_proxy.unwrap_or_default();
-                        bankc += b.bank.saturating_sub(a.bank);
-                        lg += b.loadgen.saturating_sub(a.loadgen);
-                        all += total;
-                        rounds.push(RoundSummary {
-                            round: ri + 1,
-                            stats: stats::summarize(g),
-                            proxy_cpu_us_per_req: d_proxy.map(|d| per_req_us(d, total)),
-                            bank_cpu_us_per_req: per_req_us(b.bank.saturating_sub(a.bank), total),
-                            loadgen_cpu_us_per_req: per_req_us(
-                                b.loadgen.saturating_sub(a.loadgen),
-                                total,
-                            ),
-                        });
-                        match &mut merged {
-                            None => merged = Some(g.clone()),
-                            Some(acc) => {
-                                acc.histogram
-                                    .add(&g.histogram)
-                                    .map_err(|e| HarnessError::Report(format!("histogram: {e}")))?;
-                                acc.responses += g.responses;
-                                acc.ok += g.ok;
-                                for (k, v) in &g.statuses {
-                                    *acc.statuses.entry(*k).or_default() += v;
-                                }
-                                for (k, v) in &g.errors {
-                                    *acc.errors.entry(k.clone()).or_default() += v;
-                                }
-                                acc.unsent += g.unsent;
-                                acc.bytes += g.bytes;
-                                acc.reconnects += g.reconnects;
-                                acc.elapsed += g.elapsed;
-                                acc.window += g.window;
-                            }
-                        }
+                    if let Some(p) = self.point(sys, load, gi, &runs)? {
+                        out.push(p);
                     }
-                    let Some(merged) = merged else { continue };
-                    let summary = stats::summarize(&merged);
-                    let saturated = match merged.load {
-                        Load::Open { rate } => {
-                            merged.unsent > 0
-                                || (merged.responses as f64)
-                                    < rate * merged.window.as_secs_f64() * 0.97
-                        }
-                        Load::Closed => false,
-                    };
-                    out.push(PointReport {
-                        system: sys.name().into(),
-                        load: load.label(self.s.connections),
-                        offered_rps: match merged.load {
-                            Load::Open { rate } => Some(rate),
-                            Load::Closed => None,
-                        },
-                        group: merged.name.clone(),
-                        merged: summary,
-                        proxy_cpu_us_per_req: (has_proxy && sys != System::Bank)
-                            .then(|| per_req_us(proxy, all)),
-                        bank_cpu_us_per_req: per_req_us(bankc, all),
-                        loadgen_cpu_us_per_req: per_req_us(lg, all),
-                        saturated,
-                        rounds,
-                    });
                 }
             }
         }
         Ok(out)
     }
 
-    /// Before a revocation window: every consent authorised again, and the system has it.
-    fn restore_revocations(
+    /// Group `gi` of `sys` at `load`, merged over `runs` (one per round).
+    fn point(
         &self,
         sys: System,
-        running: &[Running],
-        snapshot: &Path,
-        consents: usize,
-    ) -> Result<()> {
-        let r = running
-            .iter()
-            .find(|r| r.system == sys)
+        load: &Load,
+        gi: usize,
+        runs: &[&Measured],
+    ) -> Result<Option<PointReport>> {
+        let mut merged: Option<GroupResult> = None;
+        let mut rounds = Vec::new();
+        let mut cpu = CpuTotals::default();
+        for (ri, m) in runs.iter().enumerate() {
+            let g = &m.result.groups[gi];
+            rounds.push(cpu.add(ri, m, g));
+            match &mut merged {
+                None => merged = Some(g.clone()),
+                Some(acc) => merge_group(acc, g)?,
+            }
+        }
+        let Some(merged) = merged else {
+            return Ok(None);
+        };
+        let summary = stats::summarize(&merged);
+        let saturated = match merged.load {
+            Load::Open { rate } => {
+                merged.unsent > 0
+                    || (merged.responses as f64) < rate * merged.window.as_secs_f64() * 0.97
+            }
+            Load::Closed => false,
+        };
+        Ok(Some(PointReport {
+            system: sys.name().into(),
+            load: load.label(self.s.connections),
+            offered_rps: match merged.load {
+                Load::Open { rate } => Some(rate),
+                Load::Closed => None,
+            },
+            group: merged.name.clone(),
+            merged: summary,
+            proxy_cpu_us_per_req: (!cpu.missing_proxy && sys != System::Bank)
+                .then(|| per_req_us(cpu.proxy, cpu.answers)),
+            bank_cpu_us_per_req: per_req_us(cpu.bank, cpu.answers),
+            loadgen_cpu_us_per_req: per_req_us(cpu.loadgen, cpu.answers),
+            saturated,
+            rounds,
+        }))
+    }
+
+    /// Before a revocation window: every consent authorised again, and the system has it.
+    fn restore_revocations(&self, st: Stage<'_>, sys: System) -> Result<()> {
+        let r = st
+            .fleet
+            .find(sys)
             .ok_or_else(|| HarnessError::Plan(format!("{sys} is not running")))?;
+        let consents = st.setup.consents;
         match sys {
             System::Hub => {
                 let admin = r
@@ -1206,18 +1210,9 @@ impl Runner {
                     .ok_or_else(|| HarnessError::Plan("hub without admin".into()))?;
                 let before = hub_generation(admin).unwrap_or(0);
                 let v = self.next_version();
-                self.env.write_consents(snapshot, consents, v, &|_| false)?;
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while hub_generation(admin).unwrap_or(0) <= before {
-                    if Instant::now() > deadline {
-                        return Err(HarnessError::Process {
-                            name: "hub".into(),
-                            reason: "did not reload the restored consent snapshot within 10 s"
-                                .into(),
-                        });
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
+                self.env
+                    .write_consents(&st.setup.snapshot, consents, v, &|_| false)?;
+                wait_hub_reload(admin, before)?;
             }
             System::Haproxy => {
                 let files = r
@@ -1238,66 +1233,21 @@ impl Runner {
     }
 
     /// Revokes 10% of the users' consents at 1/4 and another 10% at 1/2 of the window.
-    #[allow(clippy::too_many_arguments)]
-    fn revocation_waves(
-        &self,
-        sys: System,
-        running: &[Running],
-        snapshot: &Path,
-        consents: usize,
-        users: usize,
-        t0: Instant,
-        window: Duration,
-    ) -> Vec<WaveEvent> {
+    fn revocation_waves(&self, st: Stage<'_>, sys: System, t0: Instant) -> Vec<WaveEvent> {
         let mut out = Vec::new();
-        let r = running.iter().find(|r| r.system == sys);
+        let window = st.loads.window;
         for wave in 1..=2usize {
             let at = t0 + window * u32::try_from(wave).unwrap_or(1) / 4;
             let now = Instant::now();
             if at > now {
                 std::thread::sleep(at - now);
             }
-            let in_wave = |i: usize| i % 10 == wave;
-            let revoked_so_far = move |i: usize| i < CONSENTS && (1..=wave).any(|w| i % 10 == w);
-            let wave_users: Vec<u32> = (0..users)
-                .filter(|&i| in_wave(i))
+            let wave_users: Vec<u32> = (0..st.setup.rows.len())
+                .filter(|&i| i % 10 == wave)
                 .filter_map(|i| u32::try_from(i).ok())
                 .collect();
-            let (written, applied) = match sys {
-                System::Hub => {
-                    let written = Instant::now();
-                    let v = self.next_version();
-                    if let Err(e) = self
-                        .env
-                        .write_consents(snapshot, consents, v, &revoked_so_far)
-                    {
-                        eprintln!("   revocation wave {wave}: {e}");
-                    }
-                    (written, None)
-                }
-                System::Haproxy => {
-                    let Some(files) = r.and_then(|r| r.haproxy.as_ref()) else {
-                        continue;
-                    };
-                    let rows: Vec<ConsentRow> = wave_users
-                        .iter()
-                        .map(|&i| {
-                            let mut row = self.env.consent(i as usize);
-                            row.status = consent_cache::ConsentStatus::Revoked;
-                            row
-                        })
-                        .collect();
-                    let written = Instant::now();
-                    let res = haproxy::admin(
-                        &files.socket,
-                        &haproxy::set_map_commands(&self.env, &files.consents_map, &rows),
-                    );
-                    if let Err(e) = &res {
-                        eprintln!("   revocation wave {wave}: {e}");
-                    }
-                    (written, res.ok().map(|_| Instant::now()))
-                }
-                _ => continue,
+            let Some((written, applied)) = self.revoke_wave(st, sys, wave, &wave_users) else {
+                continue;
             };
             out.push(WaveEvent {
                 users: wave_users,
@@ -1307,6 +1257,286 @@ impl Runner {
         }
         out
     }
+
+    /// Revokes wave `wave` (its consents `users`) on `sys`: when the revocation was
+    /// written and, where the system says so, applied (none: `sys` cannot revoke).
+    fn revoke_wave(
+        &self,
+        st: Stage<'_>,
+        sys: System,
+        wave: usize,
+        users: &[u32],
+    ) -> Option<(Instant, Option<Instant>)> {
+        match sys {
+            System::Hub => {
+                let written = Instant::now();
+                let v = self.next_version();
+                let revoked_so_far =
+                    move |i: usize| i < CONSENTS && (1..=wave).any(|w| i % 10 == w);
+                let (snapshot, consents) = (&st.setup.snapshot, st.setup.consents);
+                if let Err(e) = self
+                    .env
+                    .write_consents(snapshot, consents, v, &revoked_so_far)
+                {
+                    eprintln!("   revocation wave {wave}: {e}");
+                }
+                Some((written, None))
+            }
+            System::Haproxy => {
+                let files = st.fleet.find(sys).and_then(|r| r.haproxy.as_ref())?;
+                let rows: Vec<ConsentRow> = users
+                    .iter()
+                    .map(|&i| {
+                        let mut row = self.env.consent(i as usize);
+                        row.status = consent_cache::ConsentStatus::Revoked;
+                        row
+                    })
+                    .collect();
+                let written = Instant::now();
+                let res = haproxy::admin(
+                    &files.socket,
+                    &haproxy::set_map_commands(&self.env, &files.consents_map, &rows),
+                );
+                if let Err(e) = &res {
+                    eprintln!("   revocation wave {wave}: {e}");
+                }
+                Some((written, res.ok().map(|_| Instant::now())))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Fleet {
+    /// The running system `sys`.
+    fn find(&self, sys: System) -> Option<&Running> {
+        self.running.iter().find(|r| r.system == sys)
+    }
+
+    /// Where `system`'s load goes.
+    fn endpoint(&self, system: System) -> Result<Endpoint> {
+        if system == System::Bank {
+            // Provider 1: in slow-bank it is the fast one; the slow group targets 0 itself.
+            return Endpoint::localhost(self.bank.addrs[1]);
+        }
+        self.find(system)
+            .map(|r| r.endpoint.clone())
+            .ok_or_else(|| HarnessError::Plan(format!("{system} is not running")))
+    }
+
+    /// Stops every system, then the bank; returns their peak RSS in MiB.
+    fn stop(self) -> BTreeMap<String, f64> {
+        let mut peak_rss_mib = BTreeMap::new();
+        for r in &self.running {
+            if let Some(p) = &r.proc {
+                peak_rss_mib.insert(
+                    r.system.name().to_string(),
+                    stats::round1(p.peak_rss() as f64 / 1_048_576.0),
+                );
+            }
+        }
+        peak_rss_mib.insert(
+            "bank process".into(),
+            stats::round1(self.bank.proc.peak_rss() as f64 / 1_048_576.0),
+        );
+        let Fleet { running, bank } = self;
+        drop(running);
+        drop(bank);
+        peak_rss_mib
+    }
+}
+
+/// Correctness probes of one system, each recorded as a [`Check`].
+struct Prober<'a> {
+    runner: &'a Runner,
+    system: System,
+    endpoint: Endpoint,
+    checks: &'a mut Vec<Check>,
+}
+
+impl Prober<'_> {
+    /// `user`'s request on a new HTTP/1.1 connection as identity `identity`: (status,
+    /// problem code; status 0 and the error where there was no answer).
+    fn send(&self, user: &VirtualUser, identity: usize) -> (u16, Option<String>) {
+        let got = self.runner.rt.block_on(engine::request_once(
+            &self.endpoint,
+            &self.runner.probe_identities[identity],
+            &user.path.to_string(),
+            &user.headers,
+        ));
+        match got {
+            Ok((s, c, _)) => (s, c),
+            Err(e) => (0, Some(e.to_string())),
+        }
+    }
+
+    fn record(&mut self, probe: &str, expected: String, got: String, pass: bool) {
+        self.checks.push(Check {
+            system: self.system.name().into(),
+            probe: probe.into(),
+            expected,
+            got,
+            pass,
+        });
+    }
+
+    /// One request expected to be answered `expect` (status, problem code).
+    fn check(
+        &mut self,
+        name: &str,
+        user: &VirtualUser,
+        identity: usize,
+        expect: (u16, Option<&str>),
+    ) {
+        let (status, code) = self.send(user, identity);
+        let pass = status == expect.0 && expect.1.is_none_or(|c| code.as_deref() == Some(c));
+        self.record(
+            name,
+            format!("{} {}", expect.0, expect.1.unwrap_or(""))
+                .trim()
+                .to_string(),
+            format!("{status} {}", code.unwrap_or_default())
+                .trim()
+                .to_string(),
+            pass,
+        );
+    }
+
+    /// Six quick requests of a user limited to one a second: one must be refused
+    /// `429 rate_limited`.
+    fn rate_limit(&mut self, user: &VirtualUser) {
+        let mut limited = false;
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            let (s, c) = self.send(user, user.identity);
+            limited |= s == 429 && c.as_deref() == Some("rate_limited");
+            seen.push(s.to_string());
+        }
+        self.record(
+            "6 quick requests of a user limited to 1/s",
+            "a 429 rate_limited".into(),
+            seen.join(","),
+            limited,
+        );
+    }
+}
+
+/// CPU time and answers summed over the rounds of one point.
+#[derive(Default)]
+struct CpuTotals {
+    proxy: Duration,
+    bank: Duration,
+    loadgen: Duration,
+    answers: u64,
+    /// A round had no proxy CPU reading (the bank alone, or a proxy that had exited).
+    missing_proxy: bool,
+}
+
+impl CpuTotals {
+    /// Adds round `ri` (0-based) and returns its summary for group `g`.
+    fn add(&mut self, ri: usize, m: &Measured, g: &GroupResult) -> RoundSummary {
+        let total: u64 = m.result.groups.iter().map(|g| g.responses).sum();
+        let (a, b) = m.cpu;
+        let d_proxy = match (a.proxy, b.proxy) {
+            (Some(x), Some(y)) => Some(y.saturating_sub(x)),
+            _ => None,
+        };
+        let d_bank = b.bank.saturating_sub(a.bank);
+        let d_loadgen = b.loadgen.saturating_sub(a.loadgen);
+        self.missing_proxy |= d_proxy.is_none();
+        self.proxy += d_proxy.unwrap_or_default();
+        self.bank += d_bank;
+        self.loadgen += d_loadgen;
+        self.answers += total;
+        RoundSummary {
+            round: ri + 1,
+            stats: stats::summarize(g),
+            proxy_cpu_us_per_req: d_proxy.map(|d| per_req_us(d, total)),
+            bank_cpu_us_per_req: per_req_us(d_bank, total),
+            loadgen_cpu_us_per_req: per_req_us(d_loadgen, total),
+        }
+    }
+}
+
+/// Adds `g`'s counts and histogram to `acc` (the same group in another round).
+fn merge_group(acc: &mut GroupResult, g: &GroupResult) -> Result<()> {
+    acc.histogram
+        .add(&g.histogram)
+        .map_err(|e| HarnessError::Report(format!("histogram: {e}")))?;
+    acc.responses += g.responses;
+    acc.ok += g.ok;
+    for (k, v) in &g.statuses {
+        *acc.statuses.entry(*k).or_default() += v;
+    }
+    for (k, v) in &g.errors {
+        *acc.errors.entry(k.clone()).or_default() += v;
+    }
+    acc.unsent += g.unsent;
+    acc.bytes += g.bytes;
+    acc.reconnects += g.reconnects;
+    acc.elapsed += g.elapsed;
+    acc.window += g.window;
+    Ok(())
+}
+
+/// Changes one character in the middle of a token's signature: a forged token.
+fn forge(token: &str) -> String {
+    let mut forged = token.to_string();
+    let sig_start = forged.rfind('.').map_or(0, |i| i + 1);
+    let mid = sig_start + (forged.len() - sig_start) / 2;
+    let c = forged.as_bytes()[mid];
+    forged.replace_range(mid..=mid, if c == b'A' { "B" } else { "A" });
+    forged
+}
+
+/// The one-line summary of a measured window (its main group).
+fn print_window(round: usize, sys: System, load: &str, m: &Measured) {
+    let main = &m.result.groups[0];
+    eprintln!(
+        "   round {} {:8} {:16} {:>8.0}/s  p50 {:>8.3} ms  p99 {:>8.3} ms  ok {}/{}{}",
+        round + 1,
+        sys.name(),
+        load,
+        main.rps(),
+        stats::latency(&main.histogram).p50_ms,
+        stats::latency(&main.histogram).p99_ms,
+        main.ok,
+        main.responses,
+        if main.unsent > 0 {
+            format!(", {} unsent", main.unsent)
+        } else {
+            String::new()
+        }
+    );
+}
+
+/// `hub_config_generation` each time it changes, polled every 10 ms while `polling`.
+fn poll_generations(admin: SocketAddr, polling: &AtomicBool) -> Vec<(Instant, u64)> {
+    let mut seen: Vec<(Instant, u64)> = Vec::new();
+    while polling.load(Ordering::Relaxed) {
+        if let Some(g) = hub_generation(admin) {
+            if seen.last().is_none_or(|(_, last)| *last != g) {
+                seen.push((Instant::now(), g));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    seen
+}
+
+/// Waits (up to 10 s) until the hub's configuration generation is past `before`.
+fn wait_hub_reload(admin: SocketAddr, before: u64) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while hub_generation(admin).unwrap_or(0) <= before {
+        if Instant::now() > deadline {
+            return Err(HarnessError::Process {
+                name: "hub".into(),
+                reason: "did not reload the restored consent snapshot within 10 s".into(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 /// Copies the last `bytes` of `log` to `<log>.tail`.

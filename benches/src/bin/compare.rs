@@ -5,10 +5,10 @@
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::Duration;
 
-use benches::report::{self, Machine, Report};
+use benches::report::{self, Machine, Report, ScenarioReport};
 use benches::runner::{Runner, Settings};
 use benches::scenario::{Scenario, System};
 use benches::{chart, peers, procs, HarnessError, Result};
@@ -138,75 +138,103 @@ fn build_gateway(target: &Path) -> Result<PathBuf> {
         .ok_or_else(|| HarnessError::Plan("no gateway binary".into()))
 }
 
-fn read_trim(path: &str) -> String {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .trim()
-        .to_string()
-}
-
-fn machine(load_at_start: String) -> Machine {
-    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_default();
-    let kernel = Command::new("uname")
-        .arg("-srm")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    Machine {
-        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
-        cpu_model,
-        kernel,
-        load_at_start,
-        load_at_end: read_trim("/proc/loadavg"),
-    }
-}
-
 fn utc_now() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }
 
+/// The windows, warm-up and rates of the run, as given (or their defaults), checked.
+struct Timing {
+    /// Seconds per measurement window.
+    duration: f64,
+    /// Seconds of warm-up.
+    warmup: f64,
+    /// Open-loop rates.
+    rates: Vec<f64>,
+}
+
+impl Timing {
+    fn of(a: &Args) -> Result<Timing> {
+        if a.rounds < 2 {
+            return Err(HarnessError::Plan(
+                "--rounds must be at least 2 (A B A B …)".into(),
+            ));
+        }
+        let duration = a.duration.unwrap_or(if a.smoke { 1.0 } else { 20.0 });
+        let warmup = a.warmup.unwrap_or(if a.smoke { 0.3 } else { 3.0 });
+        let mut rates = a.rates.clone();
+        if rates.is_empty() {
+            rates = if a.smoke {
+                vec![300.0]
+            } else {
+                vec![1000.0, 2500.0, 5000.0]
+            };
+        }
+        if !(duration > 0.0 && warmup >= 0.0 && a.timeout > 0.0)
+            || rates.iter().any(|r| r.is_nan() || *r <= 0.0)
+        {
+            return Err(HarnessError::Plan(
+                "duration, rates and timeout must be > 0, warmup >= 0".into(),
+            ));
+        }
+        Ok(Timing {
+            duration,
+            warmup,
+            rates,
+        })
+    }
+}
+
 fn run(a: &Args) -> Result<bool> {
-    let load_at_start = read_trim("/proc/loadavg");
+    let load_at_start = report::loadavg();
     if cfg!(debug_assertions) {
         eprintln!("warning: compare is a debug build; its load generator is slow (use --release)");
     }
-    if a.rounds < 2 {
-        return Err(HarnessError::Plan(
-            "--rounds must be at least 2 (A B A B …)".into(),
-        ));
-    }
-    let duration = a.duration.unwrap_or(if a.smoke { 1.0 } else { 20.0 });
-    let warmup = a.warmup.unwrap_or(if a.smoke { 0.3 } else { 3.0 });
-    let mut rates = a.rates.clone();
-    if rates.is_empty() {
-        rates = if a.smoke {
-            vec![300.0]
-        } else {
-            vec![1000.0, 2500.0, 5000.0]
-        };
-    }
-    if !(duration > 0.0 && warmup >= 0.0 && a.timeout > 0.0)
-        || rates.iter().any(|r| r.is_nan() || *r <= 0.0)
-    {
-        return Err(HarnessError::Plan(
-            "duration, rates and timeout must be > 0, warmup >= 0".into(),
-        ));
-    }
+    let timing = Timing::of(a)?;
     let exe = std::env::current_exe().map_err(benches::error::os("current executable"))?;
     let target = target_dir(&exe);
+    let out = report_folder(a, &target)?;
+    let gateway = match &a.gateway {
+        Some(g) => g.clone(),
+        None => build_gateway(&target)?,
+    };
+    let peers = peers::ensure(!a.no_install)?;
+    let settings = settings(a, &timing, out.clone(), gateway, exe, peers.clone());
+    let settings_json = settings_json(a, &timing, &settings);
+    let mut peers_versions = std::collections::BTreeMap::new();
+    peers_versions.insert("haproxy".to_string(), peers::version_of(&peers.haproxy));
+    peers_versions.insert("nginx".to_string(), peers::version_of(&peers.nginx));
+
+    let scenarios = settings.scenarios.clone();
+    let mut runner = Runner::new(settings, a.loadgen_threads)?;
+    let (reports, failures) = run_scenarios(&mut runner, &scenarios, &out);
+    let command = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
+    let report = Report {
+        generated_at: utc_now(),
+        command: format!("cargo run --release -p benches --bin compare -- {command}"),
+        machine: Machine::current(load_at_start),
+        settings: settings_json,
+        peers: peers_versions,
+        scenarios: reports,
+        ok: failures.is_empty(),
+        failures: failures.clone(),
+    };
+    report::write(&report, &out)?;
+    println!("{}", report::markdown(&report));
+    eprintln!("report: {}", out.join("report.md").display());
+    for f in &failures {
+        eprintln!("FAILED: {f}");
+    }
+    Ok(failures.is_empty())
+}
+
+/// The report folder (created), without an earlier run's report and charts: it must
+/// describe this run only.
+fn report_folder(a: &Args, target: &Path) -> Result<PathBuf> {
     let out = a.out.clone().unwrap_or_else(|| target.join("bench-report"));
     std::fs::create_dir_all(&out).map_err(benches::error::io_at(&out))?;
     let out = std::fs::canonicalize(&out).map_err(benches::error::io_at(&out))?;
-    // The folder must describe this run only: drop an earlier run's report and charts.
     if let Ok(entries) = std::fs::read_dir(&out) {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
@@ -215,11 +243,18 @@ fn run(a: &Args) -> Result<bool> {
             }
         }
     }
-    let gateway = match &a.gateway {
-        Some(g) => g.clone(),
-        None => build_gateway(&target)?,
-    };
-    let peers = peers::ensure(!a.no_install)?;
+    Ok(out)
+}
+
+/// The runner's settings from the arguments.
+fn settings(
+    a: &Args,
+    t: &Timing,
+    out: PathBuf,
+    gateway: PathBuf,
+    self_exe: PathBuf,
+    peers: peers::PeerBinaries,
+) -> Settings {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let scenarios = if a.scenarios.is_empty() {
         Scenario::ALL.to_vec()
@@ -231,13 +266,13 @@ fn run(a: &Args) -> Result<bool> {
     } else {
         a.systems.clone()
     };
-    let settings = Settings {
-        scenarios: scenarios.clone(),
+    Settings {
+        scenarios,
         systems,
         smoke: a.smoke,
-        duration: Duration::from_secs_f64(duration),
-        warmup: Duration::from_secs_f64(warmup),
-        rates: rates.clone(),
+        duration: Duration::from_secs_f64(t.duration),
+        warmup: Duration::from_secs_f64(t.warmup),
+        rates: t.rates.clone(),
         closed: !a.no_closed && !a.smoke,
         rounds: a.rounds,
         connections: a.connections.max(1),
@@ -252,45 +287,53 @@ fn run(a: &Args) -> Result<bool> {
             .unwrap_or(if a.smoke { 2_000 } else { 20_000 }),
         cold_pool_max: a.cold_pool_max,
         request_timeout: Duration::from_secs_f64(a.timeout),
-        out: out.clone(),
-        gateway: gateway.clone(),
-        self_exe: exe,
-        peers: peers.clone(),
-    };
-    let settings_json = serde_json::json!({
-        "scenarios": scenarios.iter().map(|s| s.name()).collect::<Vec<_>>(),
-        "systems": settings.systems.iter().map(|s| s.name()).collect::<Vec<_>>(),
-        "smoke": a.smoke,
-        "duration_s": duration,
-        "warmup_s": warmup,
-        "rates": rates,
-        "closed_loop": settings.closed,
-        "rounds": a.rounds,
-        "connections": settings.connections,
-        "http2": a.http2,
-        "streams_per_connection": if a.http2 { settings.streams } else { 1 },
-        "hub_threads": a.hub_threads.map_or_else(|| "default (cores)".to_string(), |t| t.to_string()),
-        "proxy_threads": settings.proxy_threads,
-        "bank_threads": settings.bank_threads,
-        "loadgen_threads": a.loadgen_threads,
-        "big_cache_consents": settings.big_consents,
-        "big_cache_users": settings.big_users,
-        "gateway": gateway,
-    });
-    let mut peers_versions = std::collections::BTreeMap::new();
-    peers_versions.insert("haproxy".to_string(), peers::version_of(&peers.haproxy));
-    peers_versions.insert("nginx".to_string(), peers::version_of(&peers.nginx));
+        out,
+        gateway,
+        self_exe,
+        peers,
+    }
+}
 
-    let mut runner = Runner::new(settings, a.loadgen_threads)?;
+/// The settings as the report records them.
+fn settings_json(a: &Args, t: &Timing, s: &Settings) -> serde_json::Value {
+    serde_json::json!({
+        "scenarios": s.scenarios.iter().map(|s| s.name()).collect::<Vec<_>>(),
+        "systems": s.systems.iter().map(|s| s.name()).collect::<Vec<_>>(),
+        "smoke": a.smoke,
+        "duration_s": t.duration,
+        "warmup_s": t.warmup,
+        "rates": t.rates,
+        "closed_loop": s.closed,
+        "rounds": a.rounds,
+        "connections": s.connections,
+        "http2": a.http2,
+        "streams_per_connection": if a.http2 { s.streams } else { 1 },
+        "hub_threads": a.hub_threads.map_or_else(|| "default (cores)".to_string(), |t| t.to_string()),
+        "proxy_threads": s.proxy_threads,
+        "bank_threads": s.bank_threads,
+        "loadgen_threads": a.loadgen_threads,
+        "big_cache_consents": s.big_consents,
+        "big_cache_users": s.big_users,
+        "gateway": s.gateway,
+    })
+}
+
+/// Runs every scenario (a failed one does not stop the others), draws its charts and
+/// judges it: the reports and everything that failed.
+fn run_scenarios(
+    runner: &mut Runner,
+    scenarios: &[Scenario],
+    out: &Path,
+) -> (Vec<ScenarioReport>, Vec<String>) {
     let mut reports = Vec::new();
     let mut failures = Vec::new();
-    for sc in &scenarios {
+    for sc in scenarios {
         let started = std::time::Instant::now();
         let outcome = runner.scenario(*sc);
         eprintln!("   {sc}: {:.1} s", started.elapsed().as_secs_f64());
         match outcome {
             Ok(mut r) => {
-                match chart::write(&r, &out) {
+                match chart::write(&r, out) {
                     Ok((files, note)) => {
                         r.charts = files
                             .iter()
@@ -310,30 +353,13 @@ fn run(a: &Args) -> Result<bool> {
             }
         }
     }
-    let command = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
-    let report = Report {
-        generated_at: utc_now(),
-        command: format!("cargo run --release -p benches --bin compare -- {command}"),
-        machine: machine(load_at_start),
-        settings: settings_json,
-        peers: peers_versions,
-        scenarios: reports,
-        ok: failures.is_empty(),
-        failures: failures.clone(),
-    };
-    report::write(&report, &out)?;
-    println!("{}", report::markdown(&report));
-    eprintln!("report: {}", out.join("report.md").display());
-    for f in &failures {
-        eprintln!("FAILED: {f}");
-    }
-    Ok(failures.is_empty())
+    (reports, failures)
 }
 
 /// What makes a scenario fail: a wrong probe answer, a system that answered nothing or
 /// answered something else than 2xx (beyond the revocation scenario's expected 403s),
 /// a revoked consent served after its revocation took effect.
-fn judge(r: &benches::report::ScenarioReport) -> Vec<String> {
+fn judge(r: &ScenarioReport) -> Vec<String> {
     let mut out = Vec::new();
     for c in r.checks.iter().filter(|c| !c.pass) {
         out.push(format!(

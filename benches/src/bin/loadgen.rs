@@ -5,13 +5,14 @@
 //! problem `code`; `--json` writes the same as JSON.
 #![forbid(unsafe_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use benches::engine::{self, RunOptions};
+use benches::engine::{self, RunOptions, RunResult};
 use benches::manifest::{self, Manifest, ManifestPlan, RouteKind, TargetKind};
 use benches::stats;
+use benches::workload::Plan;
 use clap::Parser;
 
 /// Contract-aware load generator of the hub.
@@ -89,55 +90,8 @@ fn run(a: &Args) -> benches::Result<bool> {
         ));
     }
     let m = Manifest::load(&a.manifest)?;
-    let cold_pool = a.cold_pool.unwrap_or_else(|| match a.rate {
-        Some(r) => ((r * (a.duration + a.warmup)) * 1.05) as usize + 100,
-        None => 50_000,
-    });
-    if a.cold {
-        eprintln!("minting {cold_pool} single-use tokens …");
-    }
-    let opts = ManifestPlan {
-        target: a.target,
-        url: a.url.clone(),
-        route: a.route,
-        users: a.users,
-        cold: a.cold,
-        cold_pool,
-        connections: a.connections,
-        streams: a.streams,
-        http2: a.http2,
-        rate: a.rate,
-        duration: Duration::from_secs_f64(a.duration),
-        timeout: Duration::from_secs_f64(a.timeout),
-    };
-    let plan = manifest::plan(&m, &opts)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(a.threads.max(1))
-        .enable_all()
-        .build()
-        .map_err(benches::error::os("runtime"))?;
-    let result = rt.block_on(async {
-        if a.warmup > 0.0 {
-            let mut w = plan.clone();
-            w.duration = Duration::from_secs_f64(a.warmup);
-            engine::run(
-                &w,
-                RunOptions {
-                    progress: Some("warm-up".into()),
-                    ..RunOptions::default()
-                },
-            )
-            .await?;
-        }
-        engine::run(
-            &plan,
-            RunOptions {
-                progress: Some(format!("{:?} {:?}", a.target, a.route).to_lowercase()),
-                ..RunOptions::default()
-            },
-        )
-        .await
-    })?;
+    let plan = manifest::plan(&m, &plan_options(a))?;
+    let result = drive(a, &plan)?;
     let summaries: Vec<stats::GroupSummary> = result.groups.iter().map(stats::summarize).collect();
     for s in &summaries {
         print!("{}", stats::render(s));
@@ -151,22 +105,89 @@ fn run(a: &Args) -> benches::Result<bool> {
         }
     }
     if let Some(path) = &a.json {
-        let text = serde_json::to_string_pretty(&serde_json::json!({
-            "manifest": a.manifest,
-            "target": format!("{:?}", a.target).to_lowercase(),
-            "url": plan.endpoint.addr.to_string(),
-            "http2": a.http2,
-            "cold_tokens": a.cold,
-            "virtual_users": a.users,
-            "groups": summaries,
-        }))?;
-        if path.as_os_str() == "-" {
-            println!("{text}");
-        } else {
-            std::fs::write(path, text).map_err(benches::error::io_at(path))?;
-        }
+        write_json(a, &plan, &summaries, path)?;
     }
     Ok(summaries
         .iter()
         .all(|s| s.requests > 0 && s.ok == s.requests))
+}
+
+/// The manifest plan's options from the arguments (the cold pool sized for the run).
+fn plan_options(a: &Args) -> ManifestPlan {
+    let cold_pool = a.cold_pool.unwrap_or_else(|| match a.rate {
+        Some(r) => ((r * (a.duration + a.warmup)) * 1.05) as usize + 100,
+        None => 50_000,
+    });
+    if a.cold {
+        eprintln!("minting {cold_pool} single-use tokens …");
+    }
+    ManifestPlan {
+        target: a.target,
+        url: a.url.clone(),
+        route: a.route,
+        users: a.users,
+        cold: a.cold,
+        cold_pool,
+        connections: a.connections,
+        streams: a.streams,
+        http2: a.http2,
+        rate: a.rate,
+        duration: Duration::from_secs_f64(a.duration),
+        timeout: Duration::from_secs_f64(a.timeout),
+    }
+}
+
+/// The warm-up (unmeasured), then the measured run.
+fn drive(a: &Args, plan: &Plan) -> benches::Result<RunResult> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(a.threads.max(1))
+        .enable_all()
+        .build()
+        .map_err(benches::error::os("runtime"))?;
+    rt.block_on(async {
+        if a.warmup > 0.0 {
+            let mut w = plan.clone();
+            w.duration = Duration::from_secs_f64(a.warmup);
+            engine::run(
+                &w,
+                RunOptions {
+                    progress: Some("warm-up".into()),
+                    ..RunOptions::default()
+                },
+            )
+            .await?;
+        }
+        engine::run(
+            plan,
+            RunOptions {
+                progress: Some(format!("{:?} {:?}", a.target, a.route).to_lowercase()),
+                ..RunOptions::default()
+            },
+        )
+        .await
+    })
+}
+
+/// The summary as JSON, to `path` ("-": standard output).
+fn write_json(
+    a: &Args,
+    plan: &Plan,
+    summaries: &[stats::GroupSummary],
+    path: &Path,
+) -> benches::Result<()> {
+    let text = serde_json::to_string_pretty(&serde_json::json!({
+        "manifest": a.manifest,
+        "target": format!("{:?}", a.target).to_lowercase(),
+        "url": plan.endpoint.addr.to_string(),
+        "http2": a.http2,
+        "cold_tokens": a.cold,
+        "virtual_users": a.users,
+        "groups": summaries,
+    }))?;
+    if path.as_os_str() == "-" {
+        println!("{text}");
+    } else {
+        std::fs::write(path, text).map_err(benches::error::io_at(path))?;
+    }
+    Ok(())
 }

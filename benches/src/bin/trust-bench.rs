@@ -34,8 +34,8 @@ use benches::fixture::{BenchEnv, ConsentSource, AUDIENCE, ISSUER};
 use benches::procs;
 use benches::report::{loadavg, Machine};
 use benches::sidecar::{
-    bearer_value, start_gateway, token_form, wait_feed_version, Gateway, HttpConn, Registry,
-    SidecarSpec, FORM,
+    bearer_value, start_gateway, token_form, wait_feed_version, Gateway, HttpConn, Registry, Reply,
+    Sidecar, SidecarSpec, FORM,
 };
 use benches::stats::{latency, round1, round3, Latency};
 use benches::{HarnessError, Result};
@@ -299,52 +299,7 @@ fn run(a: &Args) -> Result<()> {
     if cfg!(debug_assertions) {
         eprintln!("warning: trust-bench is a debug build; its clients are slow (use --release)");
     }
-    let exe = std::env::current_exe().map_err(os("current executable"))?;
-    let target = target_dir(&exe);
-    let out = a
-        .out
-        .clone()
-        .unwrap_or_else(|| target.join("bench-report").join("trust"));
-    std::fs::create_dir_all(&out).map_err(io_at(&out))?;
-    let out = std::fs::canonicalize(&out).map_err(io_at(&out))?;
-    let (gateway, trust) = match (&a.gateway, &a.trust) {
-        (Some(g), Some(t)) => (g.clone(), t.clone()),
-        (g, t) => {
-            let (bg, bt) = build_binaries(&target)?;
-            (g.clone().unwrap_or(bg), t.clone().unwrap_or(bt))
-        }
-    };
-    let work = out.join("work");
-    std::fs::create_dir_all(&work).map_err(io_at(&work))?;
-    let env = BenchEnv::generate(&work.join("env"))?;
-    let operator_bin =
-        Bin::parse("000000000001").map_err(|e| HarnessError::Plan(format!("operator BIN: {e}")))?;
-    let operator = env
-        .pki
-        .issue_client(operator_bin, "operator", &work.join("env"))?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(a.client_threads.max(1))
-        .thread_name("trust-bench")
-        .enable_all()
-        .build()
-        .map_err(os("client runtime"))?;
-    let command = format!(
-        "cargo run --release -p benches --bin trust-bench -- {}",
-        std::env::args().skip(1).collect::<Vec<_>>().join(" ")
-    );
-    let b = Bench {
-        env,
-        operator,
-        work,
-        out,
-        gateway,
-        trust,
-        self_exe: exe,
-        smoke: a.smoke,
-        hub_threads: a.hub_threads.max(1),
-        rt,
-        command,
-    };
+    let b = Bench::new(a)?;
     match &a.command {
         Cmd::RevocationLatency(r) => revocation_latency(&b, r),
         Cmd::TokenEndpoint(t) => token_endpoint(&b, t),
@@ -377,6 +332,59 @@ fn run(a: &Args) -> Result<()> {
     }
 }
 
+impl Bench {
+    /// The report folder, the binaries (built when not given), a fresh environment with
+    /// the operator's identity, and the clients' runtime.
+    fn new(a: &Args) -> Result<Bench> {
+        let exe = std::env::current_exe().map_err(os("current executable"))?;
+        let target = target_dir(&exe);
+        let out = a
+            .out
+            .clone()
+            .unwrap_or_else(|| target.join("bench-report").join("trust"));
+        std::fs::create_dir_all(&out).map_err(io_at(&out))?;
+        let out = std::fs::canonicalize(&out).map_err(io_at(&out))?;
+        let (gateway, trust) = match (&a.gateway, &a.trust) {
+            (Some(g), Some(t)) => (g.clone(), t.clone()),
+            (g, t) => {
+                let (bg, bt) = build_binaries(&target)?;
+                (g.clone().unwrap_or(bg), t.clone().unwrap_or(bt))
+            }
+        };
+        let work = out.join("work");
+        std::fs::create_dir_all(&work).map_err(io_at(&work))?;
+        let env = BenchEnv::generate(&work.join("env"))?;
+        let operator_bin = Bin::parse("000000000001")
+            .map_err(|e| HarnessError::Plan(format!("operator BIN: {e}")))?;
+        let operator = env
+            .pki
+            .issue_client(operator_bin, "operator", &work.join("env"))?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(a.client_threads.max(1))
+            .thread_name("trust-bench")
+            .enable_all()
+            .build()
+            .map_err(os("client runtime"))?;
+        let command = format!(
+            "cargo run --release -p benches --bin trust-bench -- {}",
+            std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+        );
+        Ok(Bench {
+            env,
+            operator,
+            work,
+            out,
+            gateway,
+            trust,
+            self_exe: exe,
+            smoke: a.smoke,
+            hub_threads: a.hub_threads.max(1),
+            rt,
+            command,
+        })
+    }
+}
+
 fn histogram() -> Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, 600_000_000, 3)
         .map_err(|e| HarnessError::Plan(format!("histogram: {e}")))
@@ -397,6 +405,67 @@ fn cpu_of(p: &procs::Proc) -> Duration {
     p.cpu().unwrap_or_default()
 }
 
+/// What a client's requests got: answers by status (and problem code), transport
+/// errors, the latency of the answered ones.
+#[derive(Default)]
+struct Answers {
+    requests: u64,
+    statuses: BTreeMap<String, u64>,
+    errors: u64,
+    histogram: Option<Histogram<u64>>,
+}
+
+impl Answers {
+    fn new() -> Answers {
+        Answers {
+            histogram: histogram().ok(),
+            ..Answers::default()
+        }
+    }
+
+    /// Counts one request, sent at `t`, and what came back.
+    fn record(&mut self, r: Result<Reply>, t: Instant) {
+        self.requests += 1;
+        match r {
+            Ok(r) => {
+                let key = if r.status == 200 {
+                    "200".to_string()
+                } else {
+                    format!("{} {}", r.status, r.code().unwrap_or_default())
+                };
+                *self.statuses.entry(key).or_default() += 1;
+                if let Some(h) = self.histogram.as_mut() {
+                    let _ = h.record(us(t.elapsed()));
+                }
+            }
+            Err(_) => self.errors += 1,
+        }
+    }
+
+    /// All of `parts` together.
+    fn sum(parts: &[Answers]) -> Result<Answers> {
+        let mut total = Answers {
+            histogram: Some(histogram()?),
+            ..Answers::default()
+        };
+        for p in parts {
+            total.requests += p.requests;
+            total.errors += p.errors;
+            for (k, v) in &p.statuses {
+                *total.statuses.entry(k.clone()).or_default() += v;
+            }
+            if let (Some(h), Some(x)) = (total.histogram.as_mut(), &p.histogram) {
+                let _ = h.add(x);
+            }
+        }
+        Ok(total)
+    }
+
+    fn latency(&self) -> Latency {
+        self.histogram.as_ref().map(latency).unwrap_or_default()
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // revocation-latency
 
@@ -408,15 +477,6 @@ struct BenchConsent {
     auth: HeaderValue,
 }
 
-/// What a background connection measured.
-#[derive(Default)]
-struct Background {
-    sent: u64,
-    statuses: BTreeMap<String, u64>,
-    errors: u64,
-    histogram: Option<Histogram<u64>>,
-}
-
 /// Paced requests on one keep-alive connection until `stop`.
 async fn background(
     mut conn: HttpConn,
@@ -424,30 +484,14 @@ async fn background(
     auth: HeaderValue,
     interval: Duration,
     stop: Arc<AtomicBool>,
-) -> Background {
-    let mut out = Background {
-        histogram: histogram().ok(),
-        ..Background::default()
-    };
+) -> Answers {
+    let mut out = Answers::new();
     let mut next = tokio::time::Instant::now();
     while !stop.load(Ordering::Relaxed) {
         tokio::time::sleep_until(next).await;
         let t = Instant::now();
-        out.sent += 1;
-        match conn.get_with(&path, &auth).await {
-            Ok(r) => {
-                let key = if r.status == 200 {
-                    "200".to_string()
-                } else {
-                    format!("{} {}", r.status, r.code().unwrap_or_default())
-                };
-                *out.statuses.entry(key).or_default() += 1;
-                if let Some(h) = out.histogram.as_mut() {
-                    let _ = h.record(us(t.elapsed()));
-                }
-            }
-            Err(_) => out.errors += 1,
-        }
+        let r = conn.get_with(&path, &auth).await;
+        out.record(r, t);
         next += interval;
         let now = tokio::time::Instant::now();
         if next < now {
@@ -512,93 +556,170 @@ struct ProbeCost {
     gateway_cpu_us_per_refused_probe: f64,
 }
 
+/// What a revocation-latency run does.
+struct RevocationPlan {
+    /// Revocations.
+    n: usize,
+    /// Background requests per second through each gateway.
+    bg_rate: f64,
+    /// Background connections per gateway.
+    bg_conns: usize,
+}
+
+impl RevocationPlan {
+    fn of(b: &Bench, a: &RevocationArgs) -> RevocationPlan {
+        RevocationPlan {
+            n: a.revocations
+                .unwrap_or(if b.smoke { 50 } else { 1000 })
+                .max(1),
+            bg_rate: a
+                .background_rate
+                .unwrap_or(if b.smoke { 50.0 } else { 150.0 }),
+            bg_conns: a.background_connections.max(1),
+        }
+    }
+}
+
 fn revocation_latency(b: &Bench, a: &RevocationArgs) -> Result<()> {
     let load_at_start = loadavg();
-    let n = a
-        .revocations
-        .unwrap_or(if b.smoke { 50 } else { 1000 })
-        .max(1);
-    let bg_rate = a
-        .background_rate
-        .unwrap_or(if b.smoke { 50.0 } else { 150.0 });
-    let bg_conns = a.background_connections.max(1);
-    let dir = b.dir("revocation-latency")?;
-    let bank = b.bank(&dir)?;
-    let spec = b.sidecar_spec(&dir)?;
-    let sidecar = spec.start()?;
-    let mut reg = Registry::new(&b.env, &spec, &b.operator)?;
-    let users = b.env.active_users();
+    let plan = RevocationPlan::of(b, a);
+    let mut rig = RevocationRig::start(b, plan.n)?;
+    let mut times = RevocationTimes::new()?;
+    let (background, cpu) = b.rt.block_on(rig.measure(b, &plan, &mut times))?;
+    // Allowed probes: the warm-up's and those answered 200 while waiting, both gateways.
+    let _ = times.allowed_rtt.add(&times.allowed_rtt_b);
+    let cost = b.rt.block_on(rig.probe_cost(b.smoke))?;
+    let results = RevocationResults {
+        times,
+        background: Answers::sum(&background.parts)?,
+        background_s: background.seconds,
+        cpu,
+        cost,
+    };
+    let report = results.report(b, &plan, &rig);
+    let summary = results.summary(b, &plan);
+    rig.stop();
+    b.write("revocation-latency", load_at_start, report, &summary)
+}
 
-    // The registry: n consents to revoke and a few for the background load, each
-    // authorised by its customer with the one-time code, each with a token.
-    let setup = Instant::now();
-    let total = n + 2 * users;
-    let mut consents = Vec::with_capacity(total);
-    b.rt.block_on(async {
-        reg.register(&b.env, bank.addrs).await?;
-        for i in 0..total {
-            let row = b.env.consent(i);
-            let provider = b.env.providers[row.provider].to_string();
-            let id = reg
-                .authorised_consent(row.user, &provider, &row.customer)
-                .await?;
-            let token = reg.token(row.user, &id).await?;
-            consents.push(BenchConsent {
-                id,
-                user: row.user,
-                path: format!("/v1/providers/{provider}/accounts"),
-                auth: bearer_value(&token)?,
-            });
-            if (i + 1) % 250 == 0 {
-                eprintln!("   {} consents authorised, tokens issued", i + 1);
+/// The processes and connections of revocation-latency: the bank, one sidecar, two
+/// gateways following it, a registry of authorised consents with their tokens.
+struct RevocationRig {
+    gateways: [Gateway; 2],
+    /// Per gateway, one probe connection per API user (a token is bound to its user's
+    /// certificate).
+    probes: Vec<Vec<HttpConn>>,
+    reg: Registry,
+    sidecar: Sidecar,
+    spec: SidecarSpec,
+    bank: BankProcess,
+    /// The background load's consents (the first `2 × users`), then those revoked.
+    consents: Vec<BenchConsent>,
+    /// How many of `consents` the background load uses.
+    background: usize,
+    /// The registry's head once set up.
+    head: u64,
+    /// Seconds the set-up took.
+    setup_s: f64,
+}
+
+/// The background load's connections, as they ended, and how long it ran.
+struct BackgroundRun {
+    parts: Vec<Answers>,
+    seconds: f64,
+}
+
+impl RevocationRig {
+    /// Starts the bank and the sidecar, sets up `n` consents to revoke and a few for the
+    /// background load, starts both gateways and waits until they have them all.
+    fn start(b: &Bench, n: usize) -> Result<RevocationRig> {
+        let dir = b.dir("revocation-latency")?;
+        let bank = b.bank(&dir)?;
+        let spec = b.sidecar_spec(&dir)?;
+        let sidecar = spec.start()?;
+        let mut reg = Registry::new(&b.env, &spec, &b.operator)?;
+        let background = 2 * b.env.active_users();
+        let setup = Instant::now();
+        let total = n + background;
+        let consents =
+            b.rt.block_on(authorise_consents(b, &mut reg, bank.addrs, total))?;
+        let setup_s = setup.elapsed().as_secs_f64();
+        let head = b.rt.block_on(reg.head())?;
+        eprintln!(
+            "   registry: {total} consents in {setup_s:.1} s (create, OTP authorisation, token), head {head}"
+        );
+        let gateways = [
+            b.gateway(&dir, "gateway-a", bank.addrs, &spec, true)?,
+            b.gateway(&dir, "gateway-b", bank.addrs, &spec, true)?,
+        ];
+        for g in &gateways {
+            wait_feed_version(g, head, Duration::from_secs(60))?;
+        }
+        let mut probes: Vec<Vec<HttpConn>> = Vec::new();
+        for g in &gateways {
+            let mut per_user = Vec::new();
+            for u in 0..b.env.active_users() {
+                per_user.push(HttpConn::new(g.endpoint.clone(), b.user_tls(u)?));
+            }
+            probes.push(per_user);
+        }
+        Ok(RevocationRig {
+            gateways,
+            probes,
+            reg,
+            sidecar,
+            spec,
+            bank,
+            consents,
+            background,
+            head,
+            setup_s,
+        })
+    }
+
+    /// The warm-up, then the revocations one after another under background load: what
+    /// the background load got and the CPU every process used during the revocations.
+    async fn measure(
+        &mut self,
+        b: &Bench,
+        plan: &RevocationPlan,
+        times: &mut RevocationTimes,
+    ) -> Result<(BackgroundRun, Value)> {
+        self.warm_up(&mut times.allowed_rtt).await?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = self.start_background(b, plan, &stop)?;
+        let bg_started = Instant::now();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let cpu0 = self.cpu();
+        let t0 = Instant::now();
+        self.revoke_all(times).await?;
+        let window_s = t0.elapsed().as_secs_f64();
+        let cpu1 = self.cpu();
+        stop.store(true, Ordering::Relaxed);
+        let seconds = bg_started.elapsed().as_secs_f64();
+        let mut parts = Vec::new();
+        for t in tasks {
+            if let Ok(r) = t.await {
+                parts.push(r);
             }
         }
-        Ok::<(), HarnessError>(())
-    })?;
-    let setup_s = setup.elapsed().as_secs_f64();
-    let head = b.rt.block_on(reg.head())?;
-    eprintln!(
-        "   registry: {total} consents in {setup_s:.1} s (create, OTP authorisation, token), head {head}"
-    );
-    let gateways = [
-        b.gateway(&dir, "gateway-a", bank.addrs, &spec, true)?,
-        b.gateway(&dir, "gateway-b", bank.addrs, &spec, true)?,
-    ];
-    for g in &gateways {
-        wait_feed_version(g, head, Duration::from_secs(60))?;
+        let d = |k: usize| round3((cpu1[k] - cpu0[k]).as_secs_f64());
+        let cpu = json!({
+            "window_s": round3(window_s),
+            "sidecar_s": d(0),
+            "gateway_a_s": d(1),
+            "gateway_b_s": d(2),
+            "bank_s": d(3),
+            "bench_client_s": d(4),
+        });
+        Ok((BackgroundRun { parts, seconds }, cpu))
     }
-    let (bg_consents, rev_consents) = consents.split_at(2 * users);
 
-    // Probe connections: one per gateway and user (a token is bound to its user's
-    // certificate).
-    let mut probes: Vec<Vec<HttpConn>> = Vec::new();
-    for g in &gateways {
-        let mut per_user = Vec::new();
-        for u in 0..users {
-            per_user.push(HttpConn::new(g.endpoint.clone(), b.user_tls(u)?));
-        }
-        probes.push(per_user);
-    }
-    let mut allowed_rtt = histogram()?;
-    let mut allowed_rtt_b = histogram()?;
-    let mut both = histogram()?;
-    let mut both_from_sent = histogram()?;
-    let mut per_gw = [histogram()?, histogram()?];
-    let mut revoke_call = histogram()?;
-    let (mut first_refused, mut allowed_before, mut probe_total) =
-        ([0u64; 2], [0u64; 2], [0u64; 2]);
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut cpu = json!({});
-    let mut window_s = 0.0;
-    let mut bg_s = 0.0;
-    let mut bg_results = Vec::new();
-    let mut bg_requests = 0u64;
-
-    b.rt.block_on(async {
-        // Warm-up: every consent allowed by both gateways once (tokens verified and
-        // cached, connections open). The first token may race the gateway's JWKS fetch.
-        for c in consents.iter() {
-            for per_user in probes.iter_mut() {
+    /// Every consent allowed by both gateways once (tokens verified and cached,
+    /// connections open). The first token may race the gateway's JWKS fetch.
+    async fn warm_up(&mut self, allowed_rtt: &mut Histogram<u64>) -> Result<()> {
+        for c in &self.consents {
+            for per_user in self.probes.iter_mut() {
                 let conn = &mut per_user[c.user];
                 let mut tries = 0;
                 loop {
@@ -619,12 +740,22 @@ fn revocation_latency(b: &Bench, a: &RevocationArgs) -> Result<()> {
                 }
             }
         }
-        // Background load through both gateways.
-        let interval = Duration::from_secs_f64(bg_conns as f64 / bg_rate.max(0.1));
+        Ok(())
+    }
+
+    /// Background load through both gateways until `stop`.
+    fn start_background(
+        &self,
+        b: &Bench,
+        plan: &RevocationPlan,
+        stop: &Arc<AtomicBool>,
+    ) -> Result<Vec<tokio::task::JoinHandle<Answers>>> {
+        let interval = Duration::from_secs_f64(plan.bg_conns as f64 / plan.bg_rate.max(0.1));
+        let bg_consents = &self.consents[..self.background];
         let mut tasks = Vec::new();
-        for (gi, g) in gateways.iter().enumerate() {
-            for k in 0..bg_conns {
-                let c = &bg_consents[(gi * bg_conns + k) % bg_consents.len()];
+        for (gi, g) in self.gateways.iter().enumerate() {
+            for k in 0..plan.bg_conns {
+                let c = &bg_consents[(gi * plan.bg_conns + k) % bg_consents.len()];
                 tasks.push(tokio::spawn(background(
                     HttpConn::new(g.endpoint.clone(), b.user_tls(c.user)?),
                     c.path.clone(),
@@ -634,254 +765,336 @@ fn revocation_latency(b: &Bench, a: &RevocationArgs) -> Result<()> {
                 )));
             }
         }
-        let bg_started = Instant::now();
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        Ok(tasks)
+    }
 
-        let cpu0 = (
-            cpu_of(&sidecar.proc),
-            cpu_of(&gateways[0].proc),
-            cpu_of(&gateways[1].proc),
-            cpu_of(&bank.proc),
+    /// CPU time so far of the sidecar, gateway A, gateway B, the bank and this process.
+    fn cpu(&self) -> [Duration; 5] {
+        [
+            cpu_of(&self.sidecar.proc),
+            cpu_of(&self.gateways[0].proc),
+            cpu_of(&self.gateways[1].proc),
+            cpu_of(&self.bank.proc),
             procs::self_cpu(),
-        );
-        let t0 = Instant::now();
-        for (i, c) in rev_consents.iter().enumerate() {
+        ]
+    }
+
+    /// Revokes each consent in turn and probes both gateways until both refuse it.
+    async fn revoke_all(&mut self, times: &mut RevocationTimes) -> Result<()> {
+        let revoked = &self.consents[self.background..];
+        for (i, c) in revoked.iter().enumerate() {
             let sent = Instant::now();
-            let r = reg.revoke(c.user, &c.id).await?;
+            let r = self.reg.revoke(c.user, &c.id).await?;
             let answered = Instant::now();
             if r.status != 200 {
                 return Err(HarnessError::Trust(format!("revoke: {}", r.describe())));
             }
-            let _ = revoke_call.record(us(answered - sent));
-            let (pa, pb) = probes.split_at_mut(1);
+            let _ = times.revoke_call.record(us(answered - sent));
+            let (pa, pb) = self.probes.split_at_mut(1);
             let (ra, rb) = tokio::join!(
-                until_refused(&mut pa[0][c.user], &c.path, &c.auth, &mut allowed_rtt),
-                until_refused(&mut pb[0][c.user], &c.path, &c.auth, &mut allowed_rtt_b),
+                until_refused(&mut pa[0][c.user], &c.path, &c.auth, &mut times.allowed_rtt),
+                until_refused(
+                    &mut pb[0][c.user],
+                    &c.path,
+                    &c.auth,
+                    &mut times.allowed_rtt_b
+                ),
             );
-            let (ra, rb) = (ra?, rb?);
-            for (k, r) in [&ra, &rb].into_iter().enumerate() {
-                let _ = per_gw[k].record(us(r.at - answered));
-                probe_total[k] += r.probes;
-                allowed_before[k] += r.allowed;
-                if r.probes == 1 {
-                    first_refused[k] += 1;
-                }
-            }
-            let _ = both.record(us(ra.at.max(rb.at) - answered));
-            let _ = both_from_sent.record(us(ra.at.max(rb.at) - sent));
+            times.add(&ra?, &rb?, sent, answered);
             if (i + 1) % 250 == 0 {
                 eprintln!("   {} revocations", i + 1);
             }
         }
-        window_s = t0.elapsed().as_secs_f64();
-        let cpu1 = (
-            cpu_of(&sidecar.proc),
-            cpu_of(&gateways[0].proc),
-            cpu_of(&gateways[1].proc),
-            cpu_of(&bank.proc),
-            procs::self_cpu(),
-        );
-        stop.store(true, Ordering::Relaxed);
-        bg_s = bg_started.elapsed().as_secs_f64();
-        for t in tasks {
-            if let Ok(r) = t.await {
-                bg_requests += r.sent;
-                bg_results.push(r);
-            }
-        }
-        cpu = json!({
-            "window_s": round3(window_s),
-            "sidecar_s": round3((cpu1.0 - cpu0.0).as_secs_f64()),
-            "gateway_a_s": round3((cpu1.1 - cpu0.1).as_secs_f64()),
-            "gateway_b_s": round3((cpu1.2 - cpu0.2).as_secs_f64()),
-            "bank_s": round3((cpu1.3 - cpu0.3).as_secs_f64()),
-            "bench_client_s": round3((cpu1.4 - cpu0.4).as_secs_f64()),
-        });
-        Ok::<(), HarnessError>(())
-    })?;
-    // Allowed probes: the warm-up's and those answered 200 while waiting, both gateways.
-    let _ = allowed_rtt.add(&allowed_rtt_b);
+        Ok(())
+    }
 
-    // Probe cost: refused probes of an already revoked consent, one gateway at a time,
-    // without background load: round trip and gateway CPU per probe.
-    let cost = b.rt.block_on(async {
-        let mut rtts = Vec::new();
-        let mut cpu_per = Vec::new();
-        let c = rev_consents
-            .first()
+    /// Refused probes of an already revoked consent, one gateway at a time, without
+    /// background load: round trip and gateway CPU per probe.
+    async fn probe_cost(&mut self, smoke: bool) -> Result<RefusedProbeCost> {
+        let mut cost = RefusedProbeCost::default();
+        let c = self
+            .consents
+            .get(self.background)
             .ok_or_else(|| HarnessError::Plan("no consent".into()))?;
         // /proc counts CPU in 10 ms ticks: enough probes for the per-probe figure.
-        let k = if b.smoke { 1000 } else { 5000 };
-        for (gi, per_user) in probes.iter_mut().enumerate() {
+        let k = if smoke { 1000 } else { 5000 };
+        for (gi, per_user) in self.probes.iter_mut().enumerate() {
             let mut h = histogram()?;
-            let cpu0 = cpu_of(&gateways[gi].proc);
+            let cpu0 = cpu_of(&self.gateways[gi].proc);
             for _ in 0..k {
                 let t = Instant::now();
                 let r = per_user[c.user].get_with(&c.path, &c.auth).await?;
                 let _ = h.record(us(t.elapsed()));
                 if r.status != 403 {
                     return Err(HarnessError::Check {
-                        system: gateways[gi].name.clone(),
+                        system: self.gateways[gi].name.clone(),
                         reason: format!("revoked consent answered {}", r.describe()),
                     });
                 }
             }
-            let cpu = cpu_of(&gateways[gi].proc) - cpu0;
-            rtts.push(latency(&h));
-            cpu_per.push(round1(cpu.as_secs_f64() * 1e6 / k as f64));
+            let cpu = cpu_of(&self.gateways[gi].proc) - cpu0;
+            cost.rtts.push(latency(&h));
+            cost.cpu_us.push(round1(cpu.as_secs_f64() * 1e6 / k as f64));
         }
-        Ok::<_, HarnessError>((rtts, cpu_per))
-    })?;
+        Ok(cost)
+    }
 
-    let mut bg_statuses: BTreeMap<String, u64> = BTreeMap::new();
-    let mut bg_hist = histogram()?;
-    let mut bg_errors = 0;
-    for r in &bg_results {
-        for (k, v) in &r.statuses {
-            *bg_statuses.entry(k.clone()).or_default() += v;
-        }
-        bg_errors += r.errors;
-        if let Some(h) = &r.histogram {
-            let _ = bg_hist.add(h);
+    /// Stops the gateways, then the sidecar, then the bank.
+    fn stop(self) {
+        let RevocationRig {
+            gateways,
+            sidecar,
+            bank,
+            ..
+        } = self;
+        drop(gateways);
+        drop(sidecar);
+        drop(bank);
+    }
+}
+
+/// `total` consents, each authorised by its customer with the one-time code, each with
+/// a token (the banks registered first).
+async fn authorise_consents(
+    b: &Bench,
+    reg: &mut Registry,
+    banks: [SocketAddr; 2],
+    total: usize,
+) -> Result<Vec<BenchConsent>> {
+    reg.register(&b.env, banks).await?;
+    let mut consents = Vec::with_capacity(total);
+    for i in 0..total {
+        let row = b.env.consent(i);
+        let provider = b.env.providers[row.provider].to_string();
+        let id = reg
+            .authorised_consent(row.user, &provider, &row.customer)
+            .await?;
+        let token = reg.token(row.user, &id).await?;
+        consents.push(BenchConsent {
+            id,
+            user: row.user,
+            path: format!("/v1/providers/{provider}/accounts"),
+            auth: bearer_value(&token)?,
+        });
+        if (i + 1) % 250 == 0 {
+            eprintln!("   {} consents authorised, tokens issued", i + 1);
         }
     }
-    let both_l = latency(&both);
-    let met = both_l.p99_ms <= 50.0;
-    let per_rev = |k: usize| round1(probe_total[k] as f64 / n as f64);
-    let report = json!({
-        "settings": {
-            "revocations": n,
-            "background_rate_per_gateway": bg_rate,
-            "background_connections_per_gateway": bg_conns,
-            "gateway_threads": b.hub_threads,
-            "gateways": 2,
-            "sidecar_heartbeat_ms": spec.heartbeat_ms,
-        },
-        "setup": {"consents": total, "seconds": round3(setup_s), "head_version": head},
-        "latency_both_refuse": both_l,
-        "latency_gateway_a": latency(&per_gw[0]),
-        "latency_gateway_b": latency(&per_gw[1]),
-        "revoke_call": latency(&revoke_call),
-        "latency_both_refuse_from_request_sent": latency(&both_from_sent),
-        "target_p99_ms": 50.0,
-        "target_met": met,
-        "probes": {
-            "total": [probe_total[0], probe_total[1]],
-            "per_revocation_mean": [per_rev(0), per_rev(1)],
-            "allowed_before_refusal": [allowed_before[0], allowed_before[1]],
-            "refused_on_first_probe": [first_refused[0], first_refused[1]],
-        },
-        "probe_cost": ProbeCost {
-            refused_probe_rtt: cost.0.first().cloned().unwrap_or_default(),
-            allowed_probe_rtt: latency(&allowed_rtt),
-            gateway_cpu_us_per_refused_probe: cost.1.first().copied().unwrap_or_default(),
-        },
-        "probe_cost_gateway_b": {
-            "refused_probe_rtt": cost.0.get(1).cloned().unwrap_or_default(),
-            "gateway_cpu_us_per_refused_probe": cost.1.get(1).copied().unwrap_or_default(),
-        },
-        "background": {
-            "requests": bg_requests,
-            "answers": bg_statuses,
-            "transport_errors": bg_errors,
-            "seconds": round3(bg_s),
-            "rps": round1(bg_requests as f64 / bg_s.max(1e-9)),
-            "latency": latency(&bg_hist),
-        },
-        "cpu_during_revocations": cpu,
-    });
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "{n} revocations one after another; 2 gateways ({} worker thread each) following one sidecar; \
-         background {:.0} req/s per gateway ({} requests in {:.2} s, answers {:?}, {} transport errors, \
-         latency {})",
-        b.hub_threads,
-        bg_rate,
-        bg_requests,
-        bg_s,
-        bg_statuses,
-        bg_errors,
-        lat_line(&latency(&bg_hist))
-    );
-    let _ = writeln!(
-        s,
-        "revocation answered → BOTH gateways refuse: {}",
-        lat_line(&both_l)
-    );
-    let _ = writeln!(
-        s,
-        "  gateway A alone:                        {}",
-        lat_line(&latency(&per_gw[0]))
-    );
-    let _ = writeln!(
-        s,
-        "  gateway B alone:                        {}",
-        lat_line(&latency(&per_gw[1]))
-    );
-    let _ = writeln!(
-        s,
-        "  DELETE /v1/consents/{{id}} round trip:   {}",
-        lat_line(&latency(&revoke_call))
-    );
-    let _ = writeln!(
-        s,
-        "  from the DELETE sent → both refuse:     {}",
-        lat_line(&latency(&both_from_sent))
-    );
-    let _ = writeln!(
-        s,
-        "target p99 ≤ 50 ms: {}",
-        if met { "met" } else { "NOT met" }
-    );
-    let _ = writeln!(
-        s,
-        "probing: {:.1} / {:.1} probes per revocation (A / B), refused on the first probe in {} / {} of {n}, \
-         {} / {} allowed answers before the refusal",
-        per_rev(0),
-        per_rev(1),
-        first_refused[0],
-        first_refused[1],
-        allowed_before[0],
-        allowed_before[1]
-    );
-    let _ = writeln!(
-        s,
-        "probe cost (the resolution of the measurement): a refused probe's round trip {} (A, idle); \
-         an allowed one (through the bank) {}; gateway CPU per refused probe {:.1} µs (A), {:.1} µs (B)",
-        lat_line(&cost.0.first().cloned().unwrap_or_default()),
-        lat_line(&latency(&allowed_rtt)),
-        cost.1.first().copied().unwrap_or_default(),
-        cost.1.get(1).copied().unwrap_or_default()
-    );
-    let _ = writeln!(s, "CPU during the revocations: {cpu}");
-    drop(gateways);
-    drop(sidecar);
-    drop(bank);
-    b.write("revocation-latency", load_at_start, report, &s)
+    Ok(consents)
+}
+
+/// What the revocations measured.
+struct RevocationTimes {
+    /// Allowed probes' round trips through gateway A (then all of them).
+    allowed_rtt: Histogram<u64>,
+    /// Allowed probes' round trips through gateway B.
+    allowed_rtt_b: Histogram<u64>,
+    /// Revocation answered → both gateways refuse.
+    both: Histogram<u64>,
+    /// `DELETE` sent → both gateways refuse.
+    both_from_sent: Histogram<u64>,
+    /// Revocation answered → each gateway refuses.
+    per_gw: [Histogram<u64>; 2],
+    /// The `DELETE`'s round trip.
+    revoke_call: Histogram<u64>,
+    /// Per gateway: revocations refused on the first probe.
+    first_refused: [u64; 2],
+    /// Per gateway: allowed answers before the refusal.
+    allowed_before: [u64; 2],
+    /// Per gateway: probes.
+    probe_total: [u64; 2],
+}
+
+impl RevocationTimes {
+    fn new() -> Result<RevocationTimes> {
+        Ok(RevocationTimes {
+            allowed_rtt: histogram()?,
+            allowed_rtt_b: histogram()?,
+            both: histogram()?,
+            both_from_sent: histogram()?,
+            per_gw: [histogram()?, histogram()?],
+            revoke_call: histogram()?,
+            first_refused: [0; 2],
+            allowed_before: [0; 2],
+            probe_total: [0; 2],
+        })
+    }
+
+    /// Adds one revocation: gateway A refused at `ra`, B at `rb`.
+    fn add(&mut self, ra: &Refusal, rb: &Refusal, sent: Instant, answered: Instant) {
+        for (k, r) in [ra, rb].into_iter().enumerate() {
+            let _ = self.per_gw[k].record(us(r.at - answered));
+            self.probe_total[k] += r.probes;
+            self.allowed_before[k] += r.allowed;
+            if r.probes == 1 {
+                self.first_refused[k] += 1;
+            }
+        }
+        let _ = self.both.record(us(ra.at.max(rb.at) - answered));
+        let _ = self.both_from_sent.record(us(ra.at.max(rb.at) - sent));
+    }
+}
+
+/// Per gateway: the round trip of a refused probe and the gateway's CPU per probe.
+#[derive(Default)]
+struct RefusedProbeCost {
+    rtts: Vec<Latency>,
+    cpu_us: Vec<f64>,
+}
+
+impl RefusedProbeCost {
+    fn rtt(&self, gateway: usize) -> Latency {
+        self.rtts.get(gateway).cloned().unwrap_or_default()
+    }
+
+    fn cpu_us(&self, gateway: usize) -> f64 {
+        self.cpu_us.get(gateway).copied().unwrap_or_default()
+    }
+}
+
+/// Everything revocation-latency measured.
+struct RevocationResults {
+    times: RevocationTimes,
+    /// The background load, all connections.
+    background: Answers,
+    /// How long it ran.
+    background_s: f64,
+    /// CPU of every process during the revocations.
+    cpu: Value,
+    cost: RefusedProbeCost,
+}
+
+impl RevocationResults {
+    /// Mean probes per revocation through gateway `k`.
+    fn per_rev(&self, plan: &RevocationPlan, k: usize) -> f64 {
+        round1(self.times.probe_total[k] as f64 / plan.n as f64)
+    }
+
+    fn report(&self, b: &Bench, plan: &RevocationPlan, rig: &RevocationRig) -> Value {
+        let t = &self.times;
+        let bg = &self.background;
+        let both = latency(&t.both);
+        json!({
+            "settings": {
+                "revocations": plan.n,
+                "background_rate_per_gateway": plan.bg_rate,
+                "background_connections_per_gateway": plan.bg_conns,
+                "gateway_threads": b.hub_threads,
+                "gateways": 2,
+                "sidecar_heartbeat_ms": rig.spec.heartbeat_ms,
+            },
+            "setup": {"consents": rig.consents.len(), "seconds": round3(rig.setup_s), "head_version": rig.head},
+            "latency_both_refuse": both,
+            "latency_gateway_a": latency(&t.per_gw[0]),
+            "latency_gateway_b": latency(&t.per_gw[1]),
+            "revoke_call": latency(&t.revoke_call),
+            "latency_both_refuse_from_request_sent": latency(&t.both_from_sent),
+            "target_p99_ms": 50.0,
+            "target_met": both.p99_ms <= 50.0,
+            "probes": {
+                "total": [t.probe_total[0], t.probe_total[1]],
+                "per_revocation_mean": [self.per_rev(plan, 0), self.per_rev(plan, 1)],
+                "allowed_before_refusal": [t.allowed_before[0], t.allowed_before[1]],
+                "refused_on_first_probe": [t.first_refused[0], t.first_refused[1]],
+            },
+            "probe_cost": ProbeCost {
+                refused_probe_rtt: self.cost.rtt(0),
+                allowed_probe_rtt: latency(&t.allowed_rtt),
+                gateway_cpu_us_per_refused_probe: self.cost.cpu_us(0),
+            },
+            "probe_cost_gateway_b": {
+                "refused_probe_rtt": self.cost.rtt(1),
+                "gateway_cpu_us_per_refused_probe": self.cost.cpu_us(1),
+            },
+            "background": {
+                "requests": bg.requests,
+                "answers": bg.statuses,
+                "transport_errors": bg.errors,
+                "seconds": round3(self.background_s),
+                "rps": round1(bg.requests as f64 / self.background_s.max(1e-9)),
+                "latency": bg.latency(),
+            },
+            "cpu_during_revocations": self.cpu,
+        })
+    }
+
+    fn summary(&self, b: &Bench, plan: &RevocationPlan) -> String {
+        let t = &self.times;
+        let bg = &self.background;
+        let both = latency(&t.both);
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{} revocations one after another; 2 gateways ({} worker thread each) following one sidecar; \
+             background {:.0} req/s per gateway ({} requests in {:.2} s, answers {:?}, {} transport errors, \
+             latency {})",
+            plan.n,
+            b.hub_threads,
+            plan.bg_rate,
+            bg.requests,
+            self.background_s,
+            bg.statuses,
+            bg.errors,
+            lat_line(&bg.latency())
+        );
+        let lines = [
+            ("revocation answered → BOTH gateways refuse: ", &t.both),
+            ("  gateway A alone:                        ", &t.per_gw[0]),
+            ("  gateway B alone:                        ", &t.per_gw[1]),
+            ("  DELETE /v1/consents/{id} round trip:   ", &t.revoke_call),
+            (
+                "  from the DELETE sent → both refuse:     ",
+                &t.both_from_sent,
+            ),
+        ];
+        for (what, h) in lines {
+            let _ = writeln!(s, "{what}{}", lat_line(&latency(h)));
+        }
+        let _ = writeln!(
+            s,
+            "target p99 ≤ 50 ms: {}",
+            if both.p99_ms <= 50.0 {
+                "met"
+            } else {
+                "NOT met"
+            }
+        );
+        let _ = writeln!(
+            s,
+            "probing: {:.1} / {:.1} probes per revocation (A / B), refused on the first probe in {} / {} of {}, \
+             {} / {} allowed answers before the refusal",
+            self.per_rev(plan, 0),
+            self.per_rev(plan, 1),
+            t.first_refused[0],
+            t.first_refused[1],
+            plan.n,
+            t.allowed_before[0],
+            t.allowed_before[1]
+        );
+        let _ = writeln!(
+            s,
+            "probe cost (the resolution of the measurement): a refused probe's round trip {} (A, idle); \
+             an allowed one (through the bank) {}; gateway CPU per refused probe {:.1} µs (A), {:.1} µs (B)",
+            lat_line(&self.cost.rtt(0)),
+            lat_line(&latency(&t.allowed_rtt)),
+            self.cost.cpu_us(0),
+            self.cost.cpu_us(1)
+        );
+        let _ = writeln!(s, "CPU during the revocations: {}", self.cpu);
+        s
+    }
 }
 
 // ---------------------------------------------------------------------------------------
 // token-endpoint
-
-#[derive(Default)]
-struct TokenClient {
-    requests: u64,
-    statuses: BTreeMap<String, u64>,
-    errors: u64,
-    histogram: Option<Histogram<u64>>,
-}
 
 async fn token_client(
     mut conn: HttpConn,
     form: Bytes,
     until: Instant,
     warm_until: Instant,
-) -> TokenClient {
-    let mut out = TokenClient {
-        histogram: histogram().ok(),
-        ..TokenClient::default()
-    };
+) -> Answers {
+    let mut out = Answers::new();
     loop {
         let t = Instant::now();
         if t >= until {
@@ -898,23 +1111,17 @@ async fn token_client(
         if t < warm_until {
             continue;
         }
-        out.requests += 1;
-        match r {
-            Ok(r) => {
-                let key = if r.status == 200 {
-                    "200".to_string()
-                } else {
-                    format!("{} {}", r.status, r.code().unwrap_or_default())
-                };
-                *out.statuses.entry(key).or_default() += 1;
-                if let Some(h) = out.histogram.as_mut() {
-                    let _ = h.record(us(t.elapsed()));
-                }
-            }
-            Err(_) => out.errors += 1,
-        }
+        out.record(r, t);
     }
     out
+}
+
+/// What the token clients got, and the CPU the sidecar and this process used.
+struct TokenRun {
+    answers: Answers,
+    elapsed: Duration,
+    sidecar_cpu: Duration,
+    client_cpu: Duration,
 }
 
 fn token_endpoint(b: &Bench, a: &TokenArgs) -> Result<()> {
@@ -927,102 +1134,127 @@ fn token_endpoint(b: &Bench, a: &TokenArgs) -> Result<()> {
     let sidecar = spec.start()?;
     let mut reg = Registry::new(&b.env, &spec, &b.operator)?;
     let users = b.env.active_users();
-    // The banks are registered (providers need a URL) but never called here.
-    let nowhere = [SocketAddr::from(([127, 0, 0, 1], 9)); 2];
-    let mut forms = Vec::new();
-    b.rt.block_on(async {
-        reg.register(&b.env, nowhere).await?;
-        for u in 0..users {
-            let row = b.env.consent(2 * u);
-            let row = benches::fixture::ConsentRow { user: u, ..row };
-            let provider = b.env.providers[row.provider].to_string();
-            let id = reg.authorised_consent(u, &provider, &row.customer).await?;
-            forms.push(token_form(reg.user_bin(u), &id));
-        }
-        Ok::<(), HarnessError>(())
-    })?;
+    let forms = b.rt.block_on(token_forms(b, &mut reg))?;
     let endpoint = benches::workload::Endpoint::localhost(spec.addr())?;
+    let mut tasks = Vec::new();
+    let start = Instant::now();
+    let warm_until = start + warmup;
+    let until = warm_until + duration;
+    for i in 0..clients {
+        let u = i % users;
+        let conn = HttpConn::new(endpoint.clone(), b.user_tls(u)?);
+        let form = forms[u].clone();
+        tasks.push(b.rt.spawn(token_client(conn, form, until, warm_until)));
+    }
+    std::thread::sleep(warm_until.saturating_duration_since(Instant::now()));
+    let cpu0 = cpu_of(&sidecar.proc);
+    let self0 = procs::self_cpu();
+    let t0 = Instant::now();
     let mut results = Vec::new();
-    let (cpu0, self0, t0);
-    {
-        let mut tasks = Vec::new();
-        let start = Instant::now();
-        let warm_until = start + warmup;
-        let until = warm_until + duration;
-        for i in 0..clients {
-            let u = i % users;
-            let conn = HttpConn::new(endpoint.clone(), b.user_tls(u)?);
-            let form = forms[u].clone();
-            tasks.push(b.rt.spawn(token_client(conn, form, until, warm_until)));
-        }
-        std::thread::sleep(warm_until.saturating_duration_since(Instant::now()));
-        cpu0 = cpu_of(&sidecar.proc);
-        self0 = procs::self_cpu();
-        t0 = Instant::now();
-        for t in tasks {
-            if let Ok(r) = b.rt.block_on(t) {
-                results.push(r);
-            }
+    for t in tasks {
+        if let Ok(r) = b.rt.block_on(t) {
+            results.push(r);
         }
     }
-    let elapsed = t0.elapsed();
-    let sidecar_cpu = cpu_of(&sidecar.proc) - cpu0;
-    let client_cpu = procs::self_cpu() - self0;
-    let mut h = histogram()?;
-    let mut statuses: BTreeMap<String, u64> = BTreeMap::new();
-    let (mut requests, mut errors) = (0u64, 0u64);
-    for r in &results {
-        requests += r.requests;
-        errors += r.errors;
-        for (k, v) in &r.statuses {
-            *statuses.entry(k.clone()).or_default() += v;
-        }
-        if let Some(x) = &r.histogram {
-            let _ = h.add(x);
-        }
-    }
-    let ok = statuses.get("200").copied().unwrap_or(0);
-    let secs = elapsed.as_secs_f64().max(1e-9);
-    let l = latency(&h);
-    let cpu_per_token = round1(sidecar_cpu.as_secs_f64() * 1e6 / ok.max(1) as f64);
-    let report = json!({
-        "settings": {"clients": clients, "duration_s": duration.as_secs_f64(), "warmup_s": warmup.as_secs_f64(),
-                     "api_users": users, "alg": "ES256", "token_lifetime_s": spec.token_lifetime_secs},
-        "requests": requests,
-        "answers": statuses,
-        "transport_errors": errors,
-        "rps": round1(requests as f64 / secs),
-        "tokens_per_s": round1(ok as f64 / secs),
-        "latency": l,
-        "sidecar_cpu_s": round3(sidecar_cpu.as_secs_f64()),
-        "sidecar_cpu_us_per_token": cpu_per_token,
-        "sidecar_cores_busy": round3(sidecar_cpu.as_secs_f64() / secs),
-        "client_cpu_s": round3(client_cpu.as_secs_f64()),
-    });
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "POST /oauth2/token (client_credentials, tls_client_auth, ES256), {clients} keep-alive clients \
-         over {users} API users, {:.1} s after {:.1} s warm-up",
-        duration.as_secs_f64(),
-        warmup.as_secs_f64()
-    );
-    let _ = writeln!(
-        s,
-        "{requests} requests = {:.0}/s ({ok} tokens, answers {statuses:?}, {errors} transport errors)",
-        requests as f64 / secs
-    );
-    let _ = writeln!(s, "latency: {}", lat_line(&l));
-    let _ = writeln!(
-        s,
-        "sidecar CPU: {:.2} s = {cpu_per_token} µs per token ({:.2} cores busy); this client used {:.2} s of CPU \
-         on the same 2 cores",
-        sidecar_cpu.as_secs_f64(),
-        sidecar_cpu.as_secs_f64() / secs,
-        client_cpu.as_secs_f64()
-    );
+    let run = TokenRun {
+        elapsed: t0.elapsed(),
+        sidecar_cpu: cpu_of(&sidecar.proc) - cpu0,
+        client_cpu: procs::self_cpu() - self0,
+        answers: Answers::sum(&results)?,
+    };
+    let settings = json!({"clients": clients, "duration_s": duration.as_secs_f64(), "warmup_s": warmup.as_secs_f64(),
+                          "api_users": users, "alg": "ES256", "token_lifetime_s": spec.token_lifetime_secs});
+    let s = run.summary(clients, users, duration, warmup);
+    let report = run.report(settings);
     drop(sidecar);
     b.write("token-endpoint", load_at_start, report, &s)
+}
+
+/// Registers the banks (providers need a URL; they are never called here) and returns,
+/// per API user, the token request form of one of its authorised consents.
+async fn token_forms(b: &Bench, reg: &mut Registry) -> Result<Vec<Bytes>> {
+    let nowhere = [SocketAddr::from(([127, 0, 0, 1], 9)); 2];
+    reg.register(&b.env, nowhere).await?;
+    let mut forms = Vec::new();
+    for u in 0..b.env.active_users() {
+        let row = b.env.consent(2 * u);
+        let row = benches::fixture::ConsentRow { user: u, ..row };
+        let provider = b.env.providers[row.provider].to_string();
+        let id = reg.authorised_consent(u, &provider, &row.customer).await?;
+        forms.push(token_form(reg.user_bin(u), &id));
+    }
+    Ok(forms)
+}
+
+impl TokenRun {
+    fn ok(&self) -> u64 {
+        self.answers.statuses.get("200").copied().unwrap_or(0)
+    }
+
+    fn secs(&self) -> f64 {
+        self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn cpu_per_token(&self) -> f64 {
+        round1(self.sidecar_cpu.as_secs_f64() * 1e6 / self.ok().max(1) as f64)
+    }
+
+    fn report(&self, settings: Value) -> Value {
+        let (secs, ok) = (self.secs(), self.ok());
+        json!({
+            "settings": settings,
+            "requests": self.answers.requests,
+            "answers": self.answers.statuses,
+            "transport_errors": self.answers.errors,
+            "rps": round1(self.answers.requests as f64 / secs),
+            "tokens_per_s": round1(ok as f64 / secs),
+            "latency": self.answers.latency(),
+            "sidecar_cpu_s": round3(self.sidecar_cpu.as_secs_f64()),
+            "sidecar_cpu_us_per_token": self.cpu_per_token(),
+            "sidecar_cores_busy": round3(self.sidecar_cpu.as_secs_f64() / secs),
+            "client_cpu_s": round3(self.client_cpu.as_secs_f64()),
+        })
+    }
+
+    fn summary(
+        &self,
+        clients: usize,
+        users: usize,
+        duration: Duration,
+        warmup: Duration,
+    ) -> String {
+        let (secs, ok) = (self.secs(), self.ok());
+        let Answers {
+            requests,
+            statuses,
+            errors,
+            ..
+        } = &self.answers;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "POST /oauth2/token (client_credentials, tls_client_auth, ES256), {clients} keep-alive clients \
+             over {users} API users, {:.1} s after {:.1} s warm-up",
+            duration.as_secs_f64(),
+            warmup.as_secs_f64()
+        );
+        let _ = writeln!(
+            s,
+            "{requests} requests = {:.0}/s ({ok} tokens, answers {statuses:?}, {errors} transport errors)",
+            *requests as f64 / secs
+        );
+        let _ = writeln!(s, "latency: {}", lat_line(&self.answers.latency()));
+        let _ = writeln!(
+            s,
+            "sidecar CPU: {:.2} s = {} µs per token ({:.2} cores busy); this client used {:.2} s of CPU \
+             on the same 2 cores",
+            self.sidecar_cpu.as_secs_f64(),
+            self.cpu_per_token(),
+            self.sidecar_cpu.as_secs_f64() / secs,
+            self.client_cpu.as_secs_f64()
+        );
+        s
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1098,7 +1330,6 @@ struct Steps {
 /// parses every line and applies the consent changes to a fresh store in the same
 /// batches the body arrived in.
 async fn follower_steps(b: &Bench, spec: &SidecarSpec, since: u64) -> Result<Steps> {
-    use http_body_util::BodyExt;
     let hub = b.env.pki.hub_client();
     let tls = benches::tls::client_config(
         b.env.pki.ca_cert_path(),
@@ -1107,11 +1338,49 @@ async fn follower_steps(b: &Bench, spec: &SidecarSpec, since: u64) -> Result<Ste
         false,
     )?;
     let ep = benches::workload::Endpoint::localhost(spec.addr())?;
+    let t0 = Instant::now();
+    let (frames, read) = read_backlog(tls, &ep, since).await?;
+    let transfer = read.saturating_duration_since(t0);
+    let t1 = Instant::now();
+    let parsed = parse_frames(&frames)?;
+    let parse = t1.elapsed();
+    let store = ConsentStore::new();
+    let t2 = Instant::now();
+    for batch in parsed.batches {
+        store
+            .apply_batch(batch)
+            .map_err(|e| HarnessError::Trust(format!("apply: {e}")))?;
+    }
+    let apply = t2.elapsed();
+    let changes = parsed.changes;
+    let rate = |d: Duration| round1(changes as f64 / d.as_secs_f64().max(1e-9));
+    Ok(Steps {
+        changes,
+        bytes: parsed.bytes,
+        frames: frames.len() as u64,
+        transfer_s: round3(transfer.as_secs_f64()),
+        parse_s: round3(parse.as_secs_f64()),
+        apply_s: round3(apply.as_secs_f64()),
+        transfer_per_s: rate(transfer),
+        parse_per_s: rate(parse),
+        apply_per_s: rate(apply),
+        parse_and_apply_per_s: rate(parse + apply),
+    })
+}
+
+/// The body frames of `GET /v1/feed?since=V`, read with `tls` (the hub's client
+/// certificate) up to the first heartbeat line (the backlog is complete), and when the
+/// last was read.
+async fn read_backlog(
+    tls: Arc<rustls::ClientConfig>,
+    ep: &benches::workload::Endpoint,
+    since: u64,
+) -> Result<(Vec<Bytes>, Instant)> {
+    use http_body_util::BodyExt;
     let fail = |e: String| HarnessError::Connect {
         addr: ep.addr,
         reason: e,
     };
-    let t0 = Instant::now();
     let tcp = tokio::net::TcpStream::connect(ep.addr)
         .await
         .map_err(|e| fail(e.to_string()))?;
@@ -1144,35 +1413,54 @@ async fn follower_steps(b: &Bench, spec: &SidecarSpec, since: u64) -> Result<Ste
     let mut body = resp.into_body();
     let mut frames: Vec<Bytes> = Vec::new();
     let mut tail: Vec<u8> = Vec::new();
-    'read: while let Some(f) = body.frame().await {
+    while let Some(f) = body.frame().await {
         let Ok(data) = f.map_err(|e| fail(e.to_string()))?.into_data() else {
             continue;
         };
         tail.extend_from_slice(&data);
         frames.push(data);
-        // Stop at the first heartbeat line (the backlog is complete).
-        let mut start = 0;
-        while let Some(i) = tail[start..].iter().position(|&c| c == b'\n') {
-            if tail[start..].starts_with(b"{\"heartbeat\"") {
-                break 'read;
-            }
-            start += i + 1;
+        if ends_backlog(&mut tail) {
+            break;
         }
-        tail.drain(..start);
     }
-    let transfer = t0.elapsed();
+    let read = Instant::now();
     drop(body);
     driver.abort();
+    Ok((frames, read))
+}
 
-    // Parse, keeping the arrival batches (a line may straddle two frames, as in the
-    // follower's buffer).
-    let t1 = Instant::now();
-    let mut batches: Vec<Vec<Change>> = Vec::new();
+/// Whether the complete lines of `tail` reach the first heartbeat line; drops the
+/// complete lines before it (a partial line stays for the next frame).
+fn ends_backlog(tail: &mut Vec<u8>) -> bool {
+    let mut start = 0;
+    while let Some(i) = tail[start..].iter().position(|&c| c == b'\n') {
+        if tail[start..].starts_with(b"{\"heartbeat\"") {
+            return true;
+        }
+        start += i + 1;
+    }
+    tail.drain(..start);
+    false
+}
+
+/// The feed's consent changes, parsed in the batches the body arrived in.
+struct Parsed {
+    batches: Vec<Vec<Change>>,
+    changes: u64,
+    bytes: u64,
+}
+
+/// Parses the lines of `frames`, keeping the arrival batches (a line may straddle two
+/// frames, as in the follower's buffer).
+fn parse_frames(frames: &[Bytes]) -> Result<Parsed> {
+    let mut out = Parsed {
+        batches: Vec::new(),
+        changes: 0,
+        bytes: 0,
+    };
     let mut buf: Vec<u8> = Vec::new();
-    let mut changes = 0u64;
-    let mut bytes = 0u64;
-    for f in &frames {
-        bytes += f.len() as u64;
+    for f in frames {
+        out.bytes += f.len() as u64;
         buf.extend_from_slice(f);
         let mut batch = Vec::new();
         let mut start = 0;
@@ -1182,7 +1470,7 @@ async fn follower_steps(b: &Bench, spec: &SidecarSpec, since: u64) -> Result<Ste
             start += i + 1;
             match trust::wire::FeedLine::parse(line)? {
                 trust::wire::FeedLine::Consent(c) => {
-                    changes += 1;
+                    out.changes += 1;
                     batch.push(c);
                 }
                 trust::wire::FeedLine::Heartbeat(_) => break,
@@ -1190,30 +1478,9 @@ async fn follower_steps(b: &Bench, spec: &SidecarSpec, since: u64) -> Result<Ste
             }
         }
         buf.drain(..start);
-        batches.push(batch);
+        out.batches.push(batch);
     }
-    let parse = t1.elapsed();
-    let store = ConsentStore::new();
-    let t2 = Instant::now();
-    for batch in batches {
-        store
-            .apply_batch(batch)
-            .map_err(|e| HarnessError::Trust(format!("apply: {e}")))?;
-    }
-    let apply = t2.elapsed();
-    let rate = |d: Duration| round1(changes as f64 / d.as_secs_f64().max(1e-9));
-    Ok(Steps {
-        changes,
-        bytes,
-        frames: frames.len() as u64,
-        transfer_s: round3(transfer.as_secs_f64()),
-        parse_s: round3(parse.as_secs_f64()),
-        apply_s: round3(apply.as_secs_f64()),
-        transfer_per_s: rate(transfer),
-        parse_per_s: rate(parse),
-        apply_per_s: rate(apply),
-        parse_and_apply_per_s: rate(parse + apply),
-    })
+    Ok(out)
 }
 
 fn feed_apply(b: &Bench, a: &FeedArgs) -> Result<()> {
@@ -1225,17 +1492,9 @@ fn feed_apply(b: &Bench, a: &FeedArgs) -> Result<()> {
     let consents = changes / 2;
     let dir = b.dir("feed-apply")?;
     let spec = b.sidecar_spec(&dir)?;
-    let sidecar = spec.start()?;
-    let mut reg = Registry::new(&b.env, &spec, &b.operator)?;
-    let nowhere = [SocketAddr::from(([127, 0, 0, 1], 9)); 2];
-    b.rt.block_on(reg.register(&b.env, nowhere))?;
-    let head0 = b.rt.block_on(reg.head())?;
-    let gw = b.gateway(&dir, "gateway", nowhere, &spec, false)?;
-    wait_feed_version(&gw, head0, Duration::from_secs(60))?;
-
-    // The sidecar stops; the changes go straight into its database; it restarts on the
-    // same address and the gateway's follower resumes from head0.
-    drop(sidecar);
+    let (gw, head0) = following_gateway(b, &dir, &spec)?;
+    // The sidecar is stopped; the changes go straight into its database; it restarts on
+    // the same address and the gateway's follower resumes from head0.
     let t = Instant::now();
     let head = bulk_load(b, &spec.db, consents, a.batch.max(1))?;
     let load_s = t.elapsed().as_secs_f64();
@@ -1247,14 +1506,73 @@ fn feed_apply(b: &Bench, a: &FeedArgs) -> Result<()> {
     let sidecar = spec.start()?;
     let ready = Instant::now();
     let sc_cpu0 = cpu_of(&sidecar.proc);
-    let mut samples: Vec<(f64, f64)> = Vec::new();
+    let followed = follow(&gw, ready, head0, head)?;
+    let gw_cpu = cpu_of(&gw.proc) - gw_cpu0;
+    let sc_cpu = cpu_of(&sidecar.proc) - sc_cpu0;
+    let resyncs = benches::sidecar::gateway_metric(gw.admin, "hub_consent_feed_resyncs_total")?;
+    // The follower's steps, here, on the same backlog.
+    let steps = b.rt.block_on(follower_steps(b, &spec, head0))?;
+    let cold = cold_gateway(b, &dir, &spec, head)?;
+    let r = FeedResults {
+        consents,
+        head0,
+        head,
+        load_s,
+        followed,
+        gw_cpu,
+        sc_cpu,
+        resyncs,
+        steps,
+        cold,
+    };
+    let report = r.report(b, a.batch);
+    let s = r.summary(b);
+    drop(gw);
+    drop(sidecar);
+    // The database holds every generated consent (hundreds of MiB): logs are kept.
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = spec.db.clone().into_os_string();
+        p.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(p));
+    }
+    b.write("feed-apply", load_at_start, report, &s)
+}
+
+/// Starts the sidecar with the banks registered and a gateway following it; once the
+/// gateway has the head, stops the sidecar. Returns the gateway and that head.
+fn following_gateway(b: &Bench, dir: &Path, spec: &SidecarSpec) -> Result<(Gateway, u64)> {
+    let sidecar = spec.start()?;
+    let mut reg = Registry::new(&b.env, spec, &b.operator)?;
+    let nowhere = [SocketAddr::from(([127, 0, 0, 1], 9)); 2];
+    b.rt.block_on(reg.register(&b.env, nowhere))?;
+    let head0 = b.rt.block_on(reg.head())?;
+    let gw = b.gateway(dir, "gateway", nowhere, spec, false)?;
+    wait_feed_version(&gw, head0, Duration::from_secs(60))?;
+    drop(sidecar);
+    Ok((gw, head0))
+}
+
+/// How the gateway's feed version moved from `head0` to `head`.
+struct Followed {
+    /// Samples taken (one every 5 ms).
+    samples: usize,
+    /// The first sample past `head0`: when and which version.
+    first: (Duration, f64),
+    /// When the version reached `head`.
+    done: Duration,
+}
+
+/// Samples the gateway's `hub_consent_feed_version` every 5 ms until it reaches `head`
+/// (at most 300 s after `ready`).
+fn follow(gw: &Gateway, ready: Instant, head0: u64, head: u64) -> Result<Followed> {
+    let mut samples = 0;
     let (mut first, mut done) = (None, None);
     let deadline = ready + Duration::from_secs(300);
     while done.is_none() {
         let v =
             benches::sidecar::gateway_metric(gw.admin, "hub_consent_feed_version")?.unwrap_or(0.0);
         let t = ready.elapsed();
-        samples.push((round3(t.as_secs_f64()), v));
+        samples += 1;
         if first.is_none() && v > head0 as f64 {
             first = Some((t, v));
         }
@@ -1269,94 +1587,141 @@ fn feed_apply(b: &Bench, a: &FeedArgs) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    let gw_cpu = cpu_of(&gw.proc) - gw_cpu0;
-    let sc_cpu = cpu_of(&sidecar.proc) - sc_cpu0;
-    let (t_first, v_first) = first.unwrap_or_default();
-    let t_done = done.unwrap_or_default();
-    let n = (head - head0) as f64;
-    let rate_first = (head as f64 - v_first) / (t_done - t_first).as_secs_f64().max(1e-9);
-    let rate_total = n / (t_done - t_first).as_secs_f64().max(1e-9);
-    let rate_from_ready = n / t_done.as_secs_f64().max(1e-9);
-    let resyncs = benches::sidecar::gateway_metric(gw.admin, "hub_consent_feed_resyncs_total")?;
+    Ok(Followed {
+        samples,
+        first: first.unwrap_or_default(),
+        done: done.unwrap_or_default(),
+    })
+}
 
-    // The follower's steps, here, on the same backlog.
-    let steps = b.rt.block_on(follower_steps(b, &spec, head0))?;
+/// A cold gateway loading the same registry as a snapshot.
+struct ColdGateway {
+    /// Seconds until it was ready.
+    ready_s: f64,
+    /// Seconds until it had the head.
+    head_s: f64,
+    /// Its peak RSS in bytes.
+    rss: u64,
+}
 
-    // A cold gateway: the same registry as a snapshot.
+fn cold_gateway(b: &Bench, dir: &Path, spec: &SidecarSpec, head: u64) -> Result<ColdGateway> {
+    let nowhere = [SocketAddr::from(([127, 0, 0, 1], 9)); 2];
     let t = Instant::now();
-    let cold = b.gateway(&dir, "gateway-cold", nowhere, &spec, false)?;
+    let cold = b.gateway(dir, "gateway-cold", nowhere, spec, false)?;
     let ready_s = t.elapsed().as_secs_f64();
     wait_feed_version(&cold, head, Duration::from_secs(300))?;
-    let cold_s = t.elapsed().as_secs_f64();
-    let cold_rss = cold.proc.peak_rss();
-    drop(cold);
+    Ok(ColdGateway {
+        ready_s,
+        head_s: t.elapsed().as_secs_f64(),
+        rss: cold.proc.peak_rss(),
+    })
+}
 
-    let report = json!({
-        "settings": {"changes": head - head0, "consents": consents, "transaction_batch": a.batch,
-                     "gateway_threads": b.hub_threads},
-        "bulk_load": {"seconds": round3(load_s), "changes_per_s": round1(n / load_s.max(1e-9)),
-                      "how": "trust::consents::create + transition(authorised) in Db::write transactions, sidecar stopped"},
-        "end_to_end": {
-            "from_sidecar_ready_to_first_applied_s": round3(t_first.as_secs_f64()),
-            "first_to_last_s": round3((t_done - t_first).as_secs_f64()),
-            "changes_per_s_first_to_last": round1(rate_total),
-            "changes_per_s_after_first_sample": round1(rate_first),
-            "changes_per_s_from_sidecar_ready": round1(rate_from_ready),
-            "gateway_cpu_s": round3(gw_cpu.as_secs_f64()),
-            "gateway_cpu_us_per_change": round3(gw_cpu.as_secs_f64() * 1e6 / n.max(1.0)),
-            "sidecar_cpu_s": round3(sc_cpu.as_secs_f64()),
-            "resyncs": resyncs,
-            "samples": samples.len(),
-            "target_changes_per_s": 200_000,
-            "target_met": rate_total >= 200_000.0,
-        },
-        "follower_steps_in_process": steps,
-        "cold_gateway_snapshot": {"consents": consents, "ready_s": round3(ready_s),
-                                  "version_reached_s": round3(cold_s),
-                                  "peak_rss_mib": round1(cold_rss as f64 / 1_048_576.0)},
-    });
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "{} consent changes ({consents} creations + {consents} authorisations) loaded into the stopped sidecar's \
-         SQLite through trust::consents in {load_s:.1} s ({:.0}/s); sidecar restarted, the gateway's follower \
-         resumed from version {head0}",
-        head - head0,
-        n / load_s.max(1e-9)
-    );
-    let _ = writeln!(
-        s,
-        "gateway (1 follower, {} worker thread): first change applied {:.3} s after the sidecar was ready \
-         (reconnect back-off), last {:.3} s after the first: {:.0} changes/s (target ≥ 200,000: {}); \
-         gateway CPU {:.2} µs per change; resyncs {:?}",
-        b.hub_threads,
-        t_first.as_secs_f64(),
-        (t_done - t_first).as_secs_f64(),
-        rate_total,
-        if rate_total >= 200_000.0 { "met" } else { "NOT met" },
-        gw_cpu.as_secs_f64() * 1e6 / n.max(1.0),
-        resyncs
-    );
-    let _ = writeln!(
-        s,
-        "the follower's steps in this process on the same backlog ({} bytes in {} body frames): transfer {:.0}/s, \
-         parse {:.0}/s, apply {:.0}/s, parse+apply {:.0}/s",
-        steps.bytes, steps.frames, steps.transfer_per_s, steps.parse_per_s, steps.apply_per_s,
-        steps.parse_and_apply_per_s
-    );
-    let _ = writeln!(
-        s,
-        "a cold gateway loads the registry ({consents} consents) as a snapshot: ready in {ready_s:.2} s, at the head \
-         after {cold_s:.2} s, peak RSS {:.0} MiB",
-        cold_rss as f64 / 1_048_576.0
-    );
-    drop(gw);
-    drop(sidecar);
-    // The database holds every generated consent (hundreds of MiB): logs are kept.
-    for suffix in ["", "-wal", "-shm"] {
-        let mut p = spec.db.clone().into_os_string();
-        p.push(suffix);
-        let _ = std::fs::remove_file(PathBuf::from(p));
+/// Everything feed-apply measured.
+struct FeedResults {
+    consents: u64,
+    head0: u64,
+    head: u64,
+    /// Seconds the bulk load took.
+    load_s: f64,
+    followed: Followed,
+    gw_cpu: Duration,
+    sc_cpu: Duration,
+    resyncs: Option<f64>,
+    steps: Steps,
+    cold: ColdGateway,
+}
+
+impl FeedResults {
+    /// Changes applied.
+    fn n(&self) -> f64 {
+        (self.head - self.head0) as f64
     }
-    b.write("feed-apply", load_at_start, report, &s)
+
+    /// From the first applied change to the last.
+    fn first_to_last(&self) -> Duration {
+        self.followed.done - self.followed.first.0
+    }
+
+    /// Changes per second from the first applied change to the last.
+    fn rate_total(&self) -> f64 {
+        self.n() / self.first_to_last().as_secs_f64().max(1e-9)
+    }
+
+    fn report(&self, b: &Bench, batch: usize) -> Value {
+        let (n, f) = (self.n(), &self.followed);
+        let (t_first, v_first) = f.first;
+        let rate_first =
+            (self.head as f64 - v_first) / self.first_to_last().as_secs_f64().max(1e-9);
+        let rate_total = self.rate_total();
+        json!({
+            "settings": {"changes": self.head - self.head0, "consents": self.consents, "transaction_batch": batch,
+                         "gateway_threads": b.hub_threads},
+            "bulk_load": {"seconds": round3(self.load_s), "changes_per_s": round1(n / self.load_s.max(1e-9)),
+                          "how": "trust::consents::create + transition(authorised) in Db::write transactions, sidecar stopped"},
+            "end_to_end": {
+                "from_sidecar_ready_to_first_applied_s": round3(t_first.as_secs_f64()),
+                "first_to_last_s": round3(self.first_to_last().as_secs_f64()),
+                "changes_per_s_first_to_last": round1(rate_total),
+                "changes_per_s_after_first_sample": round1(rate_first),
+                "changes_per_s_from_sidecar_ready": round1(n / f.done.as_secs_f64().max(1e-9)),
+                "gateway_cpu_s": round3(self.gw_cpu.as_secs_f64()),
+                "gateway_cpu_us_per_change": round3(self.gw_cpu.as_secs_f64() * 1e6 / n.max(1.0)),
+                "sidecar_cpu_s": round3(self.sc_cpu.as_secs_f64()),
+                "resyncs": self.resyncs,
+                "samples": f.samples,
+                "target_changes_per_s": 200_000,
+                "target_met": rate_total >= 200_000.0,
+            },
+            "follower_steps_in_process": self.steps,
+            "cold_gateway_snapshot": {"consents": self.consents, "ready_s": round3(self.cold.ready_s),
+                                      "version_reached_s": round3(self.cold.head_s),
+                                      "peak_rss_mib": round1(self.cold.rss as f64 / 1_048_576.0)},
+        })
+    }
+
+    fn summary(&self, b: &Bench) -> String {
+        let (n, consents, head0) = (self.n(), self.consents, self.head0);
+        let rate_total = self.rate_total();
+        let steps = &self.steps;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{} consent changes ({consents} creations + {consents} authorisations) loaded into the stopped sidecar's \
+             SQLite through trust::consents in {:.1} s ({:.0}/s); sidecar restarted, the gateway's follower \
+             resumed from version {head0}",
+            self.head - head0,
+            self.load_s,
+            n / self.load_s.max(1e-9)
+        );
+        let _ = writeln!(
+            s,
+            "gateway (1 follower, {} worker thread): first change applied {:.3} s after the sidecar was ready \
+             (reconnect back-off), last {:.3} s after the first: {:.0} changes/s (target ≥ 200,000: {}); \
+             gateway CPU {:.2} µs per change; resyncs {:?}",
+            b.hub_threads,
+            self.followed.first.0.as_secs_f64(),
+            self.first_to_last().as_secs_f64(),
+            rate_total,
+            if rate_total >= 200_000.0 { "met" } else { "NOT met" },
+            self.gw_cpu.as_secs_f64() * 1e6 / n.max(1.0),
+            self.resyncs
+        );
+        let _ = writeln!(
+            s,
+            "the follower's steps in this process on the same backlog ({} bytes in {} body frames): transfer {:.0}/s, \
+             parse {:.0}/s, apply {:.0}/s, parse+apply {:.0}/s",
+            steps.bytes, steps.frames, steps.transfer_per_s, steps.parse_per_s, steps.apply_per_s,
+            steps.parse_and_apply_per_s
+        );
+        let _ = writeln!(
+            s,
+            "a cold gateway loads the registry ({consents} consents) as a snapshot: ready in {:.2} s, at the head \
+             after {:.2} s, peak RSS {:.0} MiB",
+            self.cold.ready_s,
+            self.cold.head_s,
+            self.cold.rss as f64 / 1_048_576.0
+        );
+        s
+    }
 }

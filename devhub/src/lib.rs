@@ -30,8 +30,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use consent_cache::{Bin, ConsentRecord, ConsentStatus, Permission};
 use gateway::config::{
-    at, AuditSection, ConsentSection, FileConfig, ParticipantSection, ProviderSection,
-    ServerSection, TlsSection, TokenSection, TrustSection, UpstreamTlsSection,
+    at, AuditSection, ConsentSection, FileConfig, HubFiles, ParticipantSection, ProviderSection,
+    TrustSection,
 };
 use policy::directory::{ParticipantStatus, Role};
 use policy::limits::{LimitSettings, QuotaSettings};
@@ -673,15 +673,18 @@ struct HubConfig<'a> {
 fn hub_config(c: &HubConfig<'_>) -> Result<FileConfig, DemoError> {
     let ca = [c.pki.ca_cert_path().to_path_buf()];
     let (server, client) = (c.pki.hub_server(), c.pki.hub_client());
-    let mut listen = ServerSection::new(&format!("127.0.0.1:{}", c.port));
-    listen.admin_listen = at(format!("127.0.0.1:{}", c.admin_port));
-    listen.threads = c.threads;
-    let mut cfg = FileConfig::new(
-        listen,
-        TlsSection::new(server.cert_path.clone(), server.key_path.clone(), &ca),
-        UpstreamTlsSection::new(&ca, client.cert_path.clone(), client.key_path.clone()),
-        TokenSection::new(c.jwks.to_path_buf(), ISSUER, AUDIENCE),
+    let files = HubFiles {
+        ca: ca[0].clone(),
+        server: (server.cert_path.clone(), server.key_path.clone()),
+        client: (client.cert_path.clone(), client.key_path.clone()),
+        jwks: c.jwks.to_path_buf(),
+    };
+    let (listen, admin) = (
+        format!("127.0.0.1:{}", c.port),
+        format!("127.0.0.1:{}", c.admin_port),
     );
+    let mut cfg = FileConfig::for_files(&listen, &admin, &files, ISSUER, AUDIENCE);
+    cfg.server.threads = c.threads;
     match c.trust_url {
         // Consents, participants and token keys from the sidecar; the JWKS file is the
         // start-up key set (the same demo key).

@@ -2,7 +2,6 @@
 //! issuer, consents, configuration file), and pingora sessions over in-memory streams
 //! that present a chosen client certificate, so `ProxyHttp` phases run in-process.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -25,7 +24,13 @@ use consent_cache::{Bin, Permission};
 use sandbox::pki::{DevPki, PkiSpec};
 use sandbox::tokens::{AccessClaims, DevAlg, DevIssuer};
 
+use policy::directory::{ParticipantStatus, Role};
+use policy::limits::QuotaSettings;
+
 use crate::audit::AuditLog;
+use crate::config::{
+    at, AuditSection, ConsentSection, FileConfig, HubFiles, ParticipantSection, ProviderSection,
+};
 use crate::metrics::Metrics;
 use crate::plane::FeedStatus;
 use crate::snapshot::{sections, Publisher};
@@ -96,7 +101,7 @@ fn bin(s: &str) -> Bin {
 
 /// Generates the PKI, the token issuer, one consent and the configuration under `dir`;
 /// returns the configuration file, USER's certificate digest and its token.
-fn write_material(dir: &Path) -> (PathBuf, [u8; 32], String) {
+pub(crate) fn write_material(dir: &Path) -> (PathBuf, [u8; 32], String) {
     let pki = DevPki::generate(
         &dir.join("pki"),
         &PkiSpec::new(vec![bin(USER)], vec![bin(BANK)]),
@@ -128,62 +133,66 @@ fn write_material(dir: &Path) -> (PathBuf, [u8; 32], String) {
     });
     std::fs::write(&consents, format!("{record}\n")).expect("consents");
     let config = dir.join("hub.toml");
-    let toml = hub_toml(
+    let typed = hub_config(
         &pki,
         &jwks,
         &consents,
         &dir.join("audit.jsonl"),
         &user.x5t_s256,
     );
-    std::fs::write(&config, toml).expect("configuration");
+    std::fs::write(&config, typed.to_toml().expect("serialises")).expect("configuration");
     (config, user.thumbprint, token)
 }
 
-fn hub_toml(pki: &DevPki, jwks: &Path, consents: &Path, audit: &Path, x5t: &str) -> String {
-    let p = |path: &Path| format!("{:?}", path.display().to_string());
-    let mut cfg = String::new();
-    let _ = writeln!(
-        cfg,
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nthreads = 1\nmax_body_bytes = {MAX_BODY}"
+/// The test world's configuration, typed: file-mode consents, USER and BANK, BANK on
+/// two base URLs (the second with a path prefix), a small open-data burst.
+pub(crate) fn hub_config(
+    pki: &DevPki,
+    jwks: &Path,
+    consents: &Path,
+    audit: &Path,
+    x5t: &str,
+) -> FileConfig {
+    let mut c = FileConfig::for_files(
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &pki_files(pki, jwks),
+        ISSUER,
+        AUDIENCE,
     );
-    let _ = writeln!(
-        cfg,
-        "[tls]\ncert = {}\nkey = {}\nclient_ca = [{}]",
-        p(&pki.hub_server().cert_path),
-        p(&pki.hub_server().key_path),
-        p(pki.ca_cert_path())
-    );
-    let _ = writeln!(
-        cfg,
-        "[upstream_tls]\nca = [{}]\nclient_cert = {}\nclient_key = {}",
-        p(pki.ca_cert_path()),
-        p(&pki.hub_client().cert_path),
-        p(&pki.hub_client().key_path)
-    );
-    let _ = writeln!(
-        cfg,
-        "[tokens]\njwks = {}\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"",
-        p(jwks)
-    );
-    let _ = writeln!(cfg, "[consents]\nsnapshot = {}", p(consents));
-    let _ = writeln!(cfg, "[audit]\npath = {}", p(audit));
-    let _ = writeln!(
-        cfg,
-        "[limits.per_ip_open_data]\nper_second = 1\nburst = {OPEN_DATA_BURST}"
-    );
-    let _ = writeln!(
-        cfg,
-        "[[participants]]\nbin = \"{USER}\"\nname = \"User\"\nroles = [\"user\"]\nstatus = \"active\"\nthumbprints = [\"{x5t}\"]"
-    );
-    let _ = writeln!(
-        cfg,
-        "[[participants]]\nbin = \"{BANK}\"\nname = \"Bank\"\nroles = [\"provider\"]\nstatus = \"active\""
-    );
-    let _ = writeln!(
-        cfg,
-        "[[providers]]\nbin = \"{BANK}\"\nupstreams = [\"https://127.0.0.1:9\", \"https://127.0.0.1:10/api\"]\nsni = \"localhost\""
-    );
-    cfg
+    c.server.threads = Some(1);
+    c.server.max_body_bytes = MAX_BODY;
+    c.consents = ConsentSection::file(consents.to_path_buf());
+    c.audit = AuditSection::file(audit.to_path_buf());
+    c.limits.per_ip_open_data = QuotaSettings::new(1, OPEN_DATA_BURST).expect("a quota");
+    let mut user = ParticipantSection::new(USER, "User", &[Role::User], ParticipantStatus::Active);
+    user.thumbprints = vec![at(x5t.to_string())];
+    let bank = ParticipantSection::new(BANK, "Bank", &[Role::Provider], ParticipantStatus::Active);
+    c.participants = vec![user, bank];
+    let urls = [
+        "https://127.0.0.1:9".to_string(),
+        "https://127.0.0.1:10/api".to_string(),
+    ];
+    let mut provider = ProviderSection::new(BANK, &urls);
+    provider.sni = Some("localhost".into());
+    c.providers = vec![provider];
+    c
+}
+
+/// What a development PKI gives a hub's configuration.
+fn pki_files(pki: &DevPki, jwks: &Path) -> HubFiles {
+    HubFiles {
+        ca: pki.ca_cert_path().to_path_buf(),
+        server: (
+            pki.hub_server().cert_path.clone(),
+            pki.hub_server().key_path.clone(),
+        ),
+        client: (
+            pki.hub_client().cert_path.clone(),
+            pki.hub_client().key_path.clone(),
+        ),
+        jwks: jwks.to_path_buf(),
+    }
 }
 
 /// One end of an in-memory connection, as pingora sees a TLS connection over TCP: the

@@ -52,6 +52,44 @@ impl FileConfig {
     }
 }
 
+/// The files a hub's configuration names: the platform CA (which also issues the banks'
+/// and the sidecar's certificates in a development world), the hub's server and client
+/// identities, and the token keys.
+#[derive(Debug, Clone)]
+pub struct HubFiles {
+    /// CA bundle: participants' client certificates and banks' server certificates.
+    pub ca: PathBuf,
+    /// The hub's server certificate and key.
+    pub server: (PathBuf, PathBuf),
+    /// The hub's client certificate and key (towards banks and the sidecar).
+    pub client: (PathBuf, PathBuf),
+    /// The JWKS file.
+    pub jwks: PathBuf,
+}
+
+impl FileConfig {
+    /// The required sections over `files`: the API listener on `listen`, the admin one on
+    /// `admin_listen`, tokens of `issuer` for `audience`; everything else as
+    /// [`FileConfig::new`] leaves it.
+    pub fn for_files(
+        listen: &str,
+        admin_listen: &str,
+        files: &HubFiles,
+        issuer: &str,
+        audience: &str,
+    ) -> FileConfig {
+        let ca = [files.ca.clone()];
+        let mut server = ServerSection::new(listen);
+        server.admin_listen = at(admin_listen.to_string());
+        FileConfig::new(
+            server,
+            TlsSection::new(files.server.0.clone(), files.server.1.clone(), &ca),
+            UpstreamTlsSection::new(&ca, files.client.0.clone(), files.client.1.clone()),
+            TokenSection::new(files.jwks.clone(), issuer, audience),
+        )
+    }
+}
+
 impl ServerSection {
     /// `[server]` listening on `listen`, everything else by default.
     pub fn new(listen: &str) -> ServerSection {

@@ -9,7 +9,7 @@ mod build;
 pub mod defaults;
 mod source;
 
-pub use build::at;
+pub use build::{at, HubFiles};
 pub use source::Source;
 
 use serde::{Deserialize, Serialize};

@@ -13,6 +13,8 @@
 
 mod publish;
 pub mod sections;
+#[cfg(test)]
+mod tests;
 
 use rustls::server::danger::ClientCertVerifier;
 use rustls::sign::CertifiedKey;

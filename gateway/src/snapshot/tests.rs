@@ -1,0 +1,400 @@
+//! Tests of the section compile functions (each refuses what it must, naming the file's
+//! line and the field) and of the publisher (what it reuses by key, what it refuses, what
+//! an event changes), over generated development material and real files.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use feed_wire::{ParticipantRecord, ParticipantStatus as WireStatus, Role as WireRole};
+use policy::directory::{ParticipantStatus, Role};
+use policy::limits::{LimitOverride, QuotaSettings};
+
+use crate::config::{
+    at, ConfigError, FileConfig, ParticipantSection, ProviderSection, TrustSection,
+};
+use crate::network::Registry;
+use crate::plane::FeedStatus;
+use crate::testkit;
+
+use super::sections::{self, FileInputs};
+use super::{Change, PublishError, Published, Publisher};
+
+/// A directory with the test world's material and its configuration, typed.
+struct World {
+    dir: tempfile::TempDir,
+    config: FileConfig,
+}
+
+fn world() -> World {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (path, _, _) = testkit::write_material(dir.path());
+    let text = std::fs::read_to_string(path).expect("configuration");
+    let config = toml::from_str(&text).expect("the generated configuration parses");
+    World { dir, config }
+}
+
+impl World {
+    /// Writes `c` as `name` in the world's directory.
+    fn write(&self, name: &str, c: &FileConfig) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, c.to_toml().expect("serialises")).expect("write");
+        path
+    }
+
+    /// Loads the configuration after `edit`.
+    fn load(&self, edit: impl FnOnce(&mut FileConfig)) -> Result<FileInputs, ConfigError> {
+        let mut c = self.config.clone();
+        edit(&mut c);
+        let path = self.write("case.toml", &c);
+        sections::load(&path, None, &Arc::new(FeedStatus::new()))
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// The field an error names, and whether it points at a line of the file.
+fn refused(r: Result<FileInputs, ConfigError>) -> (String, bool, String) {
+    match r {
+        Err(ConfigError::Invalid {
+            field,
+            line,
+            message,
+            ..
+        }) => (field, line > 0, message),
+        Err(e) => panic!("not a field error: {e}"),
+        Ok(_) => panic!("accepted"),
+    }
+}
+
+#[test]
+fn the_generated_configuration_compiles_and_round_trips() {
+    let w = world();
+    let inputs = w.load(|_| {}).expect("compiles");
+    assert_eq!(inputs.base.participants.len(), 2);
+    assert_eq!(inputs.base.providers[0].targets.len(), 2);
+    assert!(inputs.trust().is_none());
+    // Typed → TOML → typed gives the same file again.
+    let text = w.config.to_toml().expect("serialises");
+    let again: FileConfig = toml::from_str(&text).expect("parses");
+    assert_eq!(again.to_toml().expect("serialises"), text);
+}
+
+#[test]
+fn server_section() {
+    let w = world();
+    let (f, _, _) = refused(w.load(|c| c.server.threads = Some(0)));
+    assert_eq!(f, "server.threads");
+    let (f, _, _) = refused(w.load(|c| c.server.max_header_bytes = 100));
+    assert_eq!(f, "server.max_header_bytes");
+    let (f, at_line, m) = refused(w.load(|c| c.server.listen = at("nowhere".into())));
+    assert_eq!(f, "server.listen");
+    assert!(at_line && m.contains("ip:port"), "{m}");
+}
+
+#[test]
+fn tls_sections() {
+    let w = world();
+    let (f, _, m) = refused(w.load(|c| c.tls.client_ca.clear()));
+    assert_eq!(f, "tls.client_ca");
+    assert!(m.contains("platform CA"), "{m}");
+    let (f, at_line, m) = refused(w.load(|c| c.tls.cert = at(PathBuf::from("/nonexistent.pem"))));
+    assert!(
+        f == "tls.cert" && at_line && m.contains("cannot read"),
+        "{f} {m}"
+    );
+    let jwks = w.config.tokens.jwks.get_ref().clone();
+    let (f, at_line, _) = refused(w.load(|c| c.tls.client_ca = vec![at(jwks)]));
+    assert!(f == "tls.client_ca[0]" && at_line, "{f}");
+    let (f, _, _) = refused(w.load(|c| c.upstream_tls.ca.clear()));
+    assert_eq!(f, "upstream_tls.ca");
+    let consents = w.path("consents.jsonl");
+    let (f, _, _) = refused(w.load(|c| c.upstream_tls.client_cert = at(consents)));
+    assert_eq!(f, "upstream_tls.client_cert");
+}
+
+#[test]
+fn tokens_section() {
+    let w = world();
+    let (f, at_line, _) = refused(w.load(|c| c.tokens.issuer = at(String::new())));
+    assert!(f == "tokens.issuer" && at_line);
+    let (f, _, _) = refused(w.load(|c| c.tokens.audience = at(String::new())));
+    assert_eq!(f, "tokens.audience");
+    let consents = w.path("consents.jsonl");
+    let (f, at_line, _) = refused(w.load(|c| c.tokens.jwks = at(consents)));
+    assert!(f == "tokens.jwks" && at_line);
+}
+
+#[test]
+fn participants_section() {
+    let w = world();
+    let dup = w.config.participants[0].clone();
+    let (f, at_line, m) = refused(w.load(|c| c.participants.push(dup)));
+    assert!(
+        f == "participants[2].bin" && at_line && m.contains("duplicate"),
+        "{f} {m}"
+    );
+    let (f, _, _) = refused(w.load(|c| c.participants[0].roles.clear()));
+    assert_eq!(f, "participants[0].roles");
+    let (f, at_line, _) =
+        refused(w.load(|c| c.participants[0].thumbprints = vec![at("abc".into())]));
+    assert!(f == "participants[0].thumbprints[0]" && at_line);
+    // The same certificate registered to a second participant.
+    let mut other = ParticipantSection::new(
+        "100140000002",
+        "Other",
+        &[Role::User],
+        ParticipantStatus::Active,
+    );
+    other.thumbprints = w.config.participants[0].thumbprints.clone();
+    let (f, _, _) = refused(w.load(|c| c.participants.push(other)));
+    assert_eq!(f, "participants[2]");
+    let (f, _, _) = refused(w.load(|c| c.participants[0].bin = at("12".into())));
+    assert_eq!(f, "participants[0].bin");
+}
+
+#[test]
+fn providers_section() {
+    let w = world();
+    let stranger = ProviderSection::new("990340000022", &["https://127.0.0.1:9".into()]);
+    let (f, _, m) = refused(w.load(|c| c.providers.push(stranger.clone())));
+    assert!(
+        f == "providers[1].bin" && m.contains("provider` role"),
+        "{f} {m}"
+    );
+    let twice = w.config.providers[0].clone();
+    let (f, _, m) = refused(w.load(|c| c.providers.push(twice)));
+    assert!(f == "providers[1].bin" && m.contains("twice"), "{m}");
+    let (f, _, _) = refused(w.load(|c| c.providers[0].timeout_ms = 0));
+    assert_eq!(f, "providers[0].timeout_ms");
+    let (f, _, _) = refused(w.load(|c| c.providers[0].upstreams.clear()));
+    assert_eq!(f, "providers[0].upstreams");
+    let (f, at_line, _) =
+        refused(w.load(|c| c.providers[0].upstreams[0] = at("http://127.0.0.1:9".into())));
+    assert!(f == "providers[0].upstreams[0]" && at_line);
+    // With `[trust]` the registry may be the one that knows a provider.
+    let ca = vec![w.config.tls.client_ca[0].get_ref().clone()];
+    w.load(|c| {
+        c.providers.push(stranger);
+        c.consents = Default::default();
+        c.trust = Some(TrustSection::new("https://127.0.0.1:1", &ca));
+    })
+    .expect("accepted with [trust]");
+}
+
+#[test]
+fn limits_and_control_plane_sections() {
+    let w = world();
+    let o = LimitOverride {
+        participant: consent_cache::Bin::parse(testkit::USER).expect("bin"),
+        per_user: QuotaSettings::new(1, 1),
+        per_user_provider: None,
+    };
+    let (f, _, _) = refused(w.load(|c| c.limits.overrides = vec![o.clone(), o]));
+    assert_eq!(f, "limits");
+    let ca = vec![w.config.tls.client_ca[0].get_ref().clone()];
+    let trust = TrustSection::new("https://127.0.0.1:1", &ca);
+    let (f, _, _) = refused(w.load(|c| c.trust = Some(trust.clone())));
+    assert_eq!(f, "trust", "both control planes");
+    let (f, _, _) = refused(w.load(|c| c.consents = Default::default()));
+    assert_eq!(f, "consents.snapshot", "neither");
+    let (f, _, _) = refused(w.load(|c| {
+        c.consents = Default::default();
+        c.trust = Some(TrustSection {
+            ca: Vec::new(),
+            ..trust.clone()
+        });
+    }));
+    assert_eq!(f, "trust.ca");
+    let (f, _, _) = refused(w.load(|c| {
+        c.consents = Default::default();
+        c.trust = Some(TrustSection {
+            max_staleness_secs: 0,
+            ..trust.clone()
+        });
+    }));
+    assert_eq!(f, "trust.max_staleness_secs");
+    let (f, _, _) = refused(w.load(|c| {
+        c.consents = Default::default();
+        c.trust = Some(TrustSection {
+            url: at("http://127.0.0.1:1".into()),
+            ..trust
+        });
+    }));
+    assert_eq!(f, "trust.url");
+}
+
+/// A publisher over the world's configuration as written to `hub.toml`.
+fn publisher(w: &World, edit: impl FnOnce(&mut FileConfig)) -> (Publisher, PathBuf) {
+    let mut c = w.config.clone();
+    edit(&mut c);
+    let path = w.write("hub.toml", &c);
+    let feed = Arc::new(FeedStatus::new());
+    let file = sections::load(&path, None, &feed).expect("compiles");
+    (Publisher::new(file, feed), path)
+}
+
+async fn reload(p: &Publisher, path: &Path, edit: impl FnOnce(&mut FileConfig)) {
+    let mut c: FileConfig =
+        toml::from_str(&std::fs::read_to_string(path).expect("read")).expect("parses");
+    edit(&mut c);
+    std::fs::write(path, c.to_toml().expect("serialises")).expect("write");
+    let previous = p.file_inputs().await;
+    let file = sections::load(path, Some(&previous), p.feed()).expect("compiles");
+    let published = p.publish(Change::File(Box::new(file))).await;
+    assert_eq!(published.expect("published"), Published::Replaced);
+}
+
+#[tokio::test]
+async fn a_reload_reuses_what_did_not_change_and_rebuilds_what_did() {
+    let w = world();
+    let (p, path) = publisher(&w, |_| {});
+    let first = p.current();
+    assert!(first.tokens().verify("not.a.token", 0).is_err());
+    assert_eq!(first.tokens().cache_misses(), 1);
+    reload(&p, &path, |_| {}).await;
+    let same = p.current();
+    assert!(!Arc::ptr_eq(&first, &same), "a new snapshot is published");
+    assert!(
+        std::ptr::eq(first.limiter(), same.limiter()),
+        "limiter kept"
+    );
+    assert!(
+        Arc::ptr_eq(&first.tokens(), &same.tokens()),
+        "verifier (and cache) kept"
+    );
+    assert!(
+        Arc::ptr_eq(&first.consents(), &same.consents()),
+        "consent file unchanged: store kept"
+    );
+    assert!(
+        Arc::ptr_eq(&first.network().upstreams[0], &same.network().upstreams[0]),
+        "pool kept"
+    );
+
+    reload(&p, &path, |c| {
+        c.limits.per_user = QuotaSettings::new(5, 5).expect("quota");
+        c.tokens.leeway_secs = 5;
+        c.providers[0].timeout_ms = 1234;
+    })
+    .await;
+    let changed = p.current();
+    assert!(
+        !std::ptr::eq(same.limiter(), changed.limiter()),
+        "new limits, new limiter"
+    );
+    assert!(
+        !Arc::ptr_eq(&same.tokens(), &changed.tokens()),
+        "new settings, new verifier"
+    );
+    assert!(!Arc::ptr_eq(
+        &same.network().upstreams[0],
+        &changed.network().upstreams[0]
+    ));
+    assert_eq!(changed.network().upstreams[0].timeout.as_millis(), 1234);
+    assert_eq!(
+        changed.tokens().cache_misses(),
+        1,
+        "token-cache counters outlive verifiers"
+    );
+}
+
+#[tokio::test]
+async fn a_changed_consent_file_is_loaded_and_installed() {
+    let w = world();
+    let (p, path) = publisher(&w, |_| {});
+    let before = p.current().consents();
+    assert_eq!(before.len(), 1);
+    let file = w.path("consents.jsonl");
+    let mut text = std::fs::read_to_string(&file).expect("consents");
+    text.push_str(&text.replace(testkit::CONSENT, "consent-2"));
+    std::fs::write(&file, text).expect("write");
+    assert!(p.current().consents_changed_on_disk().is_some());
+    reload(&p, &path, |_| {}).await;
+    assert_eq!(p.current().consents().len(), 2);
+    assert!(p.current().consents_changed_on_disk().is_none());
+}
+
+#[tokio::test]
+async fn keys_are_an_input_of_trust_mode_only() {
+    let w = world();
+    let (p, _) = publisher(&w, |_| {});
+    let jwks = std::fs::read(w.config.tokens.jwks.get_ref()).expect("jwks");
+    let r = p.publish(Change::Jwks(jwks)).await;
+    assert!(matches!(r, Err(PublishError::JwksNotWanted)), "{r:?}");
+}
+
+fn trust_mode(w: &World) -> (Publisher, PathBuf) {
+    let ca = vec![w.config.tls.client_ca[0].get_ref().clone()];
+    publisher(w, |c| {
+        c.consents = Default::default();
+        let mut t = TrustSection::new("https://127.0.0.1:1", &ca);
+        t.jwks = true;
+        c.trust = Some(t);
+        c.participants.clear();
+        c.providers.clear();
+    })
+}
+
+#[tokio::test]
+async fn fetched_keys_replace_the_verifier_only_when_usable_and_new() {
+    let w = world();
+    let (p, _) = trust_mode(&w);
+    let first = p.current().tokens();
+    for bad in [b"not json".to_vec(), br#"{"keys":[]}"#.to_vec()] {
+        let r = p.publish(Change::Jwks(bad)).await;
+        assert!(matches!(r, Err(PublishError::Jwks(_))), "{r:?}");
+        assert!(
+            Arc::ptr_eq(&first, &p.current().tokens()),
+            "last good keys kept"
+        );
+    }
+    let issuer =
+        sandbox::tokens::DevIssuer::generate(sandbox::tokens::DevAlg::Es256, "rotated", "i")
+            .expect("issuer");
+    let (_, jwks) = issuer.write_files(&w.path("rotated")).expect("files");
+    let jwks = std::fs::read(jwks).expect("jwks");
+    let r = p
+        .publish(Change::Jwks(jwks.clone()))
+        .await
+        .expect("published");
+    assert_eq!(r, Published::Replaced);
+    let second = p.current().tokens();
+    assert!(!Arc::ptr_eq(&first, &second));
+    assert_eq!(
+        p.publish(Change::Jwks(jwks)).await.expect("ok"),
+        Published::Unchanged
+    );
+    assert!(Arc::ptr_eq(&second, &p.current().tokens()));
+}
+
+#[tokio::test]
+async fn a_registry_change_republishes_the_directory_and_keeps_the_rest() {
+    let w = world();
+    let (p, _) = trust_mode(&w);
+    let before = p.current();
+    assert!(before.network().directory.participants().is_empty());
+    let mut registry = Registry::new();
+    registry.upsert(ParticipantRecord {
+        bin: consent_cache::Bin::parse(testkit::USER).expect("bin"),
+        name: "User".into(),
+        roles: vec![WireRole::User],
+        status: WireStatus::Active,
+        thumbprints: Vec::new(),
+        provider_urls: Vec::new(),
+        updated_at: time::OffsetDateTime::UNIX_EPOCH,
+    });
+    let registry = Arc::new(registry);
+    p.publish(Change::Registry(registry.clone()))
+        .await
+        .expect("published");
+    let after = p.current();
+    assert_eq!(after.network().directory.participants().len(), 1);
+    assert!(Arc::ptr_eq(&before.tokens(), &after.tokens()));
+    assert!(std::ptr::eq(before.limiter(), after.limiter()));
+    assert!(p
+        .feed()
+        .registry()
+        .is_some_and(|r| Arc::ptr_eq(&r, &registry)));
+}

@@ -11,7 +11,7 @@
 //! * `decision/limits/refused`: the same with the default quotas, long exhausted: after
 //!   the warm-up nearly every call is refused by the first limit (per user), the others by
 //!   a later one (a client hammering past its quota);
-//! * `decision/request`: the four together, as `gateway::proxy::Hub::evaluate` calls them
+//! * `decision/request`: the four together, as the gateway's decision adapter (`gateway/src/proxy/evaluate.rs`) calls them
 //!   (route, decide, limits, upstream path plus query).
 //!
 //! `cargo bench -p benches --bench decision`

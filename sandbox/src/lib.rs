@@ -1,6 +1,7 @@
 //! Development environment of the hub: sandbox provider banks (real HTTPS servers
 //! with mTLS), their deterministic synthetic data, a development PKI and a
-//! development token issuer, used by the development hub (`devhub`), the end-to-end tests and the benches.
+//! development token issuer, used by the development hub (`devhub`), the end-to-end
+//! tests and the benches.
 #![forbid(unsafe_code)]
 
 pub mod bank;

@@ -2,9 +2,9 @@
 //! development PKI and token issuer, starts sandbox banks and the trust sidecar, writes
 //! the hub's configuration and the contract §9 manifest, prints ready-to-paste `curl`
 //! commands, and runs the gateway in the same process. Everything generated is
-//! development material and lives under the target directory. This crate composes the development world (sandbox banks, the dev PKI and
-//! token issuer, the trust sidecar) around the gateway library, so that the production
-//! `gateway` binary links none of it.
+//! development material and lives under the target directory. This crate composes the
+//! development world (sandbox banks, the dev PKI and token issuer, the trust sidecar)
+//! around the gateway library, so that the production `gateway` binary links none of it.
 //!
 //! Consents come from the trust sidecar by default (`--consents-from trust`): it runs
 //! in-process on the demo's PKI (its server certificate is the hub's, the hub's client

@@ -15,6 +15,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use consent_cache::{Bin, Permission};
 use devhub::{DemoArgs, Prepared};
+use gateway::config::{FileConfig, ParticipantSection, ProviderSection, ServerSection};
+use policy::directory::{ParticipantStatus, Role};
+use policy::QuotaSettings;
 use rustls::ClientConfig;
 use sandbox::bank::BankHandle;
 use sandbox::pki::{DevPki, Identity};
@@ -110,8 +113,8 @@ pub fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
     }
 }
 
-/// The demo's options as the `gateway demo` command line would give them (parsed by clap,
-/// so options the demo gains later keep their defaults).
+/// The options as the `devhub` command line would give them to `devhub::prepare` (parsed
+/// by clap, so options the development hub gains later keep their defaults).
 fn demo_args(port: u16, admin_port: u16, dir: &Path) -> DemoArgs {
     use clap::{Args, FromArgMatches};
     let cmd = DemoArgs::augment_args(clap::Command::new("demo").no_binary_name(true));
@@ -141,86 +144,66 @@ fn demo_args(port: u16, admin_port: u16, dir: &Path) -> DemoArgs {
 pub struct Setup<'a> {
     /// Everything the demo generated (PKI, issuer, banks, paths).
     pub prepared: &'a Prepared,
-    /// `hub.toml`, parsed; written back before the hub starts.
-    pub config: toml::Table,
+    /// `hub.toml`, parsed into the hub's own configuration type; written back before the
+    /// hub starts.
+    pub config: FileConfig,
     /// `consents.jsonl`, one JSON value per record; written back before the hub starts.
     pub consents: Vec<Value>,
 }
 
-fn find_entry<'t>(config: &'t mut toml::Table, array: &str, bin: &str) -> &'t mut toml::Table {
-    config
-        .get_mut(array)
-        .and_then(toml::Value::as_array_mut)
-        .and_then(|a| {
-            a.iter_mut()
-                .filter_map(toml::Value::as_table_mut)
-                .find(|t| t.get("bin").and_then(toml::Value::as_str) == Some(bin))
-        })
-        .unwrap_or_else(|| panic!("no [[{array}]] with bin {bin}"))
-}
-
-fn push_entry(config: &mut toml::Table, array: &str, entry: toml::Table) {
-    config
-        .entry(array)
-        .or_insert_with(|| toml::Value::Array(Vec::new()))
-        .as_array_mut()
-        .expect("an array of tables")
-        .push(toml::Value::Table(entry));
-}
-
 impl Setup<'_> {
     /// The `[[providers]]` entry of a provider.
-    pub fn provider_mut(&mut self, bin: &str) -> &mut toml::Table {
-        find_entry(&mut self.config, "providers", bin)
+    pub fn provider_mut(&mut self, bin: &str) -> &mut ProviderSection {
+        self.config
+            .providers
+            .iter_mut()
+            .find(|p| p.bin.get_ref() == bin)
+            .unwrap_or_else(|| panic!("no [[providers]] with bin {bin}"))
     }
 
     /// The `[[participants]]` entry of a participant.
-    pub fn participant_mut(&mut self, bin: &str) -> &mut toml::Table {
-        find_entry(&mut self.config, "participants", bin)
+    pub fn participant_mut(&mut self, bin: &str) -> &mut ParticipantSection {
+        self.config
+            .participants
+            .iter_mut()
+            .find(|p| p.bin.get_ref() == bin)
+            .unwrap_or_else(|| panic!("no [[participants]] with bin {bin}"))
     }
 
-    /// The `[server]` table.
-    pub fn server_mut(&mut self) -> &mut toml::Table {
-        self.config
-            .get_mut("server")
-            .and_then(toml::Value::as_table_mut)
-            .expect("[server]")
+    /// The `[server]` section.
+    pub fn server_mut(&mut self) -> &mut ServerSection {
+        &mut self.config.server
     }
 
     /// Adds a provider participant and its `[[providers]]` entry.
     pub fn add_provider(&mut self, bin: &str, upstream: &str, published: bool) {
-        let mut p = toml::Table::new();
-        p.insert("bin".into(), bin.into());
-        p.insert("name".into(), format!("E2E provider {bin}").into());
-        p.insert("roles".into(), toml::Value::Array(vec!["provider".into()]));
-        p.insert("status".into(), "active".into());
-        push_entry(&mut self.config, "participants", p);
-        let mut e = toml::Table::new();
-        e.insert("bin".into(), bin.into());
-        e.insert("published".into(), published.into());
-        e.insert(
-            "upstreams".into(),
-            toml::Value::Array(vec![upstream.into()]),
-        );
-        e.insert("sni".into(), "localhost".into());
-        e.insert("timeout_ms".into(), 2000.into());
-        e.insert("connect_timeout_ms".into(), 500.into());
-        push_entry(&mut self.config, "providers", e);
+        self.config.participants.push(ParticipantSection::new(
+            bin,
+            &format!("E2E provider {bin}"),
+            &[Role::Provider],
+            ParticipantStatus::Active,
+        ));
+        let mut p = ProviderSection::new(bin, &[upstream.to_string()]);
+        p.published = published;
+        p.sni = Some("localhost".into());
+        p.timeout_ms = 2000;
+        p.connect_timeout_ms = 500;
+        self.config.providers.push(p);
     }
 
     /// Sets one rate limit (`per_user`, `per_user_provider`, `per_consent_route`,
     /// `per_ip_open_data`).
     pub fn set_limit(&mut self, kind: &str, per_second: u32, burst: u32) {
-        let limits = self
-            .config
-            .entry("limits")
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-            .as_table_mut()
-            .expect("[limits]");
-        let mut q = toml::Table::new();
-        q.insert("per_second".into(), i64::from(per_second).into());
-        q.insert("burst".into(), i64::from(burst).into());
-        limits.insert(kind.into(), toml::Value::Table(q));
+        let quota = QuotaSettings::new(per_second, burst).expect("a non-zero quota");
+        let limits = &mut self.config.limits;
+        let slot = match kind {
+            "per_user" => &mut limits.per_user,
+            "per_user_provider" => &mut limits.per_user_provider,
+            "per_consent_route" => &mut limits.per_consent_route,
+            "per_ip_open_data" => &mut limits.per_ip_open_data,
+            other => panic!("no rate limit {other:?}"),
+        };
+        *slot = quota;
     }
 
     /// Limits high enough never to interfere with a test.
@@ -413,8 +396,7 @@ impl Hub {
         let prepared = devhub::prepare(&demo_args(port, admin_port, &dir)).expect("demo prepare");
         let config_path = prepared.config.clone();
         let consents_path = prepared.dir.join("consents.jsonl");
-        let text = std::fs::read_to_string(&config_path).expect("hub.toml");
-        let config: toml::Table = text.parse().expect("generated hub.toml parses");
+        let config = read_config(&config_path);
         let consents: Vec<Value> = std::fs::read_to_string(&consents_path)
             .expect("consents.jsonl")
             .lines()
@@ -427,26 +409,15 @@ impl Hub {
             consents,
         };
         // Stop fast: the tests never rely on the shutdown grace period.
-        setup
-            .server_mut()
-            .insert("grace_period_secs".into(), 0.into());
-        setup
-            .server_mut()
-            .insert("shutdown_timeout_secs".into(), 2.into());
+        setup.server_mut().grace_period_secs = 0;
+        setup.server_mut().shutdown_timeout_secs = 2;
         edit(&mut setup);
         let Setup {
             config, consents, ..
         } = setup;
         write_config(&config_path, &config);
         write_consents(&consents_path, &consents);
-        let audit_path = PathBuf::from(
-            config
-                .get("audit")
-                .and_then(|a| a.get("path"))
-                .and_then(toml::Value::as_str)
-                .or_else(|| prepared.manifest_json["audit_log"].as_str())
-                .expect("an audit journal path"),
-        );
+        let audit_path = config.audit.path.clone();
 
         let stderr_path = dir.join("hub.stderr");
         let stdout_path = dir.join("hub.stdout");
@@ -694,11 +665,10 @@ exit "$status""#;
     }
 
     /// Rewrites `hub.toml` through `f` (for reload tests).
-    pub fn edit_config(&self, f: impl FnOnce(&mut toml::Table)) {
-        let text = std::fs::read_to_string(&self.config_path).expect("hub.toml");
-        let mut t: toml::Table = text.parse().expect("hub.toml parses");
-        f(&mut t);
-        write_config(&self.config_path, &t);
+    pub fn edit_config(&self, f: impl FnOnce(&mut FileConfig)) {
+        let mut config = read_config(&self.config_path);
+        f(&mut config);
+        write_config(&self.config_path, &config);
     }
 
     /// Rewrites `consents.jsonl` through `f` (for reload tests).
@@ -757,9 +727,17 @@ pub fn replace_file(path: &Path, contents: &[u8]) {
     std::fs::rename(&tmp, path).unwrap_or_else(|e| panic!("rename to {}: {e}", path.display()));
 }
 
-/// Writes a configuration table as TOML (atomically).
-pub fn write_config(path: &Path, config: &toml::Table) {
-    let text = toml::to_string(config).expect("config serialises");
+/// Reads a hub configuration file into the hub's own configuration type.
+pub fn read_config(path: &Path) -> FileConfig {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    toml::from_str::<FileConfig>(&text)
+        .unwrap_or_else(|e| panic!("{} parses as a hub configuration: {e}", path.display()))
+}
+
+/// Writes a configuration as the TOML file the hub reads (atomically).
+pub fn write_config(path: &Path, config: &FileConfig) {
+    let text = config.to_toml().expect("config serialises");
     replace_file(path, text.as_bytes());
 }
 

@@ -355,14 +355,10 @@ async fn refused_requests_name_the_api_user_provider_and_consent_once_known() {
 async fn sigterm_exits_zero_with_every_record_written() {
     let outside = tempfile::tempdir().expect("tempdir");
     let journal_path = outside.path().join("audit.jsonl");
-    let jp = journal_path.display().to_string();
+    let jp = journal_path.clone();
     let mut hub = Hub::start_with(hub_exe!(), move |s| {
         s.unlimited();
-        s.config
-            .get_mut("audit")
-            .and_then(toml::Value::as_table_mut)
-            .expect("[audit]")
-            .insert("path".into(), jp.clone().into());
+        s.config.audit.path = jp.clone();
     });
     let a = hub.client_as(USER_A);
     let token = hub.token("c-authorised-full");

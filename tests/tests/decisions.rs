@@ -10,6 +10,8 @@
 use std::sync::OnceLock;
 
 use e2e::*;
+use gateway::config::at;
+use policy::directory::ParticipantStatus;
 use serde_json::{json, Value};
 
 /// A provider participant that is configured but not published (delisted).
@@ -41,8 +43,7 @@ fn hub() -> &'static Hub {
                 &ALL_PERMISSIONS,
             );
             s.add_provider(SUSPENDED_PROVIDER, &bank1, true);
-            s.participant_mut(SUSPENDED_PROVIDER)
-                .insert("status".into(), "suspended".into());
+            s.participant_mut(SUSPENDED_PROVIDER).status = ParticipantStatus::Suspended;
             s.add_consent(
                 "c-e2e-suspended-provider",
                 USER_A,
@@ -57,10 +58,8 @@ fn hub() -> &'static Hub {
                 .issue_client(bin(USER_A), ROTATED, &s.prepared.dir.join("rotated"))
                 .expect("issue");
             s.participant_mut(USER_A)
-                .get_mut("thumbprints")
-                .and_then(toml::Value::as_array_mut)
-                .expect("thumbprints")
-                .push(rotated.x5t_s256.clone().into());
+                .thumbprints
+                .push(at(rotated.x5t_s256.clone()));
             s.add_consent(
                 "c-e2e-unknown-provider",
                 USER_A,

@@ -1,8 +1,9 @@
-//! `gateway demo` as shipped (issue 4): one command starts the sandbox banks, the trust
-//! sidecar and the hub; the manifest names the sidecar (`trust_url`, `otp_outbox`) and
-//! lists the consents the sidecar holds, in every status; the manifest's pre-minted
-//! tokens and the sidecar's own tokens both verify at the hub; participants come from
-//! the sidecar's registry. The demo runs as a real child process on free ports.
+//! The development hub (the `devhub` binary) as shipped (issue 4): one command starts
+//! the sandbox banks, the trust sidecar and the hub; the manifest names the sidecar
+//! (`trust_url`, `otp_outbox`) and lists the consents the sidecar holds, in every
+//! status; the manifest's pre-minted tokens and the sidecar's own tokens both verify at
+//! the hub; participants come from the sidecar's registry. The demo runs as a real
+//! child process on free ports.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use e2e::*;
+use gateway::config::{at, FileConfig};
+use policy::directory::ParticipantStatus;
 use serde_json::Value;
 
 fn set_consent_status(consents: &mut [Value], id: &str, status: &str) {
@@ -18,15 +20,13 @@ fn set_consent_status(consents: &mut [Value], id: &str, status: &str) {
     c["status"] = status.into();
 }
 
-fn set_participant_status(config: &mut toml::Table, bin: &str, status: &str) {
-    let p = config["participants"]
-        .as_array_mut()
-        .expect("participants")
+fn set_participant_status(config: &mut FileConfig, bin: &str, status: ParticipantStatus) {
+    let p = config
+        .participants
         .iter_mut()
-        .filter_map(toml::Value::as_table_mut)
-        .find(|t| t["bin"].as_str() == Some(bin))
+        .find(|p| p.bin.get_ref() == bin)
         .expect("participant");
-    p.insert("status".into(), status.into());
+    p.status = status;
 }
 
 /// Waits (bounded) until `/readyz` reports a generation above `than`.
@@ -76,7 +76,7 @@ async fn admin_reload_applies_participant_and_consent_changes_on_the_next_reques
     b_bank2(&hub).await.ok_json();
     let g0 = hub.generation().await;
 
-    hub.edit_config(|t| set_participant_status(t, USER_B, "suspended"));
+    hub.edit_config(|t| set_participant_status(t, USER_B, ParticipantStatus::Suspended));
     let (status, body) = hub.reload().await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "ok", "{body}");
@@ -93,7 +93,7 @@ async fn admin_reload_applies_participant_and_consent_changes_on_the_next_reques
 
     // And back.
     hub.edit_consents(|c| set_consent_status(c, "c-authorised-full", "authorised"));
-    hub.edit_config(|t| set_participant_status(t, USER_B, "active"));
+    hub.edit_config(|t| set_participant_status(t, USER_B, ParticipantStatus::Active));
     let (status, body) = hub.reload().await;
     assert_eq!(status, 200, "{body}");
     a_full(&hub).await.ok_json();
@@ -107,7 +107,7 @@ async fn sighup_applies_participant_and_consent_changes() {
     b_bank2(&hub).await.ok_json();
     let g0 = hub.generation().await;
 
-    hub.edit_config(|t| set_participant_status(t, USER_A, "isolated"));
+    hub.edit_config(|t| set_participant_status(t, USER_A, ParticipantStatus::Isolated));
     hub.signal("HUP");
     assert_eq!(generation_above(&hub, g0).await, g0 + 1);
     a_full(&hub)
@@ -221,10 +221,7 @@ async fn reloads_under_load_fail_no_request() {
             c.push(extra);
         });
         hub.edit_config(|t| {
-            t["participants"][0]
-                .as_table_mut()
-                .expect("participant")
-                .insert("name".into(), format!("Qazaq Fintech LLP ({i})").into());
+            t.participants[0].name = format!("Qazaq Fintech LLP ({i})");
         });
         let (status, body) = hub.reload().await;
         assert_eq!(status, 200, "reload {i}: {body}");
@@ -320,12 +317,7 @@ async fn reload_applies_a_new_crl_to_new_connections() {
         .pki
         .revoke_client(bin(USER_B), &hub.dir.join("crl"))
         .expect("CRL");
-    hub.edit_config(|t| {
-        t["tls"]
-            .as_table_mut()
-            .expect("[tls]")
-            .insert("crl".into(), vec![crl.display().to_string()].into());
-    });
+    hub.edit_config(|t| t.tls.crl = vec![at(crl)]);
     let (status, body) = hub.reload().await;
     assert_eq!(status, 200, "{body}");
     let req = Req::get(accounts_path(BANK_2)).bearer(&hub.token("c-authorised-bank2"));

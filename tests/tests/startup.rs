@@ -6,6 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use e2e::*;
+use gateway::config::at;
 
 /// Runs the hub binary with `args` until it exits (bounded); returns (exit code, stderr).
 fn run_to_exit(args: &[&str]) -> (Option<i32>, String) {
@@ -113,17 +114,12 @@ fn hub_is_not_ready_while_another_process_holds_its_api_port() {
     let squatter = std::net::TcpListener::bind("127.0.0.1:0").expect("squat");
     let port = squatter.local_addr().expect("addr").port();
     let admin = free_port();
-    let text = std::fs::read_to_string(&hub.config_path).expect("hub.toml");
-    let mut t: toml::Table = text.parse().expect("parse");
-    let server = t["server"].as_table_mut().expect("[server]");
-    server.insert("listen".into(), format!("127.0.0.1:{port}").into());
-    server.insert("admin_listen".into(), format!("127.0.0.1:{admin}").into());
-    t["audit"]
-        .as_table_mut()
-        .expect("[audit]")
-        .insert("path".into(), "-".into());
+    let mut config = e2e::hub::read_config(&hub.config_path);
+    config.server.listen = at(format!("127.0.0.1:{port}"));
+    config.server.admin_listen = at(format!("127.0.0.1:{admin}"));
+    config.audit.path = "-".into();
     let other = hub.dir.join("other.toml");
-    e2e::hub::write_config(&other, &t);
+    e2e::hub::write_config(&other, &config);
     let mut child = KillOnDrop(
         Command::new(hub_exe!())
             .args(["run", "--config", &other.display().to_string()])

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use e2e::*;
+use gateway::config::{ConsentSection, TrustSection};
 use serde_json::{json, Value};
 
 /// The row 7 bound the hub is configured with.
@@ -25,10 +26,6 @@ struct Sidecar {
 }
 
 type Slot = Arc<Mutex<Option<Sidecar>>>;
-
-fn toml_str(t: &toml::Table, section: &str, key: &str) -> String {
-    t[section][key].as_str().expect("a string").to_string()
-}
 
 /// Starts a sidecar on the hub's development PKI and points the hub's configuration
 /// at it (`[trust]` instead of `[consents]`, with `jwks = true`).
@@ -45,8 +42,8 @@ fn with_sidecar(setup: &mut Setup<'_>, rt: &tokio::runtime::Handle, slot: &Slot)
     );
     c.operator_certs = vec![pki.operator().expect("operator").cert_path.clone()];
     c.hub_certs = vec![pki.hub_client().cert_path.clone()];
-    c.issuer = Some(toml_str(&setup.config, "tokens", "issuer"));
-    c.audience = toml_str(&setup.config, "tokens", "audience");
+    c.issuer = Some(setup.config.tokens.issuer.get_ref().clone());
+    c.audience = setup.config.tokens.audience.get_ref().clone();
     c.otp_outbox = Some(outbox.clone());
     c.dev_customer_sessions = true;
     c.heartbeat = Duration::from_millis(200);
@@ -60,20 +57,13 @@ fn with_sidecar(setup: &mut Setup<'_>, rt: &tokio::runtime::Handle, slot: &Slot)
 
     // Consents and token keys both from the sidecar (the JWKS file keeps the demo
     // issuer's keys: the start-up set, replaced once the sidecar's is fetched).
-    setup.config.remove("consents");
-    let mut t = toml::Table::new();
-    t.insert("url".into(), running.url().into());
-    t.insert(
-        "ca".into(),
-        toml::Value::Array(vec![pki.ca_cert_path().display().to_string().into()]),
-    );
-    t.insert(
-        "max_staleness_secs".into(),
-        (STALENESS.as_secs() as i64).into(),
-    );
-    t.insert("jwks".into(), true.into());
-    t.insert("jwks_refresh_secs".into(), 3600.into());
-    setup.config.insert("trust".into(), toml::Value::Table(t));
+    setup.config.consents = ConsentSection::default();
+    setup.config.trust = Some(TrustSection {
+        max_staleness_secs: STALENESS.as_secs(),
+        jwks: true,
+        jwks_refresh_secs: 3600,
+        ..TrustSection::new(running.url(), &[pki.ca_cert_path().to_owned()])
+    });
 
     let old = slot.lock().expect("slot").replace(Sidecar {
         config: c,
@@ -537,23 +527,11 @@ fn a_consent_from_the_sidecar_stops_at_the_hub_when_it_expires() {
 #[test]
 fn consent_routes_fail_closed_until_the_first_snapshot() {
     let hub = Hub::start_with(env!("CARGO_BIN_EXE_hub-under-test"), |setup| {
-        setup.config.remove("consents");
-        let mut t = toml::Table::new();
-        t.insert(
-            "url".into(),
-            format!("https://127.0.0.1:{}", closed_port()).into(),
-        );
-        t.insert(
-            "ca".into(),
-            toml::Value::Array(vec![setup
-                .prepared
-                .pki
-                .ca_cert_path()
-                .display()
-                .to_string()
-                .into()]),
-        );
-        setup.config.insert("trust".into(), toml::Value::Table(t));
+        setup.config.consents = ConsentSection::default();
+        setup.config.trust = Some(TrustSection::new(
+            &format!("https://127.0.0.1:{}", closed_port()),
+            &[setup.prepared.pki.ca_cert_path().to_owned()],
+        ));
     });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use e2e::http::TlsConn;
 use e2e::*;
+use gateway::config::{at, AuditSection, ConsentSection, TrustSection};
 use serde_json::{json, Value};
 
 /// Feed heartbeat interval of the sidecar.
@@ -234,18 +235,11 @@ fn hub_with_sidecar(staleness_secs: u64) -> (Hub, SidecarSpec, Sidecar) {
             dir,
         };
         let sidecar = spec.start();
-        setup.config.remove("consents");
-        let mut t = toml::Table::new();
-        t.insert("url".into(), spec.url().into());
-        t.insert(
-            "ca".into(),
-            toml::Value::Array(vec![pki.ca_cert_path().display().to_string().into()]),
-        );
-        t.insert(
-            "max_staleness_secs".into(),
-            i64::try_from(staleness_secs).expect("bound").into(),
-        );
-        setup.config.insert("trust".into(), toml::Value::Table(t));
+        setup.config.consents = ConsentSection::default();
+        setup.config.trust = Some(TrustSection {
+            max_staleness_secs: staleness_secs,
+            ..TrustSection::new(&spec.url(), &[pki.ca_cert_path().to_owned()])
+        });
         // A retried start-up leaves the earlier sidecar here: it is dropped (killed).
         let _ = s.lock().expect("slot").replace((spec, sidecar));
     });
@@ -266,24 +260,13 @@ struct SecondGateway {
 
 impl SecondGateway {
     fn start(hub: &Hub) -> SecondGateway {
-        let text = std::fs::read_to_string(&hub.config_path).expect("hub.toml");
-        let mut config: toml::Table = text.parse().expect("hub.toml parses");
+        let mut config = e2e::hub::read_config(&hub.config_path);
         let (port, admin_port) = (free_port(), free_port());
-        let server = config
-            .get_mut("server")
-            .and_then(toml::Value::as_table_mut)
-            .expect("[server]");
-        server.insert("listen".into(), format!("127.0.0.1:{port}").into());
-        server.insert(
-            "admin_listen".into(),
-            format!("127.0.0.1:{admin_port}").into(),
-        );
-        let audit = hub.dir.join("audit-2.jsonl");
-        let mut a = toml::Table::new();
-        a.insert("path".into(), audit.display().to_string().into());
-        config.insert("audit".into(), toml::Value::Table(a));
+        config.server.listen = at(format!("127.0.0.1:{port}"));
+        config.server.admin_listen = at(format!("127.0.0.1:{admin_port}"));
+        config.audit = AuditSection::file(hub.dir.join("audit-2.jsonl"));
         let path = hub.dir.join("hub-2.toml");
-        std::fs::write(&path, toml::to_string(&config).expect("toml")).expect("hub-2.toml");
+        e2e::hub::write_config(&path, &config);
         let stderr = hub.dir.join("hub-2.stderr");
         let script = r#"RUST_LOG=info "$0" run --config "$1" >/dev/null 2>"$2" &
 pid=$!

@@ -21,8 +21,7 @@ fn hub() -> &'static Hub {
     HUB.get_or_init(|| {
         Hub::start_with(hub_exe!(), |s| {
             s.unlimited();
-            s.provider_mut(BANK_2)
-                .insert("timeout_ms".into(), (SLA_MS as i64).into());
+            s.provider_mut(BANK_2).timeout_ms = SLA_MS;
             let url = format!("https://127.0.0.1:{}", closed_port());
             s.add_provider(CLOSED, &url, true);
             let iin = s.consents[0]["customer"]

@@ -124,6 +124,18 @@ impl SidecarSpec {
             .arg("--otp-outbox")
             .arg(self.outbox())
             .arg("--dev-customer-sessions")
+            // A load harness: thousands of consents, codes and customer sessions from one
+            // machine, well past the per-customer, per-API-user and per-address limits.
+            .args(["--codes-per-customer-hour", "1000000"])
+            .args(["--codes-per-customer-day", "1000000"])
+            .args(["--consents-per-user-minute", "1000000"])
+            .args(["--open-consents-per-user", "1000000"])
+            .args([
+                "--address-per-minute",
+                "1000000",
+                "--address-burst",
+                "1000000",
+            ])
             .args(["--issuer", &self.issuer])
             .args(["--audience", &self.audience])
             .args(["--heartbeat-ms", &self.heartbeat_ms.to_string()])

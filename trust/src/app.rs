@@ -3,10 +3,12 @@
 
 use std::sync::{Arc, RwLock};
 
+use base64::Engine as _;
 use consent_cache::{Bin, ConsentStatus, Permissions};
 use ring::rand::SystemRandom;
 use serde::Serialize;
 
+use crate::abuse::{self, AbuseLimits, AddressLimiter};
 use crate::authorisation::{self, AuthorisationView, Limits, Outgoing, Verified};
 use crate::clock::Clock;
 use crate::consents::{self, ConsentView, CreateConsent};
@@ -14,7 +16,10 @@ use crate::db::{Db, StoreError};
 use crate::error::Error;
 use crate::history;
 use crate::keys::{self, KeyInfo, KeySet, NotReady, Policy};
+use crate::login;
 use crate::notify::{Notifier, OtpMessage};
+use crate::oidc::{self, LoginError};
+use crate::otp;
 use crate::participants::{self, Directory, ParticipantInput, ParticipantView};
 use crate::wire::{ParticipantRecord, ParticipantStatus, Role};
 
@@ -33,6 +38,8 @@ pub struct Settings {
     pub key_policy: Policy,
     /// Authorisation limits.
     pub limits: Limits,
+    /// Abuse limits.
+    pub abuse: AbuseLimits,
     /// Whether development customer sessions can be opened.
     pub dev_customer_sessions: bool,
     /// Operator certificate thumbprints.
@@ -57,6 +64,10 @@ pub struct App {
     directory: RwLock<Arc<Directory>>,
     keys: RwLock<Arc<KeySet>>,
     rotation: tokio::sync::Mutex<()>,
+    /// The per-source-address limit of unauthenticated routes.
+    pub addresses: AddressLimiter,
+    /// The customer's identity provider, when configured.
+    pub identity_provider: Option<oidc::Provider>,
 }
 
 impl std::fmt::Debug for App {
@@ -65,6 +76,30 @@ impl std::fmt::Debug for App {
             .field("db", &self.db)
             .field("settings", &self.settings)
             .finish_non_exhaustive()
+    }
+}
+
+/// A login started at the identity provider.
+#[derive(Debug)]
+pub struct StartedLogin {
+    /// Where to send the customer.
+    pub url: String,
+    /// The browser binding (the login cookie's value).
+    pub browser: String,
+    /// How long the login may take, in seconds.
+    pub max_age: i64,
+}
+
+fn login_error(e: LoginError) -> Error {
+    match e {
+        LoginError::Unavailable(detail) => {
+            tracing::warn!(%detail, "identity provider unavailable");
+            Error::Unavailable {
+                code: "identity_provider_unavailable",
+                detail: "the identity provider could not be reached".into(),
+            }
+        }
+        LoginError::Refused(why) => Error::LoginFailed(why),
     }
 }
 
@@ -158,8 +193,13 @@ impl App {
         settings: Settings,
         clock: Arc<dyn Clock>,
         notifier: Option<Arc<dyn Notifier>>,
+        identity_provider: Option<oidc::Provider>,
     ) -> Result<App, Error> {
         let head = db.head();
+        let addresses = AddressLimiter::new(
+            settings.abuse.address_per_minute,
+            settings.abuse.address_burst,
+        );
         let directory = db.read(|c| Directory::load(c, head))?;
         let keys = db.read(|c| keys::load_set(c).map_err(|e| Error::Signing(e.to_string())))?;
         Ok(App {
@@ -171,6 +211,8 @@ impl App {
             directory: RwLock::new(Arc::new(directory)),
             keys: RwLock::new(Arc::new(keys)),
             rotation: tokio::sync::Mutex::new(()),
+            addresses,
+            identity_provider,
         })
     }
 
@@ -217,8 +259,10 @@ impl App {
         let app = self.clone();
         blocking(move || {
             let dir = app.directory();
-            app.db
-                .write(app.now(), |tx| consents::create(tx, api_user, &dir, input))
+            app.db.write(app.now(), |tx| {
+                abuse::charge_consent(tx, &api_user.to_string(), &app.settings.abuse)?;
+                consents::create(tx, api_user, &dir, input)
+            })
         })
         .await
     }
@@ -321,6 +365,14 @@ impl App {
                 "1 to 255 visible ASCII characters",
             ));
         }
+        self.new_customer_session(customer).await
+    }
+
+    /// A customer session for `customer`, whose first factor has been checked.
+    async fn new_customer_session(
+        self: &Arc<Self>,
+        customer: String,
+    ) -> Result<(String, time::OffsetDateTime), Error> {
         let app = self.clone();
         blocking(move || {
             let limits = app.settings.limits;
@@ -329,6 +381,76 @@ impl App {
             })
         })
         .await
+    }
+
+    fn identity_provider(&self) -> Result<&oidc::Provider, Error> {
+        self.identity_provider
+            .as_ref()
+            .ok_or(Error::NotFound("route_not_found"))
+    }
+
+    /// `GET /v1/customer/login`: starts a login at the identity provider. The login is
+    /// stored under its `state`, bound to the returned browser value (a cookie).
+    pub async fn start_login(
+        self: &Arc<Self>,
+        login_hint: Option<String>,
+    ) -> Result<StartedLogin, Error> {
+        let provider = self.identity_provider()?;
+        let auth = provider
+            .authorize(login_hint.as_deref())
+            .await
+            .map_err(login_error)?;
+        let browser = otp::random_bytes::<32>(&self.rng)
+            .map(|b| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let max_age = provider.login_ttl_secs();
+        let (app, binding) = (self.clone(), browser.clone());
+        blocking(move || {
+            let pending = login::Pending {
+                nonce: auth.nonce,
+                pkce_verifier: auth.pkce_verifier,
+            };
+            app.db.write(app.now(), |tx| {
+                login::store(tx, &auth.state, &binding, &pending, tx.now() + max_age)
+                    .map_err(Error::from)
+            })
+        })
+        .await?;
+        Ok(StartedLogin {
+            url: auth.url,
+            browser,
+            max_age,
+        })
+    }
+
+    /// `GET /v1/customer/login/callback`: takes the login `state` names out (once), and
+    /// with the provider's `code` (`None`: the provider answered an error) redeems it and
+    /// opens a customer session for the IIN the verified ID token names.
+    pub async fn finish_login(
+        self: &Arc<Self>,
+        state: String,
+        browser: String,
+        code: Option<String>,
+    ) -> Result<(String, time::OffsetDateTime), Error> {
+        let provider = self.identity_provider()?;
+        let app = self.clone();
+        let pending = blocking(move || {
+            app.db
+                .write(app.now(), |tx| login::take(tx, &state, &browser))
+                .map_err(Error::from)
+        })
+        .await?
+        .ok_or(Error::LoginFailed(
+            "the login is unknown, used, expired or was started in another browser",
+        ))?;
+        let code = code.ok_or(Error::LoginFailed(
+            "the identity provider did not authenticate the customer",
+        ))?;
+        let iin = provider
+            .identify(code, pending.pkce_verifier, pending.nonce)
+            .await
+            .map_err(login_error)?;
+        self.new_customer_session(iin).await
     }
 
     /// The customer a session bearer value belongs to.
@@ -398,7 +520,9 @@ impl App {
         blocking(move || {
             let limits = app.settings.limits;
             let out = app.db.write(app.now(), |tx| {
-                authorisation::start(tx, &customer, &consent_id, &limits, &app.rng)
+                let out = authorisation::start(tx, &customer, &consent_id, &limits, &app.rng)?;
+                abuse::charge_code(tx, &customer, &app.settings.abuse)?;
+                Ok::<_, Error>(out)
             })?;
             app.deliver(&out, &consent_id)?;
             Ok(out.view)
@@ -416,7 +540,9 @@ impl App {
         blocking(move || {
             let limits = app.settings.limits;
             let out = app.db.write(app.now(), |tx| {
-                authorisation::resend(tx, &customer, &id, &limits, &app.rng)
+                let out = authorisation::resend(tx, &customer, &id, &limits, &app.rng)?;
+                abuse::charge_code(tx, &customer, &app.settings.abuse)?;
+                Ok::<_, Error>(out)
             })?;
             let consent_id = out.view.consent_id.clone();
             app.deliver(&out, &consent_id)?;
@@ -747,13 +873,17 @@ impl App {
         .await
     }
 
-    /// Prunes feed history beyond the retention and ended customer sessions.
+    /// Prunes feed history beyond the retention, ended customer sessions and logins,
+    /// abuse-limit events past their window, and idle source addresses.
     pub async fn prune(self: &Arc<Self>) -> Result<u64, Error> {
+        self.addresses.forget_idle();
         let app = self.clone();
         blocking(move || {
             let keep = app.settings.feed_retention.max(1);
             app.db.write(app.now(), |tx| {
                 authorisation::purge_customer_sessions(tx)?;
+                login::purge(tx)?;
+                abuse::prune(tx)?;
                 let head = tx.head();
                 if head <= keep {
                     return Ok::<_, Error>(0);

@@ -6,15 +6,31 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::abuse::AbuseLimits;
 use crate::authorisation::Limits;
 use crate::clock::{Clock, SystemClock};
 use crate::keys::Alg;
+use crate::listener::ListenerLimits;
+use crate::oidc::OidcConfig;
 
 /// Everything `trust serve` needs.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Address of the HTTPS listener (e.g. `127.0.0.1:0` for an ephemeral port).
+    /// Address of the public HTTPS listener (e.g. `127.0.0.1:0` for an ephemeral port):
+    /// API users and customers; also gateways and operators when `internal_listen` is unset.
     pub listen: SocketAddr,
+    /// Address of the internal HTTPS listener for gateways (snapshot, feed) and operators
+    /// (registry, keys); when set, those routes are served there only.
+    pub internal_listen: Option<SocketAddr>,
+    /// Protections of the public listener.
+    pub public_limits: ListenerLimits,
+    /// Protections of the internal listener.
+    pub internal_limits: ListenerLimits,
+    /// Abuse limits per customer, API user and source address.
+    pub abuse: AbuseLimits,
+    /// The customer's identity provider (OpenID Connect); `None`: no customer login
+    /// other than the development sessions.
+    pub oidc: Option<OidcConfig>,
     /// The SQLite database file (created if missing).
     pub db: PathBuf,
     /// Server certificate chain (PEM, leaf first).
@@ -53,7 +69,8 @@ pub struct Config {
     /// The development notifier's outbox (JSON lines); `None` with no notifier given
     /// means codes cannot be sent.
     pub otp_outbox: Option<PathBuf>,
-    /// Whether `POST /v1/customer/sessions` opens development customer sessions.
+    /// Whether `POST /v1/customer/sessions` opens development customer sessions (refused at
+    /// start unless `listen` is a loopback address).
     pub dev_customer_sessions: bool,
     /// Authorisation limits.
     pub limits: Limits,
@@ -79,6 +96,11 @@ impl Config {
     ) -> Config {
         Config {
             listen,
+            internal_listen: None,
+            public_limits: ListenerLimits::public(),
+            internal_limits: ListenerLimits::internal(),
+            abuse: AbuseLimits::default(),
+            oidc: None,
             db,
             server_cert,
             server_key,

@@ -162,6 +162,26 @@ const MIGRATIONS: &[&str] = &[
         drop_after     INTEGER             -- leaves the JWKS then
     ) STRICT;
     "#,
+    // 2: abuse limits (sliding windows) and customer logins through the identity provider.
+    r#"
+    CREATE TABLE rate_events (
+        kind    TEXT NOT NULL,             -- code_sent | consent_created
+        subject BLOB NOT NULL,             -- keyed SHA-256 of the customer id or BIN
+        at      INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX rate_events_by_subject ON rate_events(kind, subject, at);
+    CREATE INDEX rate_events_by_time ON rate_events(at);
+    CREATE INDEX consents_by_api_user_status ON consents(api_user, status);
+
+    CREATE TABLE customer_logins (
+        state_hash    BLOB PRIMARY KEY,    -- SHA-256 of the OAuth state
+        browser_hash  BLOB NOT NULL,       -- SHA-256 of the browser-binding cookie
+        nonce         TEXT NOT NULL,
+        pkce_verifier TEXT NOT NULL,
+        created_at    INTEGER NOT NULL,
+        expires_at    INTEGER NOT NULL
+    ) STRICT;
+    "#,
 ];
 
 /// The newest schema version this binary knows.

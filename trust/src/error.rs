@@ -62,6 +62,29 @@ pub enum Error {
         /// What is left.
         otp: OtpState,
     },
+    /// An abuse limit was reached (`trust::abuse`): `429 rate_limited` with `Retry-After`.
+    #[error("rate limited: {detail}")]
+    RateLimited {
+        /// Seconds until the request would be admitted.
+        retry_after: u64,
+        /// Which limit (never who hit it).
+        detail: String,
+    },
+    /// A customer login through the identity provider failed (`401 login_failed`); says
+    /// which check, never a value from the token.
+    #[error("login failed: {0}")]
+    LoginFailed(&'static str),
+    /// The request body did not arrive within the listener's body read timeout.
+    #[error("the request body did not arrive in time")]
+    Timeout,
+    /// A service the operation needs is unreachable (`code` names which).
+    #[error("{code}: {detail}")]
+    Unavailable {
+        /// Stable error code.
+        code: &'static str,
+        /// What failed (no secrets).
+        detail: String,
+    },
     /// The notifier could not deliver a code.
     #[error("notifier: {0}")]
     Notifier(String),

@@ -3,9 +3,11 @@
 //! problem responses and [`OAuthError`]s to RFC 6749 §5.2 answers.
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use consent_cache::Bin;
@@ -21,6 +23,8 @@ use tokio::sync::mpsc;
 use crate::app::{App, OAuthError};
 use crate::error::{Error, OtpState};
 use crate::feed::{self, FeedRefusal};
+use crate::listener::Exposure;
+use crate::login;
 use crate::participants::{self, ParticipantInput, StatusInput};
 use crate::wire::{ParticipantRecord, Role, NDJSON};
 
@@ -32,12 +36,18 @@ pub type Body = BoxBody<Bytes, Infallible>;
 /// A response.
 pub type Resp = Response<Body>;
 
-/// What the TLS handshake established about the client.
-#[derive(Debug, Clone, Default)]
+/// What the connection established about the client.
+#[derive(Debug, Clone)]
 pub struct Peer {
     /// SHA-256 of the client's leaf certificate, when it presented one (already
     /// verified against the platform CA by the handshake).
     pub thumbprint: Option<[u8; 32]>,
+    /// The source address (the per-address limit of unauthenticated routes).
+    pub addr: IpAddr,
+    /// Which routes the listener serves.
+    pub exposure: Exposure,
+    /// A request body must arrive within this.
+    pub body_read_timeout: Duration,
 }
 
 /// A body fed by a channel: each received chunk is one data frame; the stream ends
@@ -130,6 +140,30 @@ pub fn problem(e: &Error) -> Resp {
             (status, code, None, *otp)
         }
         Error::Otp { code, otp } => (StatusCode::BAD_REQUEST, code, None, Some(*otp)),
+        Error::RateLimited { detail, .. } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            Some(detail.clone()),
+            None,
+        ),
+        Error::Timeout => (
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            Some(e.to_string()),
+            None,
+        ),
+        Error::Unavailable { code, detail } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            code,
+            Some(detail.clone()),
+            None,
+        ),
+        Error::LoginFailed(why) => (
+            StatusCode::UNAUTHORIZED,
+            "login_failed",
+            Some((*why).to_owned()),
+            None,
+        ),
         Error::Notifier(d) => (
             StatusCode::BAD_GATEWAY,
             "notifier_failed",
@@ -146,7 +180,12 @@ pub fn problem(e: &Error) -> Resp {
             )
         }
     };
-    problem_response(status, code, detail.as_deref(), otp)
+    let mut r = problem_response(status, code, detail.as_deref(), otp);
+    if let Error::RateLimited { retry_after, .. } = e {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+    }
+    r
 }
 
 fn problem_response(
@@ -204,17 +243,27 @@ fn method_not_allowed(allow: &'static str) -> Resp {
     r
 }
 
-async fn read_body(req: Request<Incoming>) -> Result<Bytes, Error> {
-    match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Error::TooLarge(MAX_BODY)),
-        Err(e) => Err(Error::BadRequest(format!("reading the body: {e}"))),
+/// Reads a body of at most [`MAX_BODY`] bytes that arrives within `timeout` (a slow
+/// sender would otherwise hold the connection and its task).
+async fn read_body(req: Request<Incoming>, timeout: Duration) -> Result<Bytes, Error> {
+    let collect = Limited::new(req.into_body(), MAX_BODY).collect();
+    match tokio::time::timeout(timeout, collect).await {
+        Err(_) => Err(Error::Timeout),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Error::TooLarge(MAX_BODY)),
+        Ok(Err(e)) => Err(Error::BadRequest(format!("reading the body: {e}"))),
     }
 }
 
-async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Error> {
-    let body = read_body(req).await?;
-    serde_json::from_slice(&body).map_err(|e| Error::BadRequest(format!("JSON body: {e}")))
+async fn read_json<T: DeserializeOwned>(
+    req: Request<Incoming>,
+    timeout: Duration,
+) -> Result<T, Error> {
+    from_json(&read_body(req, timeout).await?)
+}
+
+fn from_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(body).map_err(|e| Error::BadRequest(format!("JSON body: {e}")))
 }
 
 /// The calling API user: an active participant with the `user` role.
@@ -273,8 +322,9 @@ async fn customer(app: &Arc<App>, req: &Request<Incoming>) -> Result<String, Err
     app.customer_of(token.to_owned()).await
 }
 
+/// The `{bin}` path parameter; a malformed one is the caller's error, named as such.
 fn parse_bin(s: &str) -> Result<Bin, Error> {
-    Bin::parse(s).map_err(|_| Error::NotFound("participant_not_found"))
+    Bin::parse(s).map_err(|_| Error::invalid("bin", "a BIN is exactly 12 ASCII digits"))
 }
 
 /// Answers one request.
@@ -307,9 +357,36 @@ impl Call<'_> {
     }
 }
 
+/// Whether a listener with `exposure` serves the route `segs` starts with: gateways' and
+/// operators' routes are not on the public listener, and API users' and customers' routes
+/// not on the internal one, once there are two.
+fn served(exposure: Exposure, segs: &[&str]) -> bool {
+    match segs {
+        ["healthz"] | [".well-known", ..] => true,
+        ["v1", "snapshot" | "feed" | "participants" | "admin", ..] => exposure != Exposure::Public,
+        _ => exposure != Exposure::Internal,
+    }
+}
+
+/// Routes anyone may call without a credential: limited per source address. Not
+/// `/healthz`, which reads one number from memory and which probes and load balancers
+/// poll.
+fn unauthenticated(segs: &[&str]) -> bool {
+    matches!(
+        segs,
+        [".well-known", ..] | ["v1", "customer", "sessions" | "login", ..]
+    )
+}
+
 async fn route(app: &Arc<App>, peer: &Peer, req: Request<Incoming>) -> Result<Resp, Error> {
     let path = req.uri().path().to_owned();
     let segs: Vec<&str> = path.split('/').skip(1).collect();
+    if !served(peer.exposure, &segs) {
+        return Err(Error::NotFound("route_not_found"));
+    }
+    if unauthenticated(&segs) {
+        app.addresses.check(peer.addr)?;
+    }
     let call = Call {
         app,
         peer,
@@ -382,7 +459,7 @@ async fn consent_routes(call: Call<'_>, rest: &[&str]) -> Result<Resp, Error> {
         [] => match call.method {
             Method::POST => {
                 let user = call.api_user()?;
-                let input = read_json(call.req).await?;
+                let input = read_json(call.req, call.peer.body_read_timeout).await?;
                 let view = app.create_consent(user.bin, input).await?;
                 let mut r = json(StatusCode::CREATED, &view);
                 if let Ok(v) = HeaderValue::from_str(&format!("/v1/consents/{}", view.record.id)) {
@@ -422,38 +499,38 @@ async fn participant_routes(call: Call<'_>, rest: &[&str]) -> Result<Resp, Error
             }
             _ => Ok(method_not_allowed("GET")),
         },
-        [bin] => {
-            let bin = parse_bin(bin)?;
-            match call.method {
-                Method::GET => {
-                    call.operator()?;
-                    ok(&app.participant(bin).await?)
-                }
-                Method::PUT => {
-                    let actor = call.operator()?;
-                    let input: ParticipantInput = read_json(call.req).await?;
-                    let (view, created) = app.put_participant(actor, bin, input).await?;
-                    let status = if created {
-                        StatusCode::CREATED
-                    } else {
-                        StatusCode::OK
-                    };
-                    Ok(json(status, &view))
-                }
-                _ => Ok(method_not_allowed("GET, PUT")),
+        // The caller first, then the body (read whole before any answer, so an HTTP/2
+        // client still sending it gets the answer rather than a reset stream), then the BIN.
+        [bin] => match call.method {
+            Method::GET => {
+                call.operator()?;
+                ok(&app.participant(parse_bin(bin)?).await?)
             }
-        }
-        [bin, "status"] => {
-            let bin = parse_bin(bin)?;
-            match call.method {
-                Method::PUT => {
-                    let actor = call.operator()?;
-                    let input: StatusInput = read_json(call.req).await?;
-                    ok(&app.set_participant_status(actor, bin, input.status).await?)
-                }
-                _ => Ok(method_not_allowed("PUT")),
+            Method::PUT => {
+                let actor = call.operator()?;
+                let body = read_body(call.req, call.peer.body_read_timeout).await?;
+                let bin = parse_bin(bin)?;
+                let input: ParticipantInput = from_json(&body)?;
+                let (view, created) = app.put_participant(actor, bin, input).await?;
+                let status = if created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                };
+                Ok(json(status, &view))
             }
-        }
+            _ => Ok(method_not_allowed("GET, PUT")),
+        },
+        [bin, "status"] => match call.method {
+            Method::PUT => {
+                let actor = call.operator()?;
+                let body = read_body(call.req, call.peer.body_read_timeout).await?;
+                let bin = parse_bin(bin)?;
+                let input: StatusInput = from_json(&body)?;
+                ok(&app.set_participant_status(actor, bin, input.status).await?)
+            }
+            _ => Ok(method_not_allowed("PUT")),
+        },
         _ => Err(Error::NotFound("route_not_found")),
     }
 }
@@ -547,7 +624,11 @@ fn percent_decode(s: &str) -> Result<String, Error> {
         match b[i] {
             b'+' => out.push(b' '),
             b'%' => {
-                let hex = b.get(i + 1..i + 3).ok_or_else(bad)?;
+                // Exactly two hex digits: `from_str_radix` alone would also take `+A`.
+                let hex = b
+                    .get(i + 1..i + 3)
+                    .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+                    .ok_or_else(bad)?;
                 let hex = std::str::from_utf8(hex).map_err(|_| bad())?;
                 out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
                 i += 2;
@@ -587,11 +668,13 @@ fn metadata(app: &App) -> Resp {
             "token_endpoint": format!("{base}/oauth2/token"),
             "jwks_uri": format!("{base}/.well-known/jwks.json"),
             "grant_types_supported": ["client_credentials"],
-            "response_types_supported": [],
+            // REQUIRED by RFC 8414 §2 even without an authorization endpoint; `none` (OAuth
+            // 2.0 Multiple Response Type Encoding Practices §4) is the registered value
+            // that issues nothing there. An empty array is read as absent by validators.
+            "response_types_supported": ["none"],
             "token_endpoint_auth_methods_supported": ["tls_client_auth"],
             "tls_client_certificate_bound_access_tokens": true,
             "scopes_supported": ["accounts", "balances", "transactions"],
-            "token_endpoint_auth_signing_alg_values_supported": [],
             "access_token_signing_alg_values_supported": ["ES256", "PS256"],
         }),
     )
@@ -635,7 +718,7 @@ async fn token_inner(
             "parameters go in the body, not the query string",
         ));
     }
-    let body = read_body(req)
+    let body = read_body(req, peer.body_read_timeout)
         .await
         .map_err(|_| OAuthError::bad("invalid_request", "unreadable body"))?;
     let text = std::str::from_utf8(&body)
@@ -702,8 +785,16 @@ struct CodeInput {
 /// `/v1/customer/…`: the customer's side (development sessions, consents, authorisations).
 async fn customer_routes(call: Call<'_>, rest: &[&str]) -> Result<Resp, Error> {
     match rest {
+        ["login"] => match call.method {
+            Method::GET => start_login(call.app, call.req.uri().query().unwrap_or("")).await,
+            _ => Ok(method_not_allowed("GET")),
+        },
+        ["login", "callback"] => match call.method {
+            Method::GET => finish_login(call.app, &call.req).await,
+            _ => Ok(method_not_allowed("GET")),
+        },
         ["sessions"] => match call.method {
-            Method::POST => open_session(call.app, call.req).await,
+            Method::POST => open_session(call.app, call.req, call.peer.body_read_timeout).await,
             _ => Ok(method_not_allowed("POST")),
         },
         ["consents", rest @ ..] => customer_consent_routes(call, rest).await,
@@ -715,18 +806,115 @@ async fn customer_routes(call: Call<'_>, rest: &[&str]) -> Result<Resp, Error> {
 }
 
 /// `POST /v1/customer/sessions` (development only: the app answers 404 otherwise).
-async fn open_session(app: &Arc<App>, req: Request<Incoming>) -> Result<Resp, Error> {
-    let input: SessionInput = read_json(req).await?;
+async fn open_session(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    timeout: Duration,
+) -> Result<Resp, Error> {
+    let input: SessionInput = read_json(req, timeout).await?;
     let (token, expires_at) = app.open_customer_session(input.customer.clone()).await?;
     Ok(json(
         StatusCode::CREATED,
         &serde_json::json!({
             "session": token,
             "customer": input.customer,
-            "expires_at": expires_at.format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default(),
+            "expires_at": rfc3339(expires_at),
         }),
     ))
+}
+
+/// Query parameters as text (numbers too), each at most once.
+fn query_strings(query: &str) -> Result<std::collections::HashMap<String, String>, Error> {
+    let mut out = std::collections::HashMap::new();
+    for (k, v) in form_pairs(query)? {
+        if out.insert(k.clone(), v).is_some() {
+            return Err(Error::BadRequest(format!(
+                "query parameter {k} is repeated"
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// `GET /v1/customer/login[?login_hint=…]`: `302` to the identity provider, with the
+/// browser-binding cookie; the body names the URL too (for apps that do not follow).
+async fn start_login(app: &Arc<App>, query: &str) -> Result<Resp, Error> {
+    let mut q = query_strings(query)?;
+    let hint = q.remove("login_hint").filter(|h| !h.is_empty());
+    if let Some(other) = q.keys().next() {
+        return Err(Error::BadRequest(format!(
+            "query parameter {other} is unknown"
+        )));
+    }
+    if hint
+        .as_deref()
+        .is_some_and(|h| h.len() > 64 || !h.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        return Err(Error::invalid(
+            "login_hint",
+            "1 to 64 visible ASCII characters",
+        ));
+    }
+    let started = app.start_login(hint).await?;
+    let mut r = json(
+        StatusCode::FOUND,
+        &serde_json::json!({ "authorization_url": started.url }),
+    );
+    let h = r.headers_mut();
+    let location = HeaderValue::from_str(&started.url)
+        .map_err(|_| Error::Internal("the authorization URL is not a header value".into()))?;
+    h.insert(header::LOCATION, location);
+    let cookie = login::browser_cookie(&started.browser, started.max_age);
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        h.insert(header::SET_COOKIE, v);
+    }
+    Ok(r)
+}
+
+/// `GET /v1/customer/login/callback?code=…&state=…` (or `?error=…&state=…`): `201` with a
+/// customer session, as the development route answers.
+async fn finish_login(app: &Arc<App>, req: &Request<Incoming>) -> Result<Resp, Error> {
+    // Unknown parameters (`iss`, `session_state`, …) are the provider's business.
+    let mut q = query_strings(req.uri().query().unwrap_or(""))?;
+    let state = q
+        .remove("state")
+        .filter(|s| !s.is_empty() && s.len() <= 512)
+        .ok_or_else(|| Error::BadRequest("state: missing".into()))?;
+    let code = match (q.remove("code"), q.remove("error")) {
+        (Some(c), None) if !c.is_empty() && c.len() <= 2048 => Some(c),
+        (None, Some(_)) => None,
+        _ => {
+            return Err(Error::BadRequest(
+                "code: missing (or given with error)".into(),
+            ))
+        }
+    };
+    let browser = req
+        .headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(login::browser_from_cookies)
+        .ok_or(Error::LoginFailed(
+            "the login cookie is missing: start the login in this browser",
+        ))?
+        .to_owned();
+    let (session, expires_at) = app.finish_login(state, browser, code).await?;
+    let mut r = json(
+        StatusCode::CREATED,
+        &serde_json::json!({ "session": session, "expires_at": rfc3339(expires_at) }),
+    );
+    // The binding has served its purpose.
+    let cookie = login::browser_cookie("", 0);
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    Ok(r)
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 /// `/v1/customer/consents/…`.
@@ -779,13 +967,20 @@ async fn authorisation_routes(call: Call<'_>, id: String, rest: &[&str]) -> Resu
         ["verify"] => match call.method {
             Method::POST => {
                 let c = call.customer().await?;
-                let input: CodeInput = read_json(call.req).await?;
+                let input: CodeInput = read_json(call.req, call.peer.body_read_timeout).await?;
                 ok(&app.verify_code(c, id, input.code).await?)
             }
             _ => Ok(method_not_allowed("POST")),
         },
         _ => Err(Error::NotFound("route_not_found")),
     }
+}
+
+/// The query decoder of `GET /v1/feed` (`since`, `store_id`), without a request: the entry
+/// point of the `trust_body` fuzz target (`fuzz/`).
+#[doc(hidden)]
+pub fn parse_feed_query(query: &str) -> Result<(u64, Option<String>), Error> {
+    parse_query::<FeedQuery>(query).map(|q| (q.since, q.store_id))
 }
 
 #[cfg(test)]
@@ -805,6 +1000,19 @@ mod tests {
         );
         assert!(form_pairs("a=%zz").is_err());
         assert!(form_pairs("a=%4").is_err());
+    }
+
+    /// Found by the `trust_body` fuzz target: `u8::from_str_radix` takes a leading `+`,
+    /// so `%+A` decoded to a line feed instead of being refused.
+    #[test]
+    fn percent_escape_is_exactly_two_hex_digits() {
+        for bad in ["a=%+A", "%+1=b", "a=%+f&b=1", "a=%-1"] {
+            assert!(form_pairs(bad).is_err(), "{bad} was decoded");
+        }
+        assert_eq!(
+            form_pairs("a=%0A%7e").unwrap(),
+            [("a".into(), "\n~".into())]
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 pub use feed_wire as wire;
 
+pub mod abuse;
 pub mod app;
 pub mod authorisation;
 pub mod clock;
@@ -22,7 +23,10 @@ pub mod feed;
 pub mod history;
 pub mod http;
 pub mod keys;
+pub mod listener;
+pub mod login;
 pub mod notify;
+pub mod oidc;
 pub mod otp;
 pub mod participants;
 pub mod server;

@@ -174,6 +174,26 @@ fn valid_provider_url(url: &str) -> bool {
     if url.len() > MAX_URL_LEN || url.bytes().any(|b| !b.is_ascii_graphic()) {
         return false;
     }
+    // What gateways route (gateway/src/upstream.rs): exactly `https://host[:port][/prefix]`,
+    // a lowercase scheme, no user info, a port that is a number, a prefix without `%`, `//`
+    // or `/../`.
+    let Some(rest) = url.strip_prefix("https://") else {
+        return false;
+    };
+    let (authority, prefix) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let prefix = prefix.trim_end_matches('/');
+    if authority.contains('@') || ["%", "//", "/../"].iter().any(|p| prefix.contains(p)) {
+        return false;
+    }
+    let port = match authority.strip_prefix('[') {
+        Some(v6) => v6
+            .split_once(']')
+            .map(|(_, p)| p.strip_prefix(':').unwrap_or("443")),
+        None => Some(authority.rsplit_once(':').map_or("443", |(_, p)| p)),
+    };
+    if port.is_none_or(|p| p.parse::<u16>().is_err()) {
+        return false;
+    }
     match url.parse::<http::Uri>() {
         Ok(uri) => {
             uri.scheme_str() == Some("https")
@@ -492,5 +512,31 @@ mod tests {
         assert!(transition_allowed(Isolated, Active));
         assert!(transition_allowed(Suspended, Terminated));
         assert!(!transition_allowed(Terminated, Active));
+    }
+
+    /// Found by the `trust_body` fuzz target: `htTps://…` (a scheme in another case) was
+    /// stored, and every gateway refuses such a record (`gateway/src/upstream.rs` reads
+    /// exactly `https://host[:port][/prefix]`), so the provider would have been unroutable.
+    #[test]
+    fn provider_urls_are_what_gateways_route() {
+        for bad in [
+            "htTps://127.0.0.1:9443/api",
+            "HTTPS://bank.test",
+            "https://user@bank.test",
+            "https://bank.test/a%2Fb",
+            "https://bank.test//api",
+            "https://bank.test/a/../b",
+            "https://bank.test:",
+            "https://bank.test:99999",
+        ] {
+            assert!(!valid_provider_url(bad), "{bad} was accepted");
+        }
+        for good in [
+            "https://127.0.0.1:9443/api",
+            "https://bank.test/api/",
+            "https://[::1]:8443",
+        ] {
+            assert!(valid_provider_url(good), "{good} was refused");
+        }
     }
 }

@@ -1,34 +1,30 @@
 //! Starting and stopping the sidecar: TLS (client certificates optional at the
-//! handshake, required per route), the accept loop, HTTP/1.1 and HTTP/2, and the
-//! housekeeping task (expiry, key rotation, feed pruning).
+//! handshake, required per route), the listeners (public, and internal when configured;
+//! `listener`), and the housekeeping task (expiry, key rotation, feed pruning).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::app::{App, Settings};
 use crate::config::Config;
 use crate::db::{Db, StoreError};
 use crate::error::Error;
-use crate::http::{self, Peer};
 use crate::keys::{self, Alg, Policy};
+use crate::listener::{self, stopped, Exposure, ListenerLimits, Serving};
 use crate::notify::{FileNotifier, Notifier};
+use crate::oidc;
 use crate::participants::decode_thumbprint;
 
-/// A TLS handshake must finish within this.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Housekeeping runs pruning once per this many ticks.
 const PRUNE_EVERY_TICKS: u64 = 60;
 
@@ -58,6 +54,17 @@ pub enum StartError {
     /// A configured thumbprint is malformed.
     #[error("thumbprint {0:?}: expected x5t#S256 (base64url of 32 bytes, unpadded)")]
     Thumbprint(String),
+    /// A setting is refused (`field` names the `trust serve` flag).
+    #[error("{field}: {what}")]
+    Config {
+        /// The flag.
+        field: &'static str,
+        /// What is wrong.
+        what: String,
+    },
+    /// The identity provider's settings are refused.
+    #[error("identity provider: {0}")]
+    Oidc(#[from] oidc::SetupError),
     /// The listener could not be bound.
     #[error("binding {addr}: {source}")]
     Bind {
@@ -185,6 +192,7 @@ fn key_files(files: &[PathBuf]) -> Result<Vec<(Alg, Vec<u8>)>, StartError> {
 #[derive(Debug)]
 pub struct Running {
     addr: SocketAddr,
+    internal: Option<SocketAddr>,
     app: Arc<App>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -199,6 +207,16 @@ impl Running {
     /// The base URL (`https://…`).
     pub fn url(&self) -> &str {
         &self.app.settings.public_url
+    }
+
+    /// The bound address of the internal listener, when one is configured.
+    pub fn internal_addr(&self) -> Option<SocketAddr> {
+        self.internal
+    }
+
+    /// The internal listener's base URL (`https://{addr}`), when one is configured.
+    pub fn internal_url(&self) -> Option<String> {
+        self.internal.map(|a| format!("https://{a}"))
     }
 
     /// The shared state (for in-process tests and embedding).
@@ -220,6 +238,7 @@ pub async fn start(
     config: Config,
     notifier: Option<Arc<dyn Notifier>>,
 ) -> Result<Running, StartError> {
+    check(&config)?;
     let tls = tls_config(&config)?;
     let operators = thumbprints(&config.operator_certs, &config.operator_thumbprints)?;
     let hubs = thumbprints(&config.hub_certs, &config.hub_thumbprints)?;
@@ -229,31 +248,106 @@ pub async fn start(
     let db = tokio::task::spawn_blocking(move || Db::open(&db_path))
         .await
         .map_err(|e| StartError::App(Error::Internal(e.to_string())))??;
-    let (listener, addr) = bind(&config).await?;
+    let (listener, addr) = bind(config.listen).await?;
+    let internal = match config.internal_listen {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
     let settings = settings(&config, addr, operators, hubs);
+    let provider = match &config.oidc {
+        Some(o) => Some(oidc::Provider::new(
+            o.clone(),
+            &settings.public_url,
+            config.clock.clone(),
+        )?),
+        None => None,
+    };
     let app = Arc::new(App::new(
         Arc::new(db),
         settings,
         config.clock.clone(),
         notifier,
+        provider,
     )?);
     activate_keys(&app, &imported).await?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let acceptor = TlsAcceptor::from(tls);
-    let accept = tokio::spawn(accept_loop(
+    let serving = |exposure, limits| Serving {
+        acceptor: acceptor.clone(),
+        app: app.clone(),
+        exposure,
+        limits,
+    };
+    let public_exposure = match internal {
+        Some(_) => Exposure::Public,
+        None => Exposure::All,
+    };
+    let mut tasks = vec![tokio::spawn(listener::accept_loop(
         listener,
-        acceptor,
-        app.clone(),
+        serving(public_exposure, config.public_limits),
         shutdown_rx.clone(),
-    ));
-    let house = tokio::spawn(housekeeping(app.clone(), config.housekeeping, shutdown_rx));
-    tracing::info!(%addr, url = %app.settings.public_url, store_id = %app.db.store_id(), head = app.db.head(), "trust sidecar listening");
+    ))];
+    let internal_addr = internal.as_ref().map(|(_, a)| *a);
+    if let Some((l, _)) = internal {
+        tasks.push(tokio::spawn(listener::accept_loop(
+            l,
+            serving(Exposure::Internal, config.internal_limits),
+            shutdown_rx.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(housekeeping(
+        app.clone(),
+        config.housekeeping,
+        shutdown_rx,
+    )));
+    tracing::info!(%addr, internal = ?internal_addr, url = %app.settings.public_url, store_id = %app.db.store_id(), head = app.db.head(), "trust sidecar listening");
     Ok(Running {
         addr,
+        internal: internal_addr,
         app,
         shutdown,
-        tasks: vec![accept, house],
+        tasks,
     })
+}
+
+/// Refuses settings that would serve something unsafe or nothing at all.
+fn check(config: &Config) -> Result<(), StartError> {
+    // Development sessions open a session for any customer id: never reachable from
+    // beyond this machine.
+    if config.dev_customer_sessions && !config.listen.ip().is_loopback() {
+        return Err(StartError::Config {
+            field: "dev-customer-sessions",
+            what: format!(
+                "refused on the non-loopback listener {}: development sessions authenticate nobody",
+                config.listen
+            ),
+        });
+    }
+    let zero = |limits: &ListenerLimits, prefix: &'static str| {
+        limits.zero_field().map(|f| StartError::Config {
+            field: prefix,
+            what: format!("{f} must be greater than 0"),
+        })
+    };
+    if let Some(e) = zero(&config.public_limits, "public listener") {
+        return Err(e);
+    }
+    if let Some(e) = zero(&config.internal_limits, "internal listener") {
+        return Err(e);
+    }
+    if let Some(f) = config.abuse.zero_field() {
+        return Err(StartError::Config {
+            field: f,
+            what: "must be greater than 0".into(),
+        });
+    }
+    if config.internal_listen == Some(config.listen) && config.listen.port() != 0 {
+        return Err(StartError::Config {
+            field: "internal-listen",
+            what: "must differ from --listen".into(),
+        });
+    }
+    Ok(())
 }
 
 /// The notifier given by the embedder, else a file outbox when one is configured.
@@ -273,15 +367,12 @@ fn notifier_for(
     })
 }
 
-/// Binds the listener; the bound address matters when the configuration asks for port 0.
-async fn bind(config: &Config) -> Result<(TcpListener, SocketAddr), StartError> {
-    let bind_error = |source| StartError::Bind {
-        addr: config.listen,
-        source,
-    };
-    let listener = TcpListener::bind(config.listen).await.map_err(bind_error)?;
-    let addr = listener.local_addr().map_err(bind_error)?;
-    Ok((listener, addr))
+/// Binds a listener; the bound address matters when the configuration asks for port 0.
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let bind_error = |source| StartError::Bind { addr, source };
+    let listener = listener::bind(addr).await.map_err(bind_error)?;
+    let bound = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, bound))
 }
 
 /// The application settings; the public URL (and so the default issuer) defaults to the
@@ -308,6 +399,7 @@ fn settings(
             retire_after_secs: config.token_lifetime_secs + config.token_leeway_secs,
         },
         limits: config.limits,
+        abuse: config.abuse,
         dev_customer_sessions: config.dev_customer_sessions,
         operators,
         hubs,
@@ -330,10 +422,6 @@ async fn activate_keys(app: &Arc<App>, imported: &[(Alg, Vec<u8>)]) -> Result<()
         ));
     }
     Ok(())
-}
-
-async fn stopped(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await.map(|_| ());
 }
 
 async fn housekeeping(app: Arc<App>, every: Duration, mut shutdown: watch::Receiver<bool>) {
@@ -361,77 +449,5 @@ async fn housekeeping(app: Arc<App>, every: Duration, mut shutdown: watch::Recei
             }
         }
         n = (n + 1) % PRUNE_EVERY_TICKS;
-    }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    app: Arc<App>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut http = auto::Builder::new(TokioExecutor::new());
-    http.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
-    http.http2().timer(TokioTimer::new());
-    let http = Arc::new(http);
-    let mut conns = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => {
-                    conns.spawn(serve(tcp, acceptor.clone(), app.clone(), http.clone(), shutdown.clone()));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            },
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            () = stopped(&mut shutdown) => break,
-        }
-    }
-    drop(listener);
-    conns.shutdown().await;
-}
-
-async fn serve(
-    tcp: TcpStream,
-    acceptor: TlsAcceptor,
-    app: Arc<App>,
-    http: Arc<auto::Builder<TokioExecutor>>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let _ = tcp.set_nodelay(true);
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, "TLS handshake failed");
-            return;
-        }
-        Err(_) => return,
-    };
-    let peer = Arc::new(Peer {
-        thumbprint: tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .map(|leaf| thumbprint(leaf.as_ref())),
-    });
-    let service = service_fn(move |req| {
-        let app = app.clone();
-        let peer = peer.clone();
-        async move { Ok::<_, std::convert::Infallible>(http::handle(app, peer, req).await) }
-    });
-    let conn = http.serve_connection(TokioIo::new(tls), service);
-    tokio::select! {
-        r = conn => {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        }
-        () = stopped(&mut shutdown) => {}
     }
 }

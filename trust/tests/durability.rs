@@ -42,6 +42,9 @@ impl Sidecar {
             .arg("--otp-outbox")
             .arg(f.outbox())
             .arg("--dev-customer-sessions")
+            // One customer authorises every consent of the burst.
+            .args(["--codes-per-customer-hour", "1000"])
+            .args(["--codes-per-customer-day", "1000"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

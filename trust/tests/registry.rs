@@ -108,8 +108,11 @@ async fn the_operator_registers_participants_and_moves_their_status() {
         .json(Some(op), "PUT", &format!("/v1/participants/{USER_B}"), bad)
         .await;
     assert_eq!((r.status, r.code()), (422, "invalid_field".into()));
+    // Issue 10 item 11: a malformed BIN is the caller's error, named; an unknown one 404.
     let r = c.get(Some(op), "/v1/participants/12").await;
-    assert_eq!(r.status, 404);
+    assert_eq!((r.status, r.code()), (422, "invalid_field".into()));
+    let r = c.get(Some(op), "/v1/participants/999999999999").await;
+    assert_eq!((r.status, r.code()), (404, "participant_not_found".into()));
     let list = c.get(Some(op), "/v1/participants").await.expect(200);
     assert_eq!(list["participants"].as_array().unwrap().len(), 1);
     running.stop().await;
@@ -262,7 +265,10 @@ async fn ps256_tokens_from_an_imported_key() {
     let id = create_consent(&c, f.user(USER_A), CUSTOMER, json!({})).await;
     authorise(&c, &f.outbox(), CUSTOMER, &id).await;
     let (kid, jwt) = token_kid(&c, &f, &id).await;
-    assert_eq!(decode_header(&jwt).unwrap().alg, Algorithm::PS256);
+    let header = decode_header(&jwt).unwrap();
+    assert_eq!(header.alg, Algorithm::PS256);
+    // RFC 9068: every access token says what it is, whatever its algorithm.
+    assert_eq!(header.typ.as_deref(), Some("at+jwt"));
     let jwks = c.get(None, "/.well-known/jwks.json").await.expect(200);
     assert_eq!(kids(&jwks), std::slice::from_ref(&kid));
     assert_eq!(jwks["keys"][0]["kty"], "RSA");

@@ -7,7 +7,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use trust::abuse::AbuseLimits;
 use trust::keys::Alg;
+use trust::listener::ListenerLimits;
+use trust::oidc::{OidcConfig, Secret};
 use trust::Config;
 
 #[derive(Parser)]
@@ -97,6 +100,130 @@ struct Serve {
     /// Also write the start-up line (`{"trust_url":…}`) to this file once listening.
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    #[command(flatten)]
+    listeners: ListenerFlags,
+    #[command(flatten)]
+    abuse: AbuseFlags,
+    #[command(flatten)]
+    oidc: OidcFlags,
+}
+
+/// The listeners and their protections (timeouts apply to both listeners).
+#[derive(clap::Args)]
+struct ListenerFlags {
+    /// Internal listener for gateways (snapshot, feed) and operators (registry, keys);
+    /// when set, those routes leave the public listener.
+    #[arg(long)]
+    internal_listen: Option<SocketAddr>,
+    /// Open connections at once on the public listener.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+    /// Open connections from one source address on the public listener.
+    #[arg(long, default_value_t = 256)]
+    max_connections_per_address: usize,
+    /// Open connections at once on the internal listener.
+    #[arg(long, default_value_t = 1_000)]
+    internal_max_connections: usize,
+    /// Open connections from one source address on the internal listener.
+    #[arg(long, default_value_t = 1_000)]
+    internal_max_connections_per_address: usize,
+    /// A TLS handshake must finish within this many milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    handshake_timeout_ms: u64,
+    /// An HTTP/1.1 request head must arrive within this many milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    header_read_timeout_ms: u64,
+    /// A request body must arrive within this many milliseconds (408 otherwise).
+    #[arg(long, default_value_t = 30_000)]
+    body_read_timeout_ms: u64,
+    /// A connection with no request in progress (HTTP/1.1 or HTTP/2) is closed after this
+    /// many milliseconds.
+    #[arg(long, default_value_t = 60_000)]
+    idle_timeout_ms: u64,
+}
+
+impl ListenerFlags {
+    fn limits(&self, max: usize, per_address: usize) -> ListenerLimits {
+        ListenerLimits {
+            max_connections: max,
+            max_connections_per_address: per_address,
+            handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            body_read_timeout: Duration::from_millis(self.body_read_timeout_ms),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+        }
+    }
+}
+
+/// Abuse limits (429 with Retry-After).
+#[derive(clap::Args)]
+struct AbuseFlags {
+    /// One-time codes sent to one customer in any hour.
+    #[arg(long, default_value_t = 10)]
+    codes_per_customer_hour: u32,
+    /// One-time codes sent to one customer in any 24 hours.
+    #[arg(long, default_value_t = 30)]
+    codes_per_customer_day: u32,
+    /// Consents one API user may create in any minute.
+    #[arg(long, default_value_t = 120)]
+    consents_per_user_minute: u32,
+    /// Consents of one API user awaiting authorisation at once.
+    #[arg(long, default_value_t = 10_000)]
+    open_consents_per_user: u32,
+    /// Unauthenticated requests per source address per minute (sustained).
+    #[arg(long, default_value_t = 120)]
+    address_per_minute: u32,
+    /// Unauthenticated requests one source address may make at once.
+    #[arg(long, default_value_t = 60)]
+    address_burst: u32,
+}
+
+/// The customer's identity provider (OpenID Connect, authorization code flow with PKCE).
+#[derive(clap::Args)]
+struct OidcFlags {
+    /// The provider's issuer URL (https); enables `GET /v1/customer/login`.
+    #[arg(long, requires_all = ["oidc_client_id", "oidc_ca"])]
+    oidc_issuer: Option<String>,
+    /// The sidecar's client id at the provider.
+    #[arg(long)]
+    oidc_client_id: Option<String>,
+    /// File holding the client secret (client_secret_basic); without it a public client.
+    #[arg(long)]
+    oidc_client_secret_file: Option<PathBuf>,
+    /// CA bundle (PEM) verifying the provider's TLS certificate (repeatable).
+    #[arg(long)]
+    oidc_ca: Vec<PathBuf>,
+    /// The ID token claim that holds the customer's IIN.
+    #[arg(long, default_value = "iin")]
+    oidc_iin_claim: String,
+    /// Scope asked for besides `openid` (repeatable).
+    #[arg(long)]
+    oidc_scope: Vec<String>,
+    /// Redirect URI registered at the provider (default PUBLIC_URL/v1/customer/login/callback).
+    #[arg(long)]
+    oidc_redirect_url: Option<String>,
+    /// Seconds a started login may take.
+    #[arg(long, default_value_t = 600)]
+    oidc_login_ttl_secs: i64,
+}
+
+impl OidcFlags {
+    fn config(self) -> Result<Option<OidcConfig>, String> {
+        let (Some(issuer), Some(client_id)) = (self.oidc_issuer, self.oidc_client_id) else {
+            return Ok(None);
+        };
+        let mut c = OidcConfig::new(&issuer, &client_id, self.oidc_ca);
+        if let Some(path) = self.oidc_client_secret_file {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("--oidc-client-secret-file {}: {e}", path.display()))?;
+            c.client_secret = Some(Secret(text.trim().to_owned()));
+        }
+        c.iin_claim = self.oidc_iin_claim;
+        c.scopes = self.oidc_scope;
+        c.redirect_url = self.oidc_redirect_url;
+        c.login_ttl_secs = self.oidc_login_ttl_secs.max(1);
+        Ok(Some(c))
+    }
 }
 
 fn parse_alg(s: &str) -> Result<Alg, String> {
@@ -125,7 +252,8 @@ fn main() -> ExitCode {
     runtime.block_on(serve(args))
 }
 
-async fn serve(a: Serve) -> ExitCode {
+/// The sidecar's configuration from the flags (the ready file aside).
+fn config(a: Serve) -> Result<Config, String> {
     let mut config = Config::new(a.listen, a.db, a.cert, a.key, PathBuf::new());
     config.client_ca = a.client_ca;
     config.operator_certs = a.operator_cert;
@@ -145,6 +273,35 @@ async fn serve(a: Serve) -> ExitCode {
     config.heartbeat = Duration::from_millis(a.heartbeat_ms.max(10));
     config.housekeeping = Duration::from_millis(a.housekeeping_ms.max(10));
     config.feed_retention = a.feed_retention;
+    let l = &a.listeners;
+    config.internal_listen = l.internal_listen;
+    config.public_limits = l.limits(l.max_connections, l.max_connections_per_address);
+    config.internal_limits = l.limits(
+        l.internal_max_connections,
+        l.internal_max_connections_per_address,
+    );
+    let b = &a.abuse;
+    config.abuse = AbuseLimits {
+        codes_per_customer_hour: b.codes_per_customer_hour,
+        codes_per_customer_day: b.codes_per_customer_day,
+        consents_per_user_minute: b.consents_per_user_minute,
+        open_consents_per_user: b.open_consents_per_user,
+        address_per_minute: b.address_per_minute,
+        address_burst: b.address_burst,
+    };
+    config.oidc = a.oidc.config()?;
+    Ok(config)
+}
+
+async fn serve(mut a: Serve) -> ExitCode {
+    let ready_file = a.ready_file.take();
+    let config = match config(a) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("trust: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let running = match trust::start(config, None).await {
         Ok(r) => r,
         Err(e) => {
@@ -152,11 +309,14 @@ async fn serve(a: Serve) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let line =
-        serde_json::json!({ "trust_url": running.url(), "addr": running.addr().to_string() })
-            .to_string();
+    let mut line =
+        serde_json::json!({ "trust_url": running.url(), "addr": running.addr().to_string() });
+    if let (Some(url), Some(o)) = (running.internal_url(), line.as_object_mut()) {
+        o.insert("internal_url".into(), serde_json::json!(url));
+    }
+    let line = line.to_string();
     println!("{line}");
-    if let Some(path) = a.ready_file {
+    if let Some(path) = ready_file {
         if let Err(e) = std::fs::write(&path, format!("{line}\n")) {
             eprintln!("trust: {}: {e}", path.display());
             running.stop().await;

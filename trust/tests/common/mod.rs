@@ -157,6 +157,11 @@ impl Client {
     }
 
     fn tls(&self, id: Option<&Identity>) -> Arc<ClientConfig> {
+        self.tls_with_alpn(id, b"http/1.1")
+    }
+
+    /// A client TLS configuration trusting the dev CA, presenting `id`, offering `alpn`.
+    pub fn tls_with_alpn(&self, id: Option<&Identity>, alpn: &[u8]) -> Arc<ClientConfig> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let b = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -168,7 +173,7 @@ impl Client {
                 .unwrap(),
             None => b.with_no_client_auth(),
         };
-        c.alpn_protocols = vec![b"http/1.1".to_vec()];
+        c.alpn_protocols = vec![alpn.to_vec()];
         Arc::new(c)
     }
 
@@ -366,6 +371,12 @@ pub fn last_code(outbox: &Path, consent_id: &str) -> String {
 /// Starts an authorisation and verifies it with the code from the outbox.
 pub async fn authorise(c: &Client, outbox: &Path, customer: &str, consent_id: &str) -> Value {
     let s = session(c, customer).await;
+    authorise_in(c, outbox, &s, consent_id).await
+}
+
+/// As [`authorise`], with a customer session `s` however it was opened.
+pub async fn authorise_in(c: &Client, outbox: &Path, s: &str, consent_id: &str) -> Value {
+    let s = s.to_owned();
     let a = c
         .customer(
             &s,
@@ -385,6 +396,19 @@ pub async fn authorise(c: &Client, outbox: &Path, customer: &str, consent_id: &s
     )
     .await
     .expect(200)
+}
+
+/// A sidecar on the fixture's settings as `tweak` changes them, and a client of it.
+pub async fn start_with(
+    f: &Fixture,
+    clock: &ManualClock,
+    tweak: impl FnOnce(&mut Config),
+) -> (trust::Running, Client) {
+    let mut config = f.config(clock);
+    tweak(&mut config);
+    let running = trust::start(config, None).await.unwrap();
+    let c = f.client(running.addr());
+    (running, c)
 }
 
 /// Reads NDJSON lines from a streaming body.

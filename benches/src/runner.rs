@@ -640,7 +640,7 @@ impl Runner {
         let mut notes = Vec::new();
         let setup = self.set_up(sc, &mut notes)?;
         let fleet = self.start_systems(&setup, &mut notes)?;
-        let checks = self.probe_all(&setup, &fleet)?;
+        let mut checks = self.probe_all(&setup, &fleet)?;
         let loads = self.loads(&setup, &fleet, &mut notes)?;
         let stage = Stage {
             setup: &setup,
@@ -649,6 +649,7 @@ impl Runner {
         };
         self.warm_up(stage)?;
         let (measured, revocation) = self.measure_rounds(stage, &mut notes)?;
+        checks.extend(self.journal_check(&setup, &fleet));
         let peak_rss_mib = fleet.stop();
         self.trim_logs(&setup.dir, &mut notes);
         let points = self.points(&setup.systems, &loads.points, &measured)?;
@@ -1065,6 +1066,50 @@ impl Runner {
         }
         print_window(round, sys, &load_label, &m);
         Ok(m)
+    }
+
+    /// After the load: the hub's journal dropped no record, has one line per request the
+    /// hub counted (`hub_requests_total`), and its hash chain verifies.
+    fn journal_check(&self, setup: &Setup, fleet: &Fleet) -> Option<Check> {
+        let admin = fleet.find(System::Hub)?.admin?;
+        let journal = setup.dir.join("audit.jsonl");
+        let sum = |body: &str, name: &str| -> u64 {
+            body.lines()
+                .filter(|l| l.starts_with(name))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>() as u64
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let (requests, dropped, lines) = loop {
+            let body = procs::http_get(admin, "/metrics").map_or_else(|_| String::new(), |r| r.1);
+            let lines = std::fs::read(&journal)
+                .map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count() as u64);
+            let counted = (
+                sum(&body, "hub_requests_total"),
+                sum(&body, "hub_audit_dropped_total"),
+                lines,
+            );
+            // The writer drains its queue every 20 ms: wait for it, bounded.
+            if counted.2 >= counted.0 || Instant::now() > deadline {
+                break counted;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let verified = Command::new(&self.s.gateway)
+            .args(["audit", "verify"])
+            .arg(&journal)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        Some(Check {
+            system: System::Hub.name().into(),
+            probe: "audit journal after the run".into(),
+            expected: "0 dropped, one line per request, hash chain verifies".into(),
+            got: format!(
+                "{dropped} dropped, {lines} lines for {requests} requests, chain {}",
+                if verified { "verifies" } else { "broken" }
+            ),
+            pass: dropped == 0 && lines == requests && verified,
+        })
     }
 
     /// Access logs and the audit journal grow with every request; keep the folder small.

@@ -11,15 +11,15 @@ pub const MAX_ID_LEN: usize = 128;
 pub const MAX_CUSTOMER_LEN: usize = 255;
 /// Most providers one consent may name.
 pub const MAX_PROVIDERS: usize = 255;
-/// Longest accepted account id, in bytes.
-pub const MAX_ACCOUNT_LEN: usize = 128;
+/// Longest accepted account id, in characters (contract §5).
+pub const MAX_ACCOUNT_LEN: usize = 64;
 /// Most accounts one consent may restrict itself to.
 pub const MAX_ACCOUNTS: usize = 1024;
 /// Longest accepted purpose, in bytes.
 pub const MAX_PURPOSE_LEN: usize = 4096;
 
-/// Separates account ids inside the store's text arena; control characters are
-/// rejected in account ids, so the joined form is unambiguous.
+/// Separates account ids inside the store's text arena; account ids are made of
+/// [`is_account_char`] only, so the joined form is unambiguous.
 pub(crate) const ACCOUNT_SEP: char = '\0';
 
 /// One consent as the control plane publishes it (contract §5).
@@ -92,8 +92,9 @@ pub enum RecordError {
     /// More than [`MAX_ACCOUNTS`] accounts.
     #[error("accounts: at most 1024 entries")]
     TooManyAccounts,
-    /// An account id that is empty, too long or has control characters.
-    #[error("accounts[{0}]: must be 1 to 128 bytes without control characters")]
+    /// An account id that is empty, too long or has a character outside
+    /// `A-Z a-z 0-9 - _ .` (the value is not echoed: account numbers stay out of logs).
+    #[error("accounts[{0}]: must be 1 to 64 characters from A-Z a-z 0-9 - _ .")]
     Account(usize),
     /// An account id listed twice (the value is not echoed: account numbers stay out of logs).
     #[error("accounts: an account id is listed twice")]
@@ -130,8 +131,16 @@ fn visible_ascii(s: &str, max: usize) -> bool {
     !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_graphic())
 }
 
+/// Whether `b` may appear in an account id (contract §5: `A-Z a-z 0-9 - _ .`). The set
+/// leaves out every separator a list of ids could be joined with (`,`, spaces, quotes,
+/// control characters), so the hub's `x-hub-accounts` list and any comparison a bank
+/// makes against it are unambiguous.
+fn is_account_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')
+}
+
 fn valid_account(a: &str) -> bool {
-    !a.is_empty() && a.len() <= MAX_ACCOUNT_LEN && !a.chars().any(char::is_control)
+    !a.is_empty() && a.len() <= MAX_ACCOUNT_LEN && a.bytes().all(is_account_char)
 }
 
 fn in_time_range(secs: i64) -> bool {
@@ -324,6 +333,7 @@ pub(crate) mod tests {
                 "accounts[1]:",
             ),
             (|r| r.accounts = Some(vec!["a\0b".into()]), "accounts[0]:"),
+            (|r| r.accounts = Some(vec!["x".repeat(65)]), "accounts[0]:"),
             (
                 |r| r.accounts = Some(vec!["a".into(), "a".into()]),
                 "accounts:",
@@ -348,6 +358,42 @@ pub(crate) mod tests {
         r.accounts = Some(vec!["KZ001".into(), "KZ002".into()]);
         r.expires_at = None;
         r.validate().unwrap();
+    }
+
+    /// Contract §5: `A-Z a-z 0-9 - _ .`, 1 to 64 characters. Anything a list could be
+    /// joined or split on (`x-hub-accounts` is a comma list) is refused, so no id can
+    /// stand for two, and the error never echoes the id.
+    #[test]
+    fn account_ids_use_only_the_contract_character_set() {
+        let with = |ids: &[&str]| {
+            let mut r = sample("c-1");
+            r.accounts = Some(ids.iter().map(|s| (*s).to_owned()).collect());
+            r.validate()
+        };
+        let every_allowed = "AZaz09-_.KZ86125KZT5004100100";
+        with(&[every_allowed, &"7".repeat(64), "."]).unwrap();
+        for bad in [
+            "KZ01,KZ02",
+            "KZ01 ",
+            " KZ01",
+            "KZ 01",
+            "KZ01\t",
+            "KZ\"01",
+            "KZ;01",
+            "KZ/01",
+            "KZ%2C01",
+            "KZ+01",
+            "KZ01é",
+            "КZ01",
+        ] {
+            let err = with(&["KZ-ok", bad]).unwrap_err();
+            assert_eq!(err, RecordError::Account(1), "{bad:?}");
+            assert!(!err.to_string().contains(bad), "{err} echoes {bad:?}");
+        }
+        assert_eq!(
+            with(&[&"7".repeat(65)]).unwrap_err(),
+            RecordError::Account(0)
+        );
     }
 
     #[test]

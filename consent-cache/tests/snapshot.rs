@@ -373,7 +373,7 @@ fn arb_record() -> impl Strategy<Value = ConsentRecord> {
         .map(|(_, p)| p)
         .collect::<Vec<_>>()
     });
-    let accounts = prop::option::of(prop::collection::hash_set("[A-Za-z0-9 é-]{1,24}", 1..4));
+    let accounts = prop::option::of(prop::collection::hash_set("[A-Za-z0-9._-]{1,24}", 1..4));
     let status = prop::sample::select(vec![
         ConsentStatus::AwaitingAuthorisation,
         ConsentStatus::Authorised,

@@ -422,3 +422,41 @@ fn expire_due_in_bulk_rebuilds_shards_with_the_same_result() {
     assert_eq!(store.len(), n as usize);
     assert_eq!(store.expire_due(now), 0);
 }
+
+/// Contract §5's account id character set holds wherever a record enters the store: a
+/// snapshot and a feed delta both refuse an id with a comma (it would read as two ids in
+/// the hub's comma-joined `x-hub-accounts`), and the store is left as it was.
+#[test]
+fn account_ids_outside_the_contract_set_are_refused_in_snapshots_and_deltas() {
+    let mut joined = record("joined", 2);
+    joined.accounts = Some(vec!["KZ01,KZ02".to_owned()]);
+    let err = ConsentStore::from_records(vec![record("a", 1), joined.clone()]).unwrap_err();
+    assert_eq!(
+        err,
+        StoreError::Invalid {
+            index: 1,
+            source: RecordError::Account(0)
+        }
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("consents.jsonl");
+    let line = |r: &consent_cache::ConsentRecord| serde_json::to_string(r).unwrap() + "\n";
+    std::fs::write(&path, line(&record("a", 1)) + &line(&joined)).unwrap();
+    let err = ConsentStore::load(&path).unwrap_err().to_string();
+    assert!(err.contains("line 2: accounts[0]:"), "{err}");
+    assert!(!err.contains("KZ01"), "the id is not echoed: {err}");
+
+    let store = ConsentStore::from_records(vec![record("a", 1)]).unwrap();
+    let mut spaced = record("a", 1);
+    spaced.accounts = Some(vec!["KZ01 KZ02".to_owned()]);
+    let err = store
+        .apply(Change {
+            version: 1,
+            op: ChangeOp::Upsert(spaced),
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("accounts[0]:"), "{err}");
+    assert_eq!(store.version(), 0);
+    assert_eq!(store.get("a").unwrap().to_record(), record("a", 1));
+}

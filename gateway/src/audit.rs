@@ -1,19 +1,28 @@
-//! The audit journal (contract §8): one JSON line per request, handed off the request
-//! path through a bounded channel to a writer thread, flushed when idle and on shutdown.
+//! The audit journal (contract §8): one sealed JSON line per request, handed off the
+//! request path to a writer thread. Nothing that served customer data goes unrecorded: a
+//! consent route reserves its record's place in the journal before it is admitted
+//! ([`Journal::reserve`]), and while the journal cannot take records (its queue full of
+//! records the sink has not accepted: a stalled or failing disk, a pipe nobody reads)
+//! consent routes are refused instead (`503 audit_unavailable`); open data continues and
+//! a record the journal cannot take is counted and marked in the journal by a
+//! `records_dropped` line. Each line carries a SHA-256 hash chained to the previous one,
+//! across log rotation (reopen on SIGUSR1); `gateway audit verify` checks a journal.
 //! A record holds only identifiers fit for incident investigation: never token values,
 //! keys, customer ids, account ids or bodies.
 
-use serde::Serialize;
-use std::io::Write;
+pub mod chain;
+mod writer;
+
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, SyncSender};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, Sender};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use consent_cache::Bin;
 use policy::token::VerifiedToken;
+
+use writer::{Shared, Sink, Writer};
 
 /// What the request path hands to the journal: fixed-size fields and shared handles, no
 /// formatting (that happens on the writer thread).
@@ -42,26 +51,10 @@ pub struct AuditRecord {
     pub upstream_latency_us: u64,
 }
 
-#[derive(Serialize)]
-struct Line<'a> {
-    time: String,
-    interaction_id: &'a str,
-    api_user: Option<String>,
-    provider: Option<String>,
-    consent_id: Option<&'a str>,
-    token_jti: Option<&'a str>,
-    route: &'a str,
-    code: &'a str,
-    status: u16,
-    upstream_status: u16,
-    latency_us: u64,
-    upstream_latency_us: u64,
-}
-
-/// Where the journal goes.
+/// Why the journal could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
-    /// The journal file cannot be opened.
+    /// The journal file cannot be opened (or its tail read to continue the chain).
     #[error("audit journal {path}: {source}")]
     Open {
         /// The file.
@@ -71,112 +64,149 @@ pub enum AuditError {
     },
 }
 
-/// The journal: its writer thread and the sender the request path clones.
-pub struct AuditLog {
-    tx: SyncSender<AuditRecord>,
-    stop: Arc<AtomicBool>,
-    writer: Option<JoinHandle<()>>,
+/// The request path's handle on the journal: sends records, reserves places for them.
+#[derive(Clone)]
+pub struct Journal {
+    tx: Sender<AuditRecord>,
+    shared: Arc<Shared>,
 }
 
-impl AuditLog {
-    /// Opens the journal (`-` is standard output) and starts its writer thread.
-    pub fn open(path: &Path, buffer: usize) -> Result<AuditLog, AuditError> {
-        let out: Box<dyn Write + Send> = if path.as_os_str() == "-" {
-            Box::new(std::io::stdout())
-        } else {
-            Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|source| AuditError::Open {
-                        path: path.display().to_string(),
-                        source,
-                    })?,
-            )
-        };
-        let (tx, rx) = mpsc::sync_channel::<AuditRecord>(buffer);
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop_w = stop.clone();
-        let writer = std::thread::Builder::new()
-            .name("audit-writer".into())
-            .spawn(move || write_loop(rx, out, stop_w))
-            .map_err(|source| AuditError::Open {
-                path: path.display().to_string(),
-                source,
-            })?;
-        Ok(AuditLog {
-            tx,
-            stop,
-            writer: Some(writer),
+/// A place in the journal's queue held for one request's record: taken before a consent
+/// route is admitted, used by its record. Dropped unused, the place is given back.
+pub struct Slot {
+    shared: Arc<Shared>,
+    /// Still this slot's to give back (not handed to a queued record).
+    held: bool,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.held {
+            self.shared.used.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Journal {
+    /// Takes a place in the queue; `false` while the journal cannot take records.
+    fn take_place(&self) -> bool {
+        let s = &self.shared;
+        if s.used.fetch_add(1, Ordering::AcqRel) < s.capacity {
+            return true;
+        }
+        s.used.fetch_sub(1, Ordering::AcqRel);
+        false
+    }
+
+    /// Reserves a place for a record that must not be lost (a consent route's); `None`
+    /// while the journal cannot take records.
+    pub fn reserve(&self) -> Option<Slot> {
+        self.take_place().then(|| Slot {
+            shared: self.shared.clone(),
+            held: true,
         })
     }
 
-    /// A sender for the request path (`try_send`: never blocks a request).
-    pub fn sender(&self) -> SyncSender<AuditRecord> {
-        self.tx.clone()
+    /// Queues a record in its reserved place (`slot`), or in a free one; `false` when
+    /// the journal could not take it (it is then counted and marked as dropped).
+    pub fn send(&self, record: AuditRecord, slot: Option<Slot>) -> bool {
+        let placed = match slot {
+            // The place now belongs to the queued record: the writer gives it back.
+            Some(mut slot) => {
+                slot.held = false;
+                true
+            }
+            None => self.take_place(),
+        };
+        if placed && self.tx.send(record).is_ok() {
+            return true;
+        }
+        if placed {
+            // The writer is gone: the place is not coming back through it.
+            self.shared.used.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.shared.dropped.fetch_add(1, Ordering::AcqRel);
+        false
     }
 
-    /// Drains what is queued, flushes and stops the writer.
-    pub fn close(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(w) = self.writer.take() {
-            let _ = w.join();
+    /// Asks the writer to reopen the journal file (log rotation).
+    pub fn reopen(&self) {
+        self.shared.reopen.store(true, Ordering::SeqCst);
+    }
+
+    /// Records queued or reserved and not yet written.
+    pub fn backlog(&self) -> usize {
+        self.shared.used.load(Ordering::Acquire)
+    }
+}
+
+/// The journal: its writer thread and the handle the request path clones.
+pub struct AuditLog {
+    journal: Journal,
+    done: mpsc::Receiver<()>,
+    running: bool,
+}
+
+impl AuditLog {
+    /// Opens the journal (`-` is standard output; an existing file is appended to and its
+    /// chain continued) and starts its writer thread. `buffer` bounds the records queued
+    /// or reserved and not yet written.
+    pub fn open(path: &Path, buffer: usize) -> Result<AuditLog, AuditError> {
+        let failed = |source| AuditError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let (sink, prev) = Sink::open(path).map_err(failed)?;
+        let shared = Arc::new(Shared::new(buffer.max(1)));
+        let (tx, rx) = mpsc::channel::<AuditRecord>();
+        let (done_tx, done) = mpsc::channel();
+        let writer = Writer::new(rx, sink, shared.clone(), prev);
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || {
+                writer.run();
+                let _ = done_tx.send(());
+            })
+            .map_err(failed)?;
+        Ok(AuditLog {
+            journal: Journal { tx, shared },
+            done,
+            running: true,
+        })
+    }
+
+    /// The request path's handle.
+    pub fn journal(&self) -> Journal {
+        self.journal.clone()
+    }
+
+    /// Writes what is queued and stops the writer, waiting at most `wait` (a sink that
+    /// blocks must not hold the process forever); `false` when records were left unwritten.
+    pub fn close(&mut self, wait: Duration) -> bool {
+        if !self.running {
+            return true;
         }
+        self.running = false;
+        self.journal.shared.stop.store(true, Ordering::SeqCst);
+        if self.done.recv_timeout(wait).is_ok() {
+            return true;
+        }
+        tracing::error!(
+            unwritten = self.journal.backlog(),
+            "the audit journal did not take its last records in time"
+        );
+        false
     }
 }
 
 impl Drop for AuditLog {
     fn drop(&mut self) {
-        self.close();
+        self.close(CLOSE_WAIT);
     }
 }
 
-fn write_loop(rx: mpsc::Receiver<AuditRecord>, out: Box<dyn Write + Send>, stop: Arc<AtomicBool>) {
-    // The writer polls on a timer instead of blocking in `recv`: a blocked receiver makes
-    // every request's `try_send` wake this thread (a futex call and a context switch per
-    // request); polling drains records in batches and costs the request path nothing.
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
-    loop {
-        let stopping = stop.load(Ordering::SeqCst);
-        let mut wrote = false;
-        while let Ok(r) = rx.try_recv() {
-            write_one(&mut out, &r);
-            wrote = true;
-        }
-        if wrote {
-            let _ = out.flush();
-        }
-        if stopping {
-            break;
-        }
-        std::thread::sleep(FLUSH_EVERY);
-    }
-    let _ = out.flush();
-}
+/// How long dropping the journal waits for the writer.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
-/// How long a record may wait in the buffer before it is written.
-const FLUSH_EVERY: Duration = Duration::from_millis(20);
-
-fn write_one(out: &mut impl Write, r: &AuditRecord) {
-    let time = time::OffsetDateTime::from(r.time)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
-    let line = Line {
-        time,
-        interaction_id: std::str::from_utf8(&r.interaction_id).unwrap_or("-"),
-        api_user: r.api_user.map(|b| b.to_string()),
-        provider: r.provider.map(|b| b.to_string()),
-        consent_id: r.token.as_deref().map(|t| &*t.consent_id),
-        token_jti: r.token.as_deref().map(|t| &*t.jti),
-        route: r.route,
-        code: r.code,
-        status: r.status,
-        upstream_status: r.upstream_status,
-        latency_us: r.latency_us,
-        upstream_latency_us: r.upstream_latency_us,
-    };
-    if serde_json::to_writer(&mut *out, &line).is_ok() {
-        let _ = out.write_all(b"\n");
-    }
-}
+#[cfg(test)]
+mod tests;

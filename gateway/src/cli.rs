@@ -1,6 +1,7 @@
 //! Command-line interface: `gateway run --config FILE`, `gateway check --config FILE`,
-//! `gateway consents convert IN OUT` (the development hub is its own binary, `devhub`). Exit codes: 0 ok, 1 runtime
-//! failure, 2 invalid configuration or usage.
+//! `gateway consents convert IN OUT`, `gateway audit verify FILE…` (the development hub is
+//! its own binary, `devhub`). Exit codes: 0 ok, 1 runtime failure or a broken journal,
+//! 2 invalid configuration, unreadable file or usage.
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -31,6 +32,23 @@ enum Command {
     Consents {
         #[command(subcommand)]
         action: ConsentsCommand,
+    },
+    /// Audit journal tools.
+    Audit {
+        #[command(subcommand)]
+        action: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Checks the journal's hash chain: every line a sealed record linked to the one
+    /// before. Give rotated files oldest first (`audit.jsonl.1 audit.jsonl`) to check the
+    /// links between them too. Reports the first broken line (exit 1), or the count.
+    Verify {
+        /// Journal files, oldest first.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
 }
 
@@ -67,6 +85,9 @@ pub fn main() -> i32 {
                 2
             }
         },
+        Command::Audit {
+            action: AuditCommand::Verify { files },
+        } => verify_journal(&files),
         Command::Consents {
             action: ConsentsCommand::Convert { input, output },
         } => match consent_cache::convert(&input, &output) {
@@ -80,4 +101,33 @@ pub fn main() -> i32 {
             }
         },
     }
+}
+
+/// `gateway audit verify`: each file in turn, the first record of each linked to the last
+/// of the one before.
+fn verify_journal(files: &[PathBuf]) -> i32 {
+    use crate::audit::chain::{self, Verdict};
+    let mut prev = None;
+    for path in files {
+        let verdict = std::fs::File::open(path).and_then(|f| chain::verify(f, prev));
+        match verdict {
+            Ok(Verdict::Sound { records, last }) => {
+                let head = last.as_ref().map_or_else(|| "-".to_string(), chain::hex);
+                println!(
+                    "{}: OK, {records} records (last hash {head})",
+                    path.display()
+                );
+                prev = last.or(prev);
+            }
+            Ok(Verdict::Broken { line, why }) => {
+                println!("{}:{line}: broken: {why}", path.display());
+                return 1;
+            }
+            Err(e) => {
+                eprintln!("gateway: {}: {e}", path.display());
+                return 2;
+            }
+        }
+    }
+    0
 }

@@ -36,8 +36,14 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     /// Token cache hits / misses (mirrored from the verifier at scrape time).
     pub token_cache: IntCounterVec,
-    /// Audit records dropped because the writer fell behind.
+    /// Tokens not verified (`429`) because their connection or client certificate spent
+    /// its budget of failed verifications, by budget.
+    pub token_budget_refusals: IntCounterVec,
+    /// Audit records the journal could not take (its queue full, its writer gone); never
+    /// a consent route's record, which reserves its place before it is admitted.
     pub audit_dropped: IntCounter,
+    /// File mode: loads of a changed consent file, by result.
+    pub consent_file_loads: IntCounterVec,
     /// Requests whose client went away before the answer was complete.
     pub client_gone: IntCounter,
     /// Upstream targets ejected right now.
@@ -52,6 +58,9 @@ pub struct Metrics {
     pub upstream_new: IntCounter,
     /// Seconds per reload build.
     pub reload_seconds: Histogram,
+    /// API connections the hub closed on its own account, by reason (`over_capacity`,
+    /// `handshake_timeout`, `untrusted_certificate`).
+    pub connections_closed: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -117,7 +126,9 @@ impl Metrics {
             participants_refused: gauge(&r, "participants_refused", "Registry records the hub could not apply (participants kept inactive)"),
             reloads: counters(&r, "config_reloads_total", "Configuration reloads by result", &["result"]),
             token_cache: counters(&r, "token_cache_total", "Token verification cache lookups by result", &["result"]),
-            audit_dropped: counter(&r, "audit_dropped_total", "Audit records dropped because the journal writer fell behind"),
+            token_budget_refusals: counters(&r, "token_budget_refusals_total", "Tokens refused unverified (429) once their connection or certificate spent its budget of failed verifications", &["budget"]),
+            audit_dropped: counter(&r, "audit_dropped_total", "Audit records the journal could not take (consent routes are refused instead)"),
+            consent_file_loads: counters(&r, "consent_file_loads_total", "Loads of a changed consent file, by result", &["result"]),
             client_gone: counter(&r, "client_gone_total", "Requests whose client closed, reset or stopped reading its connection before the answer was complete"),
             ejected: gauge(&r, "upstream_ejected", "Provider base URLs out of rotation"),
             no_tls_digest: counter(&r, "requests_without_tls_digest_total", "Requests that arrived without a TLS client certificate digest"),
@@ -125,6 +136,7 @@ impl Metrics {
             upstream_reused: upstream_connections.with_label_values(&["true"]),
             upstream_new: upstream_connections.with_label_values(&["false"]),
             reload_seconds: registered(&r, must(Histogram::with_opts(reload_opts))),
+            connections_closed: counters(&r, "downstream_connections_closed_total", "API connections closed by the hub: over max_connections at accept, handshake timeout, client certificate refused after a change of trust", &["reason"]),
             registry: r,
         }
     }

@@ -5,6 +5,7 @@
 use async_trait::async_trait;
 use pingora::connectors::ConnectorOptions;
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{ListenerConfig, ListenerLimits};
 use pingora::prelude::*;
 use pingora::proxy::ProxyServiceBuilder;
 use pingora::server::configuration::ServerConf;
@@ -24,6 +25,7 @@ use crate::plane::FeedStatus;
 use crate::proxy::Hub;
 use crate::snapshot::{self, sections, Publisher};
 use crate::state::State;
+use crate::tls::{ConnectionTrust, ListenerCounters};
 
 /// Why the hub could not start.
 #[derive(Debug, thiserror::Error)]
@@ -97,11 +99,8 @@ pub fn run(config: &Path) -> Result<(), RunError> {
     server.run(pingora::server::RunArgs::default());
 
     tracing::info!("shut down; flushing the audit journal");
-    if let Ok(mut a) = state.audit.lock() {
-        if let Some(mut log) = a.take() {
-            log.close();
-        }
-    }
+    // A sink that blocks (a pipe nobody reads) must not hold the process forever.
+    state.close_journal(Duration::from_secs(process.shutdown_timeout_secs.max(1)));
     Ok(())
 }
 
@@ -134,7 +133,7 @@ fn proxy_service(
     // connector's TLS configuration, rather than per peer: pingora would otherwise
     // rebuild the client configuration per connection and hash the certificate per request.
     let mut client = ConnectorOptions::from_server_conf(&server.configuration);
-    client.ca_file = Some(upstream_ca_bundle(&process.upstream_ca)?);
+    client.ca_certs = Some(upstream_ca_bundle(&process.upstream_ca)?);
     client.cert_key_file = Some((
         process.upstream_cert.display().to_string(),
         process.upstream_key.display().to_string(),
@@ -143,74 +142,107 @@ fn proxy_service(
         .name("hub")
         .client_options(client)
         .build();
+    proxy.add_listener(api_listener(state)?);
+    Ok(proxy)
+}
+
+/// The API listener: mTLS with the reloadable trust and certificate, sessions and
+/// connections revoked with the trust they were verified under, the handshake timeout
+/// and the connection cap.
+fn api_listener(state: &Arc<State>) -> Result<ListenerConfig, RunError> {
+    let process = &state.process;
     let mut tls =
         TlsSettings::intermediate("", "").map_err(|e| RunError::Listener(e.to_string()))?;
     tls.set_cert_resolver(state.tls_cert.clone());
     tls.set_client_cert_verifier(state.tls_verifier.clone());
+    tls.set_session_storage(state.tls_verifier.sessions());
+    let closed = &state.metrics.connections_closed;
+    tls.set_peer_revalidation(ConnectionTrust::new(
+        state.tls_verifier.clone(),
+        closed.with_label_values(&["untrusted_certificate"]),
+    ));
     if process.http2 {
         tls.enable_h2();
     }
-    proxy.add_tls_with_settings(&process.listen.to_string(), None, tls);
-    Ok(proxy)
+    let limits = ListenerLimits {
+        handshake_timeout: process.tls_handshake_timeout,
+        max_connections: Some(process.max_connections),
+        observer: Some(ListenerCounters::new(closed)),
+    };
+    Ok(ListenerConfig::tcp(process.listen.to_string())
+        .tls(tls)
+        .limits(limits))
 }
 
-/// The banks' CA bundle as one file (pingora's connector takes a single path).
-fn upstream_ca_bundle(files: &[std::path::PathBuf]) -> Result<String, RunError> {
-    if let [one] = files {
-        return Ok(one.display().to_string());
-    }
-    let mut all = Vec::new();
-    for f in files {
-        all.extend(
-            std::fs::read(f).map_err(|e| RunError::Listener(format!("{}: {e}", f.display())))?,
-        );
-        all.push(b'\n');
-    }
-    let path = std::env::temp_dir().join(format!("hub-upstream-ca-{}.pem", std::process::id()));
-    std::fs::write(&path, all)
-        .map_err(|e| RunError::Listener(format!("{}: {e}", path.display())))?;
-    Ok(path.display().to_string())
+/// The banks' CA certificates (DER), handed to the connector in memory: no bundle is
+/// assembled in a file anyone could predict, replace or read.
+fn upstream_ca_bundle(files: &[std::path::PathBuf]) -> Result<Vec<Vec<u8>>, RunError> {
+    let read = |f: &std::path::PathBuf| {
+        std::fs::read(f)
+            .map_err(|e| RunError::Listener(format!("upstream_tls.ca: {}: {e}", f.display())))
+    };
+    let pems = files.iter().map(read).collect::<Result<Vec<_>, _>>()?;
+    let ders = crate::tls::ca_ders(&pems)
+        .map_err(|e| RunError::Listener(format!("upstream_tls.ca: {e}")))?;
+    Ok(ders.into_iter().map(|c| c.as_ref().to_vec()).collect())
 }
 
-/// Background duties: SIGHUP reloads, rate-limiter housekeeping, readiness.
+/// Background duties: SIGHUP reloads, SIGUSR1 reopens the journal, the consent file's
+/// watcher, rate-limiter housekeeping, readiness.
 struct Maintenance {
     state: Arc<State>,
+}
+
+/// A signal stream, or none (logged) when it cannot be installed.
+fn watch_signal(
+    kind: tokio::signal::unix::SignalKind,
+    name: &str,
+) -> Option<tokio::signal::unix::Signal> {
+    match tokio::signal::unix::signal(kind) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(error = %e, signal = name, "cannot watch the signal");
+            None
+        }
+    }
+}
+
+/// The next delivery of a watched signal (never, when it is not watched).
+async fn next_signal(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match s.as_mut() {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 #[async_trait]
 impl BackgroundService for Maintenance {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot watch SIGHUP; reload via the admin listener only");
-                None
-            }
-        };
+        use tokio::signal::unix::SignalKind;
+        let mut hup = watch_signal(SignalKind::hangup(), "SIGHUP");
+        let mut usr1 = watch_signal(SignalKind::user_defined1(), "SIGUSR1");
         let mut tick = tokio::time::interval(Duration::from_secs(10));
-        // The consent snapshot is watched: a control plane that replaces the file (write to
-        // a temporary name, then rename) is followed within a second, as if by SIGHUP.
+        // The consent file is watched: a control plane that replaces it (write to a
+        // temporary name, then rename) is followed within a second; a file that cannot be
+        // loaded is retried with back-off.
         let mut watch = tokio::time::interval(Duration::from_secs(1));
-        let mut refused = None;
+        let mut backoff = crate::snapshot::Backoff::default();
         let mut ready_probe = tokio::time::interval(Duration::from_millis(50));
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
-                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                Some(()) = next_signal(&mut hup) => {
                     tracing::info!("SIGHUP: reloading");
                     let _ = self.state.reload().await;
+                }
+                Some(()) = next_signal(&mut usr1) => {
+                    tracing::info!("SIGUSR1: reopening the audit journal");
+                    self.state.reopen_journal();
                 }
                 _ = tick.tick() => {
                     self.state.snapshot().limiter().retain_recent();
                 }
-                _ = watch.tick() => {
-                    let changed = self.state.snapshot().consents_changed_on_disk();
-                    // A file that was refused is not retried every second, only once it changes again.
-                    if changed.is_some() && changed != refused {
-                        tracing::info!("consent snapshot changed on disk: reloading");
-                        refused = if self.state.reload().await.is_err() { changed } else { None };
-                    }
-                }
+                _ = watch.tick() => self.state.follow_consent_file(&mut backoff).await,
                 _ = ready_probe.tick(), if !self.state.ready.load(Ordering::Relaxed) => {
                     if tokio::net::TcpStream::connect(self.state.process.listen).await.is_ok() {
                         self.state.ready.store(true, Ordering::Relaxed);

@@ -1,24 +1,26 @@
 //! Process-wide state shared by the proxy, the admin listener, the feed follower and
 //! the maintenance task: the snapshot publisher, metrics, the audit journal's sender,
 //! the listener's swappable TLS pieces, and the seams through which control-plane events
-//! (a reload, a registry change, fetched keys, consent changes) reach the request path.
-//! Every such event goes through the one publisher (`snapshot::Publisher`).
+//! (a reload, a registry change, fetched keys, consent changes, a changed consent file)
+//! reach the request path. Every such event goes through the one publisher
+//! (`snapshot::Publisher`).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use consent_cache::{BatchError, BatchSummary, Change as ConsentChange, ConsentStore};
 use policy::token::Jwks;
 
-use crate::audit::{AuditLog, AuditRecord};
+use crate::audit::{AuditLog, AuditRecord, Journal, Slot};
 use crate::config::ConfigError;
 use crate::metrics::Metrics;
 use crate::network::Registry;
 use crate::plane::TrustPlane;
 use crate::snapshot::{
-    sections, Change, ProcessSettings, PublishError, Published, Publisher, Snapshot,
+    sections, Backoff, Change, ConsentFile, ProcessSettings, PublishError, Published, Publisher,
+    Snapshot,
 };
 use crate::tls::{SwappableCert, SwappableVerifier};
 
@@ -39,7 +41,7 @@ pub struct State {
     pub(crate) ready: AtomicBool,
     /// Process settings in force (changes need a restart).
     pub(crate) process: ProcessSettings,
-    audit_tx: std::sync::mpsc::SyncSender<AuditRecord>,
+    journal: Journal,
 }
 
 /// A reload that took effect.
@@ -73,7 +75,8 @@ impl State {
         audit: AuditLog,
         config_path: PathBuf,
     ) -> State {
-        let audit_tx = audit.sender();
+        let journal = audit.journal();
+        publisher.attach_journal(journal.clone());
         let first = publisher.current();
         let file = first.file();
         State {
@@ -86,14 +89,36 @@ impl State {
             config_path,
             generation: AtomicU64::new(1),
             ready: AtomicBool::new(false),
-            audit_tx,
+            journal,
         }
     }
 
-    /// Sends a record to the journal (counted as dropped when its buffer is full).
+    /// Sends a record to the journal (counted as dropped when it cannot take it).
     pub fn audit(&self, r: AuditRecord) {
-        if self.audit_tx.try_send(r).is_err() {
+        self.audit_reserved(r, None);
+    }
+
+    /// Sends a record to the journal in the place its request reserved, if any.
+    pub fn audit_reserved(&self, r: AuditRecord, slot: Option<Slot>) {
+        if !self.journal.send(r, slot) {
             self.metrics.audit_dropped.inc();
+        }
+    }
+
+    /// Asks the journal to reopen its file (log rotation).
+    pub fn reopen_journal(&self) {
+        self.journal.reopen();
+    }
+
+    /// Writes what the journal holds and stops it, waiting at most `wait`.
+    pub fn close_journal(&self, wait: Duration) {
+        let log = self
+            .audit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(mut log) = log {
+            log.close(wait);
         }
     }
 
@@ -177,9 +202,7 @@ impl State {
                 return Err(e);
             }
         };
-        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        m.generation
-            .set(i64::try_from(generation).unwrap_or(i64::MAX));
+        let generation = self.next_generation();
         m.reloads.with_label_values(&["ok"]).inc();
         tracing::info!(generation, summary = %summary, "configuration reloaded");
         Ok(Reloaded {
@@ -188,7 +211,19 @@ impl State {
         })
     }
 
+    /// A new configuration generation is in force.
+    fn next_generation(&self) -> u64 {
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        self.metrics
+            .generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
+        generation
+    }
+
     async fn load_and_publish(self: &Arc<Self>) -> Result<String, ReloadError> {
+        // The consent file first and on its own: a compile of the rest that is slow or
+        // fails (a bank's host name) must not hold a revocation back.
+        self.refresh_consents().await?;
         let previous = self.publisher.file_inputs().await;
         let (path, feed) = (self.config_path.clone(), self.publisher.feed().clone());
         let file =
@@ -202,6 +237,63 @@ impl State {
         self.tls_verifier.replace(tls.verifier);
         self.tls_cert.replace(tls.cert);
         Ok(self.snapshot().summary())
+    }
+
+    /// Loads the consent file when the one on disk is not the one in force, and publishes
+    /// it on its own (file mode); `Ok(false)` when there was nothing to load. A failure
+    /// keeps the file in force serving and starts row 7's clock.
+    pub async fn refresh_consents(self: &Arc<Self>) -> Result<bool, ReloadError> {
+        let consent_file = self.publisher.consent_file();
+        let (Some(_), Some(in_force)) = (consent_file.changed_on_disk(), consent_file.in_force())
+        else {
+            return Ok(false);
+        };
+        let path = in_force.path().to_path_buf();
+        let loaded = tokio::task::spawn_blocking(move || ConsentFile::load(&path)).await?;
+        let result = match loaded {
+            Ok(file) => {
+                let consents = file.store.len();
+                let published = self.publish(Change::Consents(file)).await;
+                published.map(|p| (p, consents)).map_err(ReloadError::from)
+            }
+            Err(e) => Err(e.into()),
+        };
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        self.metrics
+            .consent_file_loads
+            .with_label_values(&[outcome])
+            .inc();
+        match result {
+            Ok((Published::Replaced, consents)) => {
+                let generation = self.next_generation();
+                tracing::info!(generation, consents, "consent file reloaded");
+                Ok(true)
+            }
+            Ok((Published::Unchanged, _)) => Ok(false),
+            Err(e) => {
+                consent_file.load_failed(Instant::now());
+                Err(e)
+            }
+        }
+    }
+
+    /// The consent file watcher's step: loads a file that changed on disk, and retries one
+    /// that failed with back-off even when it does not change again.
+    pub async fn follow_consent_file(self: &Arc<Self>, backoff: &mut Backoff) {
+        let Some(on_disk) = self.publisher.consent_file().changed_on_disk() else {
+            backoff.reset();
+            return;
+        };
+        if !backoff.due(Instant::now(), &on_disk) {
+            return;
+        }
+        match self.refresh_consents().await {
+            Ok(_) => backoff.reset(),
+            Err(e) => {
+                let wait = backoff.failed(Instant::now(), on_disk);
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "consent file not loaded; the one in force keeps serving");
+            }
+        }
     }
 
     /// Publishes through the one publisher.

@@ -30,6 +30,9 @@ pub struct TargetSpec {
     pub addr: SocketAddr,
     /// The name the bank's certificate must carry.
     pub sni: String,
+    /// Whether the bank's certificate is verified: false only for `sni = ""`, which the
+    /// configuration allows with `insecure_skip_verify_for_development` alone.
+    pub verify: bool,
     /// Path prefix from the base URL ("" or "/api").
     pub prefix: String,
     /// `Host` header value.
@@ -43,6 +46,8 @@ pub struct Target {
     pub addr: SocketAddr,
     /// The name the bank's certificate must carry.
     pub sni: String,
+    /// Whether the bank's certificate is verified (see [`TargetSpec::verify`]).
+    pub verify: bool,
     /// Path prefix from the base URL ("" or "/api").
     pub prefix: String,
     /// `Host` header value.
@@ -56,6 +61,7 @@ impl From<TargetSpec> for Target {
         Target {
             addr: s.addr,
             sni: s.sni,
+            verify: s.verify,
             prefix: s.prefix,
             authority: s.authority,
             failures: AtomicU32::new(0),
@@ -65,7 +71,9 @@ impl From<TargetSpec> for Target {
 }
 
 /// Parses `https://host[:port][/prefix]` and resolves the host (start-up, reload and
-/// the trust feed follower only: it may block on DNS).
+/// the trust feed follower only: it may block on DNS). `sni_override` names the server
+/// the bank's certificate must carry when it is not the URL's host; `Some("")` turns the
+/// verification off (the configuration refuses it without its development flag).
 pub fn parse_base_url(url: &str, sni_override: Option<&str>) -> Result<TargetSpec, UrlError> {
     let rest = url.strip_prefix("https://").ok_or(UrlError::NotHttps)?;
     let (authority, prefix) = match rest.find('/') {
@@ -93,9 +101,16 @@ pub fn parse_base_url(url: &str, sni_override: Option<&str>) -> Result<TargetSpe
         .map_err(|_| UrlError::Resolve(host.to_string()))?
         .next()
         .ok_or_else(|| UrlError::Resolve(host.to_string()))?;
+    // pingora would skip the verification for an empty server name, but its rustls
+    // connector cannot send one; the URL's host goes as the name, unverified.
+    let verify = sni_override != Some("");
     Ok(TargetSpec {
         addr,
-        sni: sni_override.unwrap_or(host).to_string(),
+        sni: sni_override
+            .filter(|s| !s.is_empty())
+            .unwrap_or(host)
+            .to_string(),
+        verify,
         prefix: prefix.to_string(),
         authority: authority.to_string(),
     })
@@ -211,6 +226,8 @@ impl Upstream {
     pub fn peer(&self, idx: usize, remaining: Duration) -> Box<HttpPeer> {
         let t = &self.targets[idx.min(self.targets.len().saturating_sub(1))];
         let mut peer = HttpPeer::new(t.addr, true, t.sni.clone());
+        peer.options.verify_cert = t.verify;
+        peer.options.verify_hostname = t.verify;
         peer.options.connection_timeout = Some(self.connect_timeout);
         peer.options.total_connection_timeout = Some(self.connect_timeout);
         let budget = remaining.max(Duration::from_millis(1));
@@ -248,6 +265,9 @@ mod tests {
         assert_eq!(t.authority, "127.0.0.1:9443");
         let t = parse_base_url("https://localhost:1", Some("bank.test")).unwrap();
         assert_eq!(t.sni, "bank.test");
+        assert!(t.verify);
+        let t = parse_base_url("https://localhost:1", Some("")).unwrap();
+        assert_eq!((t.sni.as_str(), t.verify), ("localhost", false));
         assert!(matches!(
             parse_base_url("http://127.0.0.1:1", None),
             Err(UrlError::NotHttps)

@@ -7,7 +7,9 @@ use serde::Serialize;
 pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 
 /// Every decision code of contract §6, plus the three transport-level codes
-/// (`request_header_fields_too_large`, `payload_too_large`, `internal_error`).
+/// (`request_header_fields_too_large`, `payload_too_large`, `internal_error`) and the
+/// hub's own `audit_unavailable` (503: the audit journal cannot take records, so consent
+/// routes are not served; the contract has no code for it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Code {
     /// 400: malformed HTTP, a path or query that fails strict parsing.
@@ -60,11 +62,13 @@ pub enum Code {
     PayloadTooLarge,
     /// 500: a failure inside the hub.
     InternalError,
+    /// 503: the audit journal cannot take records; consent routes wait for it.
+    AuditUnavailable,
 }
 
 impl Code {
     /// Every code, in contract order (useful for metrics registration and tests).
-    pub const ALL: [Code; 25] = [
+    pub const ALL: [Code; 26] = [
         Code::BadRequest,
         Code::RouteNotFound,
         Code::MethodNotAllowed,
@@ -90,6 +94,7 @@ impl Code {
         Code::RequestHeaderFieldsTooLarge,
         Code::PayloadTooLarge,
         Code::InternalError,
+        Code::AuditUnavailable,
     ];
 
     /// The HTTP status of this code; the only code → status table in the hub.
@@ -115,7 +120,7 @@ impl Code {
             Code::RequestHeaderFieldsTooLarge => 431,
             Code::InternalError => 500,
             Code::ProviderBadResponse => 502,
-            Code::ConsentStateStale | Code::ProviderUnavailable => 503,
+            Code::ConsentStateStale | Code::ProviderUnavailable | Code::AuditUnavailable => 503,
             Code::ProviderTimeout => 504,
         }
     }
@@ -148,6 +153,7 @@ impl Code {
             Code::RequestHeaderFieldsTooLarge => "request_header_fields_too_large",
             Code::PayloadTooLarge => "payload_too_large",
             Code::InternalError => "internal_error",
+            Code::AuditUnavailable => "audit_unavailable",
         }
     }
 
@@ -179,6 +185,7 @@ impl Code {
             Code::RequestHeaderFieldsTooLarge => "Request header fields too large",
             Code::PayloadTooLarge => "Payload too large",
             Code::InternalError => "Internal error",
+            Code::AuditUnavailable => "Audit journal unavailable",
         }
     }
 
@@ -213,6 +220,7 @@ impl Code {
             }
             Code::PayloadTooLarge => "urn:openapi-hub:problem:payload_too_large",
             Code::InternalError => "urn:openapi-hub:problem:internal_error",
+            Code::AuditUnavailable => "urn:openapi-hub:problem:audit_unavailable",
         }
     }
 
@@ -309,6 +317,7 @@ mod tests {
             ),
             (Code::PayloadTooLarge, 413, "payload_too_large"),
             (Code::InternalError, 500, "internal_error"),
+            (Code::AuditUnavailable, 503, "audit_unavailable"),
         ];
         assert_eq!(expected.len(), Code::ALL.len());
         for (i, (code, status, name)) in expected.iter().enumerate() {

@@ -20,6 +20,10 @@
 //!   entry, no participant record, or its participant lacks the `provider` role; it is
 //!   *unavailable* when its participant is not `active` or the entry is not published.
 //! * Open data skips rows 4–14 and needs no `Authorization` header (any one sent is ignored).
+//! * Row 4 under a flood: verified through a [`crate::token::Charged`] verifier, a token the
+//!   cache cannot answer from a connection or certificate that spent its budget of failed
+//!   verifications is not verified and answers `429 rate_limited` there (the row of the
+//!   check that refused; [`Rejection::limited`] says which budget and for how long).
 
 use std::sync::Arc;
 
@@ -27,8 +31,9 @@ use consent_cache::{Bin, ConsentStatus, Permission, Permissions};
 
 use crate::code::Code;
 use crate::directory::{Directory, Participant, ProviderEntry, Role};
+use crate::limits::Limited;
 use crate::route::Route;
-use crate::token::{bearer, check_binding, TokenError, TokenVerifier, VerifiedToken};
+use crate::token::{bearer, check_binding, TokenError, VerifiedToken, Verify};
 
 /// What the decision needs to know about a consent.
 ///
@@ -170,6 +175,14 @@ impl Rejection {
     pub fn is_unknown_kid(&self) -> bool {
         self.token_error == Some(TokenError::UnknownKid)
     }
+
+    /// The budget of failed verifications that refused to verify the token, if one did.
+    pub fn limited(&self) -> Option<Limited> {
+        match self.token_error {
+            Some(TokenError::Throttled(limited)) => Some(limited),
+            _ => None,
+        }
+    }
 }
 
 const fn reject(code: Code, reason: &'static str) -> Rejection {
@@ -182,17 +195,18 @@ const fn reject(code: Code, reason: &'static str) -> Rejection {
 
 const fn token_rejected(e: TokenError) -> Rejection {
     Rejection {
-        code: Code::InvalidToken,
+        code: e.code(),
         reason: e.reason(),
         token_error: Some(e),
     }
 }
 
-/// Runs rows 2–15 of contract §6 for one request. The happy path allocates nothing beyond
-/// what `consents` does and the `Arc` clone of a cached token.
-pub fn decide<'a, C: ConsentView>(
+/// Runs rows 2–15 of contract §6 for one request, verifying tokens with `tokens` (a
+/// [`crate::TokenVerifier`], or one charged to the request's sources). The happy path
+/// allocates nothing beyond what `consents` does and the `Arc` clone of a cached token.
+pub fn decide<'a, C: ConsentView, V: Verify + ?Sized>(
     dir: &'a Directory,
-    tokens: &TokenVerifier,
+    tokens: &V,
     consents: impl Fn(&str) -> Option<C>,
     facts: &Facts<'_>,
 ) -> Result<Grant<'a, C>, Rejection> {
@@ -253,8 +267,8 @@ fn calling_participant<'a>(
 
 /// Rows 4–6: a valid bearer token, bound to this connection, whose scope has `permission`.
 #[inline]
-fn verified_token(
-    tokens: &TokenVerifier,
+fn verified_token<V: Verify + ?Sized>(
+    tokens: &V,
     participant: &Participant,
     permission: Permission,
     facts: &Facts<'_>,
@@ -264,7 +278,9 @@ fn verified_token(
         .authorization
         .ok_or(reject(Code::InvalidToken, "authorization header missing"))?;
     let raw = bearer(raw).ok_or(reject(Code::InvalidToken, "not a bearer token"))?;
-    let token = tokens.verify(raw, facts.now_unix).map_err(token_rejected)?;
+    let token = tokens
+        .verify_token(raw, facts.now_unix)
+        .map_err(token_rejected)?;
     // Row 5. `cert_thumbprint` is present: row 2 passed.
     let thumbprint = facts.cert_thumbprint.ok_or(reject(
         Code::ParticipantUnknown,

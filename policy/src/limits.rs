@@ -141,6 +141,11 @@ pub enum LimitKind {
     ConsentRoute,
     /// Per client IP on open data.
     OpenDataIp,
+    /// Failed token signature verifications per connection (row 4's budget, see
+    /// [`crate::token::VerifyBudget`]).
+    TokenFailuresConnection,
+    /// Failed token signature verifications per client certificate.
+    TokenFailuresCertificate,
 }
 
 impl LimitKind {
@@ -151,6 +156,8 @@ impl LimitKind {
             LimitKind::UserProvider => "user-provider",
             LimitKind::ConsentRoute => "consent-route",
             LimitKind::OpenDataIp => "ip",
+            LimitKind::TokenFailuresConnection => "token-failures-connection",
+            LimitKind::TokenFailuresCertificate => "token-failures-certificate",
         }
     }
 }

@@ -10,6 +10,9 @@
 //! * `alg` must be `ES256`, `PS256` or `EdDSA` **and** equal the algorithm the JWKS pins
 //!   for the `kid` (so a key can never be used with another algorithm);
 //! * `crit` is never understood, so its presence rejects the token (RFC 7515 §4.1.11);
+//! * `typ` must be `at+jwt` or `application/at+jwt`, compared case-insensitively (RFC 9068
+//!   §2.1, §4): a token without `typ`, or with `JWT` (an ID token or any other JWT), is not
+//!   an access token;
 //! * NumericDates (`exp`, `nbf`, `iat`) must be JSON integers; fractional values are refused;
 //! * `client_id` must be a 12-digit BIN; `consent_id` 1–128 visible ASCII characters (it
 //!   travels upstream in a header); `jti` 1–256 bytes; `cnf.x5t#S256` the unpadded
@@ -20,6 +23,13 @@
 //! yet valid when `now + L < nbf`, and refused when `iat > now + L`. They run on every call,
 //! also for cached tokens, so a cached entry is never served past `exp` (+ leeway, exactly
 //! like an uncached one).
+//!
+//! A signature verification that fails is never cached, so a flood of invalid tokens would
+//! cost one each: [`TokenVerifier::verify_charged`] charges failed verifications to the
+//! request's connection and certificate ([`budget`]) and refuses to verify, with
+//! `429 rate_limited`, once either has spent its budget.
+
+pub mod budget;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -29,11 +39,15 @@ use serde::de::{Deserializer as _, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::collections::HashSet;
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
+pub use budget::{Charge, VerifyBudget};
+
 use crate::code::Code;
+use crate::limits::Limited;
 
 /// Default clock-skew tolerance (contract §4).
 pub const DEFAULT_LEEWAY_SECS: u64 = 30;
@@ -41,6 +55,18 @@ pub const DEFAULT_LEEWAY_SECS: u64 = 30;
 pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8192;
 /// Default number of verified tokens kept.
 pub const DEFAULT_CACHE_CAPACITY: usize = 16_384;
+/// The largest clock-skew tolerance a configuration may set: past a few minutes, a leeway
+/// stops absorbing clock skew and starts extending every token's life.
+pub const MAX_LEEWAY_SECS: u64 = 300;
+/// Default budget of failed signature verifications per connection and second.
+pub const DEFAULT_FAILED_VERIFICATIONS_PER_CONNECTION: NonZeroU32 =
+    NonZeroU32::MIN.saturating_add(9);
+/// Default budget of failed signature verifications per client certificate and second.
+pub const DEFAULT_FAILED_VERIFICATIONS_PER_CERTIFICATE: NonZeroU32 =
+    NonZeroU32::MIN.saturating_add(49);
+
+/// The `typ` values of an access token (RFC 9068 §2.1; the media type form of §4).
+const ACCESS_TOKEN_TYPES: [&str; 2] = ["at+jwt", "application/at+jwt"];
 
 const MAX_CONSENT_ID_LEN: usize = 128;
 const MAX_JTI_LEN: usize = 256;
@@ -65,6 +91,13 @@ pub struct TokenSettings {
     /// is about `cache_capacity × (max_token_bytes + 200)` bytes.
     #[serde(default = "default_cache_capacity")]
     pub cache_capacity: usize,
+    /// Failed signature verifications allowed per connection: this many at once, then
+    /// this many a second; past them row 4 answers `429` to tokens not in the cache.
+    #[serde(default = "default_failures_per_connection")]
+    pub max_failed_verifications_per_connection_per_sec: NonZeroU32,
+    /// The same per client certificate, across all its connections.
+    #[serde(default = "default_failures_per_certificate")]
+    pub max_failed_verifications_per_certificate_per_sec: NonZeroU32,
 }
 
 fn default_leeway() -> u64 {
@@ -76,6 +109,12 @@ fn default_max_token() -> usize {
 fn default_cache_capacity() -> usize {
     DEFAULT_CACHE_CAPACITY
 }
+fn default_failures_per_connection() -> NonZeroU32 {
+    DEFAULT_FAILED_VERIFICATIONS_PER_CONNECTION
+}
+fn default_failures_per_certificate() -> NonZeroU32 {
+    DEFAULT_FAILED_VERIFICATIONS_PER_CERTIFICATE
+}
 
 impl TokenSettings {
     /// Settings with the defaults for everything but issuer and audience.
@@ -86,6 +125,10 @@ impl TokenSettings {
             leeway_secs: DEFAULT_LEEWAY_SECS,
             max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
             cache_capacity: DEFAULT_CACHE_CAPACITY,
+            max_failed_verifications_per_connection_per_sec:
+                DEFAULT_FAILED_VERIFICATIONS_PER_CONNECTION,
+            max_failed_verifications_per_certificate_per_sec:
+                DEFAULT_FAILED_VERIFICATIONS_PER_CERTIFICATE,
         }
     }
 }
@@ -460,7 +503,7 @@ pub enum TokenError {
     /// `alg` differs from the algorithm the key is pinned to.
     #[error("token alg does not match its key")]
     AlgKeyMismatch,
-    /// `typ` present and not `at+jwt`, `application/at+jwt` or `JWT`.
+    /// `typ` missing, or not `at+jwt` / `application/at+jwt` (`JWT` included).
     #[error("token typ not accepted")]
     BadTyp,
     /// `crit` present.
@@ -496,12 +539,19 @@ pub enum TokenError {
     /// `iat` in the future beyond the leeway.
     #[error("token issued in the future")]
     IssuedInFuture,
+    /// Not verified: the connection or the certificate has spent its budget of failed
+    /// verifications (`429 rate_limited`, not `invalid_token`).
+    #[error("token not verified: too many failed verifications")]
+    Throttled(Limited),
 }
 
 impl TokenError {
-    /// The contract code for every token failure.
+    /// The contract code: `invalid_token`, or `rate_limited` when not verified at all.
     pub const fn code(self) -> Code {
-        Code::InvalidToken
+        match self {
+            TokenError::Throttled(_) => Code::RateLimited,
+            _ => Code::InvalidToken,
+        }
     }
 
     /// A static label for logs and metrics.
@@ -528,13 +578,14 @@ impl TokenError {
             TokenError::Expired => "token expired",
             TokenError::NotYetValid => "token not yet valid",
             TokenError::IssuedInFuture => "token issued in future",
+            TokenError::Throttled(_) => "token verifications over budget",
         }
     }
 }
 
 impl From<TokenError> for Code {
-    fn from(_: TokenError) -> Code {
-        Code::InvalidToken
+    fn from(e: TokenError) -> Code {
+        e.code()
     }
 }
 
@@ -566,6 +617,7 @@ pub struct TokenVerifier {
     jwks: Jwks,
     cache: Option<quick_cache::sync::Cache<Box<str>, Arc<VerifiedToken>>>,
     counters: Arc<CacheCounters>,
+    budget: VerifyBudget,
 }
 
 impl std::fmt::Debug for TokenVerifier {
@@ -591,12 +643,17 @@ impl TokenVerifier {
     ) -> Self {
         let cache = (settings.cache_capacity > 0)
             .then(|| quick_cache::sync::Cache::new(settings.cache_capacity));
+        let budget = VerifyBudget::new(
+            settings.max_failed_verifications_per_connection_per_sec,
+            settings.max_failed_verifications_per_certificate_per_sec,
+        );
         TokenVerifier {
             leeway: i64::try_from(settings.leeway_secs).unwrap_or(i64::MAX),
             settings,
             jwks,
             cache,
             counters,
+            budget,
         }
     }
 
@@ -619,23 +676,66 @@ impl TokenVerifier {
     ///
     /// A cache hit costs one hash lookup and an `Arc` clone; the time checks run either way.
     pub fn verify(&self, token: &str, now_unix: i64) -> Result<Arc<VerifiedToken>, TokenError> {
+        if let Some(answer) = self.cached(token, now_unix) {
+            return answer;
+        }
+        self.verify_fresh(token, now_unix, &mut false)
+    }
+
+    /// Verifies `token` like [`Self::verify`], charging a failed signature verification to
+    /// the connection and certificate of `charge`. A token the cache cannot answer is not
+    /// verified at all, and refused with [`TokenError::Throttled`], while either has spent
+    /// its budget (see [`budget`]). Cache hits and successful verifications are free.
+    pub fn verify_charged(
+        &self,
+        token: &str,
+        now_unix: i64,
+        charge: &Charge<'_>,
+    ) -> Result<Arc<VerifiedToken>, TokenError> {
+        if let Some(answer) = self.cached(token, now_unix) {
+            return answer;
+        }
+        self.budget.admit(charge).map_err(TokenError::Throttled)?;
+        let mut signature_checked = false;
+        let verified = self.verify_fresh(token, now_unix, &mut signature_checked);
+        if verified.is_err() && signature_checked {
+            self.budget.charge(charge);
+        }
+        verified
+    }
+
+    /// The budget of failed verifications (what it tracks, for tests and diagnostics).
+    pub fn budget(&self) -> &VerifyBudget {
+        &self.budget
+    }
+
+    /// The answer the size limit or the cache gives without a signature check, if any.
+    fn cached(&self, token: &str, now_unix: i64) -> Option<Result<Arc<VerifiedToken>, TokenError>> {
         if token.len() > self.settings.max_token_bytes {
-            return Err(TokenError::TooLarge);
+            return Some(Err(TokenError::TooLarge));
         }
-        if let Some(cache) = &self.cache {
-            if let Some(hit) = cache.get(token) {
-                self.counters.hits.fetch_add(1, Ordering::Relaxed);
-                if let Err(e) = self.check_times(&hit, now_unix) {
-                    if e == TokenError::Expired {
-                        cache.remove(token);
-                    }
-                    return Err(e);
-                }
-                return Ok(hit);
+        let cache = self.cache.as_ref()?;
+        let hit = cache.get(token)?;
+        self.counters.hits.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.check_times(&hit, now_unix) {
+            if e == TokenError::Expired {
+                cache.remove(token);
             }
+            return Some(Err(e));
         }
+        Some(Ok(hit))
+    }
+
+    /// Verifies a token the cache did not hold and caches it when valid;
+    /// `signature_checked` says whether the verification got as far as the signature.
+    fn verify_fresh(
+        &self,
+        token: &str,
+        now_unix: i64,
+        signature_checked: &mut bool,
+    ) -> Result<Arc<VerifiedToken>, TokenError> {
         self.counters.misses.fetch_add(1, Ordering::Relaxed);
-        let verified = self.verify_uncached(token)?;
+        let verified = self.verify_uncached(token, signature_checked)?;
         self.check_times(&verified, now_unix)?;
         let verified = Arc::new(verified);
         if let Some(cache) = &self.cache {
@@ -659,7 +759,11 @@ impl TokenVerifier {
         Ok(())
     }
 
-    fn verify_uncached(&self, token: &str) -> Result<VerifiedToken, TokenError> {
+    fn verify_uncached(
+        &self,
+        token: &str,
+        signature_checked: &mut bool,
+    ) -> Result<VerifiedToken, TokenError> {
         let mut parts = token.split('.');
         let (Some(h64), Some(p64), Some(s64), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -677,6 +781,7 @@ impl TokenVerifier {
         if !is_b64url(s64) {
             return Err(TokenError::Base64("signature"));
         }
+        *signature_checked = true;
         match jsonwebtoken::crypto::verify(s64, message.as_bytes(), &key.key, key.alg.jwt()) {
             Ok(true) => {}
             _ => return Err(TokenError::BadSignature),
@@ -704,14 +809,14 @@ impl TokenVerifier {
             .as_deref()
             .and_then(SigAlg::parse)
             .ok_or(TokenError::UnsupportedAlg)?;
-        if let Some(typ) = m.get(TYP) {
-            let typ = json_string(typ).ok_or(TokenError::BadTyp)?;
-            let ok = ["at+jwt", "application/at+jwt", "JWT"]
-                .iter()
-                .any(|t| t.eq_ignore_ascii_case(&typ));
-            if !ok {
-                return Err(TokenError::BadTyp);
-            }
+        // RFC 9068 §4: the resource server MUST check `typ`, so that no other kind of JWT
+        // signed by the same issuer (an ID token, a logout token) passes as an access token.
+        let typ = m.get(TYP).and_then(json_string).ok_or(TokenError::BadTyp)?;
+        if !ACCESS_TOKEN_TYPES
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(&typ))
+        {
+            return Err(TokenError::BadTyp);
         }
         let kid = m.get(KID).ok_or(TokenError::MissingKid)?;
         let kid = json_string(kid)
@@ -790,6 +895,47 @@ impl TokenVerifier {
             return Err(TokenError::WrongAudience);
         }
         Ok(())
+    }
+}
+
+/// Row 4's verification as [`crate::decision::decide`] asks for it: plain
+/// ([`TokenVerifier`]) or charged to the request's sources ([`Charged`]).
+pub trait Verify {
+    /// Verifies `token` (the bearer value) at `now_unix`.
+    fn verify_token(&self, token: &str, now_unix: i64) -> Result<Arc<VerifiedToken>, TokenError>;
+}
+
+impl Verify for TokenVerifier {
+    fn verify_token(&self, token: &str, now_unix: i64) -> Result<Arc<VerifiedToken>, TokenError> {
+        self.verify(token, now_unix)
+    }
+}
+
+impl<T: Verify + ?Sized> Verify for Arc<T> {
+    fn verify_token(&self, token: &str, now_unix: i64) -> Result<Arc<VerifiedToken>, TokenError> {
+        (**self).verify_token(token, now_unix)
+    }
+}
+
+impl<T: Verify + ?Sized> Verify for &T {
+    fn verify_token(&self, token: &str, now_unix: i64) -> Result<Arc<VerifiedToken>, TokenError> {
+        (**self).verify_token(token, now_unix)
+    }
+}
+
+/// A verifier whose failed verifications are charged to one request's connection and
+/// certificate ([`TokenVerifier::verify_charged`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Charged<'a> {
+    /// The verifier.
+    pub verifier: &'a TokenVerifier,
+    /// Who pays for a failed verification.
+    pub charge: Charge<'a>,
+}
+
+impl Verify for Charged<'_> {
+    fn verify_token(&self, token: &str, now_unix: i64) -> Result<Arc<VerifiedToken>, TokenError> {
+        self.verifier.verify_charged(token, now_unix, &self.charge)
     }
 }
 

@@ -6,10 +6,8 @@
 mod common;
 
 use common::*;
-use policy::{
-    decide, match_route, upstream_path, Bin, ConsentStatus, ConsentView, DirectoryBuilder, Facts,
-    Participant, ParticipantStatus, Permission, Permissions, ProviderEntry, Roles,
-};
+use policy::token::{Charge, Charged};
+use policy::{decide, match_route, upstream_path, Facts};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
@@ -44,82 +42,13 @@ fn allocations<R>(f: impl FnOnce() -> R) -> (R, usize) {
     (r, ALLOCS.with(Cell::get) - before)
 }
 
-struct StaticConsent {
-    providers: [Bin; 1],
-}
-
-impl ConsentView for StaticConsent {
-    fn id(&self) -> &str {
-        "c-1"
-    }
-    fn api_user(&self) -> Bin {
-        bin(USER)
-    }
-    fn customer(&self) -> &str {
-        "900101300123"
-    }
-    fn providers(&self) -> &[Bin] {
-        &self.providers
-    }
-    fn covers_provider(&self, provider: Bin) -> bool {
-        self.providers.contains(&provider)
-    }
-    fn permissions(&self) -> Permissions {
-        Permissions::EMPTY
-            .with(Permission::Accounts)
-            .with(Permission::Balances)
-            .with(Permission::Transactions)
-    }
-    fn accounts_restricted(&self) -> bool {
-        true
-    }
-    fn covers_account(&self, account: &str) -> bool {
-        account == "A1"
-    }
-    fn expires_at(&self) -> Option<i64> {
-        None
-    }
-    fn status(&self) -> ConsentStatus {
-        ConsentStatus::Authorised
-    }
-}
-
 #[test]
 fn hot_path_does_not_allocate() {
-    const P: &str = "200000000001";
-    let mut d = DirectoryBuilder::new();
-    d.add_participant(
-        Participant {
-            bin: bin(USER),
-            name: "User".into(),
-            roles: Roles::USER,
-            status: ParticipantStatus::Active,
-        },
-        [TP],
-    )
-    .unwrap();
-    d.add_participant(
-        Participant {
-            bin: bin(P),
-            name: "Bank".into(),
-            roles: Roles::PROVIDER,
-            status: ParticipantStatus::Active,
-        },
-        [],
-    )
-    .unwrap();
-    d.add_provider(ProviderEntry {
-        bin: bin(P),
-        published: true,
-        index: 0,
-    })
-    .unwrap();
-    let dir = d.build().unwrap();
+    const P: &str = PROVIDER;
+    let dir = one_user_one_provider();
     let keys = Keys::new();
     let tokens = keys.verifier();
-    let consent = StaticConsent {
-        providers: [bin(P)],
-    };
+    let consent = StaticConsent::new();
     let auth = format!("Bearer {}", mint(&keys.ec, &claims()));
     let path = format!("/v1/providers/{P}/accounts/A1/transactions");
     let query = "from=2024-01-01&to=2024-01-31T23:59:59%2B05:00&limit=50&cursor=abc";
@@ -152,6 +81,22 @@ fn hot_path_does_not_allocate() {
     assert_eq!(n, 0, "decide with a cached token allocated");
     assert!(tokens.cache_hits() >= 1);
     drop(grant);
+    // The same through the verifier the gateway uses, charged to the connection: a cache
+    // hit never reaches the budget of failed verifications.
+    let charged = Charged {
+        verifier: &tokens,
+        charge: Charge {
+            connection: Some(([192, 0, 2, 1], 4000).into()),
+            certificate: &TP,
+            at: std::time::Instant::now(),
+        },
+    };
+    let (grant, n) = allocations(|| decide(&dir, &charged, |_| Some(&consent), &facts));
+    assert!(grant.is_ok());
+    assert_eq!(
+        n, 0,
+        "decide with a charged verifier and a cached token allocated"
+    );
 
     let mut out = String::with_capacity(64);
     let (_, n) = allocations(|| upstream_path(&route, &mut out));

@@ -61,12 +61,12 @@ fn jwks_pins_algorithms() {
 
 #[test]
 fn alg_none_is_refused() {
-    let h = r#"{"alg":"none","kid":"ec1"}"#;
+    let h = r#"{"typ":"at+jwt","alg":"none","kid":"ec1"}"#;
     let unsigned = format!("{}.{}.", b64(h), b64(claims().to_string()));
     assert_eq!(err(&unsigned), TokenError::Malformed);
     let with_sig = format!("{}.{}.c2ln", b64(h), b64(claims().to_string()));
     assert_eq!(err(&with_sig), TokenError::UnsupportedAlg);
-    let h = r#"{"alg":"None","kid":"ec1"}"#;
+    let h = r#"{"typ":"at+jwt","alg":"None","kid":"ec1"}"#;
     assert_eq!(
         err(&format!("{}.{}.c2ln", b64(h), b64(claims().to_string()))),
         TokenError::UnsupportedAlg
@@ -81,7 +81,7 @@ fn hs256_signed_with_public_key_bytes_is_refused() {
         for alg in [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512] {
             let name = format!("{alg:?}");
             let t = sign_raw(
-                &format!(r#"{{"alg":"{name}","kid":"ec1"}}"#),
+                &format!(r#"{{"typ":"at+jwt","alg":"{name}","kid":"ec1"}}"#),
                 &claims().to_string(),
                 &EncodingKey::from_secret(&secret),
                 alg,
@@ -95,7 +95,7 @@ fn hs256_signed_with_public_key_bytes_is_refused() {
 fn rs256_and_unknown_algorithms_are_refused() {
     let k = keys();
     let rs = sign_raw(
-        r#"{"alg":"RS256","kid":"rsa1"}"#,
+        r#"{"typ":"at+jwt","alg":"RS256","kid":"rsa1"}"#,
         &claims().to_string(),
         &k.rsa.enc,
         Algorithm::RS256,
@@ -104,14 +104,22 @@ fn rs256_and_unknown_algorithms_are_refused() {
     for alg in ["ES384", "PS512", "ES256K", "", "es256"] {
         let t = format!(
             "{}.{}.c2ln",
-            b64(format!(r#"{{"alg":"{alg}","kid":"ec1"}}"#)),
+            b64(format!(r#"{{"typ":"at+jwt","alg":"{alg}","kid":"ec1"}}"#)),
             b64("{}")
         );
         assert_eq!(err(&t), TokenError::UnsupportedAlg, "{alg}");
     }
-    let t = format!("{}.{}.c2ln", b64(r#"{"alg":256,"kid":"ec1"}"#), b64("{}"));
+    let t = format!(
+        "{}.{}.c2ln",
+        b64(r#"{"typ":"at+jwt","alg":256,"kid":"ec1"}"#),
+        b64("{}")
+    );
     assert_eq!(err(&t), TokenError::UnsupportedAlg);
-    let t = format!("{}.{}.c2ln", b64(r#"{"kid":"ec1"}"#), b64("{}"));
+    let t = format!(
+        "{}.{}.c2ln",
+        b64(r#"{"typ":"at+jwt","kid":"ec1"}"#),
+        b64("{}")
+    );
     assert_eq!(err(&t), TokenError::UnsupportedAlg);
 }
 
@@ -120,7 +128,7 @@ fn a_key_is_only_used_with_its_own_algorithm() {
     let k = keys();
     // EdDSA signature, header claiming the EC key's kid.
     let t = sign_raw(
-        r#"{"alg":"EdDSA","kid":"ec1"}"#,
+        r#"{"typ":"at+jwt","alg":"EdDSA","kid":"ec1"}"#,
         &claims().to_string(),
         &k.ed.enc,
         Algorithm::EdDSA,
@@ -132,28 +140,28 @@ fn a_key_is_only_used_with_its_own_algorithm() {
 fn kid_is_required_and_must_be_known() {
     let k = keys();
     let t = sign_raw(
-        r#"{"alg":"ES256"}"#,
+        r#"{"typ":"at+jwt","alg":"ES256"}"#,
         &claims().to_string(),
         &k.ec.enc,
         Algorithm::ES256,
     );
     assert_eq!(err(&t), TokenError::MissingKid);
     let t = sign_raw(
-        r#"{"alg":"ES256","kid":"nope"}"#,
+        r#"{"typ":"at+jwt","alg":"ES256","kid":"nope"}"#,
         &claims().to_string(),
         &k.ec.enc,
         Algorithm::ES256,
     );
     assert_eq!(err(&t), TokenError::UnknownKid);
     let t = sign_raw(
-        r#"{"alg":"ES256","kid":7}"#,
+        r#"{"typ":"at+jwt","alg":"ES256","kid":7}"#,
         &claims().to_string(),
         &k.ec.enc,
         Algorithm::ES256,
     );
     assert_eq!(err(&t), TokenError::MissingKid);
     let t = sign_raw(
-        r#"{"alg":"ES256","kid":""}"#,
+        r#"{"typ":"at+jwt","alg":"ES256","kid":""}"#,
         &claims().to_string(),
         &k.ec.enc,
         Algorithm::ES256,
@@ -523,21 +531,21 @@ fn structure_and_base64_are_strict() {
     // Payload that is not JSON, correctly signed.
     let k = keys();
     let t = sign_raw(
-        r#"{"alg":"ES256","kid":"ec1"}"#,
+        r#"{"typ":"at+jwt","alg":"ES256","kid":"ec1"}"#,
         "not json",
         &k.ec.enc,
         Algorithm::ES256,
     );
     assert_eq!(err(&t), TokenError::ClaimsJson);
     let t = sign_raw(
-        r#"{"alg":"ES256","kid":"ec1"}"#,
+        r#"{"typ":"at+jwt","alg":"ES256","kid":"ec1"}"#,
         "[1]",
         &k.ec.enc,
         Algorithm::ES256,
     );
     assert_eq!(err(&t), TokenError::ClaimsJson);
     let t = sign_raw(
-        r#"{"alg":"ES256","kid":"ec1"}"#,
+        r#"{"typ":"at+jwt","alg":"ES256","kid":"ec1"}"#,
         &format!("{} ", claims()),
         &k.ec.enc,
         Algorithm::ES256,
@@ -547,7 +555,7 @@ fn structure_and_base64_are_strict() {
         "trailing whitespace is valid JSON"
     );
     let t = sign_raw(
-        r#"{"alg":"ES256","kid":"ec1"}"#,
+        r#"{"typ":"at+jwt","alg":"ES256","kid":"ec1"}"#,
         &format!("{}{{}}", claims()),
         &k.ec.enc,
         Algorithm::ES256,
@@ -558,7 +566,7 @@ fn structure_and_base64_are_strict() {
 #[test]
 fn duplicated_claims_are_refused() {
     let k = keys();
-    let h = r#"{"alg":"ES256","kid":"ec1"}"#;
+    let h = r#"{"typ":"at+jwt","alg":"ES256","kid":"ec1"}"#;
     for extra in [
         format!(r#""exp":{}"#, NOW + 9999),
         r#""scope":"accounts balances transactions payments""#.to_owned(),
@@ -591,23 +599,33 @@ fn header_is_strict() {
     let c = claims().to_string();
     let t = |h: &str| sign_raw(h, &c, &k.ec.enc, Algorithm::ES256);
     assert_eq!(
-        err(&t(r#"{"alg":"ES256","kid":"ec1","alg":"ES256"}"#)),
+        err(&t(
+            r#"{"typ":"at+jwt","alg":"ES256","kid":"ec1","alg":"ES256"}"#
+        )),
         TokenError::HeaderDuplicate
     );
     assert_eq!(
-        err(&t(r#"{"alg":"ES256","kid":"ec1","x":1,"x":2}"#)),
+        err(&t(
+            r#"{"typ":"at+jwt","alg":"ES256","kid":"ec1","x":1,"x":2}"#
+        )),
         TokenError::HeaderDuplicate
     );
     assert_eq!(
-        err(&t(r#"{"alg":"ES256","kid":"ec1","kid":"ed1"}"#)),
+        err(&t(
+            r#"{"typ":"at+jwt","alg":"ES256","kid":"ec1","kid":"ed1"}"#
+        )),
         TokenError::HeaderDuplicate
     );
     assert_eq!(
-        err(&t(r#"{"alg":"ES256","kid":"ec1","crit":["exp"]}"#)),
+        err(&t(
+            r#"{"typ":"at+jwt","alg":"ES256","kid":"ec1","crit":["exp"]}"#
+        )),
         TokenError::Crit
     );
     assert_eq!(
-        err(&t(r#"{"alg":"ES256","kid":"ec1","crit":null}"#)),
+        err(&t(
+            r#"{"typ":"at+jwt","alg":"ES256","kid":"ec1","crit":null}"#
+        )),
         TokenError::Crit
     );
     assert_eq!(
@@ -622,14 +640,25 @@ fn header_is_strict() {
         err(&t(r#"{"alg":"ES256","kid":"ec1","typ":1}"#)),
         TokenError::BadTyp
     );
-    let v = k.verifier();
+    // RFC 9068 §4: only an access token's `typ` passes; a plain JWT (an ID token, say)
+    // or a token without `typ` does not.
     for h in [
         r#"{"alg":"ES256","kid":"ec1"}"#,
+        r#"{"alg":"ES256","kid":"ec1","typ":"JWT"}"#,
+        r#"{"alg":"ES256","kid":"ec1","typ":"jwt"}"#,
+        r#"{"alg":"ES256","kid":"ec1","typ":null}"#,
+        r#"{"alg":"ES256","kid":"ec1","typ":""}"#,
+        r#"{"alg":"ES256","kid":"ec1","typ":"at+jwt "}"#,
+    ] {
+        assert_eq!(err(&t(h)), TokenError::BadTyp, "{h}");
+    }
+    let v = k.verifier();
+    for h in [
         r#"{"alg":"ES256","kid":"ec1","typ":"at+jwt"}"#,
         r#"{"alg":"ES256","kid":"ec1","typ":"application/at+jwt"}"#,
-        r#"{"alg":"ES256","kid":"ec1","typ":"JWT"}"#,
         r#"{"alg":"ES256","kid":"ec1","typ":"AT+JWT"}"#,
-        r#"{"alg":"ES256","kid":"ec1","jku":"https://evil.test/jwks"}"#,
+        r#"{"alg":"ES256","kid":"ec1","typ":"Application/AT+JWT"}"#,
+        r#"{"typ":"at+jwt","alg":"ES256","kid":"ec1","jku":"https://evil.test/jwks"}"#,
     ] {
         assert!(v.verify(&t(h), NOW).is_ok(), "{h}");
     }
@@ -799,7 +828,7 @@ fn jwks_rules() {
         .unwrap(),
     );
     let t = sign_raw(
-        r#"{"alg":"PS256","kid":"rs"}"#,
+        r#"{"typ":"at+jwt","alg":"PS256","kid":"rs"}"#,
         &claims().to_string(),
         &k.rsa.enc,
         Algorithm::PS256,

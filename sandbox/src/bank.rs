@@ -25,7 +25,9 @@
 //! 5. the customer of `x-hub-customer` exists, else `404 customer_not_found`; an
 //!    account of another customer or unknown: `404 account_not_found`;
 //! 6. with `x-hub-accounts` (comma list) the account list is filtered to it and any
-//!    other account answers `403 account_not_in_consent`;
+//!    other account answers `403 account_not_in_consent` — unless the bank was told to
+//!    ignore the header ([`BankHandle::ignore_accounts_header`]), as a careless provider
+//!    would, to show that the hub itself keeps such a consent to its accounts;
 //! 7. transactions: bad `from`/`to`/`limit` `400 invalid_query`, bad or foreign
 //!    cursor `400 invalid_cursor`.
 //!
@@ -55,7 +57,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -295,6 +297,7 @@ struct Shared {
     data: Arc<BankData>,
     prepared: Prepared,
     behaviour: AtomicU64,
+    ignore_accounts: AtomicBool,
     requests: AtomicU64,
     authorization_forwarded: AtomicU64,
     recent: Mutex<VecDeque<Recorded>>,
@@ -386,6 +389,12 @@ impl BankHandle {
     /// Switches the behaviour for every request that arrives from now on.
     pub fn set_behaviour(&self, b: Behaviour) {
         self.shared.behaviour.store(b.encode(), Ordering::SeqCst);
+    }
+
+    /// Makes the bank ignore `x-hub-accounts` from now on (`true`): it lists every account
+    /// of the customer and serves any of them, whatever the consent restricts.
+    pub fn ignore_accounts_header(&self, ignore: bool) {
+        self.shared.ignore_accounts.store(ignore, Ordering::SeqCst);
     }
 
     /// The current behaviour.
@@ -500,6 +509,7 @@ pub fn start_on(rt: &tokio::runtime::Handle, cfg: BankConfig) -> Result<BankHand
         prepared: Prepared::new(&data),
         data,
         behaviour: AtomicU64::new(Behaviour::Normal.encode()),
+        ignore_accounts: AtomicBool::new(false),
         requests: AtomicU64::new(0),
         authorization_forwarded: AtomicU64::new(0),
         recent: Mutex::new(VecDeque::with_capacity(RECENT_REQUESTS)),
@@ -648,6 +658,7 @@ async fn answer(shared: &Shared, ctl: &ConnCtl, req: Request<Incoming>) -> Resp 
         &shared.data,
         &shared.prepared,
         &req,
+        shared.ignore_accounts.load(Ordering::SeqCst),
         &mut forwarded_authorization,
     );
     if forwarded_authorization {

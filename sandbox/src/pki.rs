@@ -479,7 +479,38 @@ impl DevPki {
     /// Each call gets a larger CRL number. Returns the absolute path.
     pub fn write_crl(&self, revoked: &[&Identity], path: &Path) -> Result<PathBuf, PkiError> {
         let now = OffsetDateTime::now_utc();
-        let this_update = now - Duration::minutes(1);
+        self.write_crl_between(
+            revoked,
+            path,
+            now - Duration::minutes(1),
+            days_after(now, self.validity_days)?,
+        )
+    }
+
+    /// Like [`DevPki::write_crl`], but the CRL's `nextUpdate` was yesterday: an expired CRL,
+    /// which the hub refuses unless told otherwise.
+    pub fn write_expired_crl(
+        &self,
+        revoked: &[&Identity],
+        path: &Path,
+    ) -> Result<PathBuf, PkiError> {
+        let now = OffsetDateTime::now_utc();
+        self.write_crl_between(
+            revoked,
+            path,
+            now - Duration::days(2),
+            now - Duration::days(1),
+        )
+    }
+
+    fn write_crl_between(
+        &self,
+        revoked: &[&Identity],
+        path: &Path,
+        this_update: OffsetDateTime,
+        next_update: OffsetDateTime,
+    ) -> Result<PathBuf, PkiError> {
+        let now = OffsetDateTime::now_utc();
         let revoked_certs = revoked
             .iter()
             .map(|id| RevokedCertParams {
@@ -494,7 +525,7 @@ impl DevPki {
             .map_err(|_| PkiError::InvalidSpec("the system clock is before 1970"))?;
         let params = CertificateRevocationListParams {
             this_update,
-            next_update: days_after(now, self.validity_days)?,
+            next_update,
             crl_number: SerialNumber::from_slice(&crl_number.to_be_bytes()),
             issuing_distribution_point: None,
             revoked_certs,

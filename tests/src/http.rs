@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use policy::code::Code;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::ClientConfig;
 use serde_json::Value;
@@ -191,6 +192,9 @@ pub struct Response {
     pub headers: Vec<(String, String)>,
     /// The body (de-chunked).
     pub body: Vec<u8>,
+    /// Whether the request carried an `Authorization` field (`None`: not known, for a
+    /// response read apart from its request). A `401`'s challenge depends on it.
+    pub authorization_sent: Option<bool>,
 }
 
 /// Whether `s` is a UUID in its canonical hyphenated 36-character form.
@@ -259,6 +263,20 @@ impl Response {
         )
     }
 
+    /// Asserts the whole shape of whatever answered, a bank's `200` through the hub
+    /// ([`Response::ok_json`]) or the hub's own problem ([`Response::assert_problem`] for
+    /// the code it names), and returns `(status, code)` (`code` is empty on a `200`).
+    #[track_caller]
+    pub fn assert_answer(&self) -> (u16, String) {
+        if self.status == 200 {
+            self.ok_json();
+            return (200, String::new());
+        }
+        let code = self.code();
+        self.assert_problem(self.status, &code);
+        (self.status, code)
+    }
+
     /// Asserts a `200` with a JSON body from the bank (through the hub) and returns it.
     #[track_caller]
     pub fn ok_json(&self) -> Value {
@@ -287,9 +305,10 @@ impl Response {
     }
 
     /// Asserts everything contract §6/§7 says about an error answer: the status, the code,
-    /// `application/problem+json`, the exact body shape, the interaction id (header equal
-    /// to the body, a UUID), `Date`, and the per-status headers (`WWW-Authenticate` on
-    /// 401, `Retry-After` + `RateLimit-Policy`/`RateLimit` on 429, `Allow` on 405).
+    /// `application/problem+json`, the exact body shape with the code's own `type` and
+    /// `title` (`detail`, if any, is not compared), the interaction id (header equal to the
+    /// body, a UUID), `Date`, and the per-status headers (`WWW-Authenticate` on 401,
+    /// `Retry-After` + `RateLimit-Policy`/`RateLimit` on 429, `Allow` on 405).
     #[track_caller]
     pub fn assert_problem(&self, status: u16, code: &str) -> &Response {
         assert_eq!(
@@ -298,6 +317,11 @@ impl Response {
             "unexpected answer: {}",
             self.describe()
         );
+        let known = Code::ALL
+            .into_iter()
+            .find(|c| c.as_str() == code)
+            .unwrap_or_else(|| panic!("{code:?} is not a contract code"));
+        assert_eq!(known.status(), status, "{code} is a {}", known.status());
         let ct = self.header("content-type").unwrap_or("");
         assert!(
             ct.starts_with("application/problem+json"),
@@ -323,8 +347,10 @@ impl Response {
                 "unexpected problem member {key:?}: {body}"
             );
         }
-        assert!(body["type"].is_string() && !body["type"].as_str().unwrap_or("").is_empty());
-        assert!(body["title"].is_string() && !body["title"].as_str().unwrap_or("").is_empty());
+        let type_uri = format!("urn:openapi-hub:problem:{code}");
+        assert_eq!(known.type_uri(), type_uri);
+        assert_eq!(body["type"].as_str(), Some(type_uri.as_str()), "{body}");
+        assert_eq!(body["title"].as_str(), Some(known.title()), "{body}");
         assert_eq!(body["status"].as_u64(), Some(u64::from(status)), "{body}");
         let iid = self.interaction_id();
         assert!(is_uuid(iid), "x-fapi-interaction-id {iid:?} is not a UUID");
@@ -332,10 +358,18 @@ impl Response {
         self.assert_date();
         if status == 401 {
             let wa = self.header("www-authenticate").unwrap_or("");
-            assert!(
-                wa.starts_with("Bearer") && wa.contains("error=\"invalid_token\""),
-                "WWW-Authenticate {wa:?} on 401"
-            );
+            if self.authorization_sent == Some(false) {
+                // RFC 6750 §3.1: no credentials at all, no error code.
+                assert_eq!(
+                    wa, "Bearer",
+                    "WWW-Authenticate on a 401 without credentials"
+                );
+            } else {
+                assert!(
+                    wa.starts_with("Bearer") && wa.contains("error=\"invalid_token\""),
+                    "WWW-Authenticate {wa:?} on 401"
+                );
+            }
         }
         if status == 429 {
             let ra = self.header("retry-after").unwrap_or("");
@@ -414,7 +448,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         tokio::time::timeout(IO_TIMEOUT, async {
             self.io.write_all(bytes).await?;
             self.io.flush().await?;
-            self.read_response(head).await
+            let mut response = self.read_response(head).await?;
+            response.authorization_sent = Some(has_authorization(bytes));
+            Ok(response)
         })
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no response in time"))?
@@ -480,6 +516,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             status,
             headers,
             body,
+            authorization_sent: None,
         })
     }
 
@@ -535,6 +572,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             Ok(Ok(0)) | Ok(Err(_))
         )
     }
+}
+
+/// Whether the HTTP/1.1 request in `bytes` has an `Authorization` field in its head.
+fn has_authorization(bytes: &[u8]) -> bool {
+    let head = find(bytes, b"\r\n\r\n").map_or(bytes, |end| &bytes[..end]);
+    head.split(|b| *b == b'\n').skip(1).any(|line| {
+        line.get(..14)
+            .is_some_and(|name| name.eq_ignore_ascii_case(b"authorization:"))
+    })
 }
 
 fn bad(msg: String) -> io::Error {
@@ -604,6 +650,11 @@ impl H2Conn {
                     })
                     .collect(),
                 body: body.to_vec(),
+                authorization_sent: Some(
+                    headers
+                        .iter()
+                        .any(|(n, _)| n.eq_ignore_ascii_case("authorization")),
+                ),
             })
         };
         tokio::time::timeout(IO_TIMEOUT, fut)

@@ -113,6 +113,51 @@ pub fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
     }
 }
 
+/// The value of an unlabelled sample (`name value`) in a Prometheus exposition.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l[name.len()..].trim().parse().ok())
+}
+
+/// The consent feed position a gateway reports on its admin listener
+/// (`hub_consent_feed_version`): every change of the trust sidecar's feed up to it is in
+/// the consent store its requests read.
+pub async fn feed_version(admin: SocketAddr) -> u64 {
+    let (status, body) = admin_request(admin, "GET", "/metrics")
+        .await
+        .expect("metrics");
+    assert_eq!(status, 200, "{body}");
+    let v = metric(&body, "hub_consent_feed_version")
+        .unwrap_or_else(|| panic!("no hub_consent_feed_version in\n{body}"));
+    v as u64
+}
+
+/// Fails on a late allow: a `200` for a revoked consent, from a request sent when the
+/// gateway's feed position (read just before sending it) had already reached the
+/// revocation's feed version (`revoked_at`, from the sidecar's answer to the revocation).
+/// A `200` before that is the feed's delay, not a fault.
+#[track_caller]
+pub fn assert_no_late_allow(who: &str, status: u16, position: u64, revoked_at: u64) {
+    assert!(
+        status != 200 || position < revoked_at,
+        "{who}: allowed a consent revoked at feed version {revoked_at} although its feed \
+         position was already {position}"
+    );
+}
+
+/// The feed version the trust sidecar's answer to a revocation names (`version`: the
+/// change that carries it), after checking the answer says `revoked`.
+#[track_caller]
+pub fn revoked_version(answer: &Response) -> u64 {
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let v = answer.json();
+    assert_eq!(v["status"], "revoked", "{v}");
+    v["version"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no feed version in the revocation's answer: {v}"))
+}
+
 /// The options as the `devhub` command line would give them to `devhub::prepare` (parsed
 /// by clap, so options the development hub gains later keep their defaults).
 fn demo_args(port: u16, admin_port: u16, dir: &Path) -> DemoArgs {

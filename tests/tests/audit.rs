@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use e2e::*;
+use sandbox::bank::Behaviour;
 use serde_json::Value;
 
 /// The contract §8 fields every record carries.
@@ -370,4 +371,380 @@ async fn sigterm_exits_zero_with_every_record_written() {
     assert!(status.success(), "exit status {status}");
     let text = std::fs::read_to_string(&journal_path).expect("journal");
     assert_eq!(text.lines().count(), n, "{text}");
+}
+
+/// A provider whose only base URL is a closed port (`503 provider_unavailable`).
+const CLOSED: &str = "990340000055";
+/// Bank 2's SLA in the hub of `every_kind_of_answer_is_journaled`.
+const SLA_MS: u64 = 400;
+
+/// Runs `gateway audit verify` (the hub binary) on `files`: (exit code, standard output).
+fn verify(files: &[&std::path::Path]) -> (i32, String) {
+    let out = std::process::Command::new(hub_exe!())
+        .args(["audit", "verify"])
+        .args(files)
+        .output()
+        .expect("run audit verify");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// One request of `every_kind_of_answer_is_journaled`, as the journal must show it.
+struct Expect {
+    iid: String,
+    status: u16,
+    code: &'static str,
+}
+
+/// Sends `req` with a fresh interaction id on a new connection and checks the answer.
+async fn answered(client: &Client, req: Req, status: u16, code: &'static str) -> Expect {
+    let iid = uuid::Uuid::new_v4().to_string();
+    let r = client.send(&req.interaction_id(&iid)).await;
+    r.assert_problem(status, code);
+    assert_eq!(r.interaction_id(), iid, "{}", r.describe());
+    Expect { iid, status, code }
+}
+
+#[tokio::test]
+async fn every_kind_of_answer_is_journaled() {
+    let hub = Hub::start_with(hub_exe!(), |s| {
+        s.provider_mut(BANK_2).timeout_ms = SLA_MS;
+        s.set_limit("per_ip_open_data", 1, 2);
+        let url = format!("https://127.0.0.1:{}", closed_port());
+        s.add_provider(CLOSED, &url, true);
+        let iin = s.consents[0]["customer"]
+            .as_str()
+            .expect("customer")
+            .to_string();
+        s.add_consent("c-e2e-closed", USER_A, &iin, &[CLOSED], &ALL_PERMISSIONS);
+    });
+    let (a, b) = (hub.client_as(USER_A), hub.client_as(USER_B));
+    let bank2 = || Req::get(accounts_path(BANK_2)).bearer(&hub.token("c-authorised-bank2"));
+    let atms = || Req::get(open_data_path(BANK_1, "atms"));
+    let mut sent = vec![
+        answered(
+            &a,
+            Req::new("POST", accounts_path(BANK_1)).body("{}"),
+            405,
+            "method_not_allowed",
+        )
+        .await,
+        answered(
+            &a,
+            atms().header("Content-Length", "1000000"),
+            413,
+            "payload_too_large",
+        )
+        .await,
+        answered(
+            &a,
+            atms().header("x-filler", "a".repeat(20 * 1024)),
+            431,
+            "request_header_fields_too_large",
+        )
+        .await,
+        answered(
+            &a,
+            Req::get(accounts_path(CLOSED)).bearer(&hub.mint_for(USER_A, "c-e2e-closed")),
+            503,
+            "provider_unavailable",
+        )
+        .await,
+    ];
+    hub.bank(BANK_2).set_behaviour(Behaviour::Garbage);
+    sent.push(answered(&b, bank2(), 502, "provider_bad_response").await);
+    hub.bank(BANK_2).set_behaviour(Behaviour::Hang);
+    sent.push(answered(&b, bank2(), 504, "provider_timeout").await);
+    // A client that goes away while the bank thinks: no answer, still a record.
+    let gone = uuid::Uuid::new_v4().to_string();
+    let waited = Duration::from_millis(SLA_MS / 4);
+    let gave_up = tokio::time::timeout(waited, b.send(&bank2().interaction_id(&gone))).await;
+    assert!(gave_up.is_err(), "a hanging bank was answered");
+    hub.bank(BANK_2).set_behaviour(Behaviour::Normal);
+    // Malformed HTTP never reaches a phase: the hub makes the interaction id.
+    let mut conn = a.connect().await.expect("connect");
+    let r = conn
+        .send_raw(b"GET /v1/open-data/990340000011/atms HTTP/1.1\r\nHost: localhost\r\nNo colon here\r\n\r\n")
+        .await
+        .expect("an answer");
+    r.assert_problem(400, "bad_request");
+    sent.push(Expect {
+        iid: r.interaction_id().to_string(),
+        status: 400,
+        code: "bad_request",
+    });
+    // Open data last: its per-IP quota (burst 2) is then spent on purpose.
+    let mut limited = None;
+    for _ in 0..5 {
+        let iid = uuid::Uuid::new_v4().to_string();
+        let r = a.send(&atms().interaction_id(&iid)).await;
+        let status = r.status;
+        sent.push(Expect {
+            iid,
+            status,
+            code: if status == 200 { "ok" } else { "rate_limited" },
+        });
+        if status == 429 {
+            r.assert_problem(429, "rate_limited");
+            limited = Some(());
+            break;
+        }
+        assert_eq!(status, 200, "{}", r.describe());
+    }
+    assert!(limited.is_some(), "the open-data quota never answered 429");
+
+    let lines = journal(&hub, sent.len() + 1);
+    assert_eq!(
+        lines.len(),
+        sent.len() + 1,
+        "one line per request:\n{}",
+        hub.audit_text()
+    );
+    let find = |iid: &str| {
+        lines
+            .iter()
+            .find(|l| l["interaction_id"] == iid)
+            .unwrap_or_else(|| panic!("no record for {iid}:\n{}", hub.audit_text()))
+    };
+    for s in &sent {
+        let line = find(&s.iid);
+        assert_eq!(line["code"], s.code, "{line}");
+        assert_eq!(line["status"].as_u64(), Some(u64::from(s.status)), "{line}");
+    }
+    let line = find(&gone);
+    assert_eq!(line["code"], "client_gone", "{line}");
+    assert_eq!(line["status"], 0, "no answer was written: {line}");
+    assert_eq!(line["consent_id"], "c-authorised-bank2", "{line}");
+    for line in &lines {
+        assert!(
+            line["prev"].is_string() && line["hash"].is_string(),
+            "unsealed: {line}"
+        );
+    }
+    let (code, out) = verify(&[hub.audit_path.as_path()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("OK, {} records", lines.len())),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn sigusr1_reopens_the_journal_and_the_chain_links_the_files() {
+    let hub = Hub::start(hub_exe!());
+    let a = hub.client_as(USER_A);
+    let token = hub.token("c-authorised-full");
+    for _ in 0..3 {
+        a.get(&accounts_path(BANK_1), Some(&token)).await.ok_json();
+    }
+    journal(&hub, 3);
+    let rotated = hub.audit_path.with_extension("jsonl.1");
+    std::fs::rename(&hub.audit_path, &rotated).expect("rotate");
+    hub.signal("USR1");
+    let reopened = poll_until(Duration::from_secs(10), || {
+        hub.audit_path.exists().then_some(())
+    });
+    assert!(
+        reopened.is_some(),
+        "the journal was not reopened:\n{}",
+        hub.stderr_text()
+    );
+    for _ in 0..2 {
+        a.get(&accounts_path(BANK_1), Some(&token)).await.ok_json();
+    }
+    journal(&hub, 2);
+    let (code, out) = verify(&[rotated.as_path(), hub.audit_path.as_path()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("OK, 3 records") && out.contains("OK, 2 records"),
+        "{out}"
+    );
+    // The files are linked: out of order, the second's first record is a broken link.
+    let (code, out) = verify(&[hub.audit_path.as_path(), rotated.as_path()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(":1: broken"), "{out}");
+
+    // Tampering is reported at its line, with a failing exit code.
+    let text = std::fs::read_to_string(&rotated).expect("rotated journal");
+    let lines: Vec<&str> = text.lines().collect();
+    let altered = format!(
+        "{}\n{}\n{}\n",
+        lines[0],
+        lines[1].replace("\"status\":200", "\"status\":403"),
+        lines[2]
+    );
+    assert_ne!(altered, text, "nothing was altered");
+    let removed = format!("{}\n{}\n", lines[0], lines[2]);
+    for (tampered, what) in [(altered, "altered"), (removed, "does not link")] {
+        let path = hub.dir.join("tampered.jsonl");
+        std::fs::write(&path, tampered).expect("write");
+        let (code, out) = verify(&[path.as_path()]);
+        assert_eq!(code, 1, "{out}");
+        assert!(
+            out.contains("tampered.jsonl:2: broken") && out.contains(what),
+            "{out}"
+        );
+    }
+}
+
+/// A named pipe as the journal, held open by the test (so the hub can open it) and read
+/// only once `drain` is called: until then the hub's writer blocks when the pipe is full.
+struct Pipe {
+    path: std::path::PathBuf,
+    end: Option<std::fs::File>,
+    _dir: tempfile::TempDir,
+}
+
+impl Pipe {
+    fn new() -> Pipe {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .expect("mkfifo");
+        assert!(made.success());
+        // Read and write: opening never blocks, and the hub's open finds a reader.
+        let end = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .expect("open");
+        Pipe {
+            path,
+            end: Some(end),
+            _dir: dir,
+        }
+    }
+
+    /// Starts reading the pipe into the returned buffer.
+    fn drain(&mut self) -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+        use std::io::Read;
+        let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (mut end, sink) = (self.end.take().expect("drained once"), out.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 16 * 1024];
+            while let Ok(n) = end.read(&mut buf) {
+                sink.lock().expect("lock").extend_from_slice(&buf[..n]);
+            }
+        });
+        out
+    }
+}
+
+/// `hub_audit_dropped_total` from `/metrics`.
+async fn dropped(hub: &Hub) -> u64 {
+    hub.metrics()
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix("hub_audit_dropped_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+#[tokio::test]
+async fn a_stalled_journal_refuses_consent_routes_and_records_every_one_it_served() {
+    let mut pipe = Pipe::new();
+    let fifo = pipe.path.clone();
+    let hub = Hub::start_with(hub_exe!(), move |s| {
+        s.unlimited();
+        s.config.audit.path = fifo.clone();
+        s.config.audit.buffer = 32;
+    });
+    let a = hub.client_as(USER_A);
+    let token = hub.token("c-authorised-full");
+    let mut conn = a.connect().await.expect("connect");
+    let mut served = Vec::new();
+    // Nobody reads the pipe: once it is full and 32 records wait, the hub refuses.
+    let refusal = loop {
+        assert!(served.len() < 5_000, "the journal never filled up");
+        let iid = uuid::Uuid::new_v4().to_string();
+        let req = Req::get(accounts_path(BANK_1))
+            .bearer(&token)
+            .interaction_id(&iid);
+        let r = conn.send(&req).await.expect("an answer");
+        if r.status != 200 {
+            break r;
+        }
+        served.push(iid);
+    };
+    refusal.assert_problem(503, "audit_unavailable");
+    assert_eq!(
+        refusal.header("retry-after"),
+        Some("1"),
+        "{}",
+        refusal.describe()
+    );
+    // Open data goes on; its record cannot be taken and is counted.
+    let before = dropped(&hub).await;
+    a.get(&open_data_path(BANK_1, "atms"), None).await.ok_json();
+    assert!(
+        dropped(&hub).await > before,
+        "the dropped record was not counted"
+    );
+    a.get(&accounts_path(BANK_1), Some(&token))
+        .await
+        .assert_problem(503, "audit_unavailable");
+
+    // Read again, the journal takes records and consent routes are served.
+    let written = pipe.drain();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let iid = uuid::Uuid::new_v4().to_string();
+        let req = Req::get(accounts_path(BANK_1))
+            .bearer(&token)
+            .interaction_id(&iid);
+        let r = a.send(&req).await;
+        if r.status == 200 {
+            served.push(iid);
+            break;
+        }
+        r.assert_problem(503, "audit_unavailable");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still refused after the journal was read"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut hub = hub;
+    assert!(
+        hub.stop().is_some_and(|s| s.success()),
+        "the hub did not exit cleanly"
+    );
+    // Everything the hub wrote, once the reader has taken it off the pipe.
+    let text = poll_until(Duration::from_secs(10), || {
+        let text = String::from_utf8(written.lock().expect("lock").clone()).expect("utf-8");
+        let whole = text.ends_with('\n') && served.iter().all(|iid| text.contains(iid.as_str()));
+        whole.then_some(text)
+    })
+    .unwrap_or_else(|| panic!("consent requests were served without a record"));
+    let copy = hub_journal_copy(&text);
+    let (code, out) = verify(&[copy.path()]);
+    assert_eq!(code, 0, "{out}");
+    let records: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    for iid in &served {
+        let r = records
+            .iter()
+            .find(|r| r["interaction_id"] == iid.as_str())
+            .unwrap_or_else(|| panic!("served without a record: {iid}"));
+        assert_eq!(r["code"], "ok");
+        assert_eq!(r["consent_id"], "c-authorised-full");
+    }
+    assert!(
+        records.iter().any(|r| r["event"] == "records_dropped"),
+        "no mark of the records the journal could not take"
+    );
+}
+
+/// The journal text in a file `audit verify` can read.
+fn hub_journal_copy(text: &str) -> tempfile::NamedTempFile {
+    use std::io::Write;
+    let mut f = tempfile::NamedTempFile::new().expect("tempfile");
+    f.write_all(text.as_bytes()).expect("write");
+    f
 }

@@ -1,16 +1,17 @@
-//! Contract §6 rows 1–6 and 8–15, one shared hub: strict paths and routes, mTLS and the
-//! participant directory, every access-token refusal, certificate binding, scope, each
-//! consent check and the provider catalogue — plus the transport-level answers (431, 413,
-//! malformed HTTP) and the order in which rows answer.
+//! Contract §6 rows 1–15, one shared hub for rows 1–6 and 8–15: strict paths and routes,
+//! mTLS and the participant directory, every access-token refusal, certificate binding,
+//! scope, each consent check and the provider catalogue — plus the transport-level answers
+//! (431, 413, malformed HTTP) and the order in which rows answer. Every refusal is checked
+//! whole: status, code, the code's own `type` and `title`, the interaction id, `Date`.
 //!
-//! Row 7 (`consent_state_stale`) is not reachable here: with the file control plane the
-//! consent cache is always fresh (the gateway passes `consent_state_fresh: true`), so no
-//! end-to-end test can make it stale until a pushed control plane exists.
+//! Row 7 (`consent_state_stale`) needs a pushed control plane (with a consent file the
+//! cache is always fresh): its hub follows a trust sidecar that never answers, and row 7
+//! gets the same full problem checks as the others.
 
 use std::sync::OnceLock;
 
 use e2e::*;
-use gateway::config::at;
+use gateway::config::{at, ConsentSection, TrustSection};
 use policy::directory::ParticipantStatus;
 use serde_json::{json, Value};
 
@@ -787,6 +788,57 @@ async fn scope_lacking_the_permission_is_insufficient_scope() {
         .get(&accounts_path(BANK_2), Some(&token))
         .await
         .ok_json();
+}
+
+// ---------------------------------------------------------------- row 7: consent state
+
+/// Row 7: a hub whose consents come from a trust sidecar it has never heard from answers
+/// every consent route with the full `503 consent_state_stale` problem (after rows 1–6,
+/// before the consent rows), never reaching a bank; open data does not depend on consents.
+#[tokio::test]
+async fn stale_consent_state_is_consent_state_stale() {
+    let hub = Hub::start_with(hub_exe!(), |s| {
+        s.config.consents = ConsentSection::default();
+        s.config.trust = Some(TrustSection::new(
+            &format!("https://127.0.0.1:{}", closed_port()),
+            &[s.prepared.pki.ca_cert_path().to_owned()],
+        ));
+    });
+    let a = hub.client_as(USER_A);
+    let token = hub.token("c-authorised-full");
+    let acc = hub.accounts_of("c-authorised-full").remove(0);
+    let routes = [
+        accounts_path(BANK_1),
+        account_path(BANK_1, &acc),
+        balances_path(BANK_1, &acc),
+        transactions_path(BANK_1, &acc, "limit=5"),
+    ];
+    let before = hub.bank(BANK_1).request_count();
+    for path in &routes {
+        // A consent the hub has never seen answers the same: row 7 comes before row 8.
+        for token in [token.clone(), hub.mint_for(USER_A, "c-does-not-exist")] {
+            let iid = uuid::Uuid::new_v4().to_string();
+            let r = a
+                .send(&Req::get(path.as_str()).bearer(&token).interaction_id(&iid))
+                .await;
+            r.assert_problem(503, "consent_state_stale");
+            assert_eq!(r.interaction_id(), iid, "{path}");
+            assert_eq!(r.header("cache-control"), Some("no-store"), "{path}");
+        }
+    }
+    // Rows 1 and 4 still answer first.
+    a.get(&format!("{}/", accounts_path(BANK_1)), Some(&token))
+        .await
+        .assert_problem(404, "route_not_found");
+    a.get(&accounts_path(BANK_1), None)
+        .await
+        .assert_problem(401, "invalid_token");
+    assert_eq!(
+        hub.bank(BANK_1).request_count(),
+        before,
+        "a stale hub reached the bank"
+    );
+    a.get(&open_data_path(BANK_1, "atms"), None).await.ok_json();
 }
 
 // ---------------------------------------------------------------- rows 8–14: consents

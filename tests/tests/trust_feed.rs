@@ -1,6 +1,7 @@
 //! The hub following the trust sidecar (issue 4, `[trust]` mode): the customer journey
 //! through the sidecar (consent, one-time code from the outbox, token) and then through
-//! the hub; a revocation refused by the hub as soon as the feed delivers it; row 7
+//! the hub; a revocation refused by the hub as soon as the feed delivers it, and never
+//! allowed once the hub's feed position (`/metrics`) has reached its version; row 7
 //! (`503 consent_state_stale`) once the sidecar has been silent past the bound, and
 //! fresh again after it restarts on the same database; a replaced database makes the
 //! hub reload the snapshot. The sidecar runs in-process
@@ -259,7 +260,8 @@ async fn token_for(api_user: &Client, consent: &str) -> String {
 }
 
 /// Polls the hub until `want` (status, code) answers, or the deadline; returns how long
-/// it took and how many answers (each one of `allowed`) came before.
+/// it took and how many answers (each one of `allowed`) came before. Every answer is
+/// checked whole: a bank's JSON, or the hub's exact problem for its code.
 async fn until(
     hub: &Hub,
     token: &str,
@@ -267,14 +269,56 @@ async fn until(
     allowed: &[(u16, &str)],
     deadline: Duration,
 ) -> (Duration, usize) {
+    poll(hub, token, want, allowed, None, deadline).await
+}
+
+/// Polls the hub until it refuses a consent the sidecar acknowledged revoking at feed
+/// version `revoked_at` (`403 consent_revoked`). A `200` is the feed's delay only while the
+/// hub's feed position, read before each request, is below `revoked_at`: once it has
+/// reached it, an allow is a late allow and fails the test. Returns how long it took and
+/// how many allows came before.
+async fn until_revoked(
+    hub: &Hub,
+    token: &str,
+    revoked_at: u64,
+    deadline: Duration,
+) -> (Duration, usize) {
+    let revoked = (403, "consent_revoked");
+    poll(
+        hub,
+        token,
+        revoked,
+        &[(200, "")],
+        Some(revoked_at),
+        deadline,
+    )
+    .await
+}
+
+/// [`until`], and with `revoked_at` the late-allow check of [`until_revoked`].
+async fn poll(
+    hub: &Hub,
+    token: &str,
+    want: (u16, &str),
+    allowed: &[(u16, &str)],
+    revoked_at: Option<u64>,
+    deadline: Duration,
+) -> (Duration, usize) {
     let t0 = Instant::now();
     let mut before = 0;
     loop {
+        let position = match revoked_at {
+            Some(_) => Some(feed_version(hub.admin).await),
+            None => None,
+        };
         let r = hub
             .client_as(USER_A)
             .get(&accounts_path(BANK_1), Some(token))
             .await;
-        let got = (r.status, r.code());
+        let got = r.assert_answer();
+        if let (Some(position), Some(revoked_at)) = (position, revoked_at) {
+            assert_no_late_allow("the hub", got.0, position, revoked_at);
+        }
         if got.0 == want.0 && got.1 == want.1 {
             return (t0.elapsed(), before);
         }
@@ -304,12 +348,6 @@ fn kid_of(token: &str) -> String {
         .to_string()
 }
 
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l[name.len()..].trim().parse().ok())
-}
-
 #[test]
 fn journey_revocation_staleness_and_restart_through_the_hub() {
     let Rig {
@@ -336,6 +374,27 @@ fn journey_revocation_staleness_and_restart_through_the_hub() {
             hub.pki.ca_cert_pem(),
             Some(&ClientCert::of(hub.identity(USER_A))),
         );
+
+        // Contract §5: the sidecar creates no consent with an account id outside
+        // `A-Z a-z 0-9 - _ .` (its creation goes through the consent store's record
+        // validation): a comma or a space would make one id read as two in the hub's
+        // comma-joined `x-hub-accounts`. The id is not echoed.
+        let customer = hub.customer_of("c-authorised-full");
+        for bad in ["KZ01,KZ02", "KZ01 KZ02", "KZ01\"", &"7".repeat(65)] {
+            let body = json!({"customer": customer, "providers": [BANK_1],
+                "permissions": ["accounts"], "purpose": "e2e", "accounts": ["KZ-ok", bad]});
+            let r = api_user
+                .send(&json_req("POST", "/v1/consents", &body))
+                .await;
+            assert_eq!(
+                (r.status, r.code().as_str()),
+                (422, "invalid_field"),
+                "{}",
+                r.text()
+            );
+            assert!(r.text().contains("accounts[1]"), "{}", r.text());
+            assert!(!r.text().contains(bad), "{}", r.text());
+        }
 
         // Key rotation to a key the hub has never fetched (its refresh interval is an
         // hour): the unknown kid makes it fetch the JWKS, and the token is accepted.
@@ -370,24 +429,19 @@ fn journey_revocation_staleness_and_restart_through_the_hub() {
             "keys fetched at start and on the unknown kid: {updates}"
         );
 
-        // Revocation by the API user: refused by the hub as soon as the feed delivers it.
+        // Revocation by the API user: refused by the hub as soon as the feed delivers it,
+        // and never allowed once the hub's feed position has reached the revocation.
         let r = api_user
             .send(&Req::new("DELETE", format!("/v1/consents/{consent}")))
             .await;
-        assert_eq!(r.status, 200, "{}", r.text());
-        assert_eq!(r.json()["status"], "revoked");
-        let (delay, earlier) = until(
-            &hub,
-            &token,
-            (403, "consent_revoked"),
-            &[(200, "")],
-            Duration::from_secs(2),
-        )
-        .await;
+        let revoked_at = revoked_version(&r);
+        let (delay, earlier) =
+            until_revoked(&hub, &token, revoked_at, Duration::from_secs(2)).await;
         eprintln!("revocation answered → hub refuses: {delay:?} ({earlier} earlier 200s)");
 
         let m = hub.metrics().await;
         let version = metric(&m, "hub_consent_feed_version").expect("feed version gauge");
+        assert!(version >= revoked_at as f64, "feed version {version}\n{m}");
         assert!(version >= 5.0, "feed version {version}\n{m}");
         let staleness = metric(&m, "hub_consent_feed_staleness_seconds").expect("staleness gauge");
         assert!(staleness < STALENESS.as_secs_f64(), "{staleness}");
@@ -496,30 +550,35 @@ fn a_consent_from_the_sidecar_stops_at_the_hub_when_it_expires() {
             journey_with(&hub, addr, &outbox, json!({ "expires_at": expires_at })).await;
         let before = [(503, "consent_state_stale"), (403, "consent_not_found")];
         until(&hub, &token, (200, ""), &before, Duration::from_secs(10)).await;
-        until(
-            &hub,
-            &token,
-            (403, "consent_expired"),
-            &[(200, "")],
-            Duration::from_secs(10),
-        )
-        .await;
-        let refused_at = time::OffsetDateTime::now_utc().unix_timestamp();
+        // Allowed before the expiry, refused from the expiry's second on (the hub's clock is
+        // this machine's): a 200 for a request sent at or after it is a late allow.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let refused_at = loop {
+            let sent = now_unix();
+            let r = hub
+                .client_as(USER_A)
+                .get(&accounts_path(BANK_1), Some(&token))
+                .await;
+            match r.assert_answer() {
+                (200, _) => assert!(
+                    sent < expires,
+                    "allowed a request sent at {sent}, at or after the expiry {expires}"
+                ),
+                (403, code) if code == "consent_expired" => break sent,
+                other => panic!("unexpected {other:?}: {}", r.text()),
+            }
+            assert!(Instant::now() < deadline, "not refused within 10 s");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
         assert!(
-            refused_at >= expires,
-            "refused at {refused_at}, before the expiry {expires}"
+            now_unix() >= expires,
+            "refused (request sent at {refused_at}) before the expiry {expires}"
         );
         // And it stays refused.
-        let r = hub
-            .client_as(USER_A)
+        hub.client_as(USER_A)
             .get(&accounts_path(BANK_1), Some(&token))
-            .await;
-        assert_eq!(
-            (r.status, r.code().as_str()),
-            (403, "consent_expired"),
-            "{}",
-            r.text()
-        );
+            .await
+            .assert_problem(403, "consent_expired");
     });
     drop(hub);
 }
@@ -539,15 +598,24 @@ fn consent_routes_fail_closed_until_the_first_snapshot() {
         .expect("runtime");
     rt.block_on(async {
         let token = hub.token("c-authorised-full");
+        let iid = uuid::Uuid::new_v4().to_string();
         let r = hub
             .client_as(USER_A)
-            .get(&accounts_path(BANK_1), Some(&token))
+            .send(
+                &Req::get(accounts_path(BANK_1))
+                    .bearer(&token)
+                    .interaction_id(&iid),
+            )
             .await;
+        // Row 7 with the same full problem checks as every other row, and the caller's
+        // interaction id echoed.
+        r.assert_problem(503, "consent_state_stale");
+        assert_eq!(r.interaction_id(), iid);
         assert_eq!(
-            (r.status, r.code().as_str()),
-            (503, "consent_state_stale"),
+            r.header("cache-control"),
+            Some("no-store"),
             "{}",
-            r.text()
+            r.describe()
         );
         let r = hub
             .client_as(USER_A)
@@ -615,16 +683,10 @@ fn participant_changes_in_the_sidecar_apply_at_the_hub() {
         .await;
         eprintln!("suspension in the registry → hub refuses: {delay:?}");
         // Open data too: only active participants exchange data.
-        let r = hub
-            .client_as(USER_A)
+        hub.client_as(USER_A)
             .get(&open_data_path(BANK_1, "atms"), None)
-            .await;
-        assert_eq!(
-            (r.status, r.code().as_str()),
-            (403, "participant_inactive"),
-            "{}",
-            r.text()
-        );
+            .await
+            .assert_problem(403, "participant_inactive");
 
         // Reactivated: served again.
         set_status(USER_A, "active").await;

@@ -5,11 +5,17 @@
 //!
 //! - `kill_9_mid_burst_…`: a burst of concurrent revocations, the sidecar SIGKILLed in the
 //!   middle; while it is down no consent route answers an allow past the staleness bound
-//!   (`503 consent_state_stale`); after the restart both gateways refuse every
-//!   acknowledged revocation (`403 consent_revoked`) and agree with the registry on every
-//!   consent of the burst, with no snapshot reload (the feed resumed without a gap).
+//!   (`503 consent_state_stale`); after the restart both gateways answer every revocation
+//!   acknowledged before the kill with `503` until they hear the sidecar, then `403
+//!   consent_revoked`, never `200`, and agree with the registry on every consent of the
+//!   burst, with no snapshot reload (the feed resumed without a gap).
 //! - `two_gateways_…`: each revocation, one after another, is enforced by both gateways
 //!   (bounded poll on keep-alive connections, not a sleep).
+//!
+//! Every revocation's feed version comes from the sidecar's answer; a `200` for a revoked
+//! consent from a gateway whose `hub_consent_feed_version` (read just before the request)
+//! had reached it fails any test here (a late allow), and every answer is checked whole
+//! (the bank's JSON, or the hub's exact problem for its code).
 //! - `restart_while_serving_…`: a graceful sidecar restart under steady load through both
 //!   gateways: no `503` (the restart is shorter than the bound), the feed version on
 //!   `/metrics` never goes back and ends at the registry's head, no resync, revoked
@@ -111,6 +117,8 @@ wait "$pid""#;
             .arg("--otp-outbox")
             .arg(&self.outbox)
             .arg("--dev-customer-sessions")
+            .args(["--codes-per-customer-hour", "99999"])
+            .args(["--codes-per-customer-day", "99999"])
             .args(["--heartbeat-ms", &HEARTBEAT_MS.to_string()])
             .arg("--ready-file")
             .arg(&ready)
@@ -380,12 +388,6 @@ impl Gate {
     }
 }
 
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l[name.len()..].trim().parse().ok())
-}
-
 /// A keep-alive connection to one gateway that reconnects when the gateway closes it.
 struct Prober {
     gate: Gate,
@@ -400,7 +402,8 @@ impl Prober {
         }
     }
 
-    /// `GET /v1/providers/BANK_1/accounts` with `token`: (status, code).
+    /// `GET /v1/providers/BANK_1/accounts` with `token`: (status, code). Every answer is
+    /// checked whole: a bank's JSON, or the hub's exact problem for its code.
     async fn probe(&mut self, token: &str) -> (u16, String) {
         let req = Req::get(accounts_path(BANK_1)).bearer(token);
         for _ in 0..3 {
@@ -413,7 +416,7 @@ impl Prober {
                         if r.header("connection") == Some("close") {
                             self.conn = None;
                         }
-                        return (r.status, r.code());
+                        return r.assert_answer();
                     }
                     Err(_) => self.conn = None,
                 }
@@ -430,6 +433,7 @@ impl Prober {
                 &c.token,
                 OK,
                 &[NOT_FOUND],
+                None,
                 Instant::now(),
                 Duration::from_secs(10),
             )
@@ -437,19 +441,34 @@ impl Prober {
         }
     }
 
+    /// This gateway's feed position (`hub_consent_feed_version`).
+    async fn position(&self) -> u64 {
+        feed_version(self.gate.admin).await
+    }
+
     /// Probes until `want` answers (each earlier answer must be one of `allowed`);
-    /// returns how long it took after `since` and what came before.
+    /// returns how long it took after `since` and what came before. For a consent revoked
+    /// at feed version `revoked_at`, the gateway's feed position is read before each probe
+    /// and a `200` once it has reached that version fails the test (a late allow).
     async fn until(
         &mut self,
         token: &str,
         want: (u16, &str),
         allowed: &[(u16, &str)],
+        revoked_at: Option<u64>,
         since: Instant,
         deadline: Duration,
     ) -> Waited {
         let (mut before, mut allows) = (0, 0);
         loop {
+            let position = match revoked_at {
+                Some(_) => Some(self.position().await),
+                None => None,
+            };
             let got = self.probe(token).await;
+            if let (Some(position), Some(revoked_at)) = (position, revoked_at) {
+                assert_no_late_allow(self.gate.name, got.0, position, revoked_at);
+            }
             if got.0 == want.0 && got.1 == want.1 {
                 return Waited {
                     after: since.elapsed(),
@@ -712,17 +731,25 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-/// Revokes each consent as `USER_A` and waits until every gateway refuses it.
+/// Revokes each consent as `USER_A` and waits until every gateway refuses it, with no
+/// allow once a gateway's feed position has reached the revocation.
 async fn revoke_and_wait(set: &[Consent], api_user: &mut TrustConn, gates: &[Gate]) {
     for c in set {
         let r = api_user
             .send(&Req::new("DELETE", format!("/v1/consents/{}", c.id)))
             .await;
-        assert_eq!(r.status, 200, "{}", r.text());
+        let revoked_at = revoked_version(&r);
         let answered = Instant::now();
         for g in gates {
             Prober::new(g)
-                .until(&c.token, REVOKED, &[OK], answered, Duration::from_secs(5))
+                .until(
+                    &c.token,
+                    REVOKED,
+                    &[OK],
+                    Some(revoked_at),
+                    answered,
+                    Duration::from_secs(5),
+                )
                 .await;
         }
     }
@@ -759,6 +786,7 @@ fn kill_9_mid_burst_loses_no_acknowledged_revocation_and_never_allows_past_the_b
                     &c.token,
                     OK,
                     &[STALE, NOT_FOUND],
+                    None,
                     Instant::now(),
                     Duration::from_secs(10),
                 )
@@ -766,8 +794,9 @@ fn kill_9_mid_burst_loses_no_acknowledged_revocation_and_never_allows_past_the_b
             }
         }
 
-        // Four clients revoke as fast as the sidecar answers; SIGKILL once enough did.
-        let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+        // Four clients revoke as fast as the sidecar answers; SIGKILL once enough did. Each
+        // acknowledged revocation is kept with the feed version the answer names.
+        let acked = Arc::new(Mutex::new(HashMap::<String, u64>::new()));
         let in_flight = Arc::new(Mutex::new(Vec::<String>::new()));
         let enough = Arc::new(tokio::sync::Notify::new());
         let mut tasks = Vec::new();
@@ -784,9 +813,9 @@ fn kill_9_mid_burst_loses_no_acknowledged_revocation_and_never_allows_past_the_b
                     let req = Req::new("DELETE", format!("/v1/consents/{id}"));
                     match conn.try_send(&req).await {
                         Ok(r) if r.status == 200 => {
-                            assert_eq!(r.json()["status"], "revoked");
+                            let version = revoked_version(&r);
                             let mut a = acked.lock().expect("acked");
-                            a.push(id);
+                            a.insert(id, version);
                             if a.len() >= KILL_AFTER {
                                 enough.notify_one();
                             }
@@ -807,7 +836,7 @@ fn kill_9_mid_burst_loses_no_acknowledged_revocation_and_never_allows_past_the_b
         for t in tasks {
             t.await.expect("revoking task");
         }
-        let acked: Vec<String> = acked.lock().expect("acked").clone();
+        let acked: HashMap<String, u64> = acked.lock().expect("acked").clone();
         let in_flight: Vec<String> = in_flight.lock().expect("in flight").clone();
         eprintln!(
             "{} of {BURST} revocations acknowledged before SIGKILL, {} cut off",
@@ -819,11 +848,12 @@ fn kill_9_mid_burst_loses_no_acknowledged_revocation_and_never_allows_past_the_b
 
         // Sidecar down: every consent route answers 503 once the bound has passed, for
         // revoked and untouched consents alike; before that, an acknowledged revocation
-        // may still be allowed by a gateway the feed had not reached yet, but once a
-        // gateway refused it, it never allows it again.
+        // may still be allowed by a gateway the feed had not reached yet (its feed position,
+        // read before each probe, below the revocation's version), but once a gateway
+        // refused it, it never allows it again.
         let watch: Vec<&Consent> = burst
             .iter()
-            .filter(|c| acked.contains(&c.id))
+            .filter(|c| acked.contains_key(&c.id))
             .chain(controls)
             .collect();
         let bound = killed + STALENESS + Duration::from_millis(500);
@@ -834,9 +864,13 @@ fn kill_9_mid_burst_loses_no_acknowledged_revocation_and_never_allows_past_the_b
         while Instant::now() < bound + Duration::from_secs(1) {
             for (gi, p) in probers.iter_mut().enumerate() {
                 for c in &watch {
+                    let position = p.position().await;
                     let sent = Instant::now();
                     let got = p.probe(&c.token).await;
-                    let revoked = acked.contains(&c.id);
+                    let revoked = acked.contains_key(&c.id);
+                    if let Some(&revoked_at) = acked.get(&c.id) {
+                        assert_no_late_allow(p.gate.name, got.0, position, revoked_at);
+                    }
                     if sent > bound {
                         sent_after_bound += 1;
                         assert_eq!(
@@ -875,10 +909,10 @@ fn kill_9_mid_burst_loses_no_acknowledged_revocation_and_never_allows_past_the_b
              (feed not delivered before the kill), {sent_after_bound} answers past it, all 503"
         );
 
-        // Restart on the same database. The controls are revoked at once, while the
-        // gateways are still in their reconnect back-off: those revocations reach them
-        // in the backlog of the resumed feed. Every acknowledged revocation must end up
-        // refused by both gateways.
+        // Restart on the same database. The controls are revoked at once, most likely
+        // while the gateways are still in their reconnect back-off: those revocations then
+        // reach them in the backlog of the resumed feed. Every acknowledged revocation
+        // must end up refused by both gateways.
         let restarted = Instant::now();
         sidecar = Some(spec.start());
         let mut api_user = TrustConn::new(
@@ -886,40 +920,54 @@ fn kill_9_mid_burst_loses_no_acknowledged_revocation_and_never_allows_past_the_b
             &hub,
             Some(ClientCert::of(hub.identity(USER_A))),
         );
+        let mut control_versions = HashMap::new();
         for c in controls {
             let r = api_user
                 .send(&Req::new("DELETE", format!("/v1/consents/{}", c.id)))
                 .await;
-            assert_eq!(r.status, 200, "{}", r.text());
+            control_versions.insert(c.id.clone(), revoked_version(&r));
         }
         let head_after = head(&hub, &spec).await;
         let (mut before, mut allows) = (0usize, 0usize);
-        let mut backlog_allows = 0usize;
         for p in &mut probers {
-            for c in burst.iter().filter(|c| acked.contains(&c.id)).chain(controls) {
-                // 503 until the gateway hears the sidecar again. A 200 can only come
-                // from a gateway that counts itself fresh but has not applied the
-                // backlog yet (counted, and reported).
+            // Revocations acknowledged before the kill: 503 until the gateway hears the
+            // sidecar again, then 403. A gateway counts itself fresh only once the resumed
+            // feed's backlog is applied, so no 200 is acceptable.
+            for c in burst.iter().filter(|c| acked.contains_key(&c.id)) {
+                let w = p
+                    .until(
+                        &c.token,
+                        REVOKED,
+                        &[STALE],
+                        Some(acked[&c.id]),
+                        restarted,
+                        Duration::from_secs(15),
+                    )
+                    .await;
+                before += w.before;
+            }
+            // The controls, revoked after the restart: a gateway that reconnected before
+            // a control's revocation serves it until the feed delivers it, never once its
+            // feed position has reached that revocation's version.
+            for c in controls {
                 let w = p
                     .until(
                         &c.token,
                         REVOKED,
                         &[STALE, OK],
+                        Some(control_versions[&c.id]),
                         restarted,
                         Duration::from_secs(15),
                     )
                     .await;
                 before += w.before;
                 allows += w.allows;
-                if controls.iter().any(|k| k.id == c.id) {
-                    backlog_allows += w.allows;
-                }
             }
         }
         caught_up(&gates, head_after, Duration::from_secs(10)).await;
         eprintln!(
             "after restart: head {head_after}; {before} answers before 403, of which {allows} \
-             allows ({backlog_allows} for revocations made while the gateways reconnected)"
+             allows of controls (revoked after the restart) before their feed version arrived"
         );
 
         // After the resync both gateways agree with the registry on every consent: the
@@ -933,11 +981,11 @@ fn kill_9_mid_burst_loses_no_acknowledged_revocation_and_never_allows_past_the_b
                 s => panic!("{}: registry says {s}", c.id),
             };
             let in_burst = burst.iter().any(|b| b.id == c.id);
-            if in_burst && status == "revoked" && !acked.contains(&c.id) {
+            if in_burst && status == "revoked" && !acked.contains_key(&c.id) {
                 committed_unacked += 1;
             }
             assert!(
-                !(acked.contains(&c.id) && status != "revoked"),
+                !(acked.contains_key(&c.id) && status != "revoked"),
                 "acknowledged revocation of {} lost by the registry",
                 c.id
             );
@@ -1004,14 +1052,15 @@ fn two_gateways_follow_one_sidecar_and_both_enforce_each_revocation() {
             let r = api_user
                 .send(&Req::new("DELETE", format!("/v1/consents/{}", c.id)))
                 .await;
-            assert_eq!(r.status, 200, "{}", r.text());
-            assert_eq!(r.json()["status"], "revoked");
             let answered = Instant::now();
-            // Both gateways are probed at the same time, each on its own connection.
+            // Both gateways are probed at the same time, each on its own connection; an
+            // allow once a gateway's feed position has reached the revocation fails.
             let (a, b) = probers.split_at_mut(1);
+            let at = Some(revoked_version(&r));
+            let limit = Duration::from_secs(2);
             let (wa, wb) = tokio::join!(
-                a[0].until(&c.token, REVOKED, &[OK], answered, Duration::from_secs(2)),
-                b[0].until(&c.token, REVOKED, &[OK], answered, Duration::from_secs(2)),
+                a[0].until(&c.token, REVOKED, &[OK], at, answered, limit),
+                b[0].until(&c.token, REVOKED, &[OK], at, answered, limit),
             );
             worst[0] = worst[0].max(wa.after);
             worst[1] = worst[1].max(wb.after);

@@ -104,6 +104,8 @@ impl ServerSection {
             grace_period_secs: defaults::GRACE_PERIOD_SECS,
             shutdown_timeout_secs: defaults::SHUTDOWN_TIMEOUT_SECS,
             upstream_keepalive_pool_size: defaults::UPSTREAM_POOL,
+            tls_handshake_timeout_secs: defaults::TLS_HANDSHAKE_TIMEOUT_SECS,
+            max_connections: defaults::MAX_CONNECTIONS,
         }
     }
 }
@@ -116,6 +118,7 @@ impl TlsSection {
             key: at(key),
             client_ca: paths(client_ca),
             crl: Vec::new(),
+            allow_expired_crl: false,
         }
     }
 }
@@ -138,9 +141,15 @@ impl TokenSection {
             jwks: at(jwks),
             issuer: at(issuer.to_string()),
             audience: at(audience.to_string()),
-            leeway_secs: defaults::LEEWAY_SECS,
+            leeway_secs: at(defaults::LEEWAY_SECS),
             max_token_bytes: defaults::MAX_TOKEN_BYTES,
             cache_capacity: defaults::TOKEN_CACHE,
+            max_failed_verifications_per_connection_per_sec: at(
+                defaults::FAILED_VERIFICATIONS_PER_CONNECTION,
+            ),
+            max_failed_verifications_per_certificate_per_sec: at(
+                defaults::FAILED_VERIFICATIONS_PER_CERTIFICATE,
+            ),
         }
     }
 }
@@ -180,6 +189,7 @@ impl ProviderSection {
             published: defaults::PUBLISHED,
             upstreams: upstreams.iter().cloned().map(at).collect(),
             sni: None,
+            insecure_skip_verify_for_development: false,
             connect_timeout_ms: defaults::CONNECT_TIMEOUT_MS,
             timeout_ms: defaults::TIMEOUT_MS,
             eject_after_failures: defaults::EJECT_AFTER,
@@ -198,6 +208,7 @@ impl ConsentSection {
     pub fn file(snapshot: PathBuf) -> ConsentSection {
         ConsentSection {
             snapshot: Some(at(snapshot)),
+            ..ConsentSection::default()
         }
     }
 }

@@ -19,14 +19,28 @@ pub const GRACE_PERIOD_SECS: u64 = 1;
 pub const SHUTDOWN_TIMEOUT_SECS: u64 = 10;
 /// `[server] upstream_keepalive_pool_size`.
 pub const UPSTREAM_POOL: usize = 1024;
+/// `[server] tls_handshake_timeout_secs`.
+pub const TLS_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
+/// `[server] max_connections`: far above the participants' needs (a few connections per
+/// API user), well below what a process can hold open.
+pub const MAX_CONNECTIONS: usize = 10_000;
 /// `[tokens] leeway_secs`.
 pub const LEEWAY_SECS: u64 = 30;
 /// `[tokens] max_token_bytes`.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// `[tokens] cache_capacity`.
 pub const TOKEN_CACHE: usize = 100_000;
+/// `[tokens] max_failed_verifications_per_connection_per_sec`: far above a client that
+/// retries a rejected token, far below what a flood would cost.
+pub const FAILED_VERIFICATIONS_PER_CONNECTION: u32 =
+    policy::token::DEFAULT_FAILED_VERIFICATIONS_PER_CONNECTION.get();
+/// `[tokens] max_failed_verifications_per_certificate_per_sec`: one participant's fleet.
+pub const FAILED_VERIFICATIONS_PER_CERTIFICATE: u32 =
+    policy::token::DEFAULT_FAILED_VERIFICATIONS_PER_CERTIFICATE.get();
 /// `[trust] max_staleness_secs`.
 pub const MAX_STALENESS_SECS: u64 = 30;
+/// `[consents] max_staleness_secs`: how long a changed consent file may fail to load.
+pub const CONSENT_MAX_STALENESS_SECS: u64 = 300;
 /// `[trust] jwks_refresh_secs`.
 pub const JWKS_REFRESH_SECS: u64 = 300;
 /// `[audit] path`: standard output.
@@ -66,8 +80,14 @@ pub(super) fn shutdown_timeout_secs() -> u64 {
 pub(super) fn upstream_pool() -> usize {
     UPSTREAM_POOL
 }
-pub(super) fn leeway_secs() -> u64 {
-    LEEWAY_SECS
+pub(super) fn tls_handshake_timeout_secs() -> u64 {
+    TLS_HANDSHAKE_TIMEOUT_SECS
+}
+pub(super) fn max_connections() -> usize {
+    MAX_CONNECTIONS
+}
+pub(super) fn leeway_secs() -> Spanned<u64> {
+    Spanned::new(0..0, LEEWAY_SECS)
 }
 pub(super) fn max_token_bytes() -> usize {
     MAX_TOKEN_BYTES
@@ -75,8 +95,17 @@ pub(super) fn max_token_bytes() -> usize {
 pub(super) fn token_cache() -> usize {
     TOKEN_CACHE
 }
+pub(super) fn failed_verifications_per_connection() -> Spanned<u32> {
+    Spanned::new(0..0, FAILED_VERIFICATIONS_PER_CONNECTION)
+}
+pub(super) fn failed_verifications_per_certificate() -> Spanned<u32> {
+    Spanned::new(0..0, FAILED_VERIFICATIONS_PER_CERTIFICATE)
+}
 pub(super) fn max_staleness_secs() -> u64 {
     MAX_STALENESS_SECS
+}
+pub(super) fn consent_max_staleness_secs() -> u64 {
+    CONSENT_MAX_STALENESS_SECS
 }
 pub(super) fn jwks_refresh_secs() -> u64 {
     JWKS_REFRESH_SECS

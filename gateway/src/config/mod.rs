@@ -114,6 +114,14 @@ pub struct ServerSection {
     /// Idle pooled connections kept per worker towards banks.
     #[serde(default = "defaults::upstream_pool")]
     pub upstream_keepalive_pool_size: usize,
+    /// Seconds a new API connection gets from accept to a completed TLS handshake; a
+    /// connection still silent or half-way through its handshake then is closed.
+    #[serde(default = "defaults::tls_handshake_timeout_secs")]
+    pub tls_handshake_timeout_secs: u64,
+    /// API connections open at once (handshaking or established); more are closed at
+    /// accept and counted (`hub_downstream_connections_closed_total{reason="over_capacity"}`).
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
 }
 
 /// `[tls]`
@@ -129,6 +137,10 @@ pub struct TlsSection {
     /// Optional CRL files (DER or PEM) of those CAs.
     #[serde(default)]
     pub crl: Vec<Spanned<PathBuf>>,
+    /// Accept CRLs past their `nextUpdate`. Off by default: such a CRL is refused at load,
+    /// and once a loaded CRL expires, certificates of its CA are refused at handshake.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_expired_crl: bool,
 }
 
 /// `[upstream_tls]`
@@ -154,25 +166,45 @@ pub struct TokenSection {
     pub issuer: Spanned<String>,
     /// Expected `aud` (the hub's audience).
     pub audience: Spanned<String>,
-    /// Clock skew tolerance for `exp`, `nbf`, `iat`.
+    /// Clock skew tolerance for `exp`, `nbf`, `iat` (at most 300).
     #[serde(default = "defaults::leeway_secs")]
-    pub leeway_secs: u64,
+    pub leeway_secs: Spanned<u64>,
     /// Largest accepted token.
     #[serde(default = "defaults::max_token_bytes")]
     pub max_token_bytes: usize,
     /// Verified tokens kept in memory.
     #[serde(default = "defaults::token_cache")]
     pub cache_capacity: usize,
+    /// Signature verifications that may fail per connection: this many at once, then this
+    /// many a second; past them tokens not in the cache answer `429 rate_limited`.
+    #[serde(default = "defaults::failed_verifications_per_connection")]
+    pub max_failed_verifications_per_connection_per_sec: Spanned<u32>,
+    /// The same per client certificate, across all its connections.
+    #[serde(default = "defaults::failed_verifications_per_certificate")]
+    pub max_failed_verifications_per_certificate_per_sec: Spanned<u32>,
 }
 
 /// `[consents]`
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsentSection {
-    /// Snapshot file (`.jsonl` or `.snap`); reloaded with the configuration. Exactly one
-    /// of this and `[trust]` is set.
+    /// Snapshot file (`.jsonl` or `.snap`); followed on disk and reloaded on its own,
+    /// apart from the rest of the configuration. Exactly one of this and `[trust]` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<Spanned<PathBuf>>,
+    /// Consent routes answer `503 consent_state_stale` once a change of the file on disk
+    /// has failed to load for longer than this (contract §6 row 7 in file mode).
+    #[serde(default = "defaults::consent_max_staleness_secs")]
+    pub max_staleness_secs: u64,
+}
+
+impl Default for ConsentSection {
+    fn default() -> Self {
+        ConsentSection {
+            snapshot: None,
+            max_staleness_secs: defaults::CONSENT_MAX_STALENESS_SECS,
+        }
+    }
 }
 
 /// `[trust]`: the trust sidecar as the consent control plane (snapshot + change feed).
@@ -205,8 +237,9 @@ pub struct AuditSection {
     /// Journal file (appended), or `"-"` for standard output.
     #[serde(default = "defaults::audit_path")]
     pub path: PathBuf,
-    /// Records buffered between the request path and the writer; when full, records are
-    /// counted as dropped rather than blocking requests.
+    /// Records queued for the writer or reserved by requests in flight and not yet
+    /// written; when full (the journal cannot take records), consent routes answer
+    /// `503 audit_unavailable` and other records are counted as dropped, never blocking.
     #[serde(default = "defaults::audit_buffer")]
     pub buffer: usize,
 }
@@ -251,9 +284,16 @@ pub struct ProviderSection {
     pub published: bool,
     /// Base URLs (`https://host:port[/prefix]`); several are balanced round-robin.
     pub upstreams: Vec<Spanned<String>>,
-    /// TLS server name to verify, when it differs from the URL's host.
+    /// TLS server name to verify, when it differs from the URL's host. An empty name
+    /// turns off the verification of the bank's certificate (as in pingora, where an empty
+    /// SNI means "verify nothing") and is refused unless
+    /// `insecure_skip_verify_for_development` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sni: Option<String>,
+    /// Development only: allows `sni = ""`, i.e. a bank whose certificate is not verified.
+    /// Logged at WARN at every load.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_skip_verify_for_development: bool,
     /// TCP + TLS connect timeout.
     #[serde(default = "defaults::connect_timeout_ms")]
     pub connect_timeout_ms: u64,

@@ -12,6 +12,7 @@ use policy::limits::{Limited, RateInfo};
 use policy::route::RouteId;
 use policy::token::VerifiedToken;
 
+use super::accounts::ListFilter;
 use super::rescue::is_upstream_failure;
 use crate::audit::AuditRecord;
 use crate::network::Network;
@@ -31,6 +32,8 @@ pub(crate) struct Ctx {
     pub(super) body_bytes: usize,
     /// What the hub decided.
     pub(super) outcome: Outcome,
+    /// The account list being filtered, for a consent restricted to some accounts.
+    pub(super) list: Option<Box<ListFilter>>,
 }
 
 /// What the hub decided about a request.
@@ -71,6 +74,8 @@ pub(crate) struct Admitted {
     /// Proxying failed after admission (rows 17–19, a body over the limit): the code
     /// the hub answered instead of the provider.
     pub(super) failed: Option<Code>,
+    /// A consent route's place in the audit journal, held until its record takes it.
+    pub(super) journal: Option<crate::audit::Slot>,
 }
 
 /// The call of an admitted request to its provider.
@@ -185,6 +190,7 @@ impl Ctx {
             route: None,
             body_bytes: 0,
             outcome: Outcome::Pending,
+            list: None,
         }
     }
 

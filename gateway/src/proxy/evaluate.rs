@@ -6,15 +6,15 @@
 use http::header;
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
-use std::net::IpAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use consent_cache::{Bin, Consent};
 use policy::code::Code;
 use policy::decision::{decide, Facts, Grant, Rejection};
 use policy::limits::{Limited, Limiter, RateInfo};
 use policy::route::{match_route, upstream_path, Route, RouteId};
-use policy::token::TokenVerifier;
+use policy::token::{Charge, Charged, TokenVerifier};
 
 use super::ctx::{Admitted, Outcome, Refused, UpstreamCall};
 use crate::metrics::Metrics;
@@ -62,6 +62,8 @@ fn evaluate(
     };
     let route = match_route(&req.method, path, query).map_err(Refused::anonymous)?;
     *route_id = Some(route.id);
+    // No customer data unrecorded: a consent route holds its journal record's place first.
+    let journal = snap.journal_slot(route.id).map_err(Refused::anonymous)?;
     let thumb = cert_thumbprint(session);
     if thumb.is_none() {
         metrics.no_tls_digest.inc();
@@ -75,14 +77,13 @@ fn evaluate(
     };
     let net = snap.network();
     let tokens = snap.tokens();
-    let consents = snap.consents();
     let Grant {
         api_user,
         provider,
         token,
         consent,
-    } = decide(&net.directory, &tokens, |id| consents.get(id), &facts)
-        .map_err(|rej| refused_by_policy(snap, &net, &tokens, &facts, rej))?;
+    } = decide_charged(session, snap, &net, &tokens, &facts)
+        .map_err(|rej| refused_by_policy(snap, metrics, &net, &tokens, &facts, rej))?;
     let (api_user, provider, provider_index) = (api_user.bin, provider.bin, provider.index);
     let limiter = snap.limiter();
     let rate = match rate_limit(
@@ -117,7 +118,33 @@ fn evaluate(
         body_discarded: false,
         call: UpstreamCall::default(),
         failed: None,
+        journal,
     })
+}
+
+/// Rows 2–15 (`policy::decision::decide`), a failed token verification charged to this
+/// connection and client certificate (row 4's budget: `429` once either has spent it).
+fn decide_charged<'n>(
+    session: &Session,
+    snap: &Snapshot,
+    net: &'n Network,
+    tokens: &TokenVerifier,
+    facts: &Facts<'_>,
+) -> Result<Grant<'n, Consent>, Rejection> {
+    let consents = snap.consents();
+    let Some(certificate) = facts.cert_thumbprint else {
+        // Row 2 refuses a connection without a certificate before any token is read.
+        return decide(&net.directory, tokens, |id| consents.get(id), facts);
+    };
+    let charged = Charged {
+        verifier: tokens,
+        charge: Charge {
+            connection: client_socket(session),
+            certificate,
+            at: Instant::now(),
+        },
+    };
+    decide(&net.directory, &charged, |id| consents.get(id), facts)
 }
 
 /// The transport-level limits checked before routing: the header block (`431`) and a
@@ -171,12 +198,17 @@ fn now_unix() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-fn client_ip(session: &Session) -> Option<IpAddr> {
+/// The client's address and port: they name the connection among the listener's open ones.
+fn client_socket(session: &Session) -> Option<SocketAddr> {
     session
         .as_downstream()
         .client_addr()
         .and_then(|a| a.as_inet())
-        .map(|a| a.ip())
+        .copied()
+}
+
+fn client_ip(session: &Session) -> Option<IpAddr> {
+    client_socket(session).map(|a| a.ip())
 }
 
 /// Row 16: the limits of a consent route (user, user × provider, consent × route) or of
@@ -211,9 +243,11 @@ fn upstream_target(route: &Route<'_>, query: Option<&str>) -> String {
 }
 
 /// A refusal by rows 2–15. A token naming an unknown key asks the trust sidecar for
-/// fresh keys (they may have rotated).
+/// fresh keys (they may have rotated); a token not verified because its connection or
+/// certificate spent its budget of failed verifications is a `429` and counted.
 fn refused_by_policy(
     snap: &Snapshot,
+    metrics: &Metrics,
     net: &Network,
     tokens: &TokenVerifier,
     facts: &Facts<'_>,
@@ -223,7 +257,17 @@ fn refused_by_policy(
         snap.want_jwks();
     }
     tracing::debug!(reason = rej.reason, code = rej.code.as_str(), "rejected");
-    identify_refused(net, tokens, facts, rej.code)
+    let limited = rej.limited();
+    if let Some(l) = &limited {
+        metrics
+            .token_budget_refusals
+            .with_label_values(&[l.kind.name()])
+            .inc();
+    }
+    Refused {
+        limited,
+        ..identify_refused(net, tokens, facts, &rej)
+    }
 }
 
 /// What the rows passed before a refusal had established, for the journal and metrics:
@@ -234,8 +278,9 @@ fn identify_refused(
     net: &Network,
     tokens: &TokenVerifier,
     facts: &Facts<'_>,
-    code: Code,
+    rej: &Rejection,
 ) -> Refused {
+    let code = rej.code;
     let api_user = facts
         .cert_thumbprint
         .and_then(|t| net.directory.participant_by_thumbprint(t))
@@ -245,10 +290,13 @@ fn identify_refused(
         .provider_bin()
         .and_then(|b| net.directory.provider(b))
         .map(|entry| entry.bin);
-    let past_token_checks = !matches!(
-        code,
-        Code::ParticipantUnknown | Code::ParticipantInactive | Code::InvalidToken
-    );
+    // A refusal of row 4 itself (`invalid_token`, or a token not verified at all because
+    // of its budget) has no token to journal; looking it up would verify it uncharged.
+    let past_token_checks = rej.token_error.is_none()
+        && !matches!(
+            code,
+            Code::ParticipantUnknown | Code::ParticipantInactive | Code::InvalidToken
+        );
     let token = if past_token_checks && !facts.route.id.is_open_data() {
         facts
             .authorization

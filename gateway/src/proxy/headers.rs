@@ -1,8 +1,9 @@
-//! Header policy: what the hub sends a bank (its path and `Host`, the `x-hub-*` identity
-//! of the admitted request, nothing hop-by-hop or client-forged) and what it lets through
-//! to API users (an allow-list), plus the interaction id and the cached `Date` value.
+//! Header policy: what the hub sends a bank (an allow-list: the request is rebuilt with its
+//! path and `Host`, the few client headers the contract forwards and the `x-hub-*`
+//! identity of the admitted request) and what it lets through to API users (an
+//! allow-list), plus the interaction id and the cached `Date` value.
 
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader, StaticHeaderName};
 use pingora::prelude::*;
 use std::cell::RefCell;
@@ -17,7 +18,7 @@ use crate::upstream::Target;
 
 pub(super) static X_FAPI_INTERACTION_ID: StaticHeaderName =
     StaticHeaderName::new("x-fapi-interaction-id");
-const X_FAPI_CUSTOMER_IP: HeaderName = HeaderName::from_static("x-fapi-customer-ip-address");
+static X_FAPI_CUSTOMER_IP: StaticHeaderName = StaticHeaderName::new("x-fapi-customer-ip-address");
 static X_HUB_API_USER: StaticHeaderName = StaticHeaderName::new("x-hub-api-user");
 static X_HUB_CONSENT_ID: StaticHeaderName = StaticHeaderName::new("x-hub-consent-id");
 static X_HUB_CUSTOMER: StaticHeaderName = StaticHeaderName::new("x-hub-customer");
@@ -26,25 +27,22 @@ static X_HUB_ACCOUNTS: StaticHeaderName = StaticHeaderName::new("x-hub-accounts"
 static RATELIMIT_POLICY: StaticHeaderName = StaticHeaderName::new("ratelimit-policy");
 static RATELIMIT: StaticHeaderName = StaticHeaderName::new("ratelimit");
 
-/// Hop-by-hop and proxy-control headers never forwarded upstream (RFC 9110 §7.6.1), plus
-/// headers whose client-supplied values would mislead a bank.
-const STRIP_UPSTREAM: &[&str] = &[
-    "authorization",
-    "proxy-authorization",
-    "proxy-authenticate",
-    "proxy-connection",
-    "connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "upgrade",
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-real-ip",
-    "cookie",
-];
+/// The client headers a bank receives as sent (contract §3), unless a `Connection` field
+/// nominates them as hop-by-hop. Every other client header is dropped: `Authorization`,
+/// client `x-hub-*` and look-alikes, hop-by-hop and forwarding headers, method and URL
+/// overrides, cookies, anything custom. The hub adds the rest itself: `Host`, the
+/// interaction id, the `x-hub-*` context and a customer IP that is one (see
+/// [`customer_ip`]).
+static FORWARDED: [&StaticHeaderName; FORWARDED_COUNT] = [&ACCEPT, &ACCEPT_LANGUAGE];
+const FORWARDED_COUNT: usize = 2;
+static ACCEPT: StaticHeaderName = StaticHeaderName::new("accept");
+static ACCEPT_LANGUAGE: StaticHeaderName = StaticHeaderName::new("accept-language");
+/// Bit of the customer IP in [`nominated`]'s answer (after those of [`FORWARDED`]).
+const CUSTOMER_IP_BIT: u8 = 1 << FORWARDED_COUNT;
+/// Room in the rebuilt request for `Host`, `Content-Length`, the interaction id, six
+/// `x-hub-*`, the customer IP and a few `Accept`/`Accept-Language` fields, so that no
+/// insertion grows the map.
+const UPSTREAM_HEADERS: usize = 16;
 
 /// Response headers a provider may pass to API users; everything else (server software,
 /// internal host names, cookies, redirects) is dropped: deny by default.
@@ -101,56 +99,106 @@ pub(super) fn iid_str(iid: &[u8; 36]) -> &str {
     std::str::from_utf8(iid).unwrap_or("00000000-0000-0000-0000-000000000000")
 }
 
-/// Points the upstream request at the chosen base URL: its path prefix (per target, as a
-/// retry may pick another one) before the route's upstream path, and its authority.
-pub(super) fn set_target(upstream: &mut RequestHeader, target: &Target, path: &str) -> Result<()> {
-    if target.prefix.is_empty() {
-        upstream.set_raw_path(path.as_bytes())?;
+/// Replaces the request pingora would send the bank with one built from nothing (deny by
+/// default): `client`'s method at the chosen base URL (its path prefix, per target, as a
+/// retry may pick another one, before the route's upstream path) with its `Host`, and of
+/// the client's headers only the allow-listed ones. A body read and dropped before
+/// (`body_discarded`) travels as `Content-Length: 0`: without framing pingora would send
+/// it chunked, and the bank gets no body either way.
+pub(super) fn rebuild_upstream(
+    upstream: &mut RequestHeader,
+    client: &RequestHeader,
+    target: &Target,
+    path: &str,
+    body_discarded: bool,
+) -> Result<()> {
+    let method = client.method.clone();
+    let mut fresh = if target.prefix.is_empty() {
+        RequestHeader::build_no_case(method, path.as_bytes(), Some(UPSTREAM_HEADERS))?
     } else {
         let mut full = Vec::with_capacity(target.prefix.len() + path.len());
         full.extend_from_slice(target.prefix.as_bytes());
         full.extend_from_slice(path.as_bytes());
-        upstream.set_raw_path(&full)?;
+        RequestHeader::build_no_case(method, &full, Some(UPSTREAM_HEADERS))?
+    };
+    // What pingora chose for the connection to the bank (HTTP/1.1 or 2), not the client's.
+    fresh.set_version(upstream.version);
+    if let Some(end) = upstream.send_end_stream() {
+        fresh.set_send_end_stream(end);
     }
-    upstream.insert_header(header::HOST, target.authority.as_str())?;
+    fresh.insert_header(header::HOST, target.authority.as_str())?;
+    if body_discarded {
+        fresh.insert_header(header::CONTENT_LENGTH, "0")?;
+    }
+    forward_allowed(&client.headers, &mut fresh)?;
+    *upstream = fresh;
     Ok(())
 }
 
-/// Strips hop-by-hop headers, headers named by `Connection`, every client `x-hub-*`, the
-/// body framing of a body already read and dropped, and a customer IP that is not an IP.
-pub(super) fn strip_upstream(upstream: &mut RequestHeader, body_discarded: bool) {
-    let mut doomed: Vec<HeaderName> = Vec::new();
-    if let Some(conn) = upstream.headers.get(header::CONNECTION) {
-        if let Ok(s) = conn.to_str() {
-            for name in s.split(',') {
-                if let Ok(h) = HeaderName::from_bytes(name.trim().as_bytes()) {
-                    doomed.push(h);
-                }
+/// Copies the allow-listed client headers (see [`FORWARDED`]) that no `Connection` field
+/// nominates.
+fn forward_allowed(client: &HeaderMap, upstream: &mut RequestHeader) -> Result<()> {
+    let hop_by_hop = nominated(client);
+    for (i, name) in FORWARDED.iter().enumerate() {
+        if hop_by_hop & (1 << i) != 0 {
+            continue;
+        }
+        let mut values = client.get_all(name.name()).iter();
+        if let Some(first) = values.next() {
+            // The usual single field goes in under its prepared name (no copy of the name).
+            upstream.insert_static_header(name, first.clone())?;
+            for more in values {
+                upstream.append_header(name.name(), more.clone())?;
             }
         }
     }
-    for name in upstream.headers.keys() {
-        let n = name.as_str();
-        if n.starts_with("x-hub-") || STRIP_UPSTREAM.contains(&n) {
-            doomed.push(name.clone());
+    if hop_by_hop & CUSTOMER_IP_BIT == 0 {
+        if let Some(ip) = customer_ip(client) {
+            upstream.insert_static_header(&X_FAPI_CUSTOMER_IP, ip)?;
         }
     }
-    for name in &doomed {
-        upstream.remove_header(name);
+    Ok(())
+}
+
+/// Which forwardable headers (bits in [`FORWARDED`] order, then [`CUSTOMER_IP_BIT`]) a
+/// `Connection` field names: hop-by-hop by nomination (RFC 9110 §7.6.1), so never
+/// forwarded. Every `Connection` field counts, not only the first.
+fn nominated(client: &HeaderMap) -> u8 {
+    let mut bits = 0;
+    for field in client.get_all(header::CONNECTION) {
+        for token in field.as_bytes().split(|b| *b == b',') {
+            let token = token.trim_ascii();
+            for (i, name) in FORWARDED.iter().enumerate() {
+                if token.eq_ignore_ascii_case(name.name().as_str().as_bytes()) {
+                    bits |= 1 << i;
+                }
+            }
+            if token.eq_ignore_ascii_case(X_FAPI_CUSTOMER_IP.name().as_str().as_bytes()) {
+                bits |= CUSTOMER_IP_BIT;
+            }
+        }
     }
-    if body_discarded {
-        // The body was read and dropped in `request_filter`; its framing must not travel.
-        upstream.remove_header(&header::CONTENT_LENGTH);
-        upstream.remove_header(&header::TRANSFER_ENCODING);
+    bits
+}
+
+/// The customer IP to forward (contract §7): the first `x-fapi-customer-ip-address` field,
+/// trimmed, when every such field is one IP address. One that is not (a list, a name,
+/// garbage) drops them all, so a bank never has to choose between claims.
+fn customer_ip(client: &HeaderMap) -> Option<HeaderValue> {
+    let mut first = None;
+    for value in client.get_all(X_FAPI_CUSTOMER_IP.name()) {
+        let text = value.to_str().ok()?;
+        let ip = text.trim();
+        ip.parse::<IpAddr>().ok()?;
+        if first.is_none() {
+            first = Some(if ip.len() == text.len() {
+                value.clone()
+            } else {
+                HeaderValue::from_str(ip).ok()?
+            });
+        }
     }
-    let ip_ok = upstream
-        .headers
-        .get(X_FAPI_CUSTOMER_IP)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|s| s.trim().parse::<IpAddr>().is_ok());
-    if !ip_ok {
-        upstream.remove_header(&X_FAPI_CUSTOMER_IP);
-    }
+    first
 }
 
 /// Tells the bank who asks and under which consent (contract §3): the interaction id, the

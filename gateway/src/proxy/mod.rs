@@ -3,6 +3,7 @@
 //! `headers`', every answer the hub gives itself is written by `problem`, proxy errors
 //! become contract codes in `rescue`, and per-request state is `ctx`'s typed outcome.
 
+mod accounts;
 mod ctx;
 mod evaluate;
 mod headers;
@@ -31,6 +32,10 @@ use evaluate::admission;
 use headers::{iid_str, interaction_id, X_FAPI_INTERACTION_ID};
 use problem::{problem, write_problem};
 use rescue::{client_gone, failure_code, malformed_code};
+
+/// The journal's and the metrics' code of a request whose client went away unanswered
+/// (not a contract code: nothing was answered).
+const CLIENT_GONE: &str = "client_gone";
 
 /// The proxy.
 pub(crate) struct Hub {
@@ -157,10 +162,11 @@ impl ProxyHttp for Hub {
         e
     }
 
-    /// Addresses the chosen base URL, strips what must not travel, adds the hub's headers.
+    /// Rebuilds the request for the chosen base URL from the allow-listed client headers,
+    /// then adds the hub's own.
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
@@ -171,15 +177,16 @@ impl ProxyHttp for Hub {
             .get(a.call.target.unwrap_or(0))
             .or_else(|| up.targets.last())
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no base URL"))?;
-        headers::set_target(upstream, target, &a.upstream_path)?;
-        headers::strip_upstream(upstream, a.body_discarded);
+        let client = session.req_header();
+        headers::rebuild_upstream(upstream, client, target, &a.upstream_path, a.body_discarded)?;
         headers::forward_identity(upstream, &ctx.iid, a)
     }
 
-    /// Records the provider's answer and passes only allow-listed headers on.
+    /// Records the provider's answer and passes only allow-listed headers on; the account
+    /// list of a consent restricted to some accounts is set up to be filtered.
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
@@ -189,7 +196,24 @@ impl ProxyHttp for Hub {
             a.call.micros = t0.elapsed().as_micros() as u64;
         }
         a.report_upstream(true);
-        headers::filter_downstream(upstream, &ctx.iid, a.consent.is_some(), &a.rate)
+        headers::filter_downstream(upstream, &ctx.iid, a.consent.is_some(), &a.rate)?;
+        ctx.list = accounts::list_filter(session, upstream, ctx.route, a.consent.as_ref())?;
+        Ok(())
+    }
+
+    /// Filters a restricted consent's account list (contract §3); every other answer
+    /// streams through untouched.
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        if let Some(list) = ctx.list.as_mut() {
+            list.take(body, end_of_stream)?;
+        }
+        Ok(None)
     }
 
     /// Answers a failure to proxy with the rescue table's code, if the client is still there.
@@ -268,15 +292,25 @@ impl ProxyHttp for Hub {
         )
     }
 
-    /// Journals and counts every request that reached the phases, whatever its answer.
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+    /// Journals and counts every request that reached the phases, whatever its answer;
+    /// an admitted consent route's record takes the place it reserved in the journal. A
+    /// client that went away before any answer is marked `client_gone` (status 0).
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let written = session
             .as_downstream()
             .response_written()
             .map(|r| r.status.as_u16());
         let elapsed = ctx.start.elapsed();
-        let record = ctx.audit_record(written, elapsed);
+        let slot = match &mut ctx.outcome {
+            Outcome::Admitted(a) => a.journal.take(),
+            Outcome::Pending | Outcome::Refused(_) => None,
+        };
+        let mut record = ctx.audit_record(written, elapsed);
+        if written.is_none() && e.is_some_and(client_gone) {
+            record.code = CLIENT_GONE;
+            record.status = 0;
+        }
         self.count(&record, elapsed);
-        self.state.audit(record);
+        self.state.audit_reserved(record, slot);
     }
 }

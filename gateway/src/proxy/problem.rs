@@ -13,6 +13,15 @@ use policy::limits::Limited;
 
 use super::headers::{date_header, iid_str, limited_headers, X_FAPI_INTERACTION_ID};
 
+/// Whether the request carried credentials, which decides the shape of a `401`'s challenge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Credentials {
+    /// An `Authorization` field (one or several) was sent.
+    Sent,
+    /// None at all: RFC 6750 §3.1 asks for a bare `Bearer` challenge, without an error code.
+    Absent,
+}
+
 /// The head and body of the problem answering `code`; `limited` says which limit refused
 /// a `429`.
 pub(super) fn problem(
@@ -20,19 +29,46 @@ pub(super) fn problem(
     iid: &[u8; 36],
     limited: Option<&Limited>,
 ) -> Result<(ResponseHeader, Bytes)> {
+    answer(code, iid, limited, Credentials::Sent)
+}
+
+fn answer(
+    code: Code,
+    iid: &[u8; 36],
+    limited: Option<&Limited>,
+    credentials: Credentials,
+) -> Result<(ResponseHeader, Bytes)> {
     let body = Bytes::from(problem_json(code, iid_str(iid), None));
-    let head = problem_head(code, iid, limited, body.len())?;
+    let head = problem_head(code, iid, limited, body.len(), credentials)?;
     Ok((head, body))
 }
 
-/// Writes the problem answering `code` as the response to `session`'s request.
+/// Writes the problem answering `code` as the response to `session`'s request. A request
+/// body still unread is never drained: the connection closes after the answer, so a
+/// refused request costs no more than its header block, whatever body it announces.
 pub(super) async fn write_problem(
     session: &mut Session,
     code: Code,
     iid: &[u8; 36],
     limited: Option<&Limited>,
 ) -> Result<()> {
-    let (head, body) = problem(code, iid, limited)?;
+    let credentials = if session
+        .req_header()
+        .headers
+        .contains_key(header::AUTHORIZATION)
+    {
+        Credentials::Sent
+    } else {
+        Credentials::Absent
+    };
+    // Pingora 0.9 closes such a connection by default (its session's
+    // `close_on_response_before_downstream_finish`); said here, it holds whatever that
+    // default becomes. HTTP/2 is not drained either: unread data is bounded by the stream's
+    // flow-control window, and the stream ends with the session.
+    if !session.is_body_done() {
+        session.set_keepalive(None);
+    }
+    let (head, body) = answer(code, iid, limited, credentials)?;
     session.write_response_header(Box::new(head), false).await?;
     session.write_response_body(Some(body), true).await?;
     Ok(())
@@ -44,6 +80,7 @@ fn problem_head(
     iid: &[u8; 36],
     limited: Option<&Limited>,
     body_len: usize,
+    credentials: Credentials,
 ) -> Result<ResponseHeader> {
     let mut resp = ResponseHeader::build(code.status(), Some(10))?;
     resp.insert_header(header::CONTENT_TYPE, PROBLEM_CONTENT_TYPE)?;
@@ -52,6 +89,9 @@ fn problem_head(
     resp.insert_header(header::DATE, date_header())?;
     resp.insert_static_header(&X_FAPI_INTERACTION_ID, iid_str(iid))?;
     match code {
+        Code::InvalidToken if credentials == Credentials::Absent => {
+            resp.insert_header(header::WWW_AUTHENTICATE, "Bearer")?;
+        }
         Code::InvalidToken | Code::TokenBindingMismatch => {
             resp.insert_header(header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\"")?;
         }
@@ -68,6 +108,10 @@ fn problem_head(
             if let Some(l) = limited {
                 limited_headers(&mut resp, l)?;
             }
+        }
+        // The journal catches up within moments once its sink takes writes again.
+        Code::AuditUnavailable => {
+            resp.insert_header(header::RETRY_AFTER, "1")?;
         }
         _ => {}
     }

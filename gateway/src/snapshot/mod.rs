@@ -2,36 +2,41 @@
 //! (the configuration file, the participant registry from the feed, the keys fetched
 //! from the sidecar) into one immutable value and published with one `ArcSwap` by the
 //! [`Publisher`], the only writer. Every event (SIGHUP, `POST /admin/reload`, a registry
-//! change, a JWKS fetch) updates its input and republishes through
-//! [`Publisher::publish`]; nothing edits a published snapshot.
+//! change, a JWKS fetch, a changed consent file) updates its input and republishes
+//! through [`Publisher::publish`]; nothing edits a published snapshot.
 //!
 //! Long-lived state lives outside the snapshot and is reused by key when its inputs did
 //! not change: the rate limiters and their counters (by `[limits]`), the upstream pools
 //! and their ejection state (by URL and settings, see `network`), the token verifier and
 //! its cache (by settings and key set), the consent store that the feed updates in place
-//! (one per process), the follower's status.
+//! and a consent file replaces (one per process), the consent file's status, the
+//! follower's status, the audit journal.
 
+pub mod consents;
 mod publish;
 pub mod sections;
 #[cfg(test)]
 mod tests;
 
-use rustls::server::danger::ClientCertVerifier;
 use rustls::sign::CertifiedKey;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::sync::{Arc, OnceLock};
+use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use consent_cache::ConsentStore;
+use policy::code::Code;
 use policy::limits::Limiter;
+use policy::route::RouteId;
 use policy::token::{TokenSettings, TokenVerifier};
 
+use crate::audit::{Journal, Slot};
 use crate::config::ConfigError;
 use crate::network::Network;
 use crate::plane::{FeedStatus, TrustPlane};
 
+pub use consents::{Backoff, ConsentFile, ConsentFileStatus};
 pub use publish::{Change, PublishError, Published, Publisher};
 pub use sections::{ControlPlane, FileInputs};
 
@@ -43,6 +48,8 @@ pub struct Snapshot {
     /// What `tokens` was built from (to reuse it, and its cache, when unchanged).
     tokens_key: (TokenSettings, Arc<[u8]>),
     consents: Arc<ArcSwap<ConsentStore>>,
+    consent_file: Arc<ConsentFileStatus>,
+    journal: Arc<OnceLock<Journal>>,
 }
 
 impl Snapshot {
@@ -94,21 +101,30 @@ impl Snapshot {
         &self.file
     }
 
-    /// The consent snapshot file's current (length, modification time), if it differs from
-    /// what this snapshot loaded.
-    pub fn consents_changed_on_disk(&self) -> Option<(u64, Option<SystemTime>)> {
-        let ControlPlane::File { stamp, .. } = &self.file.control else {
-            return None;
-        };
-        FileStamp::of(&stamp.path)
-            .filter(|now| now != stamp)
-            .map(|now| (now.len, now.modified))
+    /// Contract §6 row 7: the sidecar's state is fresh once a snapshot is loaded and
+    /// while the feed is heard within its bound; a consent file's, unless a change on disk
+    /// has failed to load for longer than `[consents] max_staleness_secs`.
+    pub fn consent_state_fresh(&self) -> bool {
+        match &self.file.control {
+            ControlPlane::Trust(plane) => plane.is_fresh(),
+            ControlPlane::File { max_staleness, .. } => {
+                self.consent_file.is_fresh(*max_staleness, Instant::now)
+            }
+        }
     }
 
-    /// Contract §6 row 7: a file control plane is always fresh; the sidecar's state is
-    /// fresh once a snapshot is loaded and while the feed is heard within the bound.
-    pub fn consent_state_fresh(&self) -> bool {
-        self.trust().is_none_or(|plane| plane.is_fresh())
+    /// A consent route's place in the audit journal, taken before it is admitted, so that
+    /// no customer data is served unrecorded: `Err(audit_unavailable)` while the journal
+    /// cannot take records (or none is open). Open data needs none (`Ok(None)`).
+    pub fn journal_slot(&self, route: RouteId) -> Result<Option<Slot>, Code> {
+        if route.is_open_data() {
+            return Ok(None);
+        }
+        self.journal
+            .get()
+            .and_then(Journal::reserve)
+            .map(Some)
+            .ok_or(Code::AuditUnavailable)
     }
 
     /// One line for logs and `gateway check`.
@@ -152,6 +168,10 @@ pub struct ProcessSettings {
     pub shutdown_timeout_secs: u64,
     /// Upstream keep-alive pool size.
     pub upstream_keepalive_pool_size: usize,
+    /// From accept to a completed TLS handshake on the API listener.
+    pub tls_handshake_timeout: std::time::Duration,
+    /// API connections open at once.
+    pub max_connections: usize,
     /// Audit journal destination.
     pub audit_path: PathBuf,
     /// Audit buffer.
@@ -167,8 +187,8 @@ pub struct ProcessSettings {
 /// Downstream TLS material.
 #[derive(Clone)]
 pub struct TlsMaterial {
-    /// mTLS verifier (platform CAs + CRLs).
-    pub verifier: Arc<dyn ClientCertVerifier>,
+    /// mTLS trust (platform CAs + CRLs), with what identifies its material.
+    pub verifier: crate::tls::ClientTrust,
     /// The hub's server certificate.
     pub cert: Arc<CertifiedKey>,
 }
@@ -182,6 +202,11 @@ pub struct FileStamp {
 }
 
 impl FileStamp {
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     fn of(path: &Path) -> Option<FileStamp> {
         let m = std::fs::metadata(path).ok()?;
         Some(FileStamp {

@@ -1,17 +1,23 @@
 //! The one publisher: holds the inputs of the snapshot, and on every event updates one
 //! input and publishes `compile(inputs, &live, previous)`. Publications are serialised
-//! (one at a time), so an event always builds on the inputs the previous one left.
+//! (one at a time), so an event always builds on the inputs the previous one left. The
+//! consent file is the exception that proves the rule: it is compiled into nothing (the
+//! snapshot reads the live consent store), so its publication only swaps the store, under
+//! its own lock, and never waits for a compile under way (which may be resolving a bank's
+//! host name).
 
 use arc_swap::ArcSwap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use consent_cache::ConsentStore;
 use policy::token::{CacheCounters, Jwks, TokenSettings, TokenVerifier};
 
+use crate::audit::Journal;
 use crate::network::{self, FileBase, Network, Registry};
 use crate::plane::FeedStatus;
 
-use super::sections::{ControlPlane, FileInputs};
+use super::consents::{ConsentFile, ConsentFileStatus};
+use super::sections::FileInputs;
 use super::Snapshot;
 
 /// An event's new input.
@@ -23,6 +29,9 @@ pub enum Change {
     Registry(Arc<Registry>),
     /// A JWKS document was fetched from the trust sidecar.
     Jwks(Vec<u8>),
+    /// The consent file was loaded again (its watcher, a reload): its store replaces the
+    /// one in force; nothing else is recompiled.
+    Consents(ConsentFile),
 }
 
 /// What a publication did.
@@ -46,6 +55,10 @@ pub enum PublishError {
     /// A fetched key set while the file does not take keys from the sidecar.
     #[error("keys fetched while `[trust] jwks` is off")]
     JwksNotWanted,
+    /// A consent file that is not the configured one (consents come from the sidecar, or
+    /// a reload changed the path meanwhile).
+    #[error("a consent file that is not the configured control plane")]
+    ConsentsNotWanted,
     /// The compile task failed (a panic): nothing was published.
     #[error("snapshot compile failed: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -74,6 +87,11 @@ impl Inputs {
 #[derive(Clone)]
 struct Live {
     consents: Arc<ArcSwap<ConsentStore>>,
+    /// The consent file in force and its row 7 state (file mode).
+    consent_file: Arc<ConsentFileStatus>,
+    /// The audit journal, once the process opened it (consent routes reserve a place in
+    /// it before they are admitted; without one they are refused).
+    journal: Arc<OnceLock<Journal>>,
     feed: Arc<FeedStatus>,
     /// Token-cache lookups, across every verifier of the process.
     token_counters: Arc<CacheCounters>,
@@ -89,18 +107,22 @@ pub struct Publisher {
 impl Publisher {
     /// The first snapshot, from the first load of the file (at start-up: resolving the
     /// providers' host names here blocks, as start-up may).
-    pub fn new(file: FileInputs, feed: Arc<FeedStatus>) -> Publisher {
+    pub fn new(mut file: FileInputs, feed: Arc<FeedStatus>) -> Publisher {
         let live = Live {
             consents: Arc::new(ArcSwap::from_pointee(ConsentStore::new())),
+            consent_file: Arc::default(),
+            journal: Arc::default(),
             feed,
             token_counters: Arc::default(),
         };
+        if let Some(consents) = file.consents.take() {
+            let _ = install_consents(&live, consents, true);
+        }
         let inputs = Inputs {
             file: Arc::new(file),
             registry: None,
             jwks: None,
         };
-        install_consent_file(&inputs.file, &live);
         let snapshot = compile(&inputs, &live, None);
         Publisher {
             current: ArcSwap::from_pointee(snapshot),
@@ -124,6 +146,24 @@ impl Publisher {
         &self.live.consents
     }
 
+    /// The consent file in force and its row 7 state.
+    pub fn consent_file(&self) -> &ConsentFileStatus {
+        &self.live.consent_file
+    }
+
+    /// Makes `journal` the one consent routes reserve their records in (once, at start).
+    pub fn attach_journal(&self, journal: Journal) {
+        if self.live.journal.set(journal).is_err() {
+            tracing::warn!("a second audit journal was not attached");
+        }
+    }
+
+    /// Holds the inputs as a compile under way does (tests of what must not wait for one).
+    #[cfg(test)]
+    pub(super) async fn hold_inputs(&self) -> impl Sized + '_ {
+        self.inputs.lock().await
+    }
+
     /// The file inputs in force, for a reload to reuse what did not change. Waits for a
     /// publication under way.
     pub async fn file_inputs(&self) -> Arc<FileInputs> {
@@ -132,18 +172,23 @@ impl Publisher {
 
     /// Applies one input change and publishes the snapshot compiled from the result.
     /// Compiling resolves provider host names, so it runs on a blocking thread.
-    pub async fn publish(&self, change: Change) -> Result<Published, PublishError> {
+    pub async fn publish(&self, mut change: Change) -> Result<Published, PublishError> {
+        let new_consent_file = match &mut change {
+            Change::Consents(_) => None,
+            Change::File(file) => file.consents.take(),
+            Change::Registry(_) | Change::Jwks(_) => None,
+        };
+        if let Change::Consents(file) = change {
+            return install_consents(&self.live, file, false);
+        }
         let mut inputs = self.inputs.lock().await;
         let Some(next) = updated(&inputs, change)? else {
             return Ok(Published::Unchanged);
         };
         let (live, previous) = (self.live.clone(), self.current.load_full());
         let building = next.clone();
-        let snapshot = tokio::task::spawn_blocking(move || {
-            install_consent_file(&building.file, &live);
-            compile(&building, &live, Some(&previous))
-        })
-        .await;
+        let snapshot =
+            tokio::task::spawn_blocking(move || compile(&building, &live, Some(&previous))).await;
         let snapshot = match snapshot {
             Ok(s) => s,
             Err(e) => {
@@ -153,6 +198,11 @@ impl Publisher {
         };
         if let Some(r) = &next.registry {
             self.live.feed.set_registry(r.clone());
+        }
+        if let Some(consents) = new_consent_file {
+            // A new `[consents] snapshot` path: its file is in force with the snapshot
+            // that names it.
+            install_consents(&self.live, consents, true)?;
         }
         self.current.store(Arc::new(snapshot));
         *inputs = next;
@@ -172,6 +222,8 @@ impl Publisher {
             tokens: current.tokens.clone(),
             tokens_key: current.tokens_key.clone(),
             consents: self.live.consents.clone(),
+            consent_file: self.live.consent_file.clone(),
+            journal: self.live.journal.clone(),
         }));
     }
 }
@@ -181,6 +233,8 @@ fn updated(inputs: &Inputs, change: Change) -> Result<Option<Inputs>, PublishErr
     let mut next = inputs.clone();
     match change {
         Change::File(file) => next.file = Arc::from(file),
+        // Published apart, without the inputs' lock (see `Publisher::publish`).
+        Change::Consents(_) => return Ok(None),
         Change::Registry(registry) => next.registry = Some(registry),
         Change::Jwks(bytes) => {
             if !inputs.file.trust().is_some_and(|t| t.jwks) {
@@ -198,13 +252,30 @@ fn updated(inputs: &Inputs, change: Change) -> Result<Option<Inputs>, PublishErr
     Ok(Some(next))
 }
 
-/// A consent file's store becomes the one in force (when it is a new one).
-fn install_consent_file(file: &FileInputs, live: &Live) {
-    if let ControlPlane::File { store, .. } = &file.control {
-        if !Arc::ptr_eq(&live.consents.load(), store) {
-            live.consents.store(store.clone());
-        }
-    }
+/// Makes a loaded consent file the one in force: its store swapped in, its stamp
+/// recorded, row 7 fresh again. Refused unless the file is the one in force (its path),
+/// or `new_path` (start-up, a reload that changed the path). `Unchanged` when that very
+/// file is in force already.
+fn install_consents(
+    live: &Live,
+    file: ConsentFile,
+    new_path: bool,
+) -> Result<Published, PublishError> {
+    let ConsentFile { stamp, store } = file;
+    let path = stamp.path.clone();
+    let same_file = |in_force: Option<&super::FileStamp>| match in_force {
+        Some(f) if new_path || f.path == path => Ok(()),
+        None if new_path => Ok(()),
+        _ => Err(PublishError::ConsentsNotWanted),
+    };
+    let replaced = live.consent_file.replace(stamp, same_file, || {
+        live.consents.store(store);
+    })?;
+    Ok(if replaced {
+        Published::Replaced
+    } else {
+        Published::Unchanged
+    })
 }
 
 /// The snapshot of `inputs`, reusing from `previous` the token verifier (and its cache)
@@ -226,6 +297,8 @@ fn compile(inputs: &Inputs, live: &Live, previous: Option<&Snapshot>) -> Snapsho
         tokens,
         tokens_key,
         consents: live.consents.clone(),
+        consent_file: live.consent_file.clone(),
+        journal: live.journal.clone(),
     }
 }
 

@@ -1,29 +1,39 @@
 //! The configuration file compiled section by section into [`FileInputs`], the file's
 //! share of what a snapshot is built from. Each section has one small function that
 //! validates it and reports problems with the file, the line and the field; parts that
-//! are expensive or hold state (the consent file's store, the limiter's counters) are
-//! reused from the previous load when their key did not change.
+//! hold state (the limiter's counters) are reused from the previous load when their key
+//! did not change. The consent file is read here only when it is new (at start-up, or a
+//! changed `[consents] snapshot` path); otherwise it is its own input (`consents`).
 
 use base64::Engine;
 use std::collections::HashSet;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use consent_cache::{Bin, ConsentStore};
+use rustls::pki_types::{CertificateRevocationListDer, ServerName};
+
+use consent_cache::Bin;
 use policy::directory::{DirectoryBuilder, Participant, Role, Roles};
 use policy::limits::{LimitSettings, Limiter};
-use policy::token::{Jwks, TokenSettings};
+use policy::token::{Jwks, TokenSettings, MAX_LEEWAY_SECS};
 
 use crate::config::{
-    ConfigError, FileConfig, ParticipantSection, ProviderSection, Source, TrustSection,
+    ConfigError, FileConfig, ParticipantSection, ProviderSection, ServerSection, Source,
+    TlsSection, TrustSection,
 };
 use crate::network::{FileBase, FileParticipant, ProviderSettings};
 use crate::plane::{FeedStatus, TrustPlane};
 use crate::tls;
 use crate::upstream::parse_base_url;
 
-use super::{FileStamp, ProcessSettings, TlsMaterial};
+use super::consents::ConsentFile;
+use super::{ProcessSettings, TlsMaterial};
+
+/// The largest `[tokens]` budget of failed verifications a second: past it the budget no
+/// longer bounds anything worth bounding.
+const MAX_VERIFICATION_BUDGET: u32 = 100_000;
 
 /// What one load of the configuration file contributes to a snapshot.
 pub struct FileInputs {
@@ -43,6 +53,9 @@ pub struct FileInputs {
     pub limiter: Arc<Limiter>,
     /// Where consents come from.
     pub control: ControlPlane,
+    /// The consent file, when this load read it (start-up, a new path): the publisher
+    /// takes it out and installs it. A file already in force is not read again here.
+    pub consents: Option<ConsentFile>,
     /// Request header block limit.
     pub max_header_bytes: usize,
     /// Request body limit.
@@ -51,12 +64,12 @@ pub struct FileInputs {
 
 /// The consent control plane the file chose.
 pub enum ControlPlane {
-    /// `[consents] snapshot`: the file as loaded (reused while its stamp is unchanged).
+    /// `[consents] snapshot`: the file, followed on disk.
     File {
-        /// The file's identity when loaded.
-        stamp: FileStamp,
-        /// Its consents.
-        store: Arc<ConsentStore>,
+        /// The file (resolved).
+        path: PathBuf,
+        /// Row 7: how long a change on disk may fail to load.
+        max_staleness: Duration,
     },
     /// `[trust]`: the sidecar, followed by the feed.
     Trust(Arc<TrustPlane>),
@@ -103,7 +116,8 @@ fn compile(
             Limiter::new(&cfg.limits).map_err(|e| src.invalid_here("limits", e.to_string()))?,
         ),
     };
-    let control = control_plane(src, cfg, previous.map(|p| &p.control), &identity, feed)?;
+    let (control, consents) =
+        control_plane(src, cfg, previous.map(|p| &p.control), &identity, feed)?;
     Ok(FileInputs {
         process,
         tls,
@@ -116,6 +130,7 @@ fn compile(
         limits: cfg.limits.clone(),
         limiter,
         control,
+        consents,
         max_header_bytes: cfg.server.max_header_bytes,
         max_body_bytes: cfg.server.max_body_bytes,
     })
@@ -138,6 +153,7 @@ fn process(src: &Source, cfg: &FileConfig) -> Result<ProcessSettings, ConfigErro
             "must be between 1024 and 1048576",
         ));
     }
+    let (tls_handshake_timeout, max_connections) = listener_limits(src, s)?;
     let audit_path = if cfg.audit.path.as_os_str() == "-" {
         cfg.audit.path.clone()
     } else {
@@ -152,6 +168,8 @@ fn process(src: &Source, cfg: &FileConfig) -> Result<ProcessSettings, ConfigErro
         grace_period_secs: s.grace_period_secs,
         shutdown_timeout_secs: s.shutdown_timeout_secs,
         upstream_keepalive_pool_size: s.upstream_keepalive_pool_size,
+        tls_handshake_timeout,
+        max_connections,
         audit_path,
         audit_buffer: cfg.audit.buffer.max(1),
         upstream_cert: src.resolve(cfg.upstream_tls.client_cert.get_ref()),
@@ -165,7 +183,24 @@ fn process(src: &Source, cfg: &FileConfig) -> Result<ProcessSettings, ConfigErro
     })
 }
 
-/// `[tls]`: the server certificate and the mTLS verifier (platform CAs and CRLs).
+/// `[server] tls_handshake_timeout_secs` and `max_connections`: the API listener's limits.
+fn listener_limits(src: &Source, s: &ServerSection) -> Result<(Duration, usize), ConfigError> {
+    if s.tls_handshake_timeout_secs == 0 || s.tls_handshake_timeout_secs > 300 {
+        return Err(src.invalid_here(
+            "server.tls_handshake_timeout_secs",
+            "must be between 1 and 300",
+        ));
+    }
+    if s.max_connections == 0 {
+        return Err(src.invalid_here("server.max_connections", "must be > 0"));
+    }
+    Ok((
+        Duration::from_secs(s.tls_handshake_timeout_secs),
+        s.max_connections,
+    ))
+}
+
+/// `[tls]`: the server certificate and the mTLS trust (platform CAs and CRLs).
 fn downstream_tls(src: &Source, cfg: &FileConfig) -> Result<TlsMaterial, ConfigError> {
     let t = &cfg.tls;
     let cert_pem = src.read_bytes(&t.cert, "tls.cert")?;
@@ -177,17 +212,52 @@ fn downstream_tls(src: &Source, cfg: &FileConfig) -> Result<TlsMaterial, ConfigE
         "tls.client_ca",
         "at least one platform CA is required",
     )?;
-    let mut crls = Vec::new();
+    let expiry = match t.allow_expired_crl {
+        true => tls::CrlExpiry::Allow,
+        false => tls::CrlExpiry::Refuse,
+    };
+    let verifier = tls::client_trust(&ca_pems, crls(src, t)?, expiry)
+        .map_err(|e| src.invalid_here("tls.client_ca", e.to_string()))?;
+    Ok(TlsMaterial { verifier, cert })
+}
+
+/// `[tls] crl`: every CRL of every file; one past its `nextUpdate` is refused, or only
+/// logged with `allow_expired_crl = true`.
+fn crls(
+    src: &Source,
+    t: &TlsSection,
+) -> Result<Vec<CertificateRevocationListDer<'static>>, ConfigError> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut out = Vec::new();
     for (i, p) in t.crl.iter().enumerate() {
         let field = format!("tls.crl[{i}]");
         let data = src.read_bytes(p, &field)?;
-        crls.extend(
-            tls::crls_from_bytes(&data).map_err(|e| src.invalid(p, &field, e.to_string()))?,
-        );
+        let crls =
+            tls::crls_from_bytes(&data).map_err(|e| src.invalid(p, &field, e.to_string()))?;
+        for crl in &crls {
+            let next =
+                tls::crl_next_update(crl).map_err(|e| src.invalid(p, &field, e.to_string()))?;
+            let Some(next) = next.filter(|n| *n <= now) else {
+                continue;
+            };
+            let when = time::OffsetDateTime::from_unix_timestamp(next)
+                .map_or_else(|_| next.to_string(), |t| t.to_string());
+            if !t.allow_expired_crl {
+                let why = format!(
+                    "the CRL expired (nextUpdate {when}); load a fresh one \
+                     (or set `allow_expired_crl = true`)"
+                );
+                return Err(src.invalid(p, &field, why));
+            }
+            tracing::warn!(
+                field,
+                next_update = %when,
+                "an expired CRL is in use (allow_expired_crl = true)"
+            );
+        }
+        out.extend(crls);
     }
-    let verifier = tls::client_verifier(&ca_pems, crls)
-        .map_err(|e| src.invalid_here("tls.client_ca", e.to_string()))?;
-    Ok(TlsMaterial { verifier, cert })
+    Ok(out)
 }
 
 /// The hub's client identity towards banks and the trust sidecar (PEM cert, PEM key).
@@ -224,14 +294,51 @@ fn tokens(src: &Source, cfg: &FileConfig) -> Result<(TokenSettings, Arc<[u8]>), 
     if t.audience.get_ref().is_empty() {
         return Err(src.invalid(&t.audience, "tokens.audience", "must not be empty"));
     }
+    if *t.leeway_secs.get_ref() > MAX_LEEWAY_SECS {
+        return Err(src.invalid(
+            &t.leeway_secs,
+            "tokens.leeway_secs",
+            format!(
+                "at most {MAX_LEEWAY_SECS} seconds: a longer leeway extends every token's life"
+            ),
+        ));
+    }
     let settings = TokenSettings {
         issuer: t.issuer.get_ref().clone(),
         audience: t.audience.get_ref().clone(),
-        leeway_secs: t.leeway_secs,
+        leeway_secs: *t.leeway_secs.get_ref(),
         max_token_bytes: t.max_token_bytes,
         cache_capacity: t.cache_capacity,
+        max_failed_verifications_per_connection_per_sec: verification_budget(
+            src,
+            &t.max_failed_verifications_per_connection_per_sec,
+            "tokens.max_failed_verifications_per_connection_per_sec",
+        )?,
+        max_failed_verifications_per_certificate_per_sec: verification_budget(
+            src,
+            &t.max_failed_verifications_per_certificate_per_sec,
+            "tokens.max_failed_verifications_per_certificate_per_sec",
+        )?,
     };
     Ok((settings, Arc::from(jwks)))
+}
+
+/// A budget of failed verifications a second: at least one (none would refuse every token
+/// the cache has not seen), at most [`MAX_VERIFICATION_BUDGET`].
+fn verification_budget(
+    src: &Source,
+    value: &toml::Spanned<u32>,
+    field: &str,
+) -> Result<NonZeroU32, ConfigError> {
+    NonZeroU32::new(*value.get_ref())
+        .filter(|n| n.get() <= MAX_VERIFICATION_BUDGET)
+        .ok_or_else(|| {
+            src.invalid(
+                value,
+                field,
+                format!("must be 1..={MAX_VERIFICATION_BUDGET}"),
+            )
+        })
 }
 
 /// `[[participants]]`, with duplicate BINs and thumbprints refused at their position.
@@ -339,6 +446,42 @@ fn providers(
     Ok(out)
 }
 
+/// `[[providers]] sni`: a name the bank's certificate can be verified against. An empty
+/// one means no verification at all: pingora installs its `SkipAll` verifier for an empty
+/// SNI (`vendor/pingora-core/src/connectors/tls/rustls/mod.rs`, `connect`:
+/// `if peer.sni().is_empty() { … Some(VerificationMode::SkipAll) }`; the OpenSSL connector
+/// likewise turns verification off), so it needs the loud development flag and is logged
+/// at every load. The hub then sends the URL's host with `verify_cert` off
+/// (`upstream::parse_base_url`), as rustls cannot send an empty name.
+fn provider_sni(src: &Source, i: usize, p: &ProviderSection) -> Result<(), ConfigError> {
+    let field = format!("providers[{i}].sni");
+    let refuse = |field: &str, why: &str| Err(src.invalid(&p.bin, field, why));
+    match (p.sni.as_deref(), p.insecure_skip_verify_for_development) {
+        (Some(""), true) => {
+            tracing::warn!(
+                provider = p.bin.get_ref().as_str(),
+                "providers[{i}]: sni = \"\" and insecure_skip_verify_for_development: \
+                 the bank's certificate is NOT verified (development only)"
+            );
+            Ok(())
+        }
+        (Some(""), false) => refuse(
+            &field,
+            "an empty sni turns off the verification of the bank's certificate; name the \
+             certificate's host, or set `insecure_skip_verify_for_development = true` \
+             (development only)",
+        ),
+        (Some(name), _) if ServerName::try_from(name).is_err() => {
+            refuse(&field, "not a DNS name or an IP address")
+        }
+        (_, true) => refuse(
+            &format!("providers[{i}].insecure_skip_verify_for_development"),
+            "only allows `sni = \"\"`; with a server name the bank's certificate is verified",
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// One `[[providers]]` entry: its base URLs (parsed and resolved) and upstream settings.
 fn provider(
     src: &Source,
@@ -346,6 +489,7 @@ fn provider(
     bin: Bin,
     p: &ProviderSection,
 ) -> Result<ProviderSettings, ConfigError> {
+    provider_sni(src, i, p)?;
     if p.upstreams.is_empty() {
         return Err(src.invalid(
             &p.bin,
@@ -380,15 +524,15 @@ fn provider(
     })
 }
 
-/// `[consents]` or `[trust]`: exactly one consent control plane; switching between them
-/// needs a restart.
+/// `[consents]` or `[trust]`: exactly one consent control plane (and the consent file
+/// when it is new); switching between them needs a restart.
 fn control_plane(
     src: &Source,
     cfg: &FileConfig,
     previous: Option<&ControlPlane>,
     identity: &Identity,
     feed: &Arc<FeedStatus>,
-) -> Result<ControlPlane, ConfigError> {
+) -> Result<(ControlPlane, Option<ConsentFile>), ConfigError> {
     match (&cfg.consents.snapshot, &cfg.trust) {
         (Some(_), Some(t)) => Err(src.invalid(
             &t.url,
@@ -407,7 +551,7 @@ fn control_plane(
                     "switching from `[trust]` to a consent file needs a restart",
                 ));
             }
-            consent_file(src, file, previous)
+            consent_file(src, file, cfg.consents.max_staleness_secs, previous)
         }
         (None, Some(t)) => {
             if matches!(previous, Some(ControlPlane::File { .. })) {
@@ -417,30 +561,42 @@ fn control_plane(
                     "switching from a consent file to `[trust]` needs a restart",
                 ));
             }
-            trust_plane(src, t, identity, feed).map(|p| ControlPlane::Trust(Arc::new(p)))
+            let plane = trust_plane(src, t, identity, feed)?;
+            Ok((ControlPlane::Trust(Arc::new(plane)), None))
         }
     }
 }
 
-/// `[consents] snapshot`: loaded, or the previous store when the file is unchanged.
+/// `[consents] snapshot`: the path and bound; the file itself is loaded only when the
+/// path is new (a file in force is followed by the watcher, not by configuration loads).
 fn consent_file(
     src: &Source,
     file: &toml::Spanned<PathBuf>,
+    max_staleness_secs: u64,
     previous: Option<&ControlPlane>,
-) -> Result<ControlPlane, ConfigError> {
+) -> Result<(ControlPlane, Option<ConsentFile>), ConfigError> {
+    if max_staleness_secs == 0 {
+        return Err(src.invalid(file, "consents.max_staleness_secs", "must be > 0"));
+    }
     let path = src.resolve(file.get_ref());
-    let stamp = FileStamp::of(&path).ok_or_else(|| {
-        src.invalid(
-            file,
-            "consents.snapshot",
-            format!("cannot read {}", path.display()),
-        )
-    })?;
-    let store = match previous {
-        Some(ControlPlane::File { stamp: old, store }) if *old == stamp => store.clone(),
-        _ => Arc::new(ConsentStore::load(&path)?),
+    let known = matches!(previous, Some(ControlPlane::File { path: p, .. }) if *p == path);
+    let loaded = if known {
+        None
+    } else {
+        Some(ConsentFile::load(&path).map_err(|e| match e {
+            ConfigError::Read { .. } => src.invalid(
+                file,
+                "consents.snapshot",
+                format!("cannot read {}", path.display()),
+            ),
+            other => other,
+        })?)
     };
-    Ok(ControlPlane::File { stamp, store })
+    let control = ControlPlane::File {
+        path,
+        max_staleness: Duration::from_secs(max_staleness_secs),
+    };
+    Ok((control, loaded))
 }
 
 /// `[trust]`: the sidecar's URL, CAs and bounds, reporting through `feed`.

@@ -4,20 +4,21 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use feed_wire::{ParticipantRecord, ParticipantStatus as WireStatus, Role as WireRole};
 use policy::directory::{ParticipantStatus, Role};
 use policy::limits::{LimitOverride, QuotaSettings};
 
 use crate::config::{
-    at, ConfigError, FileConfig, ParticipantSection, ProviderSection, TrustSection,
+    at, ConfigError, ConsentSection, FileConfig, ParticipantSection, ProviderSection, TrustSection,
 };
 use crate::network::Registry;
 use crate::plane::FeedStatus;
 use crate::testkit;
 
 use super::sections::{self, FileInputs};
-use super::{Change, PublishError, Published, Publisher};
+use super::{Change, ConsentFile, PublishError, Published, Publisher};
 
 /// A directory with the test world's material and its configuration, typed.
 struct World {
@@ -124,6 +125,25 @@ fn tokens_section() {
     let consents = w.path("consents.jsonl");
     let (f, at_line, _) = refused(w.load(|c| c.tokens.jwks = at(consents)));
     assert!(f == "tokens.jwks" && at_line);
+    // A leeway past five minutes would extend every token's life.
+    let (f, at_line, m) = refused(w.load(|c| c.tokens.leeway_secs = at(301)));
+    assert!(
+        f == "tokens.leeway_secs" && at_line && m.contains("300"),
+        "{f} {m}"
+    );
+    let inputs = w.load(|c| c.tokens.leeway_secs = at(300)).expect("300 s");
+    assert_eq!(inputs.token_settings.leeway_secs, 300);
+    // The budgets of failed verifications: at least one, bounded.
+    for n in [0, 100_001] {
+        let (f, at_line, _) = refused(w.load(|c| {
+            c.tokens.max_failed_verifications_per_connection_per_sec = at(n);
+        }));
+        assert!(f == "tokens.max_failed_verifications_per_connection_per_sec" && at_line);
+        let (f, at_line, _) = refused(w.load(|c| {
+            c.tokens.max_failed_verifications_per_certificate_per_sec = at(n);
+        }));
+        assert!(f == "tokens.max_failed_verifications_per_certificate_per_sec" && at_line);
+    }
 }
 
 #[test]
@@ -199,6 +219,8 @@ fn limits_and_control_plane_sections() {
     assert_eq!(f, "trust", "both control planes");
     let (f, _, _) = refused(w.load(|c| c.consents = Default::default()));
     assert_eq!(f, "consents.snapshot", "neither");
+    let (f, at_line, _) = refused(w.load(|c| c.consents.max_staleness_secs = 0));
+    assert!(f == "consents.max_staleness_secs" && at_line, "{f}");
     let (f, _, _) = refused(w.load(|c| {
         c.consents = Default::default();
         c.trust = Some(TrustSection {
@@ -275,7 +297,7 @@ async fn a_reload_reuses_what_did_not_change_and_rebuilds_what_did() {
 
     reload(&p, &path, |c| {
         c.limits.per_user = QuotaSettings::new(5, 5).expect("quota");
-        c.tokens.leeway_secs = 5;
+        c.tokens.leeway_secs = at(5);
         c.providers[0].timeout_ms = 1234;
     })
     .await;
@@ -300,20 +322,77 @@ async fn a_reload_reuses_what_did_not_change_and_rebuilds_what_did() {
     );
 }
 
+/// Appends a copy of the world's consent renamed `id` to `file`.
+fn add_consent(file: &Path, id: &str) {
+    let mut text = std::fs::read_to_string(file).expect("consents");
+    let first = text.lines().next().expect("a consent").to_string();
+    text.push_str(&first.replace(testkit::CONSENT, id));
+    text.push('\n');
+    std::fs::write(file, text).expect("write");
+}
+
 #[tokio::test]
-async fn a_changed_consent_file_is_loaded_and_installed() {
+async fn a_changed_consent_file_is_loaded_and_installed_as_its_own_input() {
     let w = world();
     let (p, path) = publisher(&w, |_| {});
-    let before = p.current().consents();
-    assert_eq!(before.len(), 1);
+    assert_eq!(p.current().consents().len(), 1);
     let file = w.path("consents.jsonl");
-    let mut text = std::fs::read_to_string(&file).expect("consents");
-    text.push_str(&text.replace(testkit::CONSENT, "consent-2"));
-    std::fs::write(&file, text).expect("write");
-    assert!(p.current().consents_changed_on_disk().is_some());
+    add_consent(&file, "consent-2");
+    assert!(p.consent_file().changed_on_disk().is_some());
+    // A reload of the other sections does not read the consent file again.
     reload(&p, &path, |_| {}).await;
+    assert_eq!(p.current().consents().len(), 1);
+    let snapshot = p.current();
+    // It is loaded and published on its own, while a compile holds the other inputs (as
+    // one resolving a bank's host name would).
+    let compiling = p.hold_inputs().await;
+    let loaded = ConsentFile::load(&file).expect("loads");
+    let published =
+        tokio::time::timeout(Duration::from_secs(5), p.publish(Change::Consents(loaded)))
+            .await
+            .expect("a consent file waited for a compile");
+    assert_eq!(published.expect("published"), Published::Replaced);
+    drop(compiling);
     assert_eq!(p.current().consents().len(), 2);
-    assert!(p.current().consents_changed_on_disk().is_none());
+    assert!(p.consent_file().changed_on_disk().is_none());
+    assert!(
+        Arc::ptr_eq(&snapshot, &p.current()),
+        "nothing else was recompiled"
+    );
+    let again = ConsentFile::load(&file).expect("loads");
+    assert_eq!(
+        p.publish(Change::Consents(again)).await.expect("ok"),
+        Published::Unchanged
+    );
+    // A file that is not the configured one is refused.
+    let other = w.path("other.jsonl");
+    std::fs::copy(&file, &other).expect("copy");
+    add_consent(&other, "consent-3");
+    let r = p
+        .publish(Change::Consents(ConsentFile::load(&other).expect("loads")))
+        .await;
+    assert!(matches!(r, Err(PublishError::ConsentsNotWanted)), "{r:?}");
+    assert_eq!(p.current().consents().len(), 2);
+    // A reload that names another file installs it with the configuration.
+    reload(&p, &path, |c| {
+        c.consents = ConsentSection::file(other.clone())
+    })
+    .await;
+    assert_eq!(p.current().consents().len(), 3);
+    assert_eq!(
+        p.consent_file().in_force().map(|s| s.path().to_path_buf()),
+        Some(other)
+    );
+}
+
+#[tokio::test]
+async fn a_consent_file_is_refused_in_trust_mode() {
+    let w = world();
+    let (p, _) = trust_mode(&w);
+    let loaded = ConsentFile::load(&w.path("consents.jsonl")).expect("loads");
+    let r = p.publish(Change::Consents(loaded)).await;
+    assert!(matches!(r, Err(PublishError::ConsentsNotWanted)), "{r:?}");
+    assert!(p.current().consents().is_empty());
 }
 
 #[tokio::test]

@@ -1,11 +1,16 @@
 //! Test helpers shared by the integration tests: signing keys, a JWKS for them, token
-//! minting (well-formed via `jsonwebtoken::encode`, hand-crafted for the malformed cases).
+//! minting (well-formed via `jsonwebtoken::encode`, hand-crafted for the malformed cases),
+//! and a one-user, one-provider world for the decision.
 #![allow(dead_code)]
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use policy::{Bin, Jwks, TokenSettings, TokenVerifier};
+use policy::{
+    Bin, ConsentStatus, ConsentView, Directory, DirectoryBuilder, Facts, Jwks, Participant,
+    ParticipantStatus, Permission, Permissions, ProviderEntry, Roles, Route, TokenSettings,
+    TokenVerifier,
+};
 use ring::rand::SystemRandom;
 use ring::signature::{
     EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING,
@@ -150,4 +155,90 @@ pub fn sign_raw(header: &str, payload: &str, key: &EncodingKey, alg: Algorithm) 
 pub fn claims_text_with(extra: &str) -> String {
     let base = claims().to_string();
     format!("{},{}}}", &base[..base.len() - 1], extra)
+}
+
+/// The provider of [`one_user_one_provider`].
+pub const PROVIDER: &str = "200000000001";
+
+/// A directory of [`USER`] (certificate [`TP`]) and one published provider, [`PROVIDER`].
+pub fn one_user_one_provider() -> Directory {
+    let participant = |b: &str, name: &str, roles| Participant {
+        bin: bin(b),
+        name: name.into(),
+        roles,
+        status: ParticipantStatus::Active,
+    };
+    let mut d = DirectoryBuilder::new();
+    d.add_participant(participant(USER, "User", Roles::USER), [TP])
+        .unwrap();
+    d.add_participant(participant(PROVIDER, "Bank", Roles::PROVIDER), [])
+        .unwrap();
+    d.add_provider(ProviderEntry {
+        bin: bin(PROVIDER),
+        published: true,
+        index: 0,
+    })
+    .unwrap();
+    d.build().unwrap()
+}
+
+/// [`USER`]'s authorised consent `c-1` at [`PROVIDER`]: every permission, account `A1` only.
+pub struct StaticConsent {
+    providers: [Bin; 1],
+}
+
+impl StaticConsent {
+    pub fn new() -> StaticConsent {
+        StaticConsent {
+            providers: [bin(PROVIDER)],
+        }
+    }
+}
+
+impl ConsentView for StaticConsent {
+    fn id(&self) -> &str {
+        "c-1"
+    }
+    fn api_user(&self) -> Bin {
+        bin(USER)
+    }
+    fn customer(&self) -> &str {
+        "900101300123"
+    }
+    fn providers(&self) -> &[Bin] {
+        &self.providers
+    }
+    fn covers_provider(&self, provider: Bin) -> bool {
+        self.providers.contains(&provider)
+    }
+    fn permissions(&self) -> Permissions {
+        Permissions::EMPTY
+            .with(Permission::Accounts)
+            .with(Permission::Balances)
+            .with(Permission::Transactions)
+    }
+    fn accounts_restricted(&self) -> bool {
+        true
+    }
+    fn covers_account(&self, account: &str) -> bool {
+        account == "A1"
+    }
+    fn expires_at(&self) -> Option<i64> {
+        None
+    }
+    fn status(&self) -> ConsentStatus {
+        ConsentStatus::Authorised
+    }
+}
+
+/// The facts of a request of [`USER`]'s connection (certificate [`TP`]) at [`NOW`] with
+/// `authorization`, the consent state fresh.
+pub fn facts<'a>(route: &'a Route<'a>, authorization: &'a [u8]) -> Facts<'a> {
+    Facts {
+        route,
+        cert_thumbprint: Some(&TP),
+        authorization: Some(authorization),
+        now_unix: NOW,
+        consent_state_fresh: true,
+    }
 }

@@ -303,12 +303,14 @@ fn in_list(list: &str, id: &str) -> bool {
     list.split(',').any(|a| a.trim() == id)
 }
 
-/// Answers one request under the `Normal` behaviour. `forwarded_authorization` is
-/// set when the request carried an `Authorization` header.
+/// Answers one request under the `Normal` behaviour; with `ignore_accounts` the bank
+/// acts as if `x-hub-accounts` had not been sent. `forwarded_authorization` is set when
+/// the request carried an `Authorization` header.
 pub(crate) fn handle<B>(
     data: &BankData,
     prepared: &Prepared,
     req: &Request<B>,
+    ignore_accounts: bool,
     forwarded_authorization: &mut bool,
 ) -> Resp {
     let headers = req.headers();
@@ -338,7 +340,7 @@ pub(crate) fn handle<B>(
     let Some(permission) = route.permission() else {
         return open_data(prepared, route, iid);
     };
-    match account_route(data, prepared, req, route, permission) {
+    match account_route(data, prepared, req, route, permission, ignore_accounts) {
         Ok(resp) => resp,
         Err((status, code, message)) => error(status, code, &message, iid),
     }
@@ -370,10 +372,14 @@ fn account_route<B>(
     req: &Request<B>,
     route: Route<'_>,
     permission: &str,
+    ignore_accounts: bool,
 ) -> Result<Resp, Reject> {
     let headers = req.headers();
     let iid = headers.get(X_FAPI_INTERACTION_ID);
-    let hub = hub_headers(headers, permission)?;
+    let mut hub = hub_headers(headers, permission)?;
+    if ignore_accounts {
+        hub.accounts = None;
+    }
     let Some(customer) = data.customer(hub.customer) else {
         return Err((
             StatusCode::NOT_FOUND,
@@ -688,6 +694,65 @@ mod tests {
             assert!(parse_tx_query(Some(bad)).is_err(), "{bad}");
         }
         assert!(parse_tx_query(Some("foo=bar")).is_ok());
+    }
+
+    /// A bank told to ignore `x-hub-accounts` lists and serves every account of the
+    /// customer; by default it keeps to the listed ones.
+    #[test]
+    fn ignoring_x_hub_accounts_lists_and_serves_every_account() {
+        use http_body_util::BodyExt;
+        let bank = consent_cache::Bin::parse("990340000011").expect("bin");
+        let data = BankData::generate(bank, 7, 20);
+        let prepared = Prepared::new(&data);
+        let customer = data
+            .customers()
+            .find(|c| c.accounts.len() >= 2)
+            .expect("a customer with two accounts");
+        let (allowed, other) = (&customer.accounts[0].id, &customer.accounts[1].id);
+        let get = |path: &str, ignore: bool| {
+            let req = Request::get(path)
+                .header(
+                    X_FAPI_INTERACTION_ID,
+                    "0b5e7c1a-2f3d-4e5f-8a9b-0c1d2e3f4a5b",
+                )
+                .header(X_HUB_API_USER, "100140000001")
+                .header(X_HUB_CONSENT_ID, "c-1")
+                .header(X_HUB_CUSTOMER, customer.iin.as_str())
+                .header(X_HUB_PERMISSIONS, "accounts,balances")
+                .header(X_HUB_ACCOUNTS, allowed.as_str())
+                .body(())
+                .expect("request");
+            let resp = handle(&data, &prepared, &req, ignore, &mut false);
+            let status = resp.status().as_u16();
+            let body = json_of(resp.into_body());
+            (status, body)
+        };
+        fn json_of(body: Full<Bytes>) -> serde_json::Value {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("runtime");
+            let bytes = rt
+                .block_on(body.collect())
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            serde_json::from_slice(&bytes).expect("JSON")
+        }
+        let listed = |v: &serde_json::Value| -> Vec<String> {
+            v["data"]
+                .as_array()
+                .expect("data")
+                .iter()
+                .map(|a| a["account_id"].as_str().expect("id").to_owned())
+                .collect()
+        };
+        let (status, v) = get("/v1/accounts", false);
+        assert_eq!((status, listed(&v)), (200, vec![allowed.clone()]));
+        let every: Vec<String> = customer.accounts.iter().map(|a| a.id.clone()).collect();
+        let (status, v) = get("/v1/accounts", true);
+        assert_eq!((status, listed(&v)), (200, every));
+        let balances = format!("/v1/accounts/{other}/balances");
+        assert_eq!(get(&balances, false).0, 403);
+        assert_eq!(get(&balances, true).0, 200);
     }
 
     #[test]

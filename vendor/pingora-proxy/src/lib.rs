@@ -616,6 +616,9 @@ pub struct Session {
     upstream_write_pending_time: Duration,
     /// Flag that is set when the shutdown process has begun.
     shutdown_flag: Arc<AtomicBool>,
+    /// Patched (exchange hub): the response tasks kept back since
+    /// [`Session::hold_response_until_end`], `None` when the response streams.
+    held_response: Option<Vec<HttpTask>>,
 }
 
 impl Session {
@@ -643,6 +646,7 @@ impl Session {
             downstream_task_seen_upgraded: false,
             upstream_write_pending_time: Duration::ZERO,
             shutdown_flag,
+            held_response: None,
         }
     }
 
@@ -905,7 +909,25 @@ impl Session {
         }
     }
 
+    /// Patched (exchange hub): keeps this request's proxied response back, header
+    /// included, until the task that ends it has passed the filters, then writes it all at
+    /// once. Call it from `upstream_response_filter` for a response whose body decides
+    /// what may be answered: if a body filter fails meanwhile, nothing has reached the
+    /// client, so `fail_to_proxy` can still answer with an error of its own. The response
+    /// is buffered only as much as the filters leave in its body tasks.
+    pub fn hold_response_until_end(&mut self) {
+        self.held_response.get_or_insert_with(Vec::new);
+    }
+
     pub async fn write_response_tasks(&mut self, mut tasks: Vec<HttpTask>) -> Result<bool> {
+        // Patched (exchange hub): a held response goes out whole, once it has ended.
+        if self.held_response.is_some() {
+            match hold_response(&mut self.held_response, tasks) {
+                Some(Ok(all)) => tasks = all,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(false),
+            }
+        }
         let mut seen_upgraded = self.downstream_task_seen_upgraded || self.was_upgraded();
         for task in tasks.iter_mut() {
             self.downstream_response_task_filter(task, &mut seen_upgraded)
@@ -1135,6 +1157,37 @@ impl Deref for Session {
 impl DerefMut for Session {
     fn deref_mut(&mut self) -> &mut Self::Target {
         &mut self.downstream_session
+    }
+}
+
+/// Patched (exchange hub): adds `tasks` to the held response. `Some(Ok(all))` once a task
+/// ends the response (every held task, to be written now; the response streams again),
+/// `Some(Err(e))` when the upstream failed (the held tasks are dropped unwritten), `None`
+/// while the response goes on. Empty body pieces carry nothing and are not kept.
+fn hold_response(
+    held: &mut Option<Vec<HttpTask>>,
+    tasks: Vec<HttpTask>,
+) -> Option<Result<Vec<HttpTask>>> {
+    let kept = held.as_mut()?;
+    let mut failed = None;
+    for task in tasks {
+        match task {
+            HttpTask::Failed(e) => {
+                failed = Some(e);
+                break;
+            }
+            HttpTask::Body(None, false) => {}
+            task => kept.push(task),
+        }
+    }
+    if let Some(e) = failed {
+        *held = None;
+        return Some(Err(e));
+    }
+    if kept.iter().any(HttpTask::is_end) {
+        held.take().map(Ok)
+    } else {
+        None
     }
 }
 

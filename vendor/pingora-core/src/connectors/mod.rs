@@ -73,6 +73,11 @@ pub struct ConnectorOptions {
     /// If `None`, the CA in the [default](https://www.openssl.org/docs/manmaster/man3/SSL_CTX_set_default_verify_paths.html)
     /// locations will be loaded
     pub ca_file: Option<String>,
+    /// Patched (exchange hub): the CA certificates (DER) that validate server certs, given in
+    /// memory. When set, `ca_file` and the platform's store are not read, and no file has
+    /// to hold a bundle assembled from several sources.
+    #[cfg(feature = "rustls")]
+    pub ca_certs: Option<Vec<Vec<u8>>>,
     /// The maximum number of unique s2n configs to cache. Creating a new s2n config is an
     /// expensive operation, so we cache and re-use config objects with identical configurations.
     /// Defaults to a cache size of 10. A value of 0 disables the cache.
@@ -136,6 +141,8 @@ impl ConnectorOptions {
             .collect();
         ConnectorOptions {
             ca_file: server_conf.ca_file.clone(),
+            #[cfg(feature = "rustls")]
+            ca_certs: None,
             cert_key_file: None, // TODO: use it
             #[cfg(feature = "s2n")]
             s2n_config_cache_size: server_conf.s2n_config_cache_size,
@@ -154,6 +161,8 @@ impl ConnectorOptions {
     pub fn new(keepalive_pool_size: usize) -> Self {
         ConnectorOptions {
             ca_file: None,
+            #[cfg(feature = "rustls")]
+            ca_certs: None,
             #[cfg(feature = "s2n")]
             s2n_config_cache_size: None,
             cert_key_file: None,

@@ -44,6 +44,9 @@
 //! ```
 
 mod l4;
+// Patched (exchange hub): handshake timeout and connection cap per endpoint.
+mod limits;
+pub use limits::{ListenerLimits, ListenerObserver, DEFAULT_HANDSHAKE_TIMEOUT};
 
 #[cfg(feature = "connection_filter")]
 pub mod connection_filter;
@@ -165,6 +168,7 @@ struct TransportStackBuilder {
     l4: ServerAddress,
     tls: Option<TlsSettings>,
     l4_buffer: L4BufferSettings,
+    limits: ListenerLimits,
     #[cfg(feature = "connection_filter")]
     connection_filter: Option<Arc<dyn ConnectionFilter>>,
     pre_tls_callback: Option<PreTlsCallback>,
@@ -195,6 +199,8 @@ impl TransportStackBuilder {
             tls: self.tls.take().map(|tls| Arc::new(tls.build())),
             l4_buffer: self.l4_buffer,
             pre_tls_callback: self.pre_tls_callback.clone(),
+            limits: self.limits.clone(),
+            open: limits::OpenConnections::default(),
         })
     }
 }
@@ -208,6 +214,7 @@ pub struct ListenerConfig {
     l4: ServerAddress,
     tls: Option<TlsSettings>,
     l4_buffer: L4BufferSettings,
+    limits: ListenerLimits,
 }
 
 impl ListenerConfig {
@@ -217,6 +224,7 @@ impl ListenerConfig {
             l4: ServerAddress::Tcp(addr.into(), None),
             tls: None,
             l4_buffer: L4BufferSettings::default(),
+            limits: ListenerLimits::default(),
         }
     }
 
@@ -227,6 +235,7 @@ impl ListenerConfig {
             l4: ServerAddress::Uds(addr.into(), None),
             tls: None,
             l4_buffer: L4BufferSettings::default(),
+            limits: ListenerLimits::default(),
         }
     }
 
@@ -275,6 +284,12 @@ impl ListenerConfig {
         self.l4_buffer = settings;
         self
     }
+
+    /// Patched (exchange hub): set the handshake timeout and connection cap of this endpoint.
+    pub fn limits(mut self, limits: ListenerLimits) -> Self {
+        self.limits = limits;
+        self
+    }
 }
 
 #[derive(Clone)]
@@ -283,6 +298,9 @@ pub(crate) struct TransportStack {
     tls: Option<Arc<Acceptor>>,
     l4_buffer: L4BufferSettings,
     pre_tls_callback: Option<PreTlsCallback>,
+    limits: ListenerLimits,
+    /// Shared by the clones of this stack (one per accept loop).
+    open: limits::OpenConnections,
 }
 
 impl TransportStack {
@@ -302,6 +320,25 @@ impl TransportStack {
 
     pub fn cleanup(&mut self) {
         // placeholder
+    }
+
+    /// Patched (exchange hub): counts an accepted connection in, or tells the observer and
+    /// returns `None` when the endpoint already has `max_connections` open.
+    pub(crate) fn admit(&self) -> Option<limits::OpenConnection> {
+        let admitted = self.open.admit(self.limits.max_connections);
+        if admitted.is_none() {
+            if let Some(o) = &self.limits.observer {
+                o.refused_over_capacity();
+            }
+        }
+        admitted
+    }
+
+    /// Patched (exchange hub): the endpoint's handshake timeout and its observer.
+    pub(crate) fn handshake_limit(
+        &self,
+    ) -> (std::time::Duration, Option<Arc<dyn ListenerObserver>>) {
+        (self.limits.handshake_timeout, self.limits.observer.clone())
     }
 }
 
@@ -450,11 +487,17 @@ impl Listeners {
 
     /// Add the given listener endpoint to `self`.
     pub fn add_listener(&mut self, endpoint: ListenerConfig) {
-        let ListenerConfig { l4, tls, l4_buffer } = endpoint;
+        let ListenerConfig {
+            l4,
+            tls,
+            l4_buffer,
+            limits,
+        } = endpoint;
         self.stacks.push(TransportStackBuilder {
             l4,
             tls,
             l4_buffer,
+            limits,
             #[cfg(feature = "connection_filter")]
             connection_filter: self.connection_filter.clone(),
             pre_tls_callback: self.pre_tls_callback.clone(),
@@ -496,6 +539,7 @@ impl Listeners {
             l4,
             tls,
             l4_buffer: L4BufferSettings::default(),
+            limits: ListenerLimits::default(),
             #[cfg(feature = "connection_filter")]
             connection_filter: self.connection_filter.clone(),
             pre_tls_callback: self.pre_tls_callback.clone(),

@@ -38,7 +38,6 @@ use pingora_runtime::current_handle;
 use pingora_timeout::timeout;
 use std::fs::Permissions;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Override the runtime options used to run a listening service.
 pub type RuntimeOptsOverride = Arc<dyn Fn(&RuntimeOpts) -> Option<RuntimeOpts> + Send + Sync>;
@@ -263,6 +262,19 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
             };
             match new_io {
                 Ok(io) => {
+                    // Patched (exchange hub): the endpoint's connection cap. Over it, the
+                    // connection is closed at once (dropping it closes the socket) and the
+                    // observer counts it; under it, the connection is counted until its task
+                    // ends.
+                    let Some(open) = stack.admit() else {
+                        debug!(
+                            "Connection cap reached on {}: closing a new connection",
+                            stack.as_str()
+                        );
+                        drop(io);
+                        continue;
+                    };
+                    let (handshake_timeout, observer) = stack.handshake_limit();
                     let app = app_logic.clone();
                     let shutdown = shutdown.clone();
                     // Patched (exchange hub): serve the connection on the thread that accepted
@@ -276,8 +288,10 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                         current_handle()
                     };
                     spawner.spawn(async move {
+                        let _open = open;
                         let peer_addr = io.peer_addr();
-                        match timeout(Duration::from_secs(60), io.handshake()).await {
+                        // Patched (exchange hub): the endpoint's handshake timeout (was 60 s).
+                        match timeout(handshake_timeout, io.handshake()).await {
                             Ok(handshake) => {
                                 match handshake {
                                     Ok(io) => Self::handle_event(io, app, shutdown).await,
@@ -292,6 +306,9 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                                 }
                             }
                             Err(_) => {
+                                if let Some(o) = observer {
+                                    o.handshake_timed_out();
+                                }
                                 error!("Downstream handshake timeout");
                             }
                         }

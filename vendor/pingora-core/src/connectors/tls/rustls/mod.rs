@@ -76,7 +76,15 @@ impl TlsConnector {
             let mut certs_key = None;
 
             if let Some(conf) = options.as_ref() {
-                if let Some(ca_file_path) = conf.ca_file.as_ref() {
+                // Patched (exchange hub): CA certificates given in memory come first.
+                if let Some(ca_ders) = conf.ca_certs.as_ref() {
+                    for der in ca_ders {
+                        ca_certs.add(CertificateDer::from(der.clone())).or_err(
+                            InvalidCert,
+                            "Failed to load X509 certificate into root store",
+                        )?;
+                    }
+                } else if let Some(ca_file_path) = conf.ca_file.as_ref() {
                     load_ca_file_into_store(ca_file_path, &mut ca_certs)?;
                 } else {
                     load_platform_certs_incl_env_into_store(&mut ca_certs)?;

@@ -22,12 +22,30 @@ use log::debug;
 use pingora_error::ErrorType::{InternalError, InvalidCert};
 use pingora_error::{Error, OrErr, Result};
 use pingora_rustls::load_certs_and_key_files;
+use pingora_rustls::CertificateDer;
 use pingora_rustls::ClientCertVerifier;
 use pingora_rustls::ResolvesServerCert;
 use pingora_rustls::ServerConfig;
 use pingora_rustls::{version, TlsAcceptor as RusTlsAcceptor};
 
 use crate::protocols::{ALPN, IO};
+
+/// Patched (exchange hub): re-checks an established server-side connection's client
+/// certificate after the application's trust in client certificates changed (other CAs or
+/// CRLs), so that a certificate the new trust refuses stops being served on connections,
+/// and on resumed sessions, that were verified before the change. rustls verifies a client
+/// certificate only in a full handshake; a resumed session carries the certificate of the
+/// connection that created it.
+pub trait PeerRevalidation: Send + Sync {
+    /// The trust generation in force. Generations start at 1 and only grow. Read before
+    /// every read of application data, so it must be cheap (an atomic load).
+    fn generation(&self) -> u64;
+
+    /// Verifies the peer's certificate chain (leaf first; empty if it sent none) against
+    /// the trust in force: `Ok` with the generation it was verified under, or `Err` with
+    /// the reason, after which the connection reads nothing more (so it closes).
+    fn revalidate(&self, peer_chain: &[CertificateDer<'static>]) -> Result<u64, String>;
+}
 
 /// The TLS settings of a listening endpoint
 pub struct TlsSettings {
@@ -38,12 +56,17 @@ pub struct TlsSettings {
     client_cert_verifier: Option<Arc<dyn ClientCertVerifier>>,
     callbacks: Option<TlsAcceptCallbacks>,
     offload_threadpool: Option<(usize, usize)>,
+    // Patched (exchange hub): see `set_session_storage` and `set_peer_revalidation`.
+    session_storage: Option<Arc<dyn ::rustls::server::StoresServerSessions>>,
+    peer_revalidation: Option<Arc<dyn PeerRevalidation>>,
 }
 
 pub struct Acceptor {
     pub acceptor: RusTlsAcceptor,
     callbacks: Option<SharedTlsAcceptCallbacks>,
     offload: Option<OffloadRuntime>,
+    /// Patched (exchange hub): handed to every connection this acceptor accepts.
+    pub(crate) peer_revalidation: Option<Arc<dyn PeerRevalidation>>,
 }
 
 impl TlsSettings {
@@ -94,6 +117,11 @@ impl TlsSettings {
         if let Some(alpn_protocols) = self.alpn_protocols {
             config.alpn_protocols = alpn_protocols;
         }
+        // Patched (exchange hub): the application's session store (rustls keeps TLS 1.2
+        // session ids and, without a ticketer, TLS 1.3 tickets in it).
+        if let Some(storage) = self.session_storage {
+            config.session_storage = storage;
+        }
 
         Acceptor {
             acceptor: RusTlsAcceptor::from(Arc::new(config)),
@@ -101,7 +129,24 @@ impl TlsSettings {
             offload: self.offload_threadpool.map(|(shards, threads_per_shard)| {
                 OffloadRuntime::new("downstream TLS offload", shards, threads_per_shard)
             }),
+            peer_revalidation: self.peer_revalidation,
         }
+    }
+
+    /// Patched (exchange hub): store resumable sessions in `storage` instead of rustls'
+    /// default in-memory cache, so the application can drop them all (e.g. when the trust
+    /// in client certificates changes).
+    pub fn set_session_storage(
+        &mut self,
+        storage: Arc<dyn ::rustls::server::StoresServerSessions>,
+    ) {
+        self.session_storage = Some(storage);
+    }
+
+    /// Patched (exchange hub): re-check every accepted connection's client certificate
+    /// with `check` whenever its trust generation changes (see [`PeerRevalidation`]).
+    pub fn set_peer_revalidation(&mut self, check: Arc<dyn PeerRevalidation>) {
+        self.peer_revalidation = Some(check);
     }
 
     /// Enable HTTP/2 support for this endpoint, which is default off.
@@ -200,6 +245,8 @@ impl TlsSettings {
             client_cert_verifier: None,
             callbacks: None,
             offload_threadpool: None,
+            session_storage: None,
+            peer_revalidation: None,
         })
     }
 
@@ -220,6 +267,8 @@ impl TlsSettings {
             client_cert_verifier: None,
             callbacks: Some(callbacks),
             offload_threadpool: None,
+            session_storage: None,
+            peer_revalidation: None,
         })
     }
 }
@@ -238,6 +287,7 @@ impl Acceptor {
             acceptor: RusTlsAcceptor::from(config),
             callbacks: None,
             offload: None,
+            peer_revalidation: None,
         }
     }
 
@@ -249,6 +299,7 @@ impl Acceptor {
                 acceptor: self.acceptor.clone(),
                 callbacks: None,
                 offload: None,
+                peer_revalidation: self.peer_revalidation.clone(),
             };
             let callbacks = self.callbacks.clone();
             let rt = offload.get_runtime(stream.id() as u64);

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::listeners::tls::Acceptor;
+use crate::listeners::tls::{Acceptor, PeerRevalidation};
 use crate::protocols::raw_connect::ProxyDigest;
 use crate::protocols::tls::TlsRef;
 use crate::protocols::{tls::SslDigest, Peek, TimingDigest, UniqueIDType};
@@ -49,6 +49,84 @@ pub struct TlsStream<T> {
     digest: Option<Arc<SslDigest>>,
     ssl: Option<TlsRef>,
     timing: TimingDigest,
+    /// Patched (exchange hub): server side, with an acceptor that re-checks client
+    /// certificates (see [`PeerRevalidation`]).
+    revalidation: Option<Revalidation>,
+}
+
+/// Patched (exchange hub): the trust generation under which a server-side connection's
+/// client certificate was last verified, and the hook that verifies it again.
+struct Revalidation {
+    check: Arc<dyn PeerRevalidation>,
+    /// The generation in force before the handshake began: a full handshake verified the
+    /// certificate under it or a later one.
+    before_handshake: u64,
+    /// The generation of the last verification; 0 (never in force) when unknown, as for a
+    /// resumed session, whose certificate an earlier connection verified.
+    verified: u64,
+    /// Refused once: the connection reads nothing more.
+    refused: bool,
+}
+
+impl std::fmt::Debug for Revalidation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Revalidation")
+            .field("verified", &self.verified)
+            .field("refused", &self.refused)
+            .finish()
+    }
+}
+
+impl Revalidation {
+    fn new(check: Arc<dyn PeerRevalidation>) -> Self {
+        let before_handshake = check.generation();
+        Revalidation {
+            check,
+            before_handshake,
+            verified: 0,
+            refused: false,
+        }
+    }
+
+    /// After the handshake: what the certificate is known to be verified under.
+    fn handshake_done(&mut self, kind: Option<::rustls::HandshakeKind>) {
+        use ::rustls::HandshakeKind::{Full, FullWithHelloRetryRequest};
+        self.verified = match kind {
+            Some(Full | FullWithHelloRetryRequest) => self.before_handshake,
+            _ => 0,
+        };
+    }
+
+    /// Before a read: verifies the peer's chain again if the generation changed since.
+    fn check_peer(
+        &mut self,
+        peer_chain: Option<&[pingora_rustls::CertificateDer<'static>]>,
+    ) -> IoResult<()> {
+        if self.refused {
+            return Err(untrusted_peer());
+        }
+        if self.verified == self.check.generation() {
+            return Ok(());
+        }
+        match self.check.revalidate(peer_chain.unwrap_or_default()) {
+            Ok(generation) => {
+                self.verified = generation;
+                Ok(())
+            }
+            Err(why) => {
+                log::debug!("client certificate no longer trusted: {why}");
+                self.refused = true;
+                Err(untrusted_peer())
+            }
+        }
+    }
+}
+
+fn untrusted_peer() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::PermissionDenied,
+        "the client certificate is no longer trusted",
+    )
 }
 
 impl<T> TlsStream<T>
@@ -73,6 +151,7 @@ where
             digest: None,
             ssl: None,
             timing: Default::default(),
+            revalidation: None,
         })
     }
 
@@ -81,6 +160,8 @@ where
     /// Using RustTLS the stream is only returned after the handshake.
     /// The caller does therefor not need to perform [`Self::accept()`].
     pub(crate) async fn from_acceptor(acceptor: &Acceptor, stream: T) -> Result<Self> {
+        // Patched (exchange hub): the generation is read before the handshake starts.
+        let revalidation = acceptor.peer_revalidation.clone().map(Revalidation::new);
         let tls = InnerStream::from_acceptor(acceptor, stream)
             .await
             .explain_err(TLSHandshakeFailure, |e| format!("tls stream error: {e}"))?;
@@ -90,6 +171,7 @@ where
             digest: None,
             ssl: None,
             timing: Default::default(),
+            revalidation,
         })
     }
 }
@@ -182,6 +264,16 @@ where
         self.timing.established_ts = SystemTime::now();
         self.digest = self.tls.digest();
         self.ssl = self.tls.tls_ref();
+        // Patched (exchange hub): a full handshake verified the client certificate; a
+        // resumed one did not.
+        if let Some(r) = self.revalidation.as_mut() {
+            r.handshake_done(
+                self.tls
+                    .stream
+                    .as_ref()
+                    .and_then(|s| s.get_ref().1.handshake_kind()),
+            );
+        }
         Ok(())
     }
 }
@@ -195,7 +287,18 @@ where
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<IoResult<()>> {
-        Pin::new(&mut self.tls.stream.as_mut().unwrap()).poll_read(cx, buf)
+        // Patched (exchange hub): nothing more is read from a peer whose certificate the
+        // trust in force refuses; the error closes the connection.
+        let this = &mut *self;
+        if let Some(r) = this.revalidation.as_mut() {
+            let chain = this
+                .tls
+                .stream
+                .as_ref()
+                .and_then(|s| s.get_ref().1.peer_certificates());
+            r.check_peer(chain)?;
+        }
+        Pin::new(&mut this.tls.stream.as_mut().unwrap()).poll_read(cx, buf)
     }
 }
 

@@ -1,0 +1,13 @@
+//! The trust sidecar's storage: one SQL-level interface ([`Sql`], [`WriteTxn`],
+//! [`Engine`]) with two engines, and the [`Db`] facade that the domain code uses.
+//!
+//! Domain code is written once, against [`Db::write`] / [`Db::read`], with SQL both
+//! engines accept (`$1` placeholders, `ON CONFLICT`, `RETURNING`). The change feed's
+//! guarantee holds on both: versions are contiguous and become visible as a prefix.
+#![forbid(unsafe_code)]
+
+mod api;
+mod db;
+
+pub use api::{Dialect, Engine, Leadership, ReadTxn, Row, Sql, StoreError, Value, WriteTxn};
+pub use db::{Db, Tx};

@@ -94,9 +94,9 @@ pub struct Row(pub Vec<Value>);
 
 impl Row {
     fn get(&self, i: usize) -> Result<&Value, StoreError> {
-        self.0
-            .get(i)
-            .ok_or_else(|| StoreError::Corrupt(format!("no column {i} in a row of {}", self.0.len())))
+        self.0.get(i).ok_or_else(|| {
+            StoreError::Corrupt(format!("no column {i} in a row of {}", self.0.len()))
+        })
     }
 
     fn wrong(&self, i: usize, want: &str) -> StoreError {

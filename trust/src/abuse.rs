@@ -13,9 +13,8 @@ use std::num::NonZeroU32;
 
 use governor::clock::Clock as _;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::db::{StoreError, Tx};
+use crate::db::{Sql, StoreError, Tx, Value};
 use crate::error::Error;
 use crate::otp;
 
@@ -109,38 +108,43 @@ fn limited(retry_after: u64, detail: String) -> Error {
 
 /// Refuses when any window is full; otherwise records one event (in `tx`, so it counts
 /// only if the work commits).
-fn charge(tx: &Tx<'_>, kind: Kind, subject: &[u8; 32], windows: &[Window]) -> Result<(), Error> {
+fn charge(
+    tx: &mut Tx<'_>,
+    kind: Kind,
+    subject: &[u8; 32],
+    windows: &[Window],
+) -> Result<(), Error> {
     let now = tx.now();
+    // Exact under concurrency: counted under the feed head's lock (portable SQL rule 7).
+    tx.head()?;
     for w in windows {
         // The `limit`-th newest event in the window: once it leaves, one more fits.
-        let nth: Option<i64> = tx
-            .conn()
-            .query_row(
-                "SELECT at FROM rate_events WHERE kind = ?1 AND subject = ?2 AND at > ?3
-                 ORDER BY at DESC LIMIT 1 OFFSET ?4",
-                params![
-                    kind.as_str(),
-                    subject.to_vec(),
-                    now - w.secs,
-                    i64::from(w.limit) - 1
-                ],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if let Some(at) = nth {
+        let params: [Value; 4] = [
+            kind.as_str().into(),
+            subject.to_vec().into(),
+            (now - w.secs).into(),
+            (i64::from(w.limit) - 1).into(),
+        ];
+        let nth = tx.query_opt(
+            "SELECT at FROM rate_events WHERE kind = $1 AND subject = $2 AND at > $3
+             ORDER BY at DESC LIMIT 1 OFFSET $4",
+            &params,
+        )?;
+        if let Some(row) = nth {
+            let at = row.int(0)?;
             let retry = u64::try_from(at + w.secs - now).unwrap_or(1);
             return Err(limited(retry, format!("{} ({})", w.what, w.limit)));
         }
     }
-    tx.conn().execute(
-        "INSERT INTO rate_events(kind, subject, at) VALUES (?1, ?2, ?3)",
-        params![kind.as_str(), subject.to_vec(), now],
+    tx.execute(
+        "INSERT INTO rate_events(kind, subject, at) VALUES ($1, $2, $3)",
+        &[kind.as_str().into(), subject.to_vec().into(), now.into()],
     )?;
     Ok(())
 }
 
 /// Counts one one-time code sent to `customer`, or refuses it.
-pub fn charge_code(tx: &Tx<'_>, customer: &str, limits: &AbuseLimits) -> Result<(), Error> {
+pub fn charge_code(tx: &mut Tx<'_>, customer: &str, limits: &AbuseLimits) -> Result<(), Error> {
     charge(
         tx,
         Kind::CodeSent,
@@ -162,8 +166,9 @@ pub fn charge_code(tx: &Tx<'_>, customer: &str, limits: &AbuseLimits) -> Result<
 
 /// Counts one consent created by `api_user` (a BIN), or refuses it; also refuses while the
 /// API user has too many consents awaiting authorisation.
-pub fn charge_consent(tx: &Tx<'_>, api_user: &str, limits: &AbuseLimits) -> Result<(), Error> {
-    let open = open_consents(tx.conn(), api_user)?;
+pub fn charge_consent(tx: &mut Tx<'_>, api_user: &str, limits: &AbuseLimits) -> Result<(), Error> {
+    tx.head()?; // decides from what it reads (portable SQL rule 7)
+    let open = open_consents(tx, api_user)?;
     if open >= u64::from(limits.open_consents_per_user) {
         return Err(limited(
             OPEN_CONSENTS_RETRY_SECS,
@@ -185,21 +190,19 @@ pub fn charge_consent(tx: &Tx<'_>, api_user: &str, limits: &AbuseLimits) -> Resu
     )
 }
 
-fn open_consents(conn: &Connection, api_user: &str) -> Result<u64, StoreError> {
-    let n: i64 = conn.query_row(
-        "SELECT COUNT(*) FROM consents WHERE api_user = ?1 AND status = 'awaiting_authorisation'",
-        params![api_user],
-        |r| r.get(0),
-    )?;
-    Ok(u64::try_from(n).unwrap_or(0))
+fn open_consents(sql: &mut dyn Sql, api_user: &str) -> Result<u64, StoreError> {
+    crate::db::count(
+        sql,
+        "SELECT COUNT(*) FROM consents WHERE api_user = $1 AND status = 'awaiting_authorisation'",
+        &[api_user.into()],
+    )
 }
 
 /// Deletes events older than the longest window.
-pub fn prune(tx: &Tx<'_>) -> Result<usize, StoreError> {
-    Ok(tx.conn().execute(
-        "DELETE FROM rate_events WHERE at <= ?1",
-        params![tx.now() - LONGEST_WINDOW_SECS],
-    )?)
+pub fn prune(tx: &mut Tx<'_>) -> Result<usize, StoreError> {
+    let before = tx.now() - LONGEST_WINDOW_SECS;
+    let n = tx.execute("DELETE FROM rate_events WHERE at <= $1", &[before.into()])?;
+    Ok(usize::try_from(n).unwrap_or(usize::MAX))
 }
 
 /// The per-source-address limit of unauthenticated routes (GCRA, in memory).

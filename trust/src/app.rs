@@ -1,5 +1,7 @@
 //! The sidecar's state and its operations, independent of HTTP: every operation runs
-//! its SQLite work on a blocking thread and returns once the change is committed.
+//! its database work on a blocking thread and returns once the change is committed.
+//! The in-memory caches of the registry and the signing keys follow the database, also
+//! when another replica wrote it ([`App::follow_store`]).
 
 use std::sync::{Arc, RwLock};
 
@@ -12,7 +14,7 @@ use crate::abuse::{self, AbuseLimits, AddressLimiter};
 use crate::authorisation::{self, AuthorisationView, Limits, Outgoing, Verified};
 use crate::clock::Clock;
 use crate::consents::{self, ConsentView, CreateConsent};
-use crate::db::{Db, StoreError};
+use crate::db::{read_head, Db, Sql, StoreError};
 use crate::error::Error;
 use crate::history;
 use crate::keys::{self, KeyInfo, KeySet, NotReady, Policy};
@@ -177,6 +179,14 @@ where
 
 impl From<Error> for OAuthError {
     fn from(e: Error) -> Self {
+        if let Error::Unavailable { .. } = e {
+            tracing::warn!(error = %e, "token endpoint failure");
+            return OAuthError {
+                status: 503,
+                error: "temporarily_unavailable",
+                description: "the database is unavailable".into(),
+            };
+        }
         tracing::error!(error = %e, "token endpoint failure");
         OAuthError {
             status: 500,
@@ -195,12 +205,14 @@ impl App {
         notifier: Option<Arc<dyn Notifier>>,
         identity_provider: Option<oidc::Provider>,
     ) -> Result<App, Error> {
-        let head = db.head();
         let addresses = AddressLimiter::new(
             settings.abuse.address_per_minute,
             settings.abuse.address_burst,
         );
-        let directory = db.read(|c| Directory::load(c, head))?;
+        let directory = db.read(|c| {
+            let head = read_head(c)?;
+            Directory::load(c, head)
+        })?;
         let keys = db.read(|c| keys::load_set(c).map_err(|e| Error::Signing(e.to_string())))?;
         Ok(App {
             db,
@@ -245,6 +257,100 @@ impl App {
         match self.keys.read() {
             Ok(k) => k.clone(),
             Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn swap_keys(&self, new: KeySet) {
+        let mut guard = match self.keys.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        *guard = Arc::new(new);
+    }
+
+    /// The key set as stored now, if it differs from the loaded one (blocking).
+    fn stored_keys_if_changed(&self) -> Result<Option<KeySet>, Error> {
+        let loaded = self.keys();
+        self.db.read(|sql| {
+            let stored = keys::metas(sql)?;
+            if loaded.is_current(&stored) {
+                return Ok(None);
+            }
+            keys::load_set(sql)
+                .map(Some)
+                .map_err(|e| Error::Signing(e.to_string()))
+        })
+    }
+
+    /// The registry as stored now, if a participant changed after the loaded directory's
+    /// version (blocking).
+    fn stored_directory_if_newer(&self) -> Result<Option<Directory>, Error> {
+        let loaded = self.directory().version;
+        self.db.read(|sql| {
+            if participants::newest_version(sql)? <= loaded {
+                return Ok(None);
+            }
+            let head = read_head(sql)?;
+            Ok(Some(Directory::load(sql, head)?))
+        })
+    }
+
+    /// Reloads the participant registry if it changed in the database (another replica's
+    /// write, or a write that did not go through this `App`).
+    pub async fn refresh_directory(self: &Arc<Self>) -> Result<(), Error> {
+        let app = self.clone();
+        if let Some(dir) = blocking(move || app.stored_directory_if_newer()).await? {
+            tracing::debug!(version = dir.version, "participant registry reloaded");
+            self.swap_directory(Arc::new(dir));
+        }
+        Ok(())
+    }
+
+    /// Reloads the signing keys if they changed in the database (another replica rotated
+    /// or imported keys).
+    pub async fn refresh_keys(self: &Arc<Self>) -> Result<(), Error> {
+        let _serial = self.rotation.lock().await;
+        let app = self.clone();
+        if let Some(set) = blocking(move || app.stored_keys_if_changed()).await? {
+            tracing::info!("signing keys reloaded");
+            self.swap_keys(set);
+        }
+        Ok(())
+    }
+
+    /// Keeps the caches in step with the database until `stop` resolves: the registry
+    /// whenever the committed head moves (a participant change from any replica moves
+    /// it), the keys every `keys_every` (key changes are not on the feed). With two
+    /// replicas on one database, each sees the other's suspensions and key rotations.
+    pub async fn follow_store(
+        self: Arc<Self>,
+        keys_every: std::time::Duration,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
+        /// Bursts of commits are looked at once per this interval.
+        const COALESCE: std::time::Duration = std::time::Duration::from_millis(10);
+        let mut head = self.db.subscribe();
+        let mut keys_tick = tokio::time::interval(keys_every);
+        keys_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => return,
+                changed = head.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    if let Err(e) = self.refresh_directory().await {
+                        tracing::warn!(error = %e, "reloading the participant registry failed");
+                    }
+                    tokio::time::sleep(COALESCE).await;
+                }
+                _ = keys_tick.tick() => {
+                    if let Err(e) = self.refresh_keys().await {
+                        tracing::warn!(error = %e, "reloading the signing keys failed");
+                    }
+                }
+            }
         }
     }
 
@@ -744,26 +850,17 @@ impl App {
             let policy = app.settings.key_policy;
             let result = app.db.write(app.now(), |tx| {
                 keys::rotate(tx, &policy, force, &app.rng).map_err(|e| match e {
-                    keys::KeyError::Store(s) => Error::Store(s),
+                    keys::KeyError::Store(s) => Error::from(s),
                     other => Error::Signing(other.to_string()),
                 })
             })?;
-            let set = match result {
-                Ok(true) => Some(
-                    app.db
-                        .read(|c| keys::load_set(c).map_err(|e| Error::Signing(e.to_string())))?,
-                ),
-                _ => None,
-            };
+            // Reloaded when this step or another replica changed the keys.
+            let set = app.stored_keys_if_changed()?;
             Ok::<_, Error>((result, set))
         })
         .await?;
         if let Some(set) = set {
-            let mut guard = match self.keys.write() {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
-            *guard = Arc::new(set);
+            self.swap_keys(set);
         }
         match result {
             Ok(_) => Ok(self.keys().keys.clone()),
@@ -788,7 +885,7 @@ impl App {
             let mut kids = Vec::new();
             for (alg, der) in keys_der {
                 kids.push(keys::import(tx, *alg, der).map_err(|e| match e {
-                    keys::KeyError::Store(s) => Error::Store(s),
+                    keys::KeyError::Store(s) => Error::from(s),
                     other => Error::Signing(other.to_string()),
                 })?);
             }
@@ -877,6 +974,11 @@ impl App {
     /// abuse-limit events past their window, and idle source addresses.
     pub async fn prune(self: &Arc<Self>) -> Result<u64, Error> {
         self.addresses.forget_idle();
+        self.prune_store().await
+    }
+
+    /// The database part of [`App::prune`] (housekeeping: on the leading replica only).
+    pub async fn prune_store(self: &Arc<Self>) -> Result<u64, Error> {
         let app = self.clone();
         blocking(move || {
             let keep = app.settings.feed_retention.max(1);
@@ -884,25 +986,22 @@ impl App {
                 authorisation::purge_customer_sessions(tx)?;
                 login::purge(tx)?;
                 abuse::prune(tx)?;
-                let head = tx.head();
+                let head = tx.head()?;
                 if head <= keep {
                     return Ok::<_, Error>(0);
                 }
                 let through = head - keep;
-                let floor = crate::db::read_floor(tx.conn())?;
+                let floor = crate::db::read_floor(tx)?;
                 if through <= floor {
                     return Ok(0);
                 }
-                let n = tx.conn().execute(
-                    "DELETE FROM changes WHERE version <= ?1",
-                    rusqlite::params![through as i64],
+                let n = tx.execute("DELETE FROM changes WHERE version <= $1", &[through.into()])?;
+                tx.execute(
+                    "INSERT INTO meta(key, value) VALUES ('pruned_through', $1)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    &[through.to_string().into()],
                 )?;
-                tx.conn().execute(
-                    "INSERT INTO meta(key, value) VALUES ('pruned_through', ?1)
-                     ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                    rusqlite::params![through.to_string()],
-                )?;
-                Ok(n as u64)
+                Ok(n)
             })
         })
         .await
@@ -940,6 +1039,6 @@ fn scope_string(set: Permissions) -> String {
 
 impl From<StoreError> for OAuthError {
     fn from(e: StoreError) -> Self {
-        OAuthError::from(Error::Store(e))
+        OAuthError::from(Error::from(e))
     }
 }

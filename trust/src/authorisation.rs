@@ -10,7 +10,6 @@
 //! per consent, so the limits cannot be reset by starting over. Every counter is
 //! committed before the answer, so a restart resets nothing.
 
-use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use time::OffsetDateTime;
 
@@ -18,7 +17,7 @@ use consent_cache::ConsentStatus;
 
 use crate::clock::to_datetime;
 use crate::consents::{self, ConsentView};
-use crate::db::{StoreError, Tx};
+use crate::db::{Sql, StoreError, Tx, Value};
 use crate::error::{Error, OtpState};
 use crate::otp;
 
@@ -89,7 +88,8 @@ pub enum Verified {
     Failed(Error),
 }
 
-struct Row {
+/// An authorisation session as stored.
+struct Session {
     id: String,
     consent_id: String,
     customer: String,
@@ -101,7 +101,7 @@ struct Row {
     code_expires_at: Option<i64>,
 }
 
-impl Row {
+impl Session {
     fn view(&self, limits: &Limits) -> AuthorisationView {
         AuthorisationView {
             id: self.id.clone(),
@@ -122,27 +122,32 @@ impl Row {
     }
 }
 
-fn load(conn: &Connection, id: &str) -> Result<Option<Row>, StoreError> {
-    Ok(conn
-        .query_row(
-            "SELECT id, consent_id, customer, state, codes_sent, attempts, code_salt, code_hash,
-                    code_expires_at FROM authorisations WHERE id = ?1",
-            params![id],
-            |r| {
-                Ok(Row {
-                    id: r.get(0)?,
-                    consent_id: r.get(1)?,
-                    customer: r.get(2)?,
-                    state: r.get(3)?,
-                    codes_sent: r.get(4)?,
-                    attempts: r.get(5)?,
-                    salt: r.get(6)?,
-                    hash: r.get(7)?,
-                    code_expires_at: r.get(8)?,
-                })
-            },
-        )
-        .optional()?)
+/// A stored counter (never negative, never past `u32`).
+fn counter(r: &crate::db::Row, i: usize) -> Result<u32, StoreError> {
+    let v = r.int(i)?;
+    u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("column {i}: counter {v}")))
+}
+
+fn load(sql: &mut dyn Sql, id: &str) -> Result<Option<Session>, StoreError> {
+    let Some(r) = sql.query_opt(
+        "SELECT id, consent_id, customer, state, codes_sent, attempts, code_salt, code_hash,
+                code_expires_at FROM authorisations WHERE id = $1",
+        &[id.into()],
+    )?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(Session {
+        id: r.text(0)?,
+        consent_id: r.text(1)?,
+        customer: r.text(2)?,
+        state: r.text(3)?,
+        codes_sent: counter(&r, 4)?,
+        attempts: counter(&r, 5)?,
+        salt: r.opt_bytes(6)?,
+        hash: r.opt_bytes(7)?,
+        code_expires_at: r.opt_int(8)?,
+    }))
 }
 
 /// Starts an authorisation session for `customer`'s consent and stores the first code.
@@ -154,7 +159,8 @@ pub fn start(
     rng: &ring::rand::SystemRandom,
 ) -> Result<Outgoing, Error> {
     let now = tx.now();
-    let Some((record, _)) = consents::load(tx.conn(), consent_id)? else {
+    tx.head()?; // decides from what it reads (portable SQL rule 7)
+    let Some((record, _)) = consents::load(tx, consent_id)? else {
         return Err(Error::NotFound("consent_not_found"));
     };
     if record.customer != customer {
@@ -163,23 +169,23 @@ pub fn start(
     if record.status != ConsentStatus::AwaitingAuthorisation || consents::is_past(&record, now) {
         return Err(consents::not_awaiting(record.status, &record, now));
     }
-    let sessions: u32 = tx.conn().query_row(
-        "SELECT COUNT(*) FROM authorisations WHERE consent_id = ?1",
-        params![consent_id],
-        |r| r.get(0),
+    let sessions = crate::db::count(
+        tx,
+        "SELECT COUNT(*) FROM authorisations WHERE consent_id = $1",
+        &[consent_id.into()],
     )?;
-    if sessions >= limits.max_sessions {
+    if sessions >= u64::from(limits.max_sessions) {
         return Err(Error::Limit {
             code: "authorisation_sessions_exhausted",
             otp: None,
         });
     }
-    tx.conn().execute(
-        "UPDATE authorisations SET state = 'superseded' WHERE consent_id = ?1 AND state = 'open'",
-        params![consent_id],
+    tx.execute(
+        "UPDATE authorisations SET state = 'superseded' WHERE consent_id = $1 AND state = 'open'",
+        &[consent_id.into()],
     )?;
     let code = otp::issue(rng).map_err(|e| Error::Signing(e.to_string()))?;
-    let row = Row {
+    let row = Session {
         id: uuid::Uuid::new_v4().to_string(),
         consent_id: consent_id.to_owned(),
         customer: customer.to_owned(),
@@ -190,20 +196,7 @@ pub fn start(
         hash: Some(code.hash.to_vec()),
         code_expires_at: Some(now + limits.code_ttl_secs),
     };
-    tx.conn().execute(
-        "INSERT INTO authorisations(id, consent_id, customer, created_at, state, codes_sent,
-             attempts, code_salt, code_hash, code_expires_at)
-         VALUES (?1, ?2, ?3, ?4, 'open', 1, 0, ?5, ?6, ?7)",
-        params![
-            row.id,
-            row.consent_id,
-            row.customer,
-            now,
-            row.salt,
-            row.hash,
-            row.code_expires_at
-        ],
-    )?;
+    insert(tx, &row, now)?;
     Ok(Outgoing {
         view: row.view(limits),
         customer: customer.to_owned(),
@@ -211,8 +204,33 @@ pub fn start(
     })
 }
 
-fn open_session(tx: &Tx<'_>, customer: &str, id: &str, limits: &Limits) -> Result<Row, Error> {
-    let Some(row) = load(tx.conn(), id)? else {
+/// Stores a new open session with its first code.
+fn insert(tx: &mut Tx<'_>, row: &Session, now: i64) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO authorisations(id, consent_id, customer, created_at, state, codes_sent,
+             attempts, code_salt, code_hash, code_expires_at)
+         VALUES ($1, $2, $3, $4, 'open', 1, 0, $5, $6, $7)",
+        &[
+            row.id.as_str().into(),
+            row.consent_id.as_str().into(),
+            row.customer.as_str().into(),
+            now.into(),
+            row.salt.clone().into(),
+            row.hash.clone().into(),
+            row.code_expires_at.into(),
+        ],
+    )?;
+    Ok(())
+}
+
+fn open_session(
+    tx: &mut Tx<'_>,
+    customer: &str,
+    id: &str,
+    limits: &Limits,
+) -> Result<Session, Error> {
+    tx.head()?; // decides from what it reads (portable SQL rule 7)
+    let Some(row) = load(tx, id)? else {
         return Err(Error::NotFound("authorisation_not_found"));
     };
     if row.customer != customer {
@@ -247,7 +265,7 @@ pub fn resend(
             otp: Some(row.otp_state(limits)),
         });
     }
-    let Some((record, _)) = consents::load(tx.conn(), &row.consent_id)? else {
+    let Some((record, _)) = consents::load(tx, &row.consent_id)? else {
         return Err(Error::NotFound("consent_not_found"));
     };
     if record.status != ConsentStatus::AwaitingAuthorisation || consents::is_past(&record, now) {
@@ -256,15 +274,15 @@ pub fn resend(
     let code = otp::issue(rng).map_err(|e| Error::Signing(e.to_string()))?;
     row.codes_sent += 1;
     row.code_expires_at = Some(now + limits.code_ttl_secs);
-    tx.conn().execute(
-        "UPDATE authorisations SET codes_sent = ?2, code_salt = ?3, code_hash = ?4,
-             code_expires_at = ?5 WHERE id = ?1",
-        params![
-            row.id,
-            row.codes_sent,
-            code.salt.to_vec(),
-            code.hash.to_vec(),
-            row.code_expires_at
+    tx.execute(
+        "UPDATE authorisations SET codes_sent = $2, code_salt = $3, code_hash = $4,
+             code_expires_at = $5 WHERE id = $1",
+        &[
+            row.id.as_str().into(),
+            row.codes_sent.into(),
+            code.salt.to_vec().into(),
+            code.hash.to_vec().into(),
+            row.code_expires_at.into(),
         ],
     )?;
     Ok(Outgoing {
@@ -285,13 +303,13 @@ pub fn verify(
 ) -> Result<Verified, Error> {
     let now = tx.now();
     let mut row = open_session(tx, customer, id, limits)?;
-    let Some((record, _)) = consents::load(tx.conn(), &row.consent_id)? else {
+    let Some((record, _)) = consents::load(tx, &row.consent_id)? else {
         return Err(Error::NotFound("consent_not_found"));
     };
     if record.status != ConsentStatus::AwaitingAuthorisation || consents::is_past(&record, now) {
-        tx.conn().execute(
-            "UPDATE authorisations SET state = 'closed' WHERE id = ?1",
-            params![row.id],
+        tx.execute(
+            "UPDATE authorisations SET state = 'closed' WHERE id = $1",
+            &[row.id.as_str().into()],
         )?;
         return Ok(Verified::Failed(consents::not_awaiting(
             record.status,
@@ -307,10 +325,10 @@ pub fn verify(
             _ => false,
         };
     if right {
-        tx.conn().execute(
-            "UPDATE authorisations SET attempts = ?2, state = 'succeeded', code_salt = NULL,
-                 code_hash = NULL WHERE id = ?1",
-            params![row.id, row.attempts],
+        tx.execute(
+            "UPDATE authorisations SET attempts = $2, state = 'succeeded', code_salt = NULL,
+                 code_hash = NULL WHERE id = $1",
+            &[row.id.as_str().into(), row.attempts.into()],
         )?;
         return Ok(Verified::Authorised(consents::authorise(
             tx,
@@ -321,12 +339,25 @@ pub fn verify(
     if exhausted {
         row.state = "failed".into();
     }
-    tx.conn().execute(
-        "UPDATE authorisations SET attempts = ?2, state = ?3 WHERE id = ?1",
-        params![row.id, row.attempts, row.state],
+    tx.execute(
+        "UPDATE authorisations SET attempts = $2, state = $3 WHERE id = $1",
+        &[
+            row.id.as_str().into(),
+            row.attempts.into(),
+            row.state.as_str().into(),
+        ],
     )?;
-    let otp = row.otp_state(limits);
-    Ok(Verified::Failed(if exhausted {
+    Ok(Verified::Failed(failed_attempt(
+        row.otp_state(limits),
+        exhausted,
+        expired,
+    )))
+}
+
+/// The answer to a failed verification: the attempts are used up, or the code expired,
+/// or it was wrong.
+fn failed_attempt(otp: OtpState, exhausted: bool, expired: bool) -> Error {
+    if exhausted {
         Error::Limit {
             code: "otp_attempts_exhausted",
             otp: Some(otp),
@@ -341,17 +372,17 @@ pub fn verify(
             code: "otp_invalid",
             otp,
         }
-    }))
+    }
 }
 
 /// An authorisation session, if it is this customer's.
 pub fn view(
-    conn: &Connection,
+    sql: &mut dyn Sql,
     customer: &str,
     id: &str,
     limits: &Limits,
 ) -> Result<Option<AuthorisationView>, StoreError> {
-    Ok(load(conn, id)?
+    Ok(load(sql, id)?
         .filter(|r| r.customer == customer)
         .map(|r| r.view(limits)))
 }
@@ -379,34 +410,40 @@ pub fn create_customer_session(
     let bytes = otp::random_bytes::<32>(rng).map_err(|e| Error::Signing(e.to_string()))?;
     let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
     let expires = now + limits.customer_session_secs;
-    tx.conn().execute(
+    tx.execute(
         "INSERT INTO customer_sessions(token_hash, customer, created_at, expires_at)
-         VALUES (?1, ?2, ?3, ?4)",
-        params![token_hash(&token).to_vec(), customer, now, expires],
+         VALUES ($1, $2, $3, $4)",
+        &[
+            token_hash(&token).to_vec().into(),
+            customer.into(),
+            now.into(),
+            expires.into(),
+        ],
     )?;
     Ok((token, to_datetime(expires)))
 }
 
 /// The customer a session bearer value belongs to, if it is live at `now`.
 pub fn customer_of_session(
-    conn: &Connection,
+    sql: &mut dyn Sql,
     token: &str,
     now: i64,
 ) -> Result<Option<String>, StoreError> {
-    Ok(conn
-        .query_row(
-            "SELECT customer FROM customer_sessions WHERE token_hash = ?1 AND expires_at > ?2",
-            params![token_hash(token).to_vec(), now],
-            |r| r.get(0),
-        )
-        .optional()?)
+    let params: [Value; 2] = [token_hash(token).to_vec().into(), now.into()];
+    sql.query_opt(
+        "SELECT customer FROM customer_sessions WHERE token_hash = $1 AND expires_at > $2",
+        &params,
+    )?
+    .map(|r| r.text(0))
+    .transpose()
 }
 
 /// Deletes customer sessions that ended before `now`.
 pub fn purge_customer_sessions(tx: &mut Tx<'_>) -> Result<usize, StoreError> {
     let now = tx.now();
-    Ok(tx.conn().execute(
-        "DELETE FROM customer_sessions WHERE expires_at <= ?1",
-        params![now],
-    )?)
+    let n = tx.execute(
+        "DELETE FROM customer_sessions WHERE expires_at <= $1",
+        &[now.into()],
+    )?;
+    Ok(usize::try_from(n).unwrap_or(usize::MAX))
 }

@@ -13,12 +13,11 @@
 //! `rejected`, `revoked` and `expired` are final.
 
 use consent_cache::{Bin, Change, ChangeOp, ConsentRecord, ConsentStatus, Permission};
-use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::clock::to_datetime;
-use crate::db::{StoreError, Tx};
+use crate::db::{Sql, StoreError, Tx};
 use crate::error::Error;
 use crate::history::HistoryEntry;
 use crate::participants::Directory;
@@ -134,7 +133,8 @@ pub fn import(
     directory: &Directory,
     record: ConsentRecord,
 ) -> Result<ConsentView, Error> {
-    if load(tx.conn(), &record.id)?.is_some() {
+    tx.head()?; // decides from what it reads (portable SQL rule 7)
+    if load(tx, &record.id)?.is_some() {
         return Err(Error::Conflict {
             code: "consent_exists",
             detail: format!("a consent with id {} is already stored", record.id),
@@ -194,29 +194,21 @@ fn insert_new(
             op: ChangeOp::Upsert(record.clone()),
         }))
     })?;
-    tx.conn().execute(
+    tx.execute(
         "INSERT INTO consents(id, api_user, customer, status, expires_at, record, version)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
-            record.id,
-            record.api_user.to_string(),
-            record.customer,
-            record.status.as_str(),
-            record.expires_at.map(OffsetDateTime::unix_timestamp),
-            serde_json::to_string(&record)?,
-            version as i64
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        &[
+            record.id.as_str().into(),
+            record.api_user.to_string().into(),
+            record.customer.as_str().into(),
+            record.status.as_str().into(),
+            record.expires_at.map(OffsetDateTime::unix_timestamp).into(),
+            serde_json::to_string(&record)?.into(),
+            version.into(),
         ],
     )?;
-    append_history(
-        tx.conn(),
-        &record.id,
-        at,
-        actor,
-        None,
-        record.status,
-        version,
-    )?;
-    let history = history(tx.conn(), &record.id)?;
+    append_history(tx, &record.id, at, actor, None, record.status, version)?;
+    let history = history(tx, &record.id)?;
     Ok(ConsentView {
         record,
         version,
@@ -225,7 +217,7 @@ fn insert_new(
 }
 
 fn append_history(
-    conn: &Connection,
+    sql: &mut dyn Sql,
     id: &str,
     at: i64,
     actor: &str,
@@ -233,54 +225,52 @@ fn append_history(
     to: ConsentStatus,
     version: u64,
 ) -> Result<(), StoreError> {
-    conn.execute(
+    sql.execute(
         "INSERT INTO consent_history(consent_id, at, actor, from_status, to_status, version)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![
-            id,
-            at,
-            actor,
-            from.map(ConsentStatus::as_str),
-            to.as_str(),
-            version as i64
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        &[
+            id.into(),
+            at.into(),
+            actor.into(),
+            from.map(ConsentStatus::as_str).into(),
+            to.as_str().into(),
+            version.into(),
         ],
     )?;
     Ok(())
 }
 
 /// A consent and the version of its last change.
-pub fn load(conn: &Connection, id: &str) -> Result<Option<(ConsentRecord, u64)>, StoreError> {
-    let row: Option<(String, i64)> = conn
-        .query_row(
-            "SELECT record, version FROM consents WHERE id = ?1",
-            params![id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
+pub fn load(sql: &mut dyn Sql, id: &str) -> Result<Option<(ConsentRecord, u64)>, StoreError> {
+    let row = sql.query_opt(
+        "SELECT record, version FROM consents WHERE id = $1",
+        &[id.into()],
+    )?;
     match row {
         None => Ok(None),
-        Some((json, v)) => Ok(Some((serde_json::from_str(&json)?, v as u64))),
+        Some(r) => Ok(Some((
+            serde_json::from_str(&r.text(0)?)?,
+            crate::db::version(&r, 1)?,
+        ))),
     }
 }
 
 /// The history of a consent, oldest first.
-pub fn history(conn: &Connection, id: &str) -> Result<Vec<HistoryEntry>, StoreError> {
-    let mut stmt = conn.prepare_cached(
+pub fn history(sql: &mut dyn Sql, id: &str) -> Result<Vec<HistoryEntry>, StoreError> {
+    HistoryEntry::all(
+        sql,
         "SELECT at, actor, from_status, to_status, version FROM consent_history
-         WHERE consent_id = ?1 ORDER BY seq",
-    )?;
-    let rows = stmt
-        .query_map(params![id], HistoryEntry::from_row)?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows)
+         WHERE consent_id = $1 ORDER BY seq",
+        &[id.into()],
+    )
 }
 
 /// A consent with its history.
-pub fn view(conn: &Connection, id: &str) -> Result<Option<ConsentView>, StoreError> {
-    let Some((record, version)) = load(conn, id)? else {
+pub fn view(sql: &mut dyn Sql, id: &str) -> Result<Option<ConsentView>, StoreError> {
+    let Some((record, version)) = load(sql, id)? else {
         return Ok(None);
     };
-    let history = history(conn, id)?;
+    let history = history(sql, id)?;
     Ok(Some(ConsentView {
         record,
         version,
@@ -289,18 +279,14 @@ pub fn view(conn: &Connection, id: &str) -> Result<Option<ConsentView>, StoreErr
 }
 
 /// Every consent of a customer, newest first, with histories.
-pub fn list_by_customer(conn: &Connection, customer: &str) -> Result<Vec<ConsentView>, StoreError> {
-    let ids: Vec<String> = {
-        let mut stmt = conn
-            .prepare_cached("SELECT id FROM consents WHERE customer = ?1 ORDER BY version DESC")?;
-        let rows = stmt
-            .query_map(params![customer], |r| r.get(0))?
-            .collect::<Result<Vec<_>, _>>()?;
-        rows
-    };
+pub fn list_by_customer(sql: &mut dyn Sql, customer: &str) -> Result<Vec<ConsentView>, StoreError> {
+    let ids = sql.query(
+        "SELECT id FROM consents WHERE customer = $1 ORDER BY version DESC",
+        &[customer.into()],
+    )?;
     let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
-        if let Some(v) = view(conn, &id)? {
+    for row in ids {
+        if let Some(v) = view(sql, &row.text(0)?)? {
             out.push(v);
         }
     }
@@ -327,16 +313,14 @@ pub fn transition(
     actor: &str,
     rule: impl FnOnce(&ConsentRecord) -> Result<Step, Error>,
 ) -> Result<ConsentView, Error> {
-    let Some((mut record, _)) = load(tx.conn(), id)? else {
+    tx.head()?; // decides from what it reads (portable SQL rule 7)
+    let Some((mut record, _)) = load(tx, id)? else {
         return Err(Error::NotFound("consent_not_found"));
     };
     if rule(&record)? == Step::Apply {
         set_status(tx, &mut record, to, actor)?;
     }
-    Ok(
-        view(tx.conn(), id)?
-            .ok_or_else(|| StoreError::Corrupt(format!("consent {id} vanished")))?,
-    )
+    Ok(view(tx, id)?.ok_or_else(|| StoreError::Corrupt(format!("consent {id} vanished")))?)
 }
 
 fn set_status(
@@ -356,21 +340,21 @@ fn set_status(
             },
         }))
     })?;
-    let c = tx.conn();
-    c.execute(
-        "UPDATE consents SET status = ?2, record = ?3, version = ?4 WHERE id = ?1",
-        params![
-            record.id,
-            to.as_str(),
-            serde_json::to_string(&*record)?,
-            version as i64
+    tx.execute(
+        "UPDATE consents SET status = $2, record = $3, version = $4 WHERE id = $1",
+        &[
+            record.id.as_str().into(),
+            to.as_str().into(),
+            serde_json::to_string(&*record)?.into(),
+            version.into(),
         ],
     )?;
-    append_history(c, &record.id, tx.now(), actor, Some(from), to, version)?;
+    let now = tx.now();
+    append_history(tx, &record.id, now, actor, Some(from), to, version)?;
     if from == ConsentStatus::AwaitingAuthorisation {
-        c.execute(
-            "UPDATE authorisations SET state = 'closed' WHERE consent_id = ?1 AND state = 'open'",
-            params![record.id],
+        tx.execute(
+            "UPDATE authorisations SET state = 'closed' WHERE consent_id = $1 AND state = 'open'",
+            &[record.id.as_str().into()],
         )?;
     }
     Ok(version)
@@ -439,18 +423,15 @@ pub(crate) fn authorise(tx: &mut Tx<'_>, id: &str) -> Result<ConsentView, Error>
 /// `awaiting_authorisation` or `authorised` to `expired`. Returns how many.
 pub fn expire_due(tx: &mut Tx<'_>, limit: usize) -> Result<usize, Error> {
     let now = tx.now();
-    let ids: Vec<String> = {
-        let mut stmt = tx.conn().prepare(
-            "SELECT id FROM consents WHERE expires_at IS NOT NULL AND expires_at <= ?1
-             AND status IN ('awaiting_authorisation', 'authorised') ORDER BY expires_at LIMIT ?2",
-        )?;
-        let rows = stmt
-            .query_map(params![now, limit as i64], |r| r.get(0))?
-            .collect::<Result<Vec<_>, _>>()?;
-        rows
-    };
-    for id in &ids {
-        if let Some((mut record, _)) = load(tx.conn(), id)? {
+    tx.head()?; // decides from what it reads (portable SQL rule 7)
+    let ids = tx.query(
+        "SELECT id FROM consents WHERE expires_at IS NOT NULL AND expires_at <= $1
+         AND status IN ('awaiting_authorisation', 'authorised') ORDER BY expires_at, id LIMIT $2",
+        &[now.into(), i64::try_from(limit).unwrap_or(i64::MAX).into()],
+    )?;
+    for row in &ids {
+        let id = row.text(0)?;
+        if let Some((mut record, _)) = load(tx, &id)? {
             set_status(
                 tx,
                 &mut record,

@@ -91,17 +91,28 @@ pub enum Error {
     /// Signing a token failed.
     #[error("signing: {0}")]
     Signing(String),
-    /// Storage failed.
+    /// Storage failed (a database that cannot be reached is [`Error::Unavailable`]).
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
     /// An internal failure (a blocking task panicked, a lock was poisoned).
     #[error("internal: {0}")]
     Internal(String),
 }
 
-impl From<rusqlite::Error> for Error {
-    fn from(e: rusqlite::Error) -> Self {
-        Error::Store(StoreError::Sqlite(e))
+impl From<StoreError> for Error {
+    /// A database that cannot be reached (SQLite locked past the busy timeout, PostgreSQL
+    /// down) is `503 database_unavailable`: the request may succeed later.
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(detail) => {
+                tracing::warn!(%detail, "database unavailable");
+                Error::Unavailable {
+                    code: "database_unavailable",
+                    detail: "the database could not be reached".into(),
+                }
+            }
+            other => Error::Store(other),
+        }
     }
 }
 

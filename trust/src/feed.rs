@@ -2,22 +2,22 @@
 //! NDJSON (formats in [`crate::wire`]) through a bounded channel, so a slow gateway
 //! slows its own stream and nothing else.
 //!
-//! The snapshot is read inside one SQLite read transaction (WAL: a consistent view
-//! while writers go on), from stored JSON without re-encoding. The feed reads the
-//! change log after `since` in batches, then waits for the writer's head to move,
-//! sending a heartbeat whenever it has been quiet for the heartbeat interval.
+//! The snapshot is read inside one read transaction (SQLite WAL or PostgreSQL
+//! REPEATABLE READ: a consistent view while writers go on), streamed row by row from
+//! stored JSON without re-encoding. The feed reads the change log after `since` in
+//! batches, then waits for the committed head to move, sending a heartbeat whenever it
+//! has been quiet for the heartbeat interval.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use rusqlite::params;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::app::{blocking, App};
 use crate::clock::to_datetime;
-use crate::db::{read_floor, read_head, StoreError};
+use crate::db::{read_floor, read_head, Sql, StoreError};
 use crate::error::Error;
 use crate::wire::{FeedLine, Heartbeat, Resync, SnapshotHeader, SnapshotLine, SnapshotTrailer};
 
@@ -70,54 +70,44 @@ impl Sink<'_> {
 }
 
 fn write_snapshot(app: &App, tx: &mpsc::Sender<Bytes>) -> Result<(), Error> {
-    let conn = app.db.reader()?;
-    conn.execute_batch("BEGIN")?;
-    let version = read_head(&conn)?;
-    let count = |table: &str| -> Result<u64, StoreError> {
-        let n: i64 = conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))?;
-        Ok(n as u64)
-    };
-    let (participants, consents) = (count("participants")?, count("consents")?);
-    let header = serde_json::to_vec(&SnapshotLine::Snapshot(SnapshotHeader {
-        store_id: app.db.store_id().to_owned(),
-        version,
-        participants,
-        consents,
-        time: to_datetime(app.now()),
-    }))?;
     let mut sink = Sink {
         tx,
         buf: BytesMut::with_capacity(CHUNK + 4096),
     };
-    sink.line(&[&header])?;
-    // Stored records are the wire JSON already: wrap them without re-encoding.
-    let mut stmt = conn.prepare("SELECT record FROM participants ORDER BY bin")?;
-    let mut rows = stmt.query([])?;
-    let mut seen_p = 0u64;
-    while let Some(r) = rows.next()? {
-        let json: String = r.get(0)?;
-        sink.line(&[b"{\"participant\":", json.as_bytes(), b"}"])?;
-        seen_p += 1;
-    }
-    drop(rows);
-    drop(stmt);
-    let mut stmt = conn.prepare("SELECT record FROM consents")?;
-    let mut rows = stmt.query([])?;
-    let mut seen_c = 0u64;
-    while let Some(r) = rows.next()? {
-        let json: String = r.get(0)?;
-        sink.line(&[b"{\"consent\":", json.as_bytes(), b"}"])?;
-        seen_c += 1;
-    }
-    drop(rows);
-    drop(stmt);
-    conn.execute_batch("COMMIT")?;
-    if (seen_p, seen_c) != (participants, consents) {
-        return Err(StoreError::Corrupt(
-            "snapshot counts changed inside a read transaction".into(),
-        )
-        .into());
-    }
+    // Header, rows and trailer from one read transaction: one consistent view.
+    let (version, participants, consents) = app.db.read(|sql| {
+        let version = read_head(sql)?;
+        let participants = crate::db::count(sql, "SELECT COUNT(*) FROM participants", &[])?;
+        let consents = crate::db::count(sql, "SELECT COUNT(*) FROM consents", &[])?;
+        let header = serde_json::to_vec(&SnapshotLine::Snapshot(SnapshotHeader {
+            store_id: app.db.store_id().to_owned(),
+            version,
+            participants,
+            consents,
+            time: to_datetime(app.now()),
+        }))?;
+        sink.line(&[&header])?;
+        // Stored records are the wire JSON already: wrap them without re-encoding.
+        let seen_p = stream_records(
+            sql,
+            &mut sink,
+            "SELECT record FROM participants ORDER BY bin",
+            b"{\"participant\":",
+        )?;
+        let seen_c = stream_records(
+            sql,
+            &mut sink,
+            "SELECT record FROM consents",
+            b"{\"consent\":",
+        )?;
+        if (seen_p, seen_c) != (participants, consents) {
+            return Err(StoreError::Corrupt(
+                "snapshot counts changed inside a read transaction".into(),
+            )
+            .into());
+        }
+        Ok::<_, Error>((version, participants, consents))
+    })?;
     let trailer = serde_json::to_vec(&SnapshotLine::End(SnapshotTrailer {
         version,
         participants,
@@ -125,6 +115,28 @@ fn write_snapshot(app: &App, tx: &mpsc::Sender<Bytes>) -> Result<(), Error> {
     }))?;
     sink.line(&[&trailer])?;
     sink.flush()
+}
+
+/// Streams the one-column `query` as snapshot lines `{prefix}{record}}`; returns how
+/// many. A failing sink (the client went away) ends the query with its error.
+fn stream_records(
+    sql: &mut dyn Sql,
+    sink: &mut Sink<'_>,
+    query: &str,
+    prefix: &[u8],
+) -> Result<u64, Error> {
+    let mut failed = None;
+    let n = sql.query_each(query, &[], &mut |r| {
+        let json = r.text(0)?;
+        sink.line(&[prefix, json.as_bytes(), b"}"]).map_err(|e| {
+            failed = Some(e);
+            StoreError::Unavailable("the snapshot stream was closed".into())
+        })
+    });
+    match (n, failed) {
+        (_, Some(e)) => Err(e),
+        (n, None) => Ok(n?),
+    }
 }
 
 /// Why a feed cannot start at `since`.
@@ -168,14 +180,18 @@ enum Batch {
 
 fn read_batch(app: &App, after: u64) -> Result<Batch, Error> {
     app.db.read(|c| {
-        let mut stmt = c.prepare_cached(
-            "SELECT version, line FROM changes WHERE version > ?1 ORDER BY version LIMIT ?2",
+        let mut rows = Vec::with_capacity(BATCH);
+        c.query_each(
+            "SELECT version, line FROM changes WHERE version > $1 ORDER BY version LIMIT $2",
+            &[
+                after.into(),
+                i64::try_from(BATCH).unwrap_or(i64::MAX).into(),
+            ],
+            &mut |r| {
+                rows.push((crate::db::version(r, 0)?, r.text(1)?));
+                Ok(())
+            },
         )?;
-        let rows = stmt
-            .query_map(params![after as i64, BATCH as i64], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
         if rows.is_empty() && read_floor(c)? > after {
             return Ok(Batch::Gap);
         }

@@ -8,6 +8,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::clock::to_datetime;
+use crate::db::{Row, Sql, StoreError, Value};
 
 /// One status change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -27,14 +28,26 @@ pub struct HistoryEntry {
 
 impl HistoryEntry {
     /// Reads `at, actor, from_status, to_status, version`.
-    pub(crate) fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+    pub(crate) fn from_row(r: &Row) -> Result<Self, StoreError> {
         Ok(HistoryEntry {
-            at: to_datetime(r.get(0)?),
-            actor: r.get(1)?,
-            from: r.get(2)?,
-            to: r.get(3)?,
-            version: r.get::<_, i64>(4)? as u64,
+            at: to_datetime(r.int(0)?),
+            actor: r.text(1)?,
+            from: r.opt_text(2)?,
+            to: r.text(3)?,
+            version: crate::db::version(r, 4)?,
         })
+    }
+
+    /// Every entry a query of `at, actor, from_status, to_status, version` returns.
+    pub(crate) fn all(
+        sql: &mut dyn Sql,
+        query: &str,
+        params: &[Value],
+    ) -> Result<Vec<Self>, StoreError> {
+        sql.query(query, params)?
+            .iter()
+            .map(HistoryEntry::from_row)
+            .collect()
     }
 }
 

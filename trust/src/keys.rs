@@ -21,13 +21,12 @@ use ring::rand::SystemRandom;
 use ring::signature::{
     EcdsaKeyPair, KeyPair as _, RsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING, RSA_PSS_SHA256,
 };
-use rusqlite::{params, Connection};
 use serde::Serialize;
 use serde_json::json;
 use time::OffsetDateTime;
 
 use crate::clock::to_datetime;
-use crate::db::{StoreError, Tx};
+use crate::db::{Row, Sql, StoreError, Tx};
 
 /// Smallest accepted RSA modulus, in bytes (2048 bits, RFC 7518 §3.5).
 const MIN_RSA_MODULUS_BYTES: usize = 256;
@@ -86,12 +85,6 @@ pub enum KeyError {
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-impl From<rusqlite::Error> for KeyError {
-    fn from(e: rusqlite::Error) -> Self {
-        KeyError::Store(StoreError::Sqlite(e))
-    }
 }
 
 enum Pair {
@@ -376,49 +369,59 @@ pub fn plan(keys: &[KeyMeta], now: i64, policy: &Policy, force: bool) -> Result<
     Ok(plan)
 }
 
+/// The order keys are listed in: by publication, then the active and retired ones in
+/// the order they signed, then the next ones (NULL sorts differently in the two engines,
+/// hence `IS NULL` first), then by `kid`.
+const KEY_ORDER: &str = "ORDER BY published_at, activated_at IS NULL, activated_at, kid";
+
+/// Reads `kid, alg, published_at, activated_at, deactivated_at, drop_after` from
+/// column `first` on.
+fn meta_from_row(r: &Row, first: usize) -> Result<KeyMeta, StoreError> {
+    let kid = r.text(first)?;
+    let alg = r.text(first + 1)?;
+    let alg = Alg::parse(&alg)
+        .ok_or_else(|| StoreError::Corrupt(format!("signing key {kid}: alg {alg:?}")))?;
+    Ok(KeyMeta {
+        kid,
+        alg,
+        published_at: r.int(first + 2)?,
+        activated_at: r.opt_int(first + 3)?,
+        deactivated_at: r.opt_int(first + 4)?,
+        drop_after: r.opt_int(first + 5)?,
+    })
+}
+
 /// Every stored key's timeline.
-pub fn metas(conn: &Connection) -> Result<Vec<KeyMeta>, StoreError> {
-    let mut stmt = conn.prepare(
-        "SELECT kid, alg, published_at, activated_at, deactivated_at, drop_after
-         FROM signing_keys ORDER BY published_at, rowid",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get(2)?,
-            r.get(3)?,
-            r.get(4)?,
-            r.get(5)?,
-        ))
-    })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (kid, alg, published_at, activated_at, deactivated_at, drop_after) = row?;
-        let alg = Alg::parse(&alg)
-            .ok_or_else(|| StoreError::Corrupt(format!("signing key {kid}: alg {alg:?}")))?;
-        out.push(KeyMeta {
-            kid,
-            alg,
-            published_at,
-            activated_at,
-            deactivated_at,
-            drop_after,
-        });
-    }
-    Ok(out)
+pub fn metas(sql: &mut dyn Sql) -> Result<Vec<KeyMeta>, StoreError> {
+    sql.query(
+        &format!(
+            "SELECT kid, alg, published_at, activated_at, deactivated_at, drop_after
+             FROM signing_keys {KEY_ORDER}"
+        ),
+        &[],
+    )?
+    .iter()
+    .map(|r| meta_from_row(r, 0))
+    .collect()
 }
 
 fn insert(
-    tx: &Tx<'_>,
+    tx: &mut Tx<'_>,
     key: &SigningKey,
     pkcs8: &[u8],
     activated_at: Option<i64>,
 ) -> Result<(), StoreError> {
-    tx.conn().execute(
-        "INSERT OR IGNORE INTO signing_keys(kid, alg, pkcs8, published_at, activated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![key.kid, key.alg.as_str(), pkcs8, tx.now(), activated_at],
+    let now = tx.now();
+    tx.execute(
+        "INSERT INTO signing_keys(kid, alg, pkcs8, published_at, activated_at)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (kid) DO NOTHING",
+        &[
+            key.kid.as_str().into(),
+            key.alg.as_str().into(),
+            pkcs8.into(),
+            now.into(),
+            activated_at.into(),
+        ],
     )?;
     Ok(())
 }
@@ -427,6 +430,7 @@ fn insert(
 /// Importing a key that is already stored changes nothing. Returns its `kid`.
 pub fn import(tx: &mut Tx<'_>, alg: Alg, pkcs8: &[u8]) -> Result<String, KeyError> {
     let key = SigningKey::from_pkcs8(alg, pkcs8)?;
+    tx.head()?; // serialised with rotation on every replica (portable SQL rule 7)
     insert(tx, &key, pkcs8, None)?;
     Ok(key.kid)
 }
@@ -439,7 +443,10 @@ pub fn rotate(
     rng: &SystemRandom,
 ) -> Result<Result<bool, NotReady>, KeyError> {
     let now = tx.now();
-    let plan = match plan(&metas(tx.conn())?, now, policy, force) {
+    // Decided from the keys as stored, under the feed head's lock (portable SQL rule 7):
+    // two replicas rotating at once cannot both generate or promote a key.
+    tx.head()?;
+    let plan = match plan(&metas(tx)?, now, policy, force) {
         Ok(p) => p,
         Err(not_ready) => return Ok(Err(not_ready)),
     };
@@ -447,19 +454,22 @@ pub fn rotate(
         return Ok(Ok(false));
     }
     for kid in &plan.drop {
-        tx.conn()
-            .execute("DELETE FROM signing_keys WHERE kid = ?1", params![kid])?;
+        tx.execute("DELETE FROM signing_keys WHERE kid = $1", &[kid.into()])?;
     }
     if let Some(kid) = &plan.deactivate {
-        tx.conn().execute(
-            "UPDATE signing_keys SET deactivated_at = ?2, drop_after = ?3 WHERE kid = ?1",
-            params![kid, now, now + policy.retire_after_secs],
+        tx.execute(
+            "UPDATE signing_keys SET deactivated_at = $2, drop_after = $3 WHERE kid = $1",
+            &[
+                kid.into(),
+                now.into(),
+                (now + policy.retire_after_secs).into(),
+            ],
         )?;
     }
     if let Some(kid) = &plan.activate {
-        tx.conn().execute(
-            "UPDATE signing_keys SET activated_at = ?2 WHERE kid = ?1",
-            params![kid, now],
+        tx.execute(
+            "UPDATE signing_keys SET activated_at = $2 WHERE kid = $1",
+            &[kid.into(), now.into()],
         )?;
     }
     if plan.generate_active {
@@ -507,31 +517,32 @@ pub struct KeySet {
     pub jwks: bytes::Bytes,
     /// The operator's listing.
     pub keys: Vec<KeyInfo>,
+    /// The stored timelines the set was built from.
+    loaded: Vec<KeyMeta>,
+}
+
+impl KeySet {
+    /// Whether the set was built from exactly these stored keys (see [`metas`]); when
+    /// not, another replica (or this one) rotated or imported keys since: reload it.
+    pub fn is_current(&self, stored: &[KeyMeta]) -> bool {
+        self.loaded == stored
+    }
 }
 
 /// Loads every stored key and renders the JWKS.
-pub fn load_set(conn: &Connection) -> Result<KeySet, KeyError> {
-    let mut stmt = conn.prepare(
-        "SELECT kid, alg, pkcs8, published_at, activated_at, deactivated_at, drop_after
-         FROM signing_keys ORDER BY published_at, rowid",
+pub fn load_set(sql: &mut dyn Sql) -> Result<KeySet, KeyError> {
+    let rows = sql.query(
+        &format!(
+            "SELECT pkcs8, kid, alg, published_at, activated_at, deactivated_at, drop_after
+             FROM signing_keys {KEY_ORDER}"
+        ),
+        &[],
     )?;
-    let mut rows = stmt.query([])?;
     let mut set = KeySet::default();
     let mut jwks = Vec::new();
-    while let Some(r) = rows.next()? {
-        let kid: String = r.get(0)?;
-        let alg: String = r.get(1)?;
-        let pkcs8: Vec<u8> = r.get(2)?;
-        let meta = KeyMeta {
-            alg: Alg::parse(&alg)
-                .ok_or_else(|| StoreError::Corrupt(format!("signing key {kid}: alg {alg:?}")))?,
-            kid,
-            published_at: r.get(3)?,
-            activated_at: r.get(4)?,
-            deactivated_at: r.get(5)?,
-            drop_after: r.get(6)?,
-        };
-        let key = SigningKey::from_pkcs8(meta.alg, &pkcs8)?;
+    for r in &rows {
+        let meta = meta_from_row(r, 1)?;
+        let key = SigningKey::from_pkcs8(meta.alg, &r.bytes(0)?)?;
         if key.kid != meta.kid {
             return Err(StoreError::Corrupt(format!(
                 "signing key {}: the stored key's thumbprint is {}",
@@ -559,6 +570,7 @@ pub fn load_set(conn: &Connection) -> Result<KeySet, KeyError> {
         if meta.is_active() {
             set.signer = Some(Arc::new(key));
         }
+        set.loaded.push(meta);
     }
     set.jwks = bytes::Bytes::from(json!({ "keys": jwks }).to_string());
     Ok(set)

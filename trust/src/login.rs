@@ -3,10 +3,9 @@
 //! (the hash of a random value kept in a `__Host-` cookie, so a code obtained in one
 //! browser cannot be redeemed in another), and taken out exactly once.
 
-use rusqlite::{params, Connection, OptionalExtension};
 use subtle::ConstantTimeEq;
 
-use crate::db::{StoreError, Tx};
+use crate::db::{Sql, StoreError, Tx};
 use crate::otp;
 
 /// The cookie binding a login to the browser that started it.
@@ -31,22 +30,23 @@ fn browser_hash(binding: &str) -> [u8; 32] {
 
 /// Stores a started login until `expires_at`.
 pub fn store(
-    tx: &Tx<'_>,
+    tx: &mut Tx<'_>,
     state: &str,
     browser: &str,
     pending: &Pending,
     expires_at: i64,
 ) -> Result<(), StoreError> {
-    tx.conn().execute(
+    let now = tx.now();
+    tx.execute(
         "INSERT INTO customer_logins(state_hash, browser_hash, nonce, pkce_verifier,
-             created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![
-            state_hash(state).to_vec(),
-            browser_hash(browser).to_vec(),
-            pending.nonce,
-            pending.pkce_verifier,
-            tx.now(),
-            expires_at
+             created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        &[
+            state_hash(state).to_vec().into(),
+            browser_hash(browser).to_vec().into(),
+            pending.nonce.as_str().into(),
+            pending.pkce_verifier.as_str().into(),
+            now.into(),
+            expires_at.into(),
         ],
     )?;
     Ok(())
@@ -54,24 +54,20 @@ pub fn store(
 
 /// Takes the login `state` names out (whatever happens next, it cannot be used again);
 /// `None` when it is unknown, used, expired, or was started in another browser.
-pub fn take(tx: &Tx<'_>, state: &str, browser: &str) -> Result<Option<Pending>, StoreError> {
+pub fn take(tx: &mut Tx<'_>, state: &str, browser: &str) -> Result<Option<Pending>, StoreError> {
     let key = state_hash(state).to_vec();
-    let row: Option<(Vec<u8>, String, String, i64)> = tx
-        .conn()
-        .query_row(
-            "SELECT browser_hash, nonce, pkce_verifier, expires_at FROM customer_logins
-             WHERE state_hash = ?1",
-            params![key],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )
-        .optional()?;
-    let Some((bound, nonce, pkce_verifier, expires_at)) = row else {
+    // Taken by deleting it: of two callbacks with the same state (on two replicas too),
+    // only the one whose DELETE removed the row goes on.
+    let row = tx.query_opt(
+        "DELETE FROM customer_logins WHERE state_hash = $1
+         RETURNING browser_hash, nonce, pkce_verifier, expires_at",
+        &[key.into()],
+    )?;
+    let Some(row) = row else {
         return Ok(None);
     };
-    tx.conn().execute(
-        "DELETE FROM customer_logins WHERE state_hash = ?1",
-        params![key],
-    )?;
+    let (bound, nonce, pkce_verifier, expires_at) =
+        (row.bytes(0)?, row.text(1)?, row.text(2)?, row.int(3)?);
     let same_browser = bool::from(bound.as_slice().ct_eq(&browser_hash(browser)));
     if !same_browser || tx.now() >= expires_at {
         return Ok(None);
@@ -83,17 +79,18 @@ pub fn take(tx: &Tx<'_>, state: &str, browser: &str) -> Result<Option<Pending>, 
 }
 
 /// Deletes logins that were never finished.
-pub fn purge(tx: &Tx<'_>) -> Result<usize, StoreError> {
-    Ok(tx.conn().execute(
-        "DELETE FROM customer_logins WHERE expires_at <= ?1",
-        params![tx.now()],
-    )?)
+pub fn purge(tx: &mut Tx<'_>) -> Result<usize, StoreError> {
+    let now = tx.now();
+    let n = tx.execute(
+        "DELETE FROM customer_logins WHERE expires_at <= $1",
+        &[now.into()],
+    )?;
+    Ok(usize::try_from(n).unwrap_or(usize::MAX))
 }
 
 /// Logins in progress (for tests and metrics).
-pub fn count(conn: &Connection) -> Result<u64, StoreError> {
-    let n: i64 = conn.query_row("SELECT COUNT(*) FROM customer_logins", [], |r| r.get(0))?;
-    Ok(u64::try_from(n).unwrap_or(0))
+pub fn count(sql: &mut dyn Sql) -> Result<u64, StoreError> {
+    crate::db::count(sql, "SELECT COUNT(*) FROM customer_logins", &[])
 }
 
 /// The browser binding from a `Cookie` header, if present and sane.

@@ -8,11 +8,10 @@ use std::sync::Arc;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use consent_cache::Bin;
-use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::to_datetime;
-use crate::db::{StoreError, Tx};
+use crate::db::{Sql, StoreError, Tx};
 use crate::error::Error;
 use crate::history::HistoryEntry;
 use crate::wire::{
@@ -91,12 +90,12 @@ impl Directory {
     }
 
     /// Loads the whole registry as of `version`.
-    pub fn load(conn: &Connection, version: u64) -> Result<Directory, StoreError> {
+    pub fn load(sql: &mut dyn Sql, version: u64) -> Result<Directory, StoreError> {
         let mut dir = Directory {
             version,
             ..Directory::default()
         };
-        for record in all(conn)? {
+        for record in all(sql)? {
             for t in &record.thumbprints {
                 let tp = decode_thumbprint(t).ok_or_else(|| {
                     StoreError::Corrupt(format!("participant {}: thumbprint {t:?}", record.bin))
@@ -121,43 +120,52 @@ pub fn encode_thumbprint(tp: &[u8; 32]) -> String {
 }
 
 /// Every participant, by BIN.
-pub fn all(conn: &Connection) -> Result<Vec<ParticipantRecord>, StoreError> {
-    let mut stmt = conn.prepare("SELECT record FROM participants ORDER BY bin")?;
-    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+pub fn all(sql: &mut dyn Sql) -> Result<Vec<ParticipantRecord>, StoreError> {
     let mut out = Vec::new();
-    for json in rows {
-        out.push(serde_json::from_str(&json?)?);
-    }
+    sql.query_each(
+        "SELECT record FROM participants ORDER BY bin",
+        &[],
+        &mut |r| {
+            out.push(serde_json::from_str(&r.text(0)?)?);
+            Ok(())
+        },
+    )?;
     Ok(out)
 }
 
+/// The feed version of the newest participant change stored (0: none): a directory
+/// loaded at this version or later is current.
+pub fn newest_version(sql: &mut dyn Sql) -> Result<u64, StoreError> {
+    let row = sql.query_one("SELECT MAX(version) FROM participants", &[])?;
+    Ok(row.opt_int(0)?.map_or(0, |v| u64::try_from(v).unwrap_or(0)))
+}
+
 /// One participant with its version.
-fn load(conn: &Connection, bin: Bin) -> Result<Option<(ParticipantRecord, u64)>, StoreError> {
-    let row: Option<(String, i64)> = conn
-        .query_row(
-            "SELECT record, version FROM participants WHERE bin = ?1",
-            params![bin.to_string()],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
+fn load(sql: &mut dyn Sql, bin: Bin) -> Result<Option<(ParticipantRecord, u64)>, StoreError> {
+    let row = sql.query_opt(
+        "SELECT record, version FROM participants WHERE bin = $1",
+        &[bin.to_string().into()],
+    )?;
     match row {
         None => Ok(None),
-        Some((json, version)) => Ok(Some((serde_json::from_str(&json)?, version as u64))),
+        Some(r) => Ok(Some((
+            serde_json::from_str(&r.text(0)?)?,
+            crate::db::version(&r, 1)?,
+        ))),
     }
 }
 
 /// One participant with its history, for the operator.
-pub fn view(conn: &Connection, bin: Bin) -> Result<Option<ParticipantView>, StoreError> {
-    let Some((record, version)) = load(conn, bin)? else {
+pub fn view(sql: &mut dyn Sql, bin: Bin) -> Result<Option<ParticipantView>, StoreError> {
+    let Some((record, version)) = load(sql, bin)? else {
         return Ok(None);
     };
-    let mut stmt = conn.prepare(
+    let history = HistoryEntry::all(
+        sql,
         "SELECT at, actor, from_status, to_status, version FROM participant_history
-         WHERE bin = ?1 ORDER BY seq",
+         WHERE bin = $1 ORDER BY seq",
+        &[bin.to_string().into()],
     )?;
-    let history = stmt
-        .query_map(params![bin.to_string()], HistoryEntry::from_row)?
-        .collect::<Result<Vec<_>, _>>()?;
     Ok(Some(ParticipantView {
         record,
         version,
@@ -297,30 +305,9 @@ pub fn upsert(
     reserved: &[[u8; 32]],
 ) -> Result<Written, Error> {
     let input = normalise(input)?;
-    let existing = load(tx.conn(), bin)?;
-    for t in &input.thumbprints {
-        let tp = decode_thumbprint(t).unwrap_or_default();
-        if reserved.contains(&tp) {
-            return Err(Error::Conflict {
-                code: "thumbprint_in_use",
-                detail: format!("{t} belongs to the operator or a hub"),
-            });
-        }
-        let owner: Option<String> = tx
-            .conn()
-            .query_row(
-                "SELECT bin FROM participant_thumbprints WHERE thumbprint = ?1",
-                params![t],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if owner.is_some_and(|o| o != bin.to_string()) {
-            return Err(Error::Conflict {
-                code: "thumbprint_in_use",
-                detail: format!("{t} is registered to another participant"),
-            });
-        }
-    }
+    tx.head()?; // decides from what it reads (portable SQL rule 7)
+    let existing = load(tx, bin)?;
+    check_thumbprints(tx, bin, &input.thumbprints, reserved)?;
     let from = existing.as_ref().map(|(r, _)| r.status);
     let status = match (input.status, from) {
         (Some(s), _) => s,
@@ -349,10 +336,11 @@ pub fn upsert(
         same.updated_at = record.updated_at;
         if same == record {
             // Nothing changed: no feed version, no history.
-            let view = view(tx.conn(), bin)?.ok_or_else(|| {
+            let view = view(tx, bin)?.ok_or_else(|| {
                 StoreError::Corrupt(format!("participant {bin} vanished in a transaction"))
             })?;
-            let directory = Arc::new(Directory::load(tx.conn(), tx.head())?);
+            let head = tx.head()?;
+            let directory = Arc::new(Directory::load(tx, head)?);
             return Ok(Written {
                 view,
                 created: false,
@@ -361,13 +349,46 @@ pub fn upsert(
         }
     }
     write(tx, &record, from, actor, existing.is_none())?;
-    let view = view(tx.conn(), bin)?
-        .ok_or_else(|| StoreError::Corrupt(format!("participant {bin} vanished")))?;
+    let view =
+        view(tx, bin)?.ok_or_else(|| StoreError::Corrupt(format!("participant {bin} vanished")))?;
+    let head = tx.head()?;
     Ok(Written {
         view,
         created: existing.is_none(),
-        directory: Arc::new(Directory::load(tx.conn(), tx.head())?),
+        directory: Arc::new(Directory::load(tx, head)?),
     })
+}
+
+/// Refuses thumbprints that are reserved or registered to another participant.
+fn check_thumbprints(
+    sql: &mut dyn Sql,
+    bin: Bin,
+    thumbprints: &[String],
+    reserved: &[[u8; 32]],
+) -> Result<(), Error> {
+    for t in thumbprints {
+        let tp = decode_thumbprint(t).unwrap_or_default();
+        if reserved.contains(&tp) {
+            return Err(Error::Conflict {
+                code: "thumbprint_in_use",
+                detail: format!("{t} belongs to the operator or a hub"),
+            });
+        }
+        let owner = sql
+            .query_opt(
+                "SELECT bin FROM participant_thumbprints WHERE thumbprint = $1",
+                &[t.into()],
+            )?
+            .map(|r| r.text(0))
+            .transpose()?;
+        if owner.is_some_and(|o| o != bin.to_string()) {
+            return Err(Error::Conflict {
+                code: "thumbprint_in_use",
+                detail: format!("{t} is registered to another participant"),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Moves a participant to `status`.
@@ -377,7 +398,8 @@ pub fn set_status(
     status: ParticipantStatus,
     actor: &str,
 ) -> Result<Written, Error> {
-    let Some((mut record, _)) = load(tx.conn(), bin)? else {
+    tx.head()?; // decides from what it reads (portable SQL rule 7)
+    let Some((mut record, _)) = load(tx, bin)? else {
         return Err(Error::NotFound("participant_not_found"));
     };
     let from = record.status;
@@ -392,12 +414,13 @@ pub fn set_status(
         record.updated_at = to_datetime(tx.now());
         write(tx, &record, Some(from), actor, false)?;
     }
-    let view = view(tx.conn(), bin)?
-        .ok_or_else(|| StoreError::Corrupt(format!("participant {bin} vanished")))?;
+    let view =
+        view(tx, bin)?.ok_or_else(|| StoreError::Corrupt(format!("participant {bin} vanished")))?;
+    let head = tx.head()?;
     Ok(Written {
         view,
         created: false,
-        directory: Arc::new(Directory::load(tx.conn(), tx.head())?),
+        directory: Arc::new(Directory::load(tx, head)?),
     })
 }
 
@@ -417,40 +440,62 @@ fn write(
     let bin = record.bin.to_string();
     let json = serde_json::to_string(record)?;
     let now = tx.now();
-    let c = tx.conn();
+    let status = record.status.as_str();
     if created {
-        c.execute(
-            "INSERT INTO participants(bin, record, status, created_at, version) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![bin, json, record.status.as_str(), now, version as i64],
+        tx.execute(
+            "INSERT INTO participants(bin, record, status, created_at, version)
+             VALUES ($1, $2, $3, $4, $5)",
+            &[
+                bin.as_str().into(),
+                json.into(),
+                status.into(),
+                now.into(),
+                version.into(),
+            ],
         )?;
     } else {
-        c.execute(
-            "UPDATE participants SET record = ?2, status = ?3, version = ?4 WHERE bin = ?1",
-            params![bin, json, record.status.as_str(), version as i64],
+        tx.execute(
+            "UPDATE participants SET record = $2, status = $3, version = $4 WHERE bin = $1",
+            &[
+                bin.as_str().into(),
+                json.into(),
+                status.into(),
+                version.into(),
+            ],
         )?;
     }
-    c.execute(
-        "DELETE FROM participant_thumbprints WHERE bin = ?1",
-        params![bin],
-    )?;
-    for t in &record.thumbprints {
-        c.execute(
-            "INSERT INTO participant_thumbprints(thumbprint, bin) VALUES (?1, ?2)",
-            params![t, bin],
-        )?;
-    }
-    c.execute(
+    replace_thumbprints(tx, &bin, &record.thumbprints)?;
+    tx.execute(
         "INSERT INTO participant_history(bin, at, actor, from_status, to_status, version)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![
-            bin,
-            now,
-            actor,
-            from.map(ParticipantStatus::as_str),
-            record.status.as_str(),
-            version as i64
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        &[
+            bin.as_str().into(),
+            now.into(),
+            actor.into(),
+            from.map(ParticipantStatus::as_str).into(),
+            status.into(),
+            version.into(),
         ],
     )?;
+    Ok(())
+}
+
+/// Makes `thumbprints` the participant's registered thumbprints.
+fn replace_thumbprints(
+    sql: &mut dyn Sql,
+    bin: &str,
+    thumbprints: &[String],
+) -> Result<(), StoreError> {
+    sql.execute(
+        "DELETE FROM participant_thumbprints WHERE bin = $1",
+        &[bin.into()],
+    )?;
+    for t in thumbprints {
+        sql.execute(
+            "INSERT INTO participant_thumbprints(thumbprint, bin) VALUES ($1, $2)",
+            &[t.into(), bin.into()],
+        )?;
+    }
     Ok(())
 }
 

@@ -1,6 +1,8 @@
 //! Starting and stopping the sidecar: TLS (client certificates optional at the
 //! handshake, required per route), the listeners (public, and internal when configured;
-//! `listener`), and the housekeeping task (expiry, key rotation, feed pruning).
+//! `listener`), the housekeeping task (expiry, key rotation, feed pruning; run by the one
+//! replica that holds the store's leadership), and the task that keeps the in-memory
+//! registry and keys in step with the database.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,9 +17,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
+use crate::app::blocking;
 use crate::app::{App, Settings};
 use crate::config::Config;
-use crate::db::{Db, StoreError};
+use crate::db::{Db, Leadership, StoreError};
 use crate::error::Error;
 use crate::keys::{self, Alg, Policy};
 use crate::listener::{self, stopped, Exposure, ListenerLimits, Serving};
@@ -27,6 +30,10 @@ use crate::participants::decode_thumbprint;
 
 /// Housekeeping runs pruning once per this many ticks.
 const PRUNE_EVERY_TICKS: u64 = 60;
+/// How often every replica compares its signing keys with the stored ones. Far shorter
+/// than the publication lead and the retirement period, so a replica never signs with a
+/// key the others no longer publish, nor misses one they started publishing.
+const KEYS_REFRESH: Duration = Duration::from_secs(1);
 
 /// Why the sidecar could not start.
 #[derive(Debug, thiserror::Error)]
@@ -271,6 +278,35 @@ pub async fn start(
     )?);
     activate_keys(&app, &imported).await?;
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let internal_addr = internal.as_ref().map(|(_, a)| *a);
+    let mut tasks = serve(
+        &app,
+        tls,
+        &config,
+        listener,
+        internal.map(|(l, _)| l),
+        &shutdown_rx,
+    );
+    tasks.extend(background(&app, config.housekeeping, &shutdown_rx));
+    tracing::info!(%addr, internal = ?internal_addr, url = %app.settings.public_url, store_id = %app.db.store_id(), head = app.db.head(), "trust sidecar listening");
+    Ok(Running {
+        addr,
+        internal: internal_addr,
+        app,
+        shutdown,
+        tasks,
+    })
+}
+
+/// Serves the public listener, and the internal one when configured, until shutdown.
+fn serve(
+    app: &Arc<App>,
+    tls: Arc<ServerConfig>,
+    config: &Config,
+    public: TcpListener,
+    internal: Option<TcpListener>,
+    shutdown: &watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
     let acceptor = TlsAcceptor::from(tls);
     let serving = |exposure, limits| Serving {
         acceptor: acceptor.clone(),
@@ -283,31 +319,35 @@ pub async fn start(
         None => Exposure::All,
     };
     let mut tasks = vec![tokio::spawn(listener::accept_loop(
-        listener,
+        public,
         serving(public_exposure, config.public_limits),
-        shutdown_rx.clone(),
+        shutdown.clone(),
     ))];
-    let internal_addr = internal.as_ref().map(|(_, a)| *a);
-    if let Some((l, _)) = internal {
+    if let Some(l) = internal {
         tasks.push(tokio::spawn(listener::accept_loop(
             l,
             serving(Exposure::Internal, config.internal_limits),
-            shutdown_rx.clone(),
+            shutdown.clone(),
         )));
     }
-    tasks.push(tokio::spawn(housekeeping(
-        app.clone(),
-        config.housekeeping,
-        shutdown_rx,
-    )));
-    tracing::info!(%addr, internal = ?internal_addr, url = %app.settings.public_url, store_id = %app.db.store_id(), head = app.db.head(), "trust sidecar listening");
-    Ok(Running {
-        addr,
-        internal: internal_addr,
-        app,
-        shutdown,
-        tasks,
-    })
+    tasks
+}
+
+/// The background tasks until shutdown: housekeeping (run while this replica leads)
+/// and following the store (the registry and keys other replicas change).
+fn background(
+    app: &Arc<App>,
+    every: Duration,
+    shutdown: &watch::Receiver<bool>,
+) -> [JoinHandle<()>; 2] {
+    let mut stop = shutdown.clone();
+    [
+        tokio::spawn(housekeeping(app.clone(), every, shutdown.clone())),
+        tokio::spawn(
+            app.clone()
+                .follow_store(KEYS_REFRESH, async move { stopped(&mut stop).await }),
+        ),
+    ]
 }
 
 /// Refuses settings that would serve something unsafe or nothing at all.
@@ -424,29 +464,68 @@ async fn activate_keys(app: &Arc<App>, imported: &[(Alg, Vec<u8>)]) -> Result<()
     Ok(())
 }
 
+/// Whether this replica leads housekeeping: keeps the leadership it holds while the
+/// store says it is held, else tries to take it (SQLite: always granted; PostgreSQL: an
+/// advisory lock, so exactly one replica runs housekeeping).
+async fn leading(app: &Arc<App>, lead: &mut Option<Box<dyn Leadership>>) -> bool {
+    if lead.as_ref().is_some_and(|l| l.held()) {
+        return true;
+    }
+    if lead.take().is_some() {
+        tracing::warn!("housekeeping leadership lost");
+    }
+    let a = app.clone();
+    match blocking(move || a.db.engine().try_lead().map_err(Error::from)).await {
+        Ok(Some(l)) => {
+            tracing::info!("this replica runs housekeeping");
+            *lead = Some(l);
+            true
+        }
+        Ok(None) => false,
+        Err(e) => {
+            tracing::warn!(error = %e, "taking the housekeeping leadership failed");
+            false
+        }
+    }
+}
+
+/// One housekeeping round on the leading replica: expiry, key rotation, and (when
+/// `prune`) pruning.
+async fn housekeeping_round(app: &Arc<App>, prune: bool) {
+    match app.expire_due().await {
+        Ok(0) => {}
+        Ok(k) => tracing::info!(expired = k, "consents expired"),
+        Err(e) => tracing::error!(error = %e, "expiry failed"),
+    }
+    if let Err(e) = app.rotate_keys(false).await {
+        tracing::error!(error = %e, "key rotation failed");
+    }
+    if prune {
+        match app.prune_store().await {
+            Ok(0) => {}
+            Ok(k) => tracing::info!(pruned = k, "feed history pruned"),
+            Err(e) => tracing::error!(error = %e, "pruning failed"),
+        }
+    }
+}
+
 async fn housekeeping(app: Arc<App>, every: Duration, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut n: u64 = 0;
+    let mut lead = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             () = stopped(&mut shutdown) => return,
         }
-        match app.expire_due().await {
-            Ok(0) => {}
-            Ok(k) => tracing::info!(expired = k, "consents expired"),
-            Err(e) => tracing::error!(error = %e, "expiry failed"),
-        }
-        if let Err(e) = app.rotate_keys(false).await {
-            tracing::error!(error = %e, "key rotation failed");
-        }
         if n == 0 {
-            match app.prune().await {
-                Ok(0) => {}
-                Ok(k) => tracing::info!(pruned = k, "feed history pruned"),
-                Err(e) => tracing::error!(error = %e, "pruning failed"),
-            }
+            // In memory, per replica.
+            app.addresses.forget_idle();
+        }
+        // Leadership is checked every round: lost with its connection, it stops here.
+        if leading(&app, &mut lead).await {
+            housekeeping_round(&app, n == 0).await;
         }
         n = (n + 1) % PRUNE_EVERY_TICKS;
     }

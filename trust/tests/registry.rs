@@ -291,3 +291,74 @@ async fn ps256_tokens_from_an_imported_key() {
     assert_eq!((r.status, r.code()), (409, "no_next_key".into()));
     running.stop().await;
 }
+
+/// Waits until `done` holds (10 s at most).
+async fn eventually(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// What another replica on the same database writes reaches this one's caches: the
+/// write here goes straight to the database, not through this process's operations (as
+/// a second replica's would). A suspension refuses the participant's tokens; a rotation
+/// changes the signing key and the JWKS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_and_keys_follow_writes_made_elsewhere() {
+    use trust::clock::Clock as _;
+    use trust::wire::ParticipantStatus;
+    let f = Fixture::new();
+    let clock = ManualClock::new(now());
+    let mut config = f.config(&clock);
+    // Housekeeping (which reloads the keys after its own rotation step) runs once, at
+    // start: what follows is picked up by following the store alone, as on a replica
+    // that does not lead.
+    config.housekeeping = std::time::Duration::from_secs(3600);
+    let running = trust::start(config, None).await.unwrap();
+    let c = f.client(running.addr());
+    register_all(&f, &c).await;
+    let app = running.app().clone();
+    let signer = |app: &trust::app::App| app.keys().signer.as_ref().unwrap().kid().to_owned();
+    let first = signer(&app);
+
+    let (db, at) = (app.db.clone(), clock.now());
+    tokio::task::spawn_blocking(move || {
+        db.write(at, |tx| {
+            let suspended = ParticipantStatus::Suspended;
+            trust::participants::set_status(tx, bin(USER_A), suspended, "operator:elsewhere")
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    eventually("the registry not reloaded", || {
+        app.directory().get(bin(USER_A)).unwrap().status == ParticipantStatus::Suspended
+    })
+    .await;
+    let form = format!("grant_type=client_credentials&client_id={USER_A}&consent_id=x");
+    let r = c.token(Some(f.user(USER_A)), &form).await;
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (400, json!("unauthorized_client"))
+    );
+
+    // Past the publication lead, the next key is promoted elsewhere.
+    clock.advance(3700);
+    let (db, at, policy) = (app.db.clone(), clock.now(), app.settings.key_policy);
+    let rotated = tokio::task::spawn_blocking(move || {
+        let rng = ring::rand::SystemRandom::new();
+        db.write(at, |tx| trust::keys::rotate(tx, &policy, true, &rng))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(rotated, Ok(true));
+    eventually("the keys not reloaded", || signer(&app) != first).await;
+    let jwks = c.get(None, "/.well-known/jwks.json").await.expect(200);
+    let published = kids(&jwks);
+    assert_eq!(published.len(), 3, "retired, active, next");
+    assert!(published.contains(&first) && published.contains(&signer(&app)));
+    running.stop().await;
+}

@@ -1,0 +1,165 @@
+//! The SQLite schema: versioned migrations kept in `PRAGMA user_version`, applied at
+//! open, each in its own exclusive transaction with its version bump. The entries are the
+//! sidecar's schema since its first release, verbatim: a database written by an earlier
+//! binary opens unchanged (same `user_version`, same tables).
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use crate::api::StoreError;
+use crate::sqlite::store_error;
+
+/// The schema, one entry per version: entry `i` brings `user_version` from `i` to
+/// `i + 1`. Never edit an entry once released; append a new one.
+pub(crate) const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    r#"
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) STRICT;
+
+    CREATE TABLE participants (
+        bin        TEXT PRIMARY KEY,
+        record     TEXT NOT NULL,          -- wire::ParticipantRecord as JSON
+        status     TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        version    INTEGER NOT NULL        -- feed version of the last change
+    ) STRICT;
+
+    CREATE TABLE participant_thumbprints (
+        thumbprint TEXT PRIMARY KEY,       -- x5t#S256
+        bin        TEXT NOT NULL REFERENCES participants(bin)
+    ) STRICT;
+
+    CREATE TABLE participant_history (
+        seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+        bin     TEXT NOT NULL,
+        at      INTEGER NOT NULL,
+        actor   TEXT NOT NULL,
+        from_status TEXT,
+        to_status   TEXT NOT NULL,
+        version INTEGER NOT NULL
+    ) STRICT;
+
+    CREATE TABLE consents (
+        id         TEXT PRIMARY KEY,
+        api_user   TEXT NOT NULL,
+        customer   TEXT NOT NULL,
+        status     TEXT NOT NULL,
+        expires_at INTEGER,
+        record     TEXT NOT NULL,          -- consent_cache::ConsentRecord as JSON
+        version    INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX consents_by_customer ON consents(customer);
+    CREATE INDEX consents_due ON consents(expires_at) WHERE expires_at IS NOT NULL
+        AND status IN ('awaiting_authorisation', 'authorised');
+
+    CREATE TABLE consent_history (
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+        consent_id TEXT NOT NULL,
+        at         INTEGER NOT NULL,
+        actor      TEXT NOT NULL,
+        from_status TEXT,                  -- NULL for the creation
+        to_status  TEXT NOT NULL,
+        version    INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX consent_history_by_consent ON consent_history(consent_id, seq);
+
+    -- History is append-only: the database itself refuses to rewrite it.
+    CREATE TRIGGER consent_history_no_update BEFORE UPDATE ON consent_history
+        BEGIN SELECT RAISE(ABORT, 'consent_history is append-only'); END;
+    CREATE TRIGGER consent_history_no_delete BEFORE DELETE ON consent_history
+        BEGIN SELECT RAISE(ABORT, 'consent_history is append-only'); END;
+    CREATE TRIGGER participant_history_no_update BEFORE UPDATE ON participant_history
+        BEGIN SELECT RAISE(ABORT, 'participant_history is append-only'); END;
+    CREATE TRIGGER participant_history_no_delete BEFORE DELETE ON participant_history
+        BEGIN SELECT RAISE(ABORT, 'participant_history is append-only'); END;
+
+    CREATE TABLE changes (
+        version INTEGER PRIMARY KEY,       -- contiguous from 1
+        at      INTEGER NOT NULL,
+        line    TEXT NOT NULL              -- the feed line (wire::FeedLine JSON, no newline)
+    ) STRICT;
+
+    CREATE TABLE authorisations (
+        id              TEXT PRIMARY KEY,
+        consent_id      TEXT NOT NULL,
+        customer        TEXT NOT NULL,
+        created_at      INTEGER NOT NULL,
+        state           TEXT NOT NULL,     -- open | succeeded | failed | superseded | closed
+        codes_sent      INTEGER NOT NULL,
+        attempts        INTEGER NOT NULL,
+        code_salt       BLOB,
+        code_hash       BLOB,
+        code_expires_at INTEGER
+    ) STRICT;
+    CREATE INDEX authorisations_by_consent ON authorisations(consent_id);
+
+    CREATE TABLE customer_sessions (
+        token_hash BLOB PRIMARY KEY,       -- SHA-256 of the bearer value
+        customer   TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+    ) STRICT;
+
+    CREATE TABLE signing_keys (
+        kid            TEXT PRIMARY KEY,
+        alg            TEXT NOT NULL,
+        pkcs8          BLOB NOT NULL,
+        published_at   INTEGER NOT NULL,   -- in the JWKS from then on
+        activated_at   INTEGER,            -- signing from then on (NULL: the next key)
+        deactivated_at INTEGER,            -- superseded then
+        drop_after     INTEGER             -- leaves the JWKS then
+    ) STRICT;
+    "#,
+    // 2: abuse limits (sliding windows) and customer logins through the identity provider.
+    r#"
+    CREATE TABLE rate_events (
+        kind    TEXT NOT NULL,             -- code_sent | consent_created
+        subject BLOB NOT NULL,             -- keyed SHA-256 of the customer id or BIN
+        at      INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX rate_events_by_subject ON rate_events(kind, subject, at);
+    CREATE INDEX rate_events_by_time ON rate_events(at);
+    CREATE INDEX consents_by_api_user_status ON consents(api_user, status);
+
+    CREATE TABLE customer_logins (
+        state_hash    BLOB PRIMARY KEY,    -- SHA-256 of the OAuth state
+        browser_hash  BLOB NOT NULL,       -- SHA-256 of the browser-binding cookie
+        nonce         TEXT NOT NULL,
+        pkce_verifier TEXT NOT NULL,
+        created_at    INTEGER NOT NULL,
+        expires_at    INTEGER NOT NULL
+    ) STRICT;
+    "#,
+];
+
+/// The newest schema version this binary knows.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Applies the missing migrations, each in its own transaction with the version bump;
+/// refuses a database written by a newer binary.
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let found: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(store_error)?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema {
+            found,
+            known: SCHEMA_VERSION,
+        });
+    }
+    let done = usize::try_from(found.max(0)).unwrap_or(usize::MAX);
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
+        let version = i64::try_from(i + 1).unwrap_or(i64::MAX);
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Exclusive)
+            .map_err(store_error)?;
+        tx.execute_batch(sql).map_err(store_error)?;
+        tx.pragma_update(None, "user_version", version)
+            .map_err(store_error)?;
+        tx.commit().map_err(store_error)?;
+        tracing::info!(version, "database schema migrated");
+    }
+    Ok(())
+}

@@ -10,10 +10,19 @@
 mod api;
 mod db;
 mod meta;
+mod pg_cluster;
+mod pg_migrations;
+mod pg_tls;
+mod pg_txn;
+mod pg_value;
+mod postgres;
 pub mod sqlite;
 mod sqlite_migrations;
 
 pub use api::{Dialect, Engine, Leadership, ReadTxn, Row, Sql, StoreError, Value, WriteTxn};
 pub use db::{Db, Tx};
 pub use meta::{read_floor, read_head};
+pub use pg_cluster::LEAD_LOCK;
+pub use pg_migrations::PG_SCHEMA_VERSION;
+pub use postgres::{redact_url, PgEngine, PgSettings};
 pub use sqlite::SqliteEngine;

@@ -153,6 +153,10 @@ pub struct Heartbeat {
     /// The registry's clock.
     #[serde(with = "time::serde::rfc3339")]
     pub time: OffsetDateTime,
+    /// The history branch `version` belongs to (see [`SnapshotHeader::epoch`]); absent
+    /// (a sidecar without epochs) reads as 0 and 0 is not written.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub epoch: u64,
 }
 
 /// The stream cannot go on without a gap (history the gateway still needed was
@@ -214,6 +218,18 @@ pub struct SnapshotHeader {
     /// The registry's clock when the snapshot was taken.
     #[serde(with = "time::serde::rfc3339")]
     pub time: OffsetDateTime,
+    /// The history branch of the registry's database: a new epoch starts when the
+    /// database is promoted or restored, and versions of different epochs are not
+    /// comparable. A gateway follows the feed from (`store_id`, `epoch`, `version`) and
+    /// reloads the snapshot when a heartbeat names another epoch. Absent (a sidecar
+    /// without epochs) reads as 0, and 0 is not written, so either side may be older.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub epoch: u64,
+}
+
+/// `skip_serializing_if` for the optional epochs.
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Last line of a snapshot: repeats the counts so a truncated transfer is detected.
@@ -297,6 +313,7 @@ mod tests {
             version: 9,
             store_id: "s".into(),
             time: OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap(),
+            epoch: 0,
         });
         for l in [FeedLine::Consent(change), p, h] {
             let s = serde_json::to_string(&l).unwrap();
@@ -310,6 +327,41 @@ mod tests {
     }
 
     #[test]
+    fn epochs_are_optional_on_the_wire_and_zero_is_not_written() {
+        let time = "2026-01-01T00:00:00Z";
+        // A sidecar without epochs: epoch 0.
+        let old = format!(r#"{{"heartbeat":{{"version":4,"store_id":"s","time":"{time}"}}}}"#);
+        let FeedLine::Heartbeat(h) = FeedLine::parse(&old).unwrap() else {
+            panic!("a heartbeat")
+        };
+        assert_eq!(h.epoch, 0);
+        // Epoch 0 is written as before, so an older gateway reads a newer sidecar.
+        assert_eq!(
+            serde_json::to_string(&FeedLine::Heartbeat(h.clone())).unwrap(),
+            old
+        );
+        let with = old.replace(r#""time""#, r#""epoch":3,"time""#);
+        let FeedLine::Heartbeat(h3) = FeedLine::parse(&with).unwrap() else {
+            panic!("a heartbeat")
+        };
+        assert_eq!(h3, Heartbeat { epoch: 3, ..h });
+        let header = format!(
+            r#"{{"snapshot":{{"store_id":"s","version":4,"participants":0,"consents":0,"time":"{time}"}}}}"#
+        );
+        let SnapshotLine::Snapshot(s) = SnapshotLine::parse(&header).unwrap() else {
+            panic!("a header")
+        };
+        assert_eq!(s.epoch, 0);
+        let s7 = SnapshotHeader { epoch: 7, ..s };
+        let line = serde_json::to_string(&SnapshotLine::Snapshot(s7.clone())).unwrap();
+        assert!(line.contains(r#""epoch":7"#), "{line}");
+        assert_eq!(
+            SnapshotLine::parse(&line).unwrap(),
+            SnapshotLine::Snapshot(s7)
+        );
+    }
+
+    #[test]
     fn snapshot_lines_round_trip() {
         let lines = [
             SnapshotLine::Snapshot(SnapshotHeader {
@@ -318,6 +370,7 @@ mod tests {
                 participants: 1,
                 consents: 0,
                 time: OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap(),
+                epoch: 0,
             }),
             SnapshotLine::Participant(participant()),
             SnapshotLine::End(SnapshotTrailer {

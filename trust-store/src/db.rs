@@ -4,9 +4,9 @@
 //! head is broadcast to feed streams; with PostgreSQL a watcher thread also picks up the
 //! versions other replicas commit (woken by `NOTIFY`, confirmed by reading the head).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -19,6 +19,12 @@ const WATCH_POLL: Duration = Duration::from_millis(500);
 pub struct Db {
     engine: Arc<dyn Engine>,
     head: Arc<watch::Sender<u64>>,
+    /// The epoch last read (at open, then by the head watcher).
+    epoch: Arc<AtomicU64>,
+    /// When the head watcher last read the database (milliseconds since `opened`);
+    /// `None` for an engine without a watcher (SQLite: one local file).
+    confirmed: Option<Arc<AtomicU64>>,
+    opened: Instant,
     /// Stops the head watcher (PostgreSQL) when the `Db` is dropped.
     stop: Arc<AtomicBool>,
 }
@@ -55,15 +61,34 @@ impl Db {
     pub fn from_engine(engine: Box<dyn Engine>) -> Result<Db, StoreError> {
         let engine: Arc<dyn Engine> = Arc::from(engine);
         let head = Arc::new(watch::Sender::new(engine.committed_head()?));
+        let epoch = Arc::new(AtomicU64::new(engine.epoch()?));
         let stop = Arc::new(AtomicBool::new(false));
+        let opened = Instant::now();
+        let mut confirmed = None;
         if engine.dialect() == Dialect::Postgres {
-            let (engine, head, stop) = (engine.clone(), head.clone(), stop.clone());
+            let at = Arc::new(AtomicU64::new(0));
+            confirmed = Some(at.clone());
+            let watched = Watched {
+                engine: engine.clone(),
+                head: head.clone(),
+                epoch: epoch.clone(),
+                confirmed: at,
+                opened,
+                stop: stop.clone(),
+            };
             std::thread::Builder::new()
                 .name("trust-head-watch".into())
-                .spawn(move || watch_head(&*engine, &head, &stop))
+                .spawn(move || watched.run())
                 .map_err(|e| StoreError::Unavailable(format!("head watcher: {e}")))?;
         }
-        Ok(Db { engine, head, stop })
+        Ok(Db {
+            engine,
+            head,
+            epoch,
+            confirmed,
+            opened,
+            stop,
+        })
     }
 
     /// The engine.
@@ -81,9 +106,28 @@ impl Db {
         self.engine.store_id()
     }
 
-    /// The current epoch (see [`Engine::epoch`]).
+    /// The current epoch (see [`Engine::epoch`]), read from the database. Blocking.
     pub fn epoch(&self) -> Result<u64, StoreError> {
-        self.engine.epoch()
+        let epoch = self.engine.epoch()?;
+        self.epoch.store(epoch, Ordering::Release);
+        Ok(epoch)
+    }
+
+    /// The epoch last read (at open, by [`Db::epoch`], or by the head watcher within
+    /// about a second of a change): cheap, for async code and feed heartbeats.
+    pub fn cached_epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Whether the database was read within `window` (by the head watcher, which reads it
+    /// at least every half second): a feed may vouch for freshness (send a heartbeat) only
+    /// then. Always `true` for SQLite (a local file, no watcher).
+    pub fn reachable_within(&self, window: Duration) -> bool {
+        let Some(at) = &self.confirmed else {
+            return true;
+        };
+        let last = Duration::from_millis(at.load(Ordering::Acquire));
+        self.opened.elapsed().saturating_sub(last) <= window
     }
 
     /// The newest committed change version this process knows of.
@@ -126,26 +170,47 @@ impl Db {
     }
 }
 
-/// The watcher loop: wait for a wake-up (or the poll interval), read the committed
-/// head, announce it. Errors are logged once per outage; the loop goes on.
-fn watch_head(engine: &dyn Engine, head: &watch::Sender<u64>, stop: &AtomicBool) {
-    let mut failing = false;
-    while !stop.load(Ordering::Acquire) {
-        let woke = engine.wait_for_change(WATCH_POLL);
-        match woke.and_then(|()| engine.committed_head()) {
-            Ok(h) => {
-                if failing {
-                    tracing::info!("database reachable again");
+/// What the head watcher thread keeps up to date.
+struct Watched {
+    engine: Arc<dyn Engine>,
+    head: Arc<watch::Sender<u64>>,
+    epoch: Arc<AtomicU64>,
+    confirmed: Arc<AtomicU64>,
+    opened: Instant,
+    stop: Arc<AtomicBool>,
+}
+
+impl Watched {
+    /// Reads the committed head and the epoch.
+    fn read(&self) -> Result<(u64, u64), StoreError> {
+        Ok((self.engine.committed_head()?, self.engine.epoch()?))
+    }
+
+    /// The watcher loop: wait for a wake-up (or the poll interval), read the committed
+    /// head and the epoch, announce them. Errors are logged once per outage; the loop
+    /// goes on.
+    fn run(self) {
+        let mut failing = false;
+        while !self.stop.load(Ordering::Acquire) {
+            let woke = self.engine.wait_for_change(WATCH_POLL);
+            match woke.and_then(|()| self.read()) {
+                Ok((h, e)) => {
+                    if failing {
+                        tracing::info!("database reachable again");
+                    }
+                    failing = false;
+                    self.epoch.store(e, Ordering::Release);
+                    announce(&self.head, h);
+                    let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    self.confirmed.store(ms, Ordering::Release);
                 }
-                failing = false;
-                announce(head, h);
-            }
-            Err(e) => {
-                if !failing {
-                    tracing::warn!(error = %e, "reading the change feed's head failed");
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "reading the change feed's head failed");
+                    }
+                    failing = true;
+                    std::thread::sleep(WATCH_POLL);
                 }
-                failing = true;
-                std::thread::sleep(WATCH_POLL);
             }
         }
     }

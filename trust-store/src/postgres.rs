@@ -49,6 +49,9 @@ pub struct PgSettings {
     /// The CA certificate(s) (PEM) that signed the server's certificate: TLS required.
     /// `None`: plaintext, accepted only for a loopback host or a unix socket.
     pub tls: Option<PathBuf>,
+    /// The password, when it is not in `url` (read from a file, so that it is on no
+    /// command line). Never shown by `Debug`.
+    pub password: Option<String>,
 }
 
 impl PgSettings {
@@ -61,6 +64,7 @@ impl PgSettings {
             connect_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(15),
             tls: None,
+            password: None,
         }
     }
 }
@@ -73,6 +77,7 @@ impl std::fmt::Debug for PgSettings {
             .field("connect_timeout", &self.connect_timeout)
             .field("statement_timeout", &self.statement_timeout)
             .field("tls", &self.tls)
+            .field("password", &self.password.as_ref().map(|_| "(set)"))
             .finish()
     }
 }
@@ -172,6 +177,9 @@ fn client_config(s: &PgSettings) -> Result<(Config, Connector), StoreError> {
     let mut cfg: Config = s.url.parse().map_err(|e: tokio_postgres::Error| {
         StoreError::Postgres(format!("the database url: {}", message_chain(&e)))
     })?;
+    if let Some(password) = &s.password {
+        cfg.password(password.as_bytes());
+    }
     cfg.connect_timeout(s.connect_timeout);
     cfg.keepalives_idle(Duration::from_secs(10));
     cfg.keepalives_interval(Duration::from_secs(5));

@@ -31,8 +31,11 @@ pub struct Config {
     /// The customer's identity provider (OpenID Connect); `None`: no customer login
     /// other than the development sessions.
     pub oidc: Option<OidcConfig>,
-    /// The SQLite database file (created if missing).
+    /// The SQLite database file (created if missing); unused when `postgres` is set.
     pub db: PathBuf,
+    /// The PostgreSQL database instead of SQLite: several replicas may share it
+    /// (`docs/postgres.md`).
+    pub postgres: Option<trust_store::PgSettings>,
     /// Server certificate chain (PEM, leaf first).
     pub server_cert: PathBuf,
     /// Server private key (PEM).
@@ -102,6 +105,7 @@ impl Config {
             abuse: AbuseLimits::default(),
             oidc: None,
             db,
+            postgres: None,
             server_cert,
             server_key,
             client_ca: vec![client_ca],

@@ -75,6 +75,7 @@ fn write_snapshot(app: &App, tx: &mpsc::Sender<Bytes>) -> Result<(), Error> {
         buf: BytesMut::with_capacity(CHUNK + 4096),
     };
     // Header, rows and trailer from one read transaction: one consistent view.
+    let epoch = app.db.epoch()?;
     let (version, participants, consents) = app.db.read(|sql| {
         let version = read_head(sql)?;
         let participants = crate::db::count(sql, "SELECT COUNT(*) FROM participants", &[])?;
@@ -85,6 +86,7 @@ fn write_snapshot(app: &App, tx: &mpsc::Sender<Bytes>) -> Result<(), Error> {
             participants,
             consents,
             time: to_datetime(app.now()),
+            epoch,
         }))?;
         sink.line(&[&header])?;
         // Stored records are the wire JSON already: wrap them without re-encoding.
@@ -208,28 +210,50 @@ fn read_batch(app: &App, after: u64) -> Result<Batch, Error> {
 
 /// Streams the feed from `since` (checked with [`check_since`]) until the client goes
 /// away or the sidecar stops.
-pub fn follow(app: &Arc<App>, since: u64) -> mpsc::Receiver<Bytes> {
+/// `epoch` is the database's epoch the position belongs to: the stream ends when the
+/// database moves to another one (a promotion), and the gateway's next request is
+/// refused with `410`.
+pub fn follow(app: &Arc<App>, since: u64, epoch: u64) -> mpsc::Receiver<Bytes> {
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
     let app = app.clone();
     tokio::spawn(async move {
-        if let Err(e) = run_feed(&app, since, &tx).await {
+        if let Err(e) = run_feed(&app, since, epoch, &tx).await {
             tracing::debug!(error = %e, "feed stream ended");
         }
     });
     rx
 }
 
-fn heartbeat_line(app: &App, version: u64) -> Result<Bytes, Error> {
+/// A heartbeat vouches that the gateway has every change up to `version`: only sent
+/// while the database has been read within `window` (a replica cut off from its
+/// database must not keep gateways fresh) and the epoch is still `epoch`. Otherwise
+/// the stream ends, and the gateway moves to another replica or goes stale.
+fn heartbeat_line(app: &App, version: u64, epoch: u64, window: Duration) -> Result<Bytes, Error> {
+    if !app.db.reachable_within(window) {
+        return Err(Error::Unavailable {
+            code: "database_unavailable",
+            detail: "the database has not been read recently".into(),
+        });
+    }
+    if app.db.cached_epoch() != epoch {
+        return Err(Error::Internal("the database moved to another epoch".into()));
+    }
     let mut v = serde_json::to_vec(&FeedLine::Heartbeat(Heartbeat {
         version,
         store_id: app.db.store_id().to_owned(),
         time: to_datetime(app.now()),
+        epoch,
     }))?;
     v.push(b'\n');
     Ok(Bytes::from(v))
 }
 
-async fn run_feed(app: &Arc<App>, since: u64, tx: &mpsc::Sender<Bytes>) -> Result<(), Error> {
+async fn run_feed(
+    app: &Arc<App>,
+    since: u64,
+    epoch: u64,
+    tx: &mpsc::Sender<Bytes>,
+) -> Result<(), Error> {
     let gone = || Error::Internal("the client went away".into());
     let mut head = app.db.subscribe();
     let interval: Duration = app.settings.heartbeat;
@@ -254,6 +278,9 @@ async fn run_feed(app: &Arc<App>, since: u64, tx: &mpsc::Sender<Bytes>) -> Resul
                 Batch::Lines(l) => l,
             };
             let full = lines.len() == BATCH;
+            if app.db.cached_epoch() != epoch {
+                return Ok(()); // promoted or restored: the gateway comes back and gets 410
+            }
             if let Some((last, _)) = lines.last() {
                 pos = *last;
                 let mut buf = BytesMut::with_capacity(lines.iter().map(|(_, l)| l.len() + 1).sum());
@@ -269,7 +296,7 @@ async fn run_feed(app: &Arc<App>, since: u64, tx: &mpsc::Sender<Bytes>) -> Resul
         }
         if first {
             // Caught up with the backlog: say so at once.
-            tx.send(heartbeat_line(app, pos)?)
+            tx.send(heartbeat_line(app, pos, epoch, interval)?)
                 .await
                 .map_err(|_| gone())?;
             first = false;
@@ -286,7 +313,7 @@ async fn run_feed(app: &Arc<App>, since: u64, tx: &mpsc::Sender<Bytes>) -> Resul
                 }
                 () = tx.closed() => return Err(gone()),
                 () = tokio::time::sleep_until(deadline) => {
-                    tx.send(heartbeat_line(app, pos)?).await.map_err(|_| gone())?;
+                    tx.send(heartbeat_line(app, pos, epoch, interval)?).await.map_err(|_| gone())?;
                     deadline = Instant::now() + interval;
                 }
             }

@@ -576,6 +576,9 @@ struct FeedQuery {
     since: u64,
     #[serde(default)]
     store_id: Option<String>,
+    /// The epoch of the gateway's position; absent from gateways without epochs.
+    #[serde(default)]
+    epoch: Option<u64>,
 }
 
 async fn feed_route(app: &Arc<App>, query: &str) -> Result<Resp, Error> {
@@ -592,8 +595,16 @@ async fn feed_route(app: &Arc<App>, query: &str) -> Result<Resp, Error> {
             "the registry's database is another one",
         ));
     }
+    let db = app.clone();
+    let epoch = crate::app::blocking(move || db.db.epoch().map_err(Error::from)).await?;
+    if q.epoch.is_some_and(|e| e != epoch) {
+        return Ok(gone(
+            "epoch_changed",
+            &format!("the registry's database is in epoch {epoch} (promoted or restored)"),
+        ));
+    }
     match feed::check_since(app, q.since).await? {
-        Ok(()) => Ok(stream(app, feed::follow(app, q.since))),
+        Ok(()) => Ok(stream(app, feed::follow(app, q.since, epoch))),
         Err(FeedRefusal::Pruned { floor }) => Ok(gone(
             "feed_history_pruned",
             &format!("changes up to version {floor} were pruned"),

@@ -251,10 +251,7 @@ pub async fn start(
     let hubs = thumbprints(&config.hub_certs, &config.hub_thumbprints)?;
     let imported = key_files(&config.signing_keys)?;
     let notifier = notifier_for(notifier, &config)?;
-    let db_path = config.db.clone();
-    let db = tokio::task::spawn_blocking(move || Db::open(&db_path))
-        .await
-        .map_err(|e| StartError::App(Error::Internal(e.to_string())))??;
+    let db = open_db(&config).await?;
     let (listener, addr) = bind(config.listen).await?;
     let internal = match config.internal_listen {
         Some(a) => Some(bind(a).await?),
@@ -351,6 +348,22 @@ fn background(
 }
 
 /// Refuses settings that would serve something unsafe or nothing at all.
+/// Opens (and migrates) the configured database: PostgreSQL when set, else the SQLite file.
+async fn open_db(config: &Config) -> Result<Db, StartError> {
+    let (db_path, postgres) = (config.db.clone(), config.postgres.clone());
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || match postgres {
+        Some(pg) => {
+            let engine = trust_store::PgEngine::open(&pg, handle)?;
+            Db::from_engine(Box::new(engine))
+        }
+        None => Db::open(&db_path),
+    })
+    .await
+    .map_err(|e| StartError::App(Error::Internal(e.to_string())))?
+    .map_err(StartError::from)
+}
+
 fn check(config: &Config) -> Result<(), StartError> {
     // Development sessions open a session for any customer id: never reachable from
     // beyond this machine.

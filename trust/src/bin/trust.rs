@@ -34,9 +34,11 @@ struct Serve {
     /// Listener address (port 0: an ephemeral port, printed on stdout).
     #[arg(long, default_value = "127.0.0.1:9443")]
     listen: SocketAddr,
-    /// SQLite database file (created if missing).
-    #[arg(long)]
-    db: PathBuf,
+    /// SQLite database file (created if missing); or use `--postgres-url`.
+    #[arg(long, required_unless_present = "postgres_url", conflicts_with = "postgres_url")]
+    db: Option<PathBuf>,
+    #[command(flatten)]
+    postgres: PostgresFlags,
     /// Server certificate chain (PEM).
     #[arg(long)]
     cert: PathBuf,
@@ -106,6 +108,51 @@ struct Serve {
     abuse: AbuseFlags,
     #[command(flatten)]
     oidc: OidcFlags,
+}
+
+/// The PostgreSQL database (several replicas on one database; `docs/postgres.md`).
+#[derive(clap::Args)]
+struct PostgresFlags {
+    /// `postgres://user@host:port/dbname` (no password here: see `--postgres-password-file`).
+    #[arg(long)]
+    postgres_url: Option<String>,
+    /// A file holding the database password (its first line).
+    #[arg(long, requires = "postgres_url")]
+    postgres_password_file: Option<PathBuf>,
+    /// CA certificate(s) (PEM) of the database server: TLS required. Without it, only a
+    /// loopback host or a unix socket is accepted.
+    #[arg(long, requires = "postgres_url")]
+    postgres_ca: Option<PathBuf>,
+    /// Pooled connections to the database.
+    #[arg(long, default_value_t = 16)]
+    postgres_pool: usize,
+    /// A statement (waiting for the feed's lock included) is cancelled after this many
+    /// milliseconds.
+    #[arg(long, default_value_t = 15_000)]
+    postgres_statement_timeout_ms: u64,
+}
+
+impl PostgresFlags {
+    /// The settings, the password read from its file; `None` without `--postgres-url`.
+    fn settings(&self) -> Result<Option<trust_store::PgSettings>, String> {
+        let Some(url) = &self.postgres_url else {
+            return Ok(None);
+        };
+        let mut s = trust_store::PgSettings::new(url.clone());
+        s.pool_size = self.postgres_pool.max(1);
+        s.statement_timeout = Duration::from_millis(self.postgres_statement_timeout_ms.max(100));
+        s.tls = self.postgres_ca.clone();
+        if let Some(file) = &self.postgres_password_file {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| format!("--postgres-password-file {}: {e}", file.display()))?;
+            let line = text.lines().next().unwrap_or_default().to_owned();
+            if line.is_empty() {
+                return Err(format!("--postgres-password-file {}: empty", file.display()));
+            }
+            s.password = Some(line);
+        }
+        Ok(Some(s))
+    }
 }
 
 /// The listeners and their protections (timeouts apply to both listeners).
@@ -254,7 +301,10 @@ fn main() -> ExitCode {
 
 /// The sidecar's configuration from the flags (the ready file aside).
 fn config(a: Serve) -> Result<Config, String> {
-    let mut config = Config::new(a.listen, a.db, a.cert, a.key, PathBuf::new());
+    let postgres = a.postgres.settings()?;
+    let db = a.db.unwrap_or_default();
+    let mut config = Config::new(a.listen, db, a.cert, a.key, PathBuf::new());
+    config.postgres = postgres;
     config.client_ca = a.client_ca;
     config.operator_certs = a.operator_cert;
     config.operator_thumbprints = a.operator_thumbprint;

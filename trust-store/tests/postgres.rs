@@ -525,7 +525,10 @@ fn a_stopped_server_is_unavailable_at_once_and_recovers_without_reopening() {
         db.read(|s| s.query("SELECT 1", &[])),
         Err(StoreError::Unavailable(_))
     ));
-    eprintln!("outage: refused in {took:?}, all checks by {:?}", start.elapsed());
+    eprintln!(
+        "outage: refused in {took:?}, all checks by {:?}",
+        start.elapsed()
+    );
     server.start_again();
     eprintln!("outage: restarted by {:?}", start.elapsed());
     let mut attempts = 0;
@@ -534,7 +537,10 @@ fn a_stopped_server_is_unavailable_at_once_and_recovers_without_reopening() {
         db.write(3, |tx| tx.emit(|v| Ok(format!("{{\"v\":{v}}}"))))
             .ok()
     });
-    eprintln!("writes work again after {attempts} attempt(s), by {:?}", start.elapsed());
+    eprintln!(
+        "writes work again after {attempts} attempt(s), by {:?}",
+        start.elapsed()
+    );
     assert_eq!(v, Some(2));
     assert!(wait_for(Duration::from_secs(5), || (db.head() == 2).then_some(())).is_some());
 }

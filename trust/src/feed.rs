@@ -236,7 +236,9 @@ fn heartbeat_line(app: &App, version: u64, epoch: u64, window: Duration) -> Resu
         });
     }
     if app.db.cached_epoch() != epoch {
-        return Err(Error::Internal("the database moved to another epoch".into()));
+        return Err(Error::Internal(
+            "the database moved to another epoch".into(),
+        ));
     }
     let mut v = serde_json::to_vec(&FeedLine::Heartbeat(Heartbeat {
         version,

@@ -35,7 +35,11 @@ struct Serve {
     #[arg(long, default_value = "127.0.0.1:9443")]
     listen: SocketAddr,
     /// SQLite database file (created if missing); or use `--postgres-url`.
-    #[arg(long, required_unless_present = "postgres_url", conflicts_with = "postgres_url")]
+    #[arg(
+        long,
+        required_unless_present = "postgres_url",
+        conflicts_with = "postgres_url"
+    )]
     db: Option<PathBuf>,
     #[command(flatten)]
     postgres: PostgresFlags,
@@ -147,7 +151,10 @@ impl PostgresFlags {
                 .map_err(|e| format!("--postgres-password-file {}: {e}", file.display()))?;
             let line = text.lines().next().unwrap_or_default().to_owned();
             if line.is_empty() {
-                return Err(format!("--postgres-password-file {}: empty", file.display()));
+                return Err(format!(
+                    "--postgres-password-file {}: empty",
+                    file.display()
+                ));
             }
             s.password = Some(line);
         }

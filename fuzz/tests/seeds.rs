@@ -221,6 +221,7 @@ fn feed_seeds() {
         participants: 1,
         consents: rs.len() as u64,
         time,
+        epoch: 0,
     })];
     snapshot.push(SnapshotLine::Participant(participant()));
     snapshot.extend(rs.iter().cloned().map(SnapshotLine::Consent));
@@ -249,6 +250,7 @@ fn feed_seeds() {
             version: 46,
             store_id: "9a7c-store".into(),
             time,
+            epoch: 0,
         }),
         FeedLine::Resync(Resync {
             version: 46,

@@ -36,6 +36,7 @@ impl Admin {
             m.feed_staleness.set(s.staleness().as_secs_f64());
             Metrics::sync_counter(&m.feed_resyncs, s.resyncs());
             Metrics::sync_counter(&m.feed_reconnects, s.reconnects());
+            Metrics::sync_counter(&m.trust_endpoint_switches, s.endpoint_switches());
             Metrics::sync_counter(&m.participant_changes, s.participant_changes());
         }
         let (hits, misses) = self.state.token_cache_totals();

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub feed_resyncs: IntCounter,
     /// `[trust]` mode: feed connections lost or refused.
     pub feed_reconnects: IntCounter,
+    /// `[trust]` mode: times the follower moved to another trust endpoint.
+    pub trust_endpoint_switches: IntCounter,
     /// `[trust]` mode: participant changes applied from the feed.
     pub participant_changes: IntCounter,
     /// Registry records that could not be applied (those participants are kept inactive).
@@ -122,6 +124,7 @@ impl Metrics {
             feed_staleness: registered(&r, must(Gauge::new("consent_feed_staleness_seconds", "Seconds since the trust sidecar was last heard from"))),
             feed_resyncs: counter(&r, "consent_feed_resyncs_total", "Consent snapshot reloads after a gap, a resync line or a 410"),
             feed_reconnects: counter(&r, "consent_feed_reconnects_total", "Consent feed connections lost or refused"),
+            trust_endpoint_switches: counter(&r, "trust_endpoint_switches_total", "Times the consent feed follower moved to another [trust] endpoint"),
             participant_changes: counter(&r, "participant_feed_changes_total", "Participant changes applied from the trust sidecar's feed"),
             participants_refused: gauge(&r, "participants_refused", "Registry records the hub could not apply (participants kept inactive)"),
             reloads: counters(&r, "config_reloads_total", "Configuration reloads by result", &["result"]),

@@ -1,29 +1,82 @@
-//! The sidecar as configured by `[trust]` ([`TrustPlane`]: where it is, how to reach it,
-//! the row 7 bound) and the follower's progress as the rest of the gateway reads it
-//! ([`FeedStatus`]: freshness, position, counters, the registry and keys in force).
+//! The trust sidecars as configured by `[trust]` ([`TrustPlane`]: where they are
+//! ([`Endpoint`]), how to reach them, the row 7 bound, the heartbeat interval) and the
+//! follower's progress as the rest of the gateway reads it ([`FeedStatus`]: freshness,
+//! position, the endpoint followed, counters, the registry and keys in force).
 
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::config::{ConfigError, Source, TrustSection};
 use crate::network::Registry;
 use crate::tls::{self, TlsError};
 
-/// The sidecar as configured by `[trust]`: where it is and how to talk to it. Rebuilt
-/// on every configuration load; the [`FeedStatus`] is carried over.
-pub struct TrustPlane {
-    /// Base URL as configured (for logs).
+/// One trust sidecar endpoint: an `https://host[:port][/prefix]` base URL, parsed.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// Base URL as configured.
     pub url: String,
     pub(crate) host: String,
     pub(crate) port: u16,
     pub(crate) authority: String,
     pub(crate) prefix: String,
     pub(crate) server_name: ServerName<'static>,
+}
+
+impl Endpoint {
+    /// Parses a base URL: https, a host, no query, no credentials (the hub authenticates
+    /// with its client certificate, and the URL appears in logs and the status).
+    pub fn parse(url: &str) -> Result<Endpoint, PlaneError> {
+        let uri: http::Uri = url.parse().map_err(|e| PlaneError::Url(format!("{e}")))?;
+        if uri.scheme_str() != Some("https") || uri.query().is_some() {
+            return Err(PlaneError::Url("scheme must be https, no query".into()));
+        }
+        let auth = uri
+            .authority()
+            .ok_or_else(|| PlaneError::Url("no host".into()))?;
+        if auth.as_str().contains('@') {
+            return Err(PlaneError::Url(
+                "no credentials in the URL (the hub authenticates with its client certificate)"
+                    .into(),
+            ));
+        }
+        let host = auth.host().trim_start_matches('[').trim_end_matches(']');
+        let server_name = ServerName::try_from(host.to_string())
+            .map_err(|e| PlaneError::Url(format!("host: {e}")))?;
+        Ok(Endpoint {
+            url: url.to_string(),
+            host: host.to_string(),
+            port: auth.port_u16().unwrap_or(443),
+            authority: auth.as_str().to_string(),
+            prefix: uri.path().trim_end_matches('/').to_string(),
+            server_name,
+        })
+    }
+
+    /// `host:port`, how the status and logs name the endpoint.
+    pub fn name(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// The sidecars as configured by `[trust]`: where they are and how to talk to them.
+/// Rebuilt on every configuration load; the [`FeedStatus`] is carried over.
+pub struct TrustPlane {
+    /// The base URLs as configured, comma-separated (for logs).
+    pub url: String,
+    /// The endpoints, replicas of one database, in the order they are tried.
+    pub endpoints: Vec<Endpoint>,
     pub(crate) tls: Arc<ClientConfig>,
     /// The row 7 bound.
     pub max_staleness: Duration,
+    /// The sidecars' heartbeat interval: a feed silent for twice this long is stalled.
+    pub heartbeat: Duration,
     /// The follower's progress and liveness, shared with the request path.
     pub status: Arc<FeedStatus>,
     /// Token keys come from the sidecar's JWKS.
@@ -44,8 +97,8 @@ pub enum PlaneError {
 }
 
 impl TrustPlane {
-    /// Validates the URL and builds the client TLS configuration (the hub's client
-    /// identity, the sidecar's CAs).
+    /// One sidecar at `url`: validates the URL and builds the client TLS configuration
+    /// (the hub's client identity, the sidecar's CAs); heartbeat interval by default.
     pub fn new(
         url: &str,
         ca_pems: &[Vec<u8>],
@@ -54,34 +107,97 @@ impl TrustPlane {
         max_staleness: Duration,
         status: Arc<FeedStatus>,
     ) -> Result<TrustPlane, PlaneError> {
-        let uri: http::Uri = url.parse().map_err(|e| PlaneError::Url(format!("{e}")))?;
-        if uri.scheme_str() != Some("https") || uri.query().is_some() {
-            return Err(PlaneError::Url("scheme must be https, no query".into()));
-        }
-        let auth = uri
-            .authority()
-            .ok_or_else(|| PlaneError::Url("no host".into()))?;
-        let host = auth.host().trim_start_matches('[').trim_end_matches(']');
-        let port = auth.port_u16().unwrap_or(443);
-        let server_name = ServerName::try_from(host.to_string())
-            .map_err(|e| PlaneError::Url(format!("host: {e}")))?;
-        let prefix = uri.path().trim_end_matches('/').to_string();
+        let endpoint = Endpoint::parse(url)?;
+        let tls = Arc::new(client_config(ca_pems, client_cert_pem, client_key_pem)?);
         Ok(TrustPlane {
             url: url.to_string(),
-            host: host.to_string(),
-            port,
-            authority: auth.as_str().to_string(),
-            prefix,
-            server_name,
-            tls: Arc::new(client_config(ca_pems, client_cert_pem, client_key_pem)?),
+            endpoints: vec![endpoint],
+            tls,
             max_staleness,
+            heartbeat: Duration::from_secs(crate::config::defaults::HEARTBEAT_SECS),
             status,
             jwks: false,
-            jwks_refresh: Duration::from_secs(300),
+            jwks_refresh: Duration::from_secs(crate::config::defaults::JWKS_REFRESH_SECS),
         })
     }
 
-    /// Contract §6 row 7: a snapshot has been loaded and the sidecar was heard from
+    /// The same plane over `endpoints` (replicas of one database, in the order they are
+    /// tried; at least one), with the same TLS.
+    fn with_endpoints(mut self, endpoints: Vec<Endpoint>) -> TrustPlane {
+        if !endpoints.is_empty() {
+            self.url = endpoints
+                .iter()
+                .map(|e| e.url.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            self.endpoints = endpoints;
+        }
+        self
+    }
+
+    /// The `[trust]` section compiled, every problem reported with the file, the line and
+    /// the field: the CAs, the bounds, then each endpoint's URL. `identity` is the hub's
+    /// `[upstream_tls]` client certificate and key (PEM); `feed` the process's status.
+    pub fn from_section(
+        src: &Source,
+        t: &TrustSection,
+        identity: (&[u8], &[u8]),
+        feed: &Arc<FeedStatus>,
+    ) -> Result<TrustPlane, ConfigError> {
+        let anchor = t.anchor();
+        if t.ca.is_empty() {
+            return Err(src.invalid(anchor, "trust.ca", "at least one CA is required"));
+        }
+        let mut pems = Vec::with_capacity(t.ca.len());
+        for (i, p) in t.ca.iter().enumerate() {
+            pems.push(src.read_bytes(p, &format!("trust.ca[{i}]"))?);
+        }
+        for (value, field) in [
+            (t.max_staleness_secs, "trust.max_staleness_secs"),
+            (t.heartbeat_secs, "trust.heartbeat_secs"),
+        ] {
+            if value == 0 {
+                return Err(src.invalid(anchor, field, "must be > 0"));
+            }
+        }
+        if t.jwks && t.jwks_refresh_secs == 0 {
+            return Err(src.invalid(anchor, "trust.jwks_refresh_secs", "must be > 0"));
+        }
+        let mut endpoints = Vec::new();
+        for (field, url) in t.endpoint_urls(src)? {
+            let endpoint = Endpoint::parse(url.get_ref())
+                .map_err(|e| src.invalid(url, &field, e.to_string()))?;
+            endpoints.push(endpoint);
+        }
+        let first = endpoints.first().map(|e| e.url.clone()).unwrap_or_default();
+        let max_staleness = Duration::from_secs(t.max_staleness_secs);
+        let plane = TrustPlane::new(
+            &first,
+            &pems,
+            identity.0,
+            identity.1,
+            max_staleness,
+            feed.clone(),
+        )
+        .map_err(|e| match e {
+            PlaneError::Url(_) => src.invalid(anchor, "trust.url", e.to_string()),
+            PlaneError::Tls(_) => src.invalid(anchor, "trust.ca", e.to_string()),
+        })?;
+        let mut plane = plane.with_endpoints(endpoints);
+        plane.heartbeat = Duration::from_secs(t.heartbeat_secs);
+        plane.jwks = t.jwks;
+        plane.jwks_refresh = Duration::from_secs(t.jwks_refresh_secs);
+        if plane.endpoints.len() > 1 && plane.heartbeat.saturating_mul(2) >= plane.max_staleness {
+            tracing::warn!(
+                heartbeat_secs = t.heartbeat_secs,
+                max_staleness_secs = t.max_staleness_secs,
+                "[trust] twice heartbeat_secs is not below max_staleness_secs: a stalled endpoint is left only after consent routes have gone stale"
+            );
+        }
+        Ok(plane)
+    }
+
+    /// Contract §6 row 7: a snapshot has been loaded and some endpoint was heard from
     /// within the bound.
     pub fn is_fresh(&self) -> bool {
         self.status.is_fresh(self.max_staleness)
@@ -115,14 +231,19 @@ fn client_config(
 }
 
 /// The follower's progress, read by the request path (freshness) and `/metrics`.
+/// Freshness is one clock for every endpoint: the last time any of them was heard
+/// from, so consent routes go stale only when none has been within the bound.
 pub struct FeedStatus {
-    epoch: Instant,
+    started: Instant,
     loaded: AtomicBool,
     last_heard_ms: AtomicU64,
     version: AtomicU64,
     resyncs: AtomicU64,
     reconnects: AtomicU64,
     participant_changes: AtomicU64,
+    endpoint: AtomicUsize,
+    endpoint_name: std::sync::Mutex<String>,
+    endpoint_switches: AtomicU64,
     registry: std::sync::Mutex<Option<Arc<Registry>>>,
     jwks_wanted: tokio::sync::Notify,
 }
@@ -137,13 +258,16 @@ impl FeedStatus {
     /// Nothing loaded yet: stale.
     pub fn new() -> FeedStatus {
         FeedStatus {
-            epoch: Instant::now(),
+            started: Instant::now(),
             loaded: AtomicBool::new(false),
             last_heard_ms: AtomicU64::new(0),
             version: AtomicU64::new(0),
             resyncs: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             participant_changes: AtomicU64::new(0),
+            endpoint: AtomicUsize::new(0),
+            endpoint_name: std::sync::Mutex::new(String::new()),
+            endpoint_switches: AtomicU64::new(0),
             registry: std::sync::Mutex::new(None),
             jwks_wanted: tokio::sync::Notify::new(),
         }
@@ -159,13 +283,51 @@ impl FeedStatus {
         &self.jwks_wanted
     }
 
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    fn ms_at(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.started).as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// The sidecar was heard from, and what it said is in force: fresh from now.
+    /// A sidecar was heard from, and what it said is in force: fresh from now.
     pub(crate) fn heard(&self) {
-        self.last_heard_ms.store(self.now_ms(), Ordering::Release);
+        self.heard_at(Instant::now());
+    }
+
+    /// [`FeedStatus::heard`] at `at` (never moves the clock back).
+    pub(crate) fn heard_at(&self, at: Instant) {
+        self.last_heard_ms
+            .fetch_max(self.ms_at(at), Ordering::AcqRel);
+    }
+
+    /// The follower now uses endpoint `index` (`name`: its `host:port`); counted as a
+    /// switch when `switched`.
+    pub(crate) fn follow_endpoint(&self, index: usize, name: &str, switched: bool) {
+        self.endpoint.store(index, Ordering::Relaxed);
+        let mut current = self
+            .endpoint_name
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *current != name {
+            *current = name.to_string();
+        }
+        if switched {
+            self.endpoint_switches.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The endpoint the follower uses: its index in `[trust] urls` and its `host:port`
+    /// (empty before the first connection).
+    pub fn endpoint(&self) -> (usize, String) {
+        let name = self
+            .endpoint_name
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        (self.endpoint.load(Ordering::Relaxed), name)
+    }
+
+    /// Times the follower moved from one endpoint to another.
+    pub fn endpoint_switches(&self) -> u64 {
+        self.endpoint_switches.load(Ordering::Relaxed)
     }
 
     /// A snapshot at `version` is in force: fresh from now; counted as a resync unless
@@ -193,16 +355,24 @@ impl FeedStatus {
         self.participant_changes.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Whether a snapshot is loaded and the sidecar was heard from within `bound`.
+    /// Whether a snapshot is loaded and some endpoint was heard from within `bound`.
     pub fn is_fresh(&self, bound: Duration) -> bool {
-        self.loaded.load(Ordering::Acquire) && self.staleness() <= bound
+        self.is_fresh_at(bound, Instant::now())
     }
 
-    /// Time since the sidecar was last heard from (since start when never).
+    /// [`FeedStatus::is_fresh`] at `now`.
+    pub(crate) fn is_fresh_at(&self, bound: Duration, now: Instant) -> bool {
+        self.loaded.load(Ordering::Acquire) && self.staleness_at(now) <= bound
+    }
+
+    /// Time since an endpoint was last heard from (since start when never).
     pub fn staleness(&self) -> Duration {
-        let now = self.now_ms();
+        self.staleness_at(Instant::now())
+    }
+
+    fn staleness_at(&self, now: Instant) -> Duration {
         let last = self.last_heard_ms.load(Ordering::Acquire);
-        Duration::from_millis(now.saturating_sub(last))
+        Duration::from_millis(self.ms_at(now).saturating_sub(last))
     }
 
     /// Whether a snapshot has been loaded.
@@ -309,12 +479,14 @@ mod tests {
             )
         };
         let p = plane("https://trust.local:7443/base/").unwrap();
+        let e = &p.endpoints[0];
         assert_eq!(
-            (p.host.as_str(), p.port, p.prefix.as_str()),
+            (e.host.as_str(), e.port, e.prefix.as_str()),
             ("trust.local", 7443, "/base")
         );
         let p = plane("https://127.0.0.1").unwrap();
-        assert_eq!((p.port, p.prefix.as_str()), (443, ""));
+        let e = &p.endpoints[0];
+        assert_eq!((e.port, e.prefix.as_str()), (443, ""));
         for bad in [
             "http://127.0.0.1:7443",
             "https://127.0.0.1:7443/?x=1",
@@ -324,5 +496,118 @@ mod tests {
             assert!(plane(bad).is_err(), "{bad}");
         }
         assert!(!p.is_fresh());
+    }
+
+    #[test]
+    fn stale_only_once_no_endpoint_has_been_heard_within_the_bound() {
+        let s = FeedStatus::new();
+        let bound = Duration::from_secs(30);
+        let t0 = s.started;
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        s.loaded.store(true, Ordering::Release);
+        s.follow_endpoint(0, "a:1", false);
+        s.heard_at(at(10));
+        // Endpoint 0 fails at 12 s; 1 is followed but has sent nothing yet: still fresh,
+        // on what 0 said, until the bound has passed since then.
+        s.follow_endpoint(1, "b:2", true);
+        assert!(s.is_fresh_at(bound, at(39)));
+        // 1 is heard at 20 s: the clock restarts from it, whichever endpoint it was.
+        s.heard_at(at(20));
+        assert!(s.is_fresh_at(bound, at(50)));
+        // Both silent: stale once the bound has passed since the last of them.
+        assert!(!s.is_fresh_at(bound, at(51)));
+        assert_eq!(s.staleness_at(at(51)), Duration::from_secs(31));
+        // A late report of an earlier line does not move the clock back.
+        s.heard_at(at(15));
+        assert!(s.is_fresh_at(bound, at(50)));
+        assert_eq!(
+            (s.endpoint(), s.endpoint_switches()),
+            ((1, "b:2".into()), 1)
+        );
+    }
+
+    #[test]
+    fn endpoints_are_named_by_host_and_port_and_carry_no_credentials() {
+        let e = Endpoint::parse("https://trust-2.local:7443/x").unwrap();
+        assert_eq!(e.name(), "trust-2.local:7443");
+        assert_eq!(
+            Endpoint::parse("https://[::1]:9").unwrap().name(),
+            "[::1]:9"
+        );
+        assert_eq!(
+            Endpoint::parse("https://10.0.0.1").unwrap().name(),
+            "10.0.0.1:443"
+        );
+        for bad in [
+            "https://user:secret@trust.local:7443",
+            "https://u@trust.local",
+        ] {
+            let e = Endpoint::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("credentials") && !e.contains("secret"), "{e}");
+        }
+    }
+
+    /// `[trust]` written to a file next to the development PKI's CA, compiled.
+    fn compiled(trust: &str) -> Result<TrustPlane, ConfigError> {
+        #[derive(serde::Deserialize)]
+        struct TrustOnly {
+            trust: TrustSection,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let bin = consent_cache::Bin::parse("100140000001").unwrap();
+        let pki = sandbox::pki::DevPki::generate(
+            dir.path(),
+            &sandbox::pki::PkiSpec::new(vec![bin], vec![]),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("ca.pem"), pki.ca_cert_pem()).unwrap();
+        let text = format!("[trust]\n{trust}ca = [\"ca.pem\"]\n");
+        let path = dir.path().join("hub.toml");
+        std::fs::write(&path, &text).unwrap();
+        let src = Source::read(&path).unwrap();
+        let t = toml::from_str::<TrustOnly>(&text).unwrap().trust;
+        let hub = pki.hub_client();
+        let identity = (hub.cert_pem.as_bytes(), hub.key_pem.as_bytes());
+        TrustPlane::from_section(&src, &t, identity, &Arc::new(FeedStatus::new()))
+    }
+
+    fn refused(trust: &str) -> (usize, String, String) {
+        match compiled(trust) {
+            Err(ConfigError::Invalid {
+                line,
+                field,
+                message,
+                ..
+            }) => (line, field, message),
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("accepted: {trust}"),
+        }
+    }
+
+    #[test]
+    fn a_section_compiles_to_its_endpoints_in_order() {
+        let p = compiled("urls = [\"https://127.0.0.1:7001\", \"https://127.0.0.2:7002/t\"]\nheartbeat_secs = 1\njwks = true\n").unwrap();
+        let names: Vec<String> = p.endpoints.iter().map(Endpoint::name).collect();
+        assert_eq!(names, vec!["127.0.0.1:7001", "127.0.0.2:7002"]);
+        assert_eq!(p.endpoints[1].prefix, "/t");
+        assert_eq!((p.heartbeat, p.jwks), (Duration::from_secs(1), true));
+        assert_eq!(p.url, "https://127.0.0.1:7001, https://127.0.0.2:7002/t");
+        let p = compiled("url = \"https://127.0.0.1:7001\"\n").unwrap();
+        assert_eq!(p.endpoints.len(), 1);
+        assert_eq!(p.heartbeat, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_malformed_endpoint_or_bound_is_refused_with_its_line_and_field() {
+        let (line, field, message) =
+            refused("urls = [\n  \"https://127.0.0.1:7001\",\n  \"http://127.0.0.1:7002\",\n]\n");
+        assert_eq!((line, field.as_str()), (4, "trust.urls[1]"));
+        assert!(message.contains("https"), "{message}");
+        let (line, field, _) = refused("url = \"https://127.0.0.1:1/?q\"\n");
+        assert_eq!((line, field.as_str()), (2, "trust.url"));
+        let (line, field, _) = refused("urls = [\"https://a:1\"]\nheartbeat_secs = 0\n");
+        assert_eq!((line, field.as_str()), (2, "trust.heartbeat_secs"));
+        let (_, field, _) = refused("url = \"https://a:1\"\nurls = [\"https://b:1\"]\n");
+        assert_eq!(field, "trust.urls");
     }
 }

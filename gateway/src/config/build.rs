@@ -159,10 +159,22 @@ impl TrustSection {
     pub fn new(url: &str, ca: &[PathBuf]) -> TrustSection {
         TrustSection {
             url: at(url.to_string()),
+            urls: None,
             ca: paths(ca),
             max_staleness_secs: defaults::MAX_STALENESS_SECS,
             jwks: false,
             jwks_refresh_secs: defaults::JWKS_REFRESH_SECS,
+            heartbeat_secs: defaults::HEARTBEAT_SECS,
+        }
+    }
+
+    /// `[trust]` following whichever of the sidecars at `urls` (replicas of one database,
+    /// verified with `ca`) answers; otherwise as [`TrustSection::new`].
+    pub fn replicas(urls: &[String], ca: &[PathBuf]) -> TrustSection {
+        TrustSection {
+            url: defaults::no_url(),
+            urls: Some(at(urls.iter().cloned().map(at).collect())),
+            ..TrustSection::new("", ca)
         }
     }
 }

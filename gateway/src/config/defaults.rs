@@ -43,6 +43,8 @@ pub const MAX_STALENESS_SECS: u64 = 30;
 pub const CONSENT_MAX_STALENESS_SECS: u64 = 300;
 /// `[trust] jwks_refresh_secs`.
 pub const JWKS_REFRESH_SECS: u64 = 300;
+/// `[trust] heartbeat_secs`: the sidecar's default heartbeat interval.
+pub const HEARTBEAT_SECS: u64 = 5;
 /// `[audit] path`: standard output.
 pub const AUDIT_PATH: &str = "-";
 /// `[audit] buffer`.
@@ -109,6 +111,16 @@ pub(super) fn consent_max_staleness_secs() -> u64 {
 }
 pub(super) fn jwks_refresh_secs() -> u64 {
     JWKS_REFRESH_SECS
+}
+pub(super) fn heartbeat_secs() -> u64 {
+    HEARTBEAT_SECS
+}
+/// `[trust] url` left out (`urls` names the endpoints).
+pub(super) fn no_url() -> Spanned<String> {
+    Spanned::new(0..0, String::new())
+}
+pub(super) fn is_no_url(url: &Spanned<String>) -> bool {
+    url.get_ref().is_empty()
 }
 pub(super) fn audit_path() -> PathBuf {
     PathBuf::from(AUDIT_PATH)

@@ -8,6 +8,7 @@
 mod build;
 pub mod defaults;
 mod source;
+mod trust;
 
 pub use build::{at, HubFiles};
 pub use source::Source;
@@ -208,26 +209,43 @@ impl Default for ConsentSection {
 }
 
 /// `[trust]`: the trust sidecar as the consent control plane (snapshot + change feed).
-/// The hub authenticates with its `[upstream_tls]` client identity.
+/// The hub authenticates with its `[upstream_tls]` client identity. One endpoint
+/// (`url`) or several replicas of one database (`urls`): the follower uses one at a
+/// time and moves to the next when it fails (`docs/trust-failover.md`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrustSection {
-    /// The sidecar's https base URL, e.g. `"https://127.0.0.1:7443"`.
+    /// The sidecar's https base URL, e.g. `"https://127.0.0.1:7443"`: the same as a
+    /// one-element `urls`. Empty when `urls` is used.
+    #[serde(
+        default = "defaults::no_url",
+        skip_serializing_if = "defaults::is_no_url"
+    )]
     pub url: Spanned<String>,
-    /// CA bundle(s) verifying the sidecar's server certificate.
+    /// The https base URLs of several sidecars serving one database, in the order they
+    /// are tried. Exclusive with `url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub urls: Option<Spanned<Vec<Spanned<String>>>>,
+    /// CA bundle(s) verifying the sidecars' server certificates.
     pub ca: Vec<Spanned<PathBuf>>,
-    /// Consent routes answer `503 consent_state_stale` once the sidecar has not been
-    /// heard from for longer than this (contract §6 row 7).
+    /// Consent routes answer `503 consent_state_stale` once no sidecar has been heard
+    /// from for longer than this (contract §6 row 7).
     #[serde(default = "defaults::max_staleness_secs")]
     pub max_staleness_secs: u64,
     /// Take the token keys from `{url}/.well-known/jwks.json`: fetched at start, every
     /// `jwks_refresh_secs` and when a token names an unknown `kid`; the last good set is
-    /// kept when a fetch fails.
+    /// kept when a fetch fails. With several endpoints, from the first that answers,
+    /// starting with the one the feed follows.
     #[serde(default)]
     pub jwks: bool,
     /// Seconds between JWKS refreshes.
     #[serde(default = "defaults::jwks_refresh_secs")]
     pub jwks_refresh_secs: u64,
+    /// The sidecars' feed heartbeat interval (`trust serve --heartbeat-ms`; at least
+    /// theirs): a feed with no line for twice this long is stalled, and the follower
+    /// moves on to the next endpoint.
+    #[serde(default = "defaults::heartbeat_secs")]
+    pub heartbeat_secs: u64,
 }
 
 /// `[audit]`

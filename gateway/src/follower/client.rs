@@ -1,19 +1,21 @@
-//! The follower's transport: one mTLS HTTP/1.1 `GET` to the sidecar ([`get`]) and the
-//! NDJSON line splitter over a response body ([`Lines`]). What the lines mean is the
+//! The follower's transport: one mTLS HTTP/1.1 `GET` to one trust endpoint ([`get`])
+//! and the NDJSON line splitter over a response body ([`Lines`]), which ends a body that
+//! goes without a complete line past its stall bound. What the lines mean is the
 //! protocol's business ([`super::protocol`]).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use super::endpoints::Stall;
 use super::protocol::Fault;
-use crate::plane::TrustPlane;
+use crate::plane::{Endpoint, TrustPlane};
 
-/// TCP + TLS + response headers.
+/// TCP + TLS + response headers, at most (see [`connect_timeout`]).
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A line longer than this is refused (a consent record is at most a few hundred KiB).
 const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
@@ -24,9 +26,12 @@ pub(super) enum ClientError {
     /// TCP or TLS.
     #[error("connect: {0}")]
     Io(#[from] std::io::Error),
-    /// The connection, the headers or a silent stream took too long.
+    /// The connection or the headers took too long.
     #[error("timed out")]
     Timeout,
+    /// The body went without a complete line for longer than its stall bound.
+    #[error("stalled: no line for {0:?}")]
+    Stalled(Duration),
     /// HTTP framing.
     #[error("http: {0}")]
     Http(#[from] hyper::Error),
@@ -41,28 +46,37 @@ pub(super) enum ClientError {
 /// The client half of an HTTP/1.1 connection; kept as long as its response body is read.
 pub(super) type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
 
-/// One GET; the sender is returned so the connection lives as long as the body.
+/// How long a connection may take up to the response headers: [`CONNECT_TIMEOUT`], or
+/// the stall bound when that is shorter (an endpoint that accepts and then says nothing
+/// is left as soon as a silent feed would be).
+pub(super) fn connect_timeout(plane: &TrustPlane) -> Duration {
+    CONNECT_TIMEOUT.min(Stall::bound_for(plane.heartbeat))
+}
+
+/// One GET to `endpoint`; the sender is returned so the connection lives as long as the
+/// body.
 pub(super) async fn get(
     plane: &TrustPlane,
+    endpoint: &Endpoint,
     path_and_query: &str,
 ) -> Result<(Sender, http::Response<Incoming>), ClientError> {
     let connect = async {
-        let tcp = TcpStream::connect((plane.host.as_str(), plane.port)).await?;
+        let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port)).await?;
         let _ = tcp.set_nodelay(true);
         let tls = TlsConnector::from(plane.tls.clone())
-            .connect(plane.server_name.clone(), tcp)
+            .connect(endpoint.server_name.clone(), tcp)
             .await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        let req = http::Request::get(format!("{}{}", plane.prefix, path_and_query))
-            .header(http::header::HOST, plane.authority.as_str())
+        let req = http::Request::get(format!("{}{}", endpoint.prefix, path_and_query))
+            .header(http::header::HOST, endpoint.authority.as_str())
             .body(Empty::<Bytes>::new())?;
         let resp = sender.send_request(req).await?;
         Ok::<_, ClientError>((sender, resp))
     };
-    tokio::time::timeout(CONNECT_TIMEOUT, connect)
+    tokio::time::timeout(connect_timeout(plane), connect)
         .await
         .map_err(|_| ClientError::Timeout)?
 }
@@ -73,19 +87,24 @@ pub(super) struct Lines {
     buf: Vec<u8>,
     start: usize,
     scanned: usize,
-    idle: Duration,
+    stall: Stall,
+    /// The last data read completed a line: the stall clock restarts when the next wait
+    /// begins (time the loop spends applying what it read is not the sidecar's silence).
+    line_read: bool,
     count: u64,
 }
 
 impl Lines {
-    /// Reads `body`; a body silent for `idle` ends with [`ClientError::Timeout`].
-    pub(super) fn new(body: Incoming, idle: Duration) -> Lines {
+    /// Reads `body`; a body that goes without a complete line for `stall_bound` (from
+    /// now, then from each line) ends with [`ClientError::Stalled`].
+    pub(super) fn new(body: Incoming, stall_bound: Duration) -> Lines {
         Lines {
             body,
             buf: Vec::with_capacity(64 * 1024),
             start: 0,
             scanned: 0,
-            idle,
+            stall: Stall::new(stall_bound, Instant::now()),
+            line_read: false,
             count: 0,
         }
     }
@@ -117,10 +136,19 @@ impl Lines {
             self.scanned -= self.start.min(self.scanned);
             self.start = 0;
         }
+        if std::mem::take(&mut self.line_read) {
+            self.stall.line(Instant::now());
+        }
         loop {
-            let frame = tokio::time::timeout(self.idle, self.body.frame())
+            // Checked before waiting too: a timeout polls its future first, so bytes that
+            // keep trickling in without a newline would never reach the deadline.
+            if self.stall.stalled(Instant::now()) {
+                return Err(ClientError::Stalled(self.stall.bound()));
+            }
+            let deadline = tokio::time::Instant::from_std(self.stall.deadline());
+            let frame = tokio::time::timeout_at(deadline, self.body.frame())
                 .await
-                .map_err(|_| ClientError::Timeout)?;
+                .map_err(|_| ClientError::Stalled(self.stall.bound()))?;
             match frame {
                 None => return Ok(false),
                 Some(f) => {
@@ -131,6 +159,7 @@ impl Lines {
                         if self.buf.len() + data.len() > MAX_LINE_BYTES {
                             return Err(Fault::Parse(self.count + 1, "line too long".into()).into());
                         }
+                        self.line_read = data.contains(&b'\n');
                         self.buf.extend_from_slice(&data);
                         return Ok(true);
                     }

@@ -1,15 +1,17 @@
 //! The token keys (`[trust] jwks = true`): fetches `{url}/.well-known/jwks.json` at
 //! start, every `jwks_refresh_secs`, and when a token names an unknown `kid` (one fetch
 //! at a time, at most one a second), and hands each document to `State::publish_jwks`,
-//! which keeps the last good keys when a set is unusable.
+//! which keeps the last good keys when a set is unusable. With several endpoints the
+//! document comes from the first that answers, trying the one the feed follows first.
 
 use http_body_util::BodyExt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::client::{self, ClientError, CONNECT_TIMEOUT};
+use super::client::{self, ClientError};
+use super::endpoints::Rotation;
 use super::protocol::Fault;
-use crate::plane::TrustPlane;
+use crate::plane::{Endpoint, TrustPlane};
 use crate::state::State;
 
 /// Retry of a failed JWKS fetch (the keys change rarely; an unknown `kid` asks at once).
@@ -50,8 +52,28 @@ pub(super) async fn keep_keys(state: Arc<State>) {
     }
 }
 
+/// The JWKS from the first endpoint that answers, starting with the one the feed
+/// follows; the last error when none does.
 async fn fetch_jwks(plane: &TrustPlane) -> Result<Vec<u8>, ClientError> {
-    let (_sender, resp) = client::get(plane, "/.well-known/jwks.json").await?;
+    let (following, _) = plane.status.endpoint();
+    let mut last = ClientError::Timeout;
+    for i in Rotation::order_from(following, plane.endpoints.len()) {
+        let Some(endpoint) = plane.endpoints.get(i) else {
+            continue;
+        };
+        match fetch_from(plane, endpoint).await {
+            Ok(bytes) => return Ok(bytes),
+            Err(e) => {
+                tracing::debug!(error = %e, endpoint = %endpoint.name(), "JWKS fetch failed; trying the next endpoint");
+                last = e;
+            }
+        }
+    }
+    Err(last)
+}
+
+async fn fetch_from(plane: &TrustPlane, endpoint: &Endpoint) -> Result<Vec<u8>, ClientError> {
+    let (_sender, resp) = client::get(plane, endpoint, "/.well-known/jwks.json").await?;
     if resp.status() != http::StatusCode::OK {
         return Err(Fault::Status(resp.status().as_u16()).into());
     }
@@ -68,7 +90,7 @@ async fn fetch_jwks(plane: &TrustPlane) -> Result<Vec<u8>, ClientError> {
         }
         Ok::<_, ClientError>(())
     };
-    tokio::time::timeout(CONNECT_TIMEOUT, read)
+    tokio::time::timeout(client::CONNECT_TIMEOUT, read)
         .await
         .map_err(|_| ClientError::Timeout)??;
     Ok(out)

@@ -1,4 +1,4 @@
-//! The trust feed follower (`[trust]` mode): loads `GET /v1/snapshot` from the trust
+//! The trust feed follower (`[trust]` mode): loads `GET /v1/snapshot` from a trust
 //! sidecar into a fresh `ConsentStore` and participant
 //! [`Registry`](crate::network::Registry), then follows
 //! `GET /v1/feed?since=…` (NDJSON) and applies consent changes to that store, which the
@@ -6,18 +6,26 @@
 //! registry, from which the state rebuilds the participant directory and provider pools
 //! (`Snapshot::network`, see `network` for how the registry and the file combine) before
 //! the follower reads further: a participant suspended in the sidecar is refused from
-//! the request after the change arrives. It tracks when the sidecar was last heard from,
-//! for contract §6 row 7 (`503 consent_state_stale`), and the feed position, so a
-//! disconnect resumes with no gap and no duplicate. A gap, a `resync` line, a `410` or a
-//! change the store cannot apply reloads the snapshot (the previous store keeps serving
-//! meanwhile).
+//! the request after the change arrives. It tracks when a sidecar was last heard from,
+//! for contract §6 row 7 (`503 consent_state_stale`), and the feed position (store id,
+//! epoch, version), so a disconnect resumes with no gap and no duplicate. A gap, a
+//! `resync` line, a `410`, a heartbeat of another store or epoch, or a change the store
+//! cannot apply reloads the snapshot (the previous store keeps serving meanwhile).
 //!
-//! The rules live in `protocol`, a pure state machine; this module is the loop around
-//! it: connect (`client`), hand it the lines, carry out what it answers through the
-//! state's seams, wait before retrying.
+//! `[trust] urls` names several sidecars serving one database: the follower uses one at
+//! a time, and when it fails — refused, timed out, an HTTP error other than `410`, the
+//! stream ended, or stalled (no line for twice `heartbeat_secs`) — moves to the next
+//! (round robin) and resumes there from its position, without reloading the snapshot;
+//! it waits before retrying only once a whole round has failed (`endpoints`;
+//! `docs/trust-failover.md`).
 //!
-//! Authentication: the hub's `[upstream_tls]` client certificate; the sidecar's server
-//! certificate is verified against `[trust] ca`.
+//! The rules live in `protocol`, a pure state machine, and `endpoints` (rotation and
+//! stall bound, pure too); this module is the loop around them: connect (`client`), hand
+//! the machine the lines, carry out what it answers through the state's seams, move on
+//! or wait before retrying.
+//!
+//! Authentication: the hub's `[upstream_tls]` client certificate; the sidecars' server
+//! certificates are verified against `[trust] ca`.
 //!
 //! With `[trust] jwks = true` the same service also keeps the token keys (`jwks`).
 //!
@@ -27,6 +35,7 @@
 //! other unreadable line.
 
 mod client;
+mod endpoints;
 mod jwks;
 #[cfg(test)]
 mod proptests;
@@ -41,14 +50,16 @@ use std::time::Duration;
 pub use crate::plane::{FeedStatus, TrustPlane};
 use crate::state::State;
 use client::{ClientError, Lines};
+use endpoints::{Rotation, Stall};
 use protocol::{Ended, Install, Protocol, Request, Step};
 
-/// First wait after a failed connection; doubled up to [`MAX_BACKOFF`].
+/// First wait after a round of failed connections; doubled up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
-/// Longest wait between connection attempts.
+/// Longest wait between rounds of connection attempts.
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
-/// A feed connection silent for this long (no heartbeat) is dropped and reopened.
-const MIN_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+/// A snapshot body may pause this long between lines (it sends no heartbeats), or the
+/// feed's stall bound when that is longer.
+const MIN_SNAPSHOT_IDLE: Duration = Duration::from_secs(15);
 
 /// The pingora background service that runs the follower until shutdown.
 pub struct Follower {
@@ -56,7 +67,7 @@ pub struct Follower {
 }
 
 impl Follower {
-    /// Follows the sidecar of the state's `[trust]` configuration.
+    /// Follows the sidecars of the state's `[trust]` configuration.
     pub fn new(state: Arc<State>) -> Follower {
         Follower { state }
     }
@@ -74,7 +85,7 @@ impl BackgroundService for Follower {
     }
 }
 
-/// How one connection to the sidecar ended.
+/// How one connection to a sidecar ended.
 enum Outcome {
     /// A snapshot was loaded and is in force: follow the feed at once.
     Installed,
@@ -84,8 +95,8 @@ enum Outcome {
     Failed(ClientError),
 }
 
-/// The wait between connection attempts: doubles while they fail, resets once the feed
-/// delivers.
+/// The wait between rounds of connection attempts: doubles while they fail, resets once
+/// the feed delivers.
 struct Backoff(Duration);
 
 impl Backoff {
@@ -95,20 +106,30 @@ impl Backoff {
     }
 }
 
-/// Follows the sidecar while `[trust]` is configured.
+/// Follows the sidecars while `[trust]` is configured.
 async fn follow(state: Arc<State>) {
     let mut machine = Protocol::new();
+    let mut rotation = Rotation::new(1);
     let mut backoff = Backoff(MIN_BACKOFF);
     while let Some(plane) = state.trust_plane() {
+        rotation.resize(plane.endpoints.len());
+        let index = rotation.current();
+        let Some(endpoint) = plane.endpoints.get(index) else {
+            // A plane always has an endpoint; should one have none, do not spin.
+            backoff.wait().await;
+            continue;
+        };
+        plane.status.follow_endpoint(index, &endpoint.name(), false);
         let request = machine.connect();
-        let outcome = connection(&state, &plane, &mut machine, &request).await;
-        if machine.heard_on_connection() {
+        let outcome = connection(&state, &plane, index, &mut machine, &request).await;
+        if machine.heard_on_connection() || matches!(outcome, Outcome::Installed) {
             backoff = Backoff(MIN_BACKOFF);
+            rotation.heard();
         }
         let failure = match outcome {
             Outcome::Installed => continue,
             Outcome::Ended(Ended::Reload(why)) => {
-                tracing::warn!(reason = %why, "consent feed: reloading the snapshot");
+                tracing::warn!(reason = %why, endpoint = %endpoint.name(), "consent feed: reloading the snapshot");
                 if !machine.heard_on_connection() {
                     // E.g. a 410 right after a fresh snapshot: do not spin.
                     backoff.wait().await;
@@ -118,29 +139,66 @@ async fn follow(state: Arc<State>) {
             Outcome::Ended(Ended::Reconnect(fault)) => ClientError::from(fault),
             Outcome::Failed(e) => e,
         };
-        match machine.position() {
-            None => {
-                tracing::warn!(error = %failure, url = %plane.url, "consent snapshot load failed; retrying");
-            }
-            Some(p) => {
-                tracing::info!(error = %failure, version = p.version, "consent feed disconnected; resuming");
-            }
-        }
         plane.status.count_reconnect();
-        backoff.wait().await;
+        let next = move_on(
+            &plane,
+            &mut rotation,
+            machine.position().map(|p| p.version),
+            &failure,
+        );
+        if next.back_off {
+            backoff.wait().await;
+        }
     }
     tracing::warn!("no [trust] section any more: the consent feed follower stops");
 }
 
-/// One request to the sidecar, read until the protocol or the transport ends it.
+/// The endpoint in use failed: logs it, moves the rotation on and reports a switch.
+fn move_on(
+    plane: &TrustPlane,
+    rotation: &mut Rotation,
+    position: Option<u64>,
+    failure: &ClientError,
+) -> endpoints::Advance {
+    let failed = rotation.current();
+    let name = |i: usize| plane.endpoints.get(i).map(|e| e.name()).unwrap_or_default();
+    let next = rotation.failed();
+    match position {
+        None => {
+            tracing::warn!(error = %failure, endpoint = %name(failed), "consent snapshot load failed; retrying")
+        }
+        Some(version) => {
+            tracing::info!(error = %failure, endpoint = %name(failed), version, "consent feed disconnected; resuming")
+        }
+    }
+    if next.switched {
+        plane
+            .status
+            .follow_endpoint(next.next, &name(next.next), true);
+        tracing::warn!(
+            from = %name(failed),
+            to = %name(next.next),
+            index = next.next,
+            switches = plane.status.endpoint_switches(),
+            "trust endpoint switched"
+        );
+    }
+    next
+}
+
+/// One request to endpoint `index`, read until the protocol or the transport ends it.
 async fn connection(
     state: &Arc<State>,
     plane: &TrustPlane,
+    index: usize,
     machine: &mut Protocol,
     request: &Request,
 ) -> Outcome {
+    let Some(endpoint) = plane.endpoints.get(index) else {
+        return Outcome::Failed(ClientError::Timeout);
+    };
     // The sender keeps the connection open while the body is read.
-    let (_sender, resp) = match client::get(plane, &request.path()).await {
+    let (_sender, resp) = match client::get(plane, endpoint, &request.path()).await {
         Ok(r) => r,
         Err(e) => {
             machine.on_disconnect();
@@ -150,7 +208,12 @@ async fn connection(
     if let Err(end) = machine.on_response(resp.status().as_u16()) {
         return Outcome::Ended(end);
     }
-    let mut lines = Lines::new(resp.into_body(), MIN_IDLE_TIMEOUT.max(plane.max_staleness));
+    let stall = Stall::bound_for(plane.heartbeat);
+    let bound = match request {
+        Request::Snapshot => stall.max(MIN_SNAPSHOT_IDLE),
+        Request::Feed(_) => stall,
+    };
+    let mut lines = Lines::new(resp.into_body(), bound);
     loop {
         match read_pass(machine, &mut lines) {
             Step::Install(install) => {

@@ -1,25 +1,34 @@
 //! Property tests of the feed protocol ([`super::protocol`]) against a model sidecar.
 //!
-//! The model keeps a log per sidecar database (consent creations, authorisations and
-//! revocations, participant upserts, some of them undecodable by the hub), prunes its
-//! history, and is replaced by a database restored from an earlier point. A generated
-//! run interleaves those changes with what the network does to the follower's
-//! connections: snapshots and feed backlogs served, heartbeats, lines delivered a few at
-//! a time, connections dropped mid-stream, lines lost (gaps), replayed from earlier in
-//! the stream, unreadable lines, `resync` lines, heartbeats from another store or ahead
-//! of the sidecar, refused connections (`410`, `503`). The harness performs the
-//! machine's answers on an in-memory `ConsentStore` and registry, as the loop does
-//! through the state, and checks:
+//! The model keeps a log per sidecar database branch (consent creations, authorisations
+//! and revocations, participant upserts, some of them undecodable by the hub), prunes
+//! its history, is replaced by a database restored from an earlier point (another store
+//! id), and is promoted from an earlier point (the same store id, a new epoch). The
+//! database is served by several endpoints (replicas); the follower uses one at a time
+//! as the loop does ([`super::endpoints`]): when it fails (down, the connection dropped,
+//! refused, stalled past its bound on a virtual clock) the next one is used, resuming
+//! from the position. A generated run interleaves those changes with what the network
+//! does to the follower's connections: snapshots and feed backlogs served, heartbeats,
+//! lines delivered a few at a time, connections dropped mid-stream, lines lost (gaps),
+//! replayed from earlier in the stream, unreadable lines, `resync` lines, heartbeats from
+//! another store, another epoch or ahead of the sidecar, refused connections (`410`,
+//! `503`), endpoints going down and up, streams that freeze, time passing. The harness
+//! performs the machine's answers on an in-memory `ConsentStore` and registry, as the
+//! loop does through the state, and checks:
 //! - after every install and every applied pass, the store and the registry are exactly
 //!   the sidecar's at the version reported;
 //! - a feed connection turns the follower fresh only at or past the sidecar's head as of
 //!   when it opened (its backlog's heartbeat);
 //! - never a wrong allow: a consent revoked at or before the last version marked fresh
 //!   is never `authorised` in the follower's store;
+//! - a failed endpoint hands over to the next one with the position kept: the next
+//!   request resumes the feed from it (over a clean network, with endpoints failing and
+//!   streams stalling, the snapshot is never reloaded);
 //! - a clean tail (reconnect, full backlog, heartbeat) ends fresh in the sidecar's state.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use consent_cache::{
     Bin, Change, ChangeOp, ConsentRecord, ConsentStatus, ConsentStore, Permission,
@@ -31,7 +40,8 @@ use feed_wire::{
 use proptest::prelude::*;
 use time::OffsetDateTime;
 
-use super::protocol::{Commit, Ended, Fault, Install, Protocol, Reload, Request, Step};
+use super::endpoints::{Rotation, Stall};
+use super::protocol::{Commit, Ended, Fault, Install, Position, Protocol, Reload, Request, Step};
 use crate::network::{Entry, Registry};
 
 fn bin(n: u64) -> Bin {
@@ -142,16 +152,29 @@ impl World {
     }
 }
 
-/// One sidecar database: its store id, its change log (index `v - 1` is version `v`),
-/// and the oldest version its feed still resumes from.
+/// The endpoints serving the sidecar's database.
+const ENDPOINTS: usize = 3;
+/// Twice the heartbeat interval the follower is configured with.
+const STALL: Duration = Duration::from_secs(2);
+
+/// A database's history branch: its store id and epoch.
+type Branch = (String, u64);
+
+/// One sidecar database branch: its store id and epoch, its change log (index `v - 1` is
+/// version `v`), and the oldest version its feed still resumes from.
 #[derive(Debug, Clone)]
 struct Database {
     id: String,
+    epoch: u64,
     log: Vec<Logged>,
     floor: u64,
 }
 
 impl Database {
+    fn branch(&self) -> Branch {
+        (self.id.clone(), self.epoch)
+    }
+
     fn head(&self) -> u64 {
         self.log.len() as u64
     }
@@ -189,6 +212,7 @@ impl Database {
             participants: w.participants.len() as u64,
             consents: w.consents.len() as u64,
             time: at(1_800_000_000),
+            epoch: self.epoch,
         });
         let end = SnapshotLine::End(SnapshotTrailer {
             version: self.head(),
@@ -225,6 +249,11 @@ enum Op {
     Replace {
         keep: u8,
     },
+    /// A standby that had replicated up to version `keep` is promoted: the same store id,
+    /// a new epoch, the history after `keep` lost.
+    Promote {
+        keep: u8,
+    },
 }
 
 /// Every database the sidecar has had; the last one serves.
@@ -237,6 +266,7 @@ impl Sidecar {
         Sidecar {
             dbs: vec![Database {
                 id: "store-0".into(),
+                epoch: 0,
                 log: Vec::new(),
                 floor: 0,
             }],
@@ -247,8 +277,8 @@ impl Sidecar {
         self.dbs.last().unwrap()
     }
 
-    fn db(&self, id: &str) -> &Database {
-        self.dbs.iter().find(|d| d.id == id).unwrap()
+    fn db(&self, branch: &Branch) -> &Database {
+        self.dbs.iter().find(|d| d.branch() == *branch).unwrap()
     }
 
     /// Applies `op`; the version it logged, if it logged one.
@@ -281,13 +311,18 @@ impl Sidecar {
                 db.floor = db.head();
                 return None;
             }
-            Op::Replace { keep } => {
-                let log = self.current().log.clone();
-                let keep = usize::from(keep).min(log.len());
-                let id = format!("store-{}", self.dbs.len());
+            Op::Replace { keep } | Op::Promote { keep } => {
+                let current = self.current();
+                let keep = usize::from(keep).min(current.log.len());
+                let (id, epoch) = match op {
+                    Op::Replace { .. } => (format!("store-{}", self.dbs.len()), 0),
+                    _ => (current.id.clone(), current.epoch + 1),
+                };
+                let log = current.log[..keep].to_vec();
                 self.dbs.push(Database {
                     id,
-                    log: log[..keep].to_vec(),
+                    epoch,
+                    log,
                     floor: 0,
                 });
                 return None;
@@ -304,31 +339,33 @@ impl Sidecar {
         let db = self.current();
         match request {
             Request::Snapshot => 200,
-            Request::Feed(p) if p.store_id != db.id => 410,
+            // Another database, or a branch the database has left: `410`.
+            Request::Feed(p) if p.store_id != db.id || p.epoch != db.epoch => 410,
             Request::Feed(p) if p.version < db.floor || p.version > db.head() => 410,
             Request::Feed(_) => 200,
         }
     }
 }
 
-fn heartbeat(store_id: &str, version: u64) -> String {
+fn heartbeat((store_id, epoch): &Branch, version: u64) -> String {
     serde_json::to_string(&FeedLine::Heartbeat(Heartbeat {
         version,
-        store_id: store_id.into(),
+        store_id: store_id.clone(),
         time: at(1_800_000_000),
+        epoch: *epoch,
     }))
     .unwrap()
 }
 
 /// Whether reading `line` must drop the position: a `resync`, or a heartbeat of
-/// another database than the one followed.
+/// another database or branch than the one followed.
 fn breaks_the_feed(machine: &Protocol, line: &str) -> bool {
     let Some(position) = machine.position() else {
         return false;
     };
     match FeedLine::parse(line) {
         Ok(FeedLine::Resync(_)) => true,
-        Ok(FeedLine::Heartbeat(h)) => h.store_id != position.store_id,
+        Ok(FeedLine::Heartbeat(h)) => h.store_id != position.store_id || h.epoch != position.epoch,
         _ => false,
     }
 }
@@ -371,6 +408,14 @@ enum Net {
     Tamper(Tamper, u8),
     /// The next connection is answered with this status.
     Refuse(u16),
+    /// An endpoint stops answering (its open connection drops, new ones are refused).
+    Down(u8),
+    /// An endpoint answers again.
+    Up(u8),
+    /// The open connection stays open but delivers nothing more (a stalled stream).
+    Freeze,
+    /// Time passes (milliseconds): a stream silent past its stall bound is left.
+    Wait(u16),
 }
 
 /// A fault in the stream.
@@ -388,6 +433,9 @@ enum Tamper {
     NotUtf8,
     /// A heartbeat naming another store id.
     ForeignHeartbeat,
+    /// A heartbeat naming another epoch of the same store (this many ahead, or behind
+    /// when the database's epoch allows).
+    ForeignEpoch(u8),
     /// A heartbeat ahead of the sidecar's head.
     AheadHeartbeat(u8),
     /// The next change, as versions go, but one the store cannot apply.
@@ -403,11 +451,16 @@ enum Item {
     Unappliable,
 }
 
-/// An open connection: which database serves it, whether it is a feed, the lines not
-/// yet delivered and those already delivered (for replays).
+/// An open connection: the endpoint and database branch serving it, whether it is a
+/// feed, the lines not yet delivered and those already delivered (for replays).
 struct Conn {
-    db: String,
+    endpoint: usize,
+    db: Branch,
     feed: bool,
+    /// Delivers nothing any more.
+    frozen: bool,
+    /// When it last delivered a line.
+    stall: Stall,
     queue: VecDeque<Item>,
     sent: Vec<Item>,
     /// The sidecar's head when the feed connection opened.
@@ -419,11 +472,11 @@ struct Follower {
     machine: Protocol,
     consents: ConsentStore,
     registry: Arc<Registry>,
-    /// The version the store reflects, and the database it belongs to.
+    /// The version the store reflects, and the database branch it belongs to.
     version: u64,
-    store_id: Option<String>,
+    db: Option<Branch>,
     /// The last point marked fresh.
-    fresh_at: Option<(String, u64)>,
+    fresh_at: Option<(Branch, u64)>,
 }
 
 struct Harness {
@@ -433,6 +486,16 @@ struct Harness {
     refuse: Option<u16>,
     /// Fresh marks and reloads seen (so a test can tell the run went somewhere).
     fresh_marks: usize,
+    /// The endpoint in use, as the loop chooses it.
+    rotation: Rotation,
+    down: [bool; ENDPOINTS],
+    /// The virtual clock.
+    now: Instant,
+    /// The position held when the endpoint in use last failed: the next request must
+    /// resume from it.
+    resume_from: Option<Position>,
+    /// Endpoint switches (so a test can tell the run switched).
+    switches: usize,
 }
 
 impl Harness {
@@ -444,12 +507,17 @@ impl Harness {
                 consents: ConsentStore::new(),
                 registry: Arc::new(Registry::new()),
                 version: 0,
-                store_id: None,
+                db: None,
                 fresh_at: None,
             },
             conn: None,
             refuse: None,
             fresh_marks: 0,
+            rotation: Rotation::new(ENDPOINTS),
+            down: [false; ENDPOINTS],
+            now: Instant::now(),
+            resume_from: None,
+            switches: 0,
         }
     }
 
@@ -457,7 +525,9 @@ impl Harness {
         match net {
             Net::Sidecar(op) => self.sidecar_changes(op),
             Net::Connect => {
-                self.close(true);
+                if self.conn.is_some() {
+                    self.endpoint_failed(true);
+                }
                 self.open();
             }
             Net::Deliver(n) => {
@@ -466,30 +536,78 @@ impl Harness {
                 }
                 self.deliver(usize::from(*n));
             }
-            Net::Close { error } => self.close(*error),
+            Net::Close { error } => {
+                if self.conn.is_some() {
+                    self.endpoint_failed(*error);
+                }
+            }
             Net::Refuse(status) => self.refuse = Some(*status),
             Net::Heartbeat => {
                 if let Some(conn) = self.conn.as_mut().filter(|c| c.feed) {
                     let db = self.sidecar.db(&conn.db);
-                    let line = heartbeat(&db.id, db.head());
+                    let line = heartbeat(&conn.db, db.head());
                     conn.queue.push_back(Item::Line(line));
                 }
             }
             Net::Tamper(t, ahead) => self.tamper(t, usize::from(*ahead)),
+            Net::Down(k) => {
+                let k = usize::from(*k) % ENDPOINTS;
+                self.down[k] = true;
+                if self.conn.as_ref().is_some_and(|c| c.endpoint == k) {
+                    self.endpoint_failed(true);
+                }
+            }
+            Net::Up(k) => self.down[usize::from(*k) % ENDPOINTS] = false,
+            Net::Freeze => {
+                if let Some(conn) = self.conn.as_mut() {
+                    conn.frozen = true;
+                }
+            }
+            Net::Wait(ms) => {
+                self.now += Duration::from_millis(u64::from(*ms));
+                if self
+                    .conn
+                    .as_ref()
+                    .is_some_and(|c| c.stall.stalled(self.now))
+                {
+                    self.endpoint_failed(true);
+                }
+            }
         }
         self.check_no_wrong_allow();
     }
 
+    /// The endpoint in use failed (the connection, if any, dropped): as the loop does,
+    /// the next one is used, and the position is kept for it.
+    fn endpoint_failed(&mut self, error: bool) {
+        let before = self.follower.machine.position().cloned();
+        if self.conn.is_some() {
+            self.close(error);
+        } else {
+            self.follower.machine.on_disconnect();
+        }
+        assert_eq!(
+            self.follower.machine.position(),
+            before.as_ref(),
+            "a failed endpoint keeps the position"
+        );
+        let failed = self.rotation.current();
+        let next = self.rotation.failed();
+        assert_eq!(next.next, (failed + 1) % ENDPOINTS, "round robin");
+        self.switches += usize::from(next.switched);
+        self.resume_from = before;
+    }
+
     fn sidecar_changes(&mut self, op: &Op) {
         let logged = self.sidecar.apply(op);
-        if matches!(op, Op::Replace { .. }) {
+        if matches!(op, Op::Replace { .. } | Op::Promote { .. }) && self.conn.is_some() {
             // The old database's connections go away with it.
-            self.close(true);
+            self.endpoint_failed(true);
         }
         let (Some(version), Some(conn)) = (logged, self.conn.as_mut()) else {
             return;
         };
-        if conn.feed && conn.db == self.sidecar.current().id {
+        if conn.feed && conn.db == self.sidecar.current().branch() {
             let line = self.sidecar.current().change_line(version);
             conn.queue.push_back(Item::Line(line));
         }
@@ -520,18 +638,37 @@ impl Harness {
             ),
             Tamper::Garbage => Item::Line("not json".into()),
             Tamper::NotUtf8 => Item::NotUtf8,
-            Tamper::ForeignHeartbeat => Item::Line(heartbeat("elsewhere", db.head())),
+            Tamper::ForeignHeartbeat => {
+                Item::Line(heartbeat(&("elsewhere".into(), db.epoch), db.head()))
+            }
+            Tamper::ForeignEpoch(k) => {
+                let k = u64::from(*k);
+                let epoch = if k % 2 == 1 && db.epoch > 0 {
+                    db.epoch - 1
+                } else {
+                    db.epoch + 1 + k
+                };
+                Item::Line(heartbeat(&(db.id.clone(), epoch), db.head()))
+            }
             Tamper::AheadHeartbeat(k) => {
-                Item::Line(heartbeat(&db.id, db.head() + 1 + u64::from(*k)))
+                Item::Line(heartbeat(&conn.db, db.head() + 1 + u64::from(*k)))
             }
             Tamper::Unappliable => Item::Unappliable,
         };
         conn.queue.insert(at, item);
     }
 
-    /// The follower connects; the sidecar answers as it is now.
+    /// The follower connects to the endpoint in use; the sidecar answers as it is now.
     fn open(&mut self) {
         let request = self.follower.machine.connect();
+        if let Some(p) = self.resume_from.take() {
+            // Whichever endpoint it is: the feed resumes, no snapshot.
+            assert_eq!(request, Request::Feed(p), "resumed from the position");
+        }
+        let endpoint = self.rotation.current();
+        if self.down[endpoint] {
+            return self.endpoint_failed(true);
+        }
         let status = self
             .refuse
             .take()
@@ -540,7 +677,10 @@ impl Harness {
             let feed = matches!(request, Request::Feed(_));
             match end {
                 Ended::Reload(Reload::Gone) => assert!(feed && status == 410),
-                Ended::Reconnect(Fault::Status(s)) => assert!(s == status && (s != 410 || !feed)),
+                Ended::Reconnect(Fault::Status(s)) => {
+                    assert!(s == status && (s != 410 || !feed));
+                    self.endpoint_failed(true);
+                }
                 other => panic!("{other:?} for status {status}"),
             }
             return;
@@ -553,13 +693,16 @@ impl Harness {
                 let mut q: VecDeque<Item> = (p.version + 1..=db.head())
                     .map(|v| Item::Line(db.change_line(v)))
                     .collect();
-                q.push_back(Item::Line(heartbeat(&db.id, db.head())));
+                q.push_back(Item::Line(heartbeat(&db.branch(), db.head())));
                 (true, q)
             }
         };
         self.conn = Some(Conn {
-            db: db.id.clone(),
+            endpoint,
+            db: db.branch(),
             feed,
+            frozen: false,
+            stall: Stall::new(STALL, self.now),
             queue,
             sent: Vec::new(),
             head_at_open: db.head(),
@@ -581,6 +724,9 @@ impl Harness {
     /// Up to `n` lines arrive; the machine reads them as one pass, which is then
     /// applied (as the loop does once the buffer is drained).
     fn deliver(&mut self, n: usize) {
+        if self.conn.as_ref().is_some_and(|c| c.frozen) {
+            return;
+        }
         let mut must_reload = false;
         for _ in 0..n {
             let Some(conn) = self.conn.as_mut() else {
@@ -589,6 +735,8 @@ impl Harness {
             let Some(item) = conn.queue.pop_front() else {
                 break;
             };
+            conn.stall.line(self.now);
+            self.rotation.heard();
             conn.sent.push(item.clone());
             let count = conn.sent.len() as u64;
             let machine = &mut self.follower.machine;
@@ -630,7 +778,7 @@ impl Harness {
         f.consents = install.store;
         f.registry = install.registry;
         f.version = install.version;
-        f.store_id = Some(position.store_id.clone());
+        f.db = Some((position.store_id.clone(), position.epoch));
         self.check_in_step("install");
         self.mark_fresh();
     }
@@ -675,21 +823,22 @@ impl Harness {
     fn mark_fresh(&mut self) {
         let f = &mut self.follower;
         let position = f.machine.position().unwrap();
-        assert_eq!(Some(&position.store_id), f.store_id.as_ref());
+        let branch = (position.store_id.clone(), position.epoch);
+        assert_eq!(Some(&branch), f.db.as_ref());
         assert_eq!(position.version, f.version);
-        f.fresh_at = Some((position.store_id.clone(), f.version));
+        f.fresh_at = Some((branch, f.version));
         self.fresh_marks += 1;
     }
 
     /// The store and the registry are the sidecar's at the version reported.
     fn check_in_step(&self, what: &str) {
         let f = &self.follower;
-        let id = f.store_id.as_deref().unwrap();
+        let id = f.db.as_ref().unwrap();
         let world = self.sidecar.db(id).state_at(f.version);
         let mut held: Vec<ConsentRecord> = f.consents.iter().map(|c| c.to_record()).collect();
         held.sort_by(|a, b| a.id.cmp(&b.id));
         let want: Vec<ConsentRecord> = world.consents.values().cloned().collect();
-        assert_eq!(held, want, "{what}: consents at {id}@{}", f.version);
+        assert_eq!(held, want, "{what}: consents at {id:?}@{}", f.version);
         assert_eq!(
             f.registry.len(),
             world.participants.len(),
@@ -721,7 +870,7 @@ impl Harness {
                 assert_ne!(
                     held,
                     Some(ConsentStatus::Authorised),
-                    "{cid} revoked at {id}@{version}"
+                    "{cid} revoked at {id:?}@{version}"
                 );
             }
         }
@@ -730,6 +879,7 @@ impl Harness {
     /// Reconnects with a clean network until a feed connection reports fresh.
     fn clean_tail(&mut self) {
         self.refuse = None;
+        self.down = [false; ENDPOINTS];
         self.close(true);
         for _ in 0..4 {
             self.open();
@@ -741,7 +891,7 @@ impl Harness {
             }
         }
         let db = self.sidecar.current();
-        let want = Some((db.id.clone(), db.head()));
+        let want = Some((db.branch(), db.head()));
         assert_eq!(
             self.follower.fresh_at, want,
             "a clean tail ends fresh at the head"
@@ -762,12 +912,13 @@ fn change() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// Changes, pruned history and replaced databases.
+/// Changes, pruned history, replaced and promoted databases.
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         10 => change(),
         1 => Just(Op::Prune),
         1 => (0u8..12).prop_map(|keep| Op::Replace { keep }),
+        1 => (0u8..12).prop_map(|keep| Op::Promote { keep }),
     ]
 }
 
@@ -779,6 +930,7 @@ fn tamper() -> impl Strategy<Value = Tamper> {
         Just(Tamper::Garbage),
         Just(Tamper::NotUtf8),
         Just(Tamper::ForeignHeartbeat),
+        (0u8..3).prop_map(Tamper::ForeignEpoch),
         (0u8..3).prop_map(Tamper::AheadHeartbeat),
         Just(Tamper::Unappliable),
     ]
@@ -793,17 +945,30 @@ fn net() -> impl Strategy<Value = Net> {
         2 => Just(Net::Heartbeat),
         6 => (tamper(), 0u8..6).prop_map(|(t, ahead)| Net::Tamper(t, ahead)),
         1 => prop_oneof![Just(410u16), Just(503)].prop_map(Net::Refuse),
+        3 => endpoint_trouble(),
     ]
 }
 
-/// Neither faults nor lost history: only the sidecar's changes, (re)connections,
-/// deliveries and heartbeats.
+/// Endpoints going down and up, streams freezing, time passing.
+fn endpoint_trouble() -> BoxedStrategy<Net> {
+    prop_oneof![
+        1 => (0u8..3).prop_map(Net::Down),
+        1 => (0u8..3).prop_map(Net::Up),
+        1 => Just(Net::Freeze),
+        2 => (0u16..2_500).prop_map(Net::Wait),
+    ]
+    .boxed()
+}
+
+/// Neither faults in the data nor lost history: the sidecar's changes, (re)connections,
+/// deliveries, heartbeats, and endpoints failing, stalling and coming back.
 fn clean_net() -> impl Strategy<Value = Net> {
     prop_oneof![
         3 => change().prop_map(Net::Sidecar),
         1 => Just(Net::Connect),
         3 => (1u8..6).prop_map(Net::Deliver),
         1 => Just(Net::Heartbeat),
+        2 => endpoint_trouble(),
     ]
 }
 
@@ -839,10 +1004,74 @@ proptest! {
         run in prop::collection::vec(clean_net(), 0..80),
     ) {
         play(&run, |h| {
-            // Once a snapshot is in, nothing on a clean network drops the position.
-            if h.follower.store_id.is_some() {
+            // Once a snapshot is in, nothing on a clean network drops the position: not
+            // a dropped or refused connection, not a stalled stream, not a switch.
+            if h.follower.db.is_some() {
                 assert!(h.follower.machine.position().is_some());
             }
         });
     }
+}
+
+/// The e2e scenario in miniature: following endpoint 0, which freezes while a consent is
+/// revoked; past the stall bound the follower moves to endpoint 1, resumes from its
+/// position (no snapshot), reads the revocation and is fresh again.
+#[test]
+fn a_stalled_endpoint_is_left_for_the_next_which_resumes_the_feed() {
+    let mut h = Harness::new();
+    for op in [Op::Create(1), Op::Authorise(1)] {
+        h.step(&Net::Sidecar(op));
+    }
+    h.step(&Net::Deliver(u8::MAX)); // the snapshot, on endpoint 0
+    h.step(&Net::Deliver(u8::MAX)); // the feed: its backlog's heartbeat
+    let fresh = h.fresh_marks;
+    assert_eq!(
+        h.conn.as_ref().map(|c| (c.endpoint, c.feed)),
+        Some((0, true))
+    );
+    let position = h.follower.machine.position().cloned().unwrap();
+
+    h.step(&Net::Freeze);
+    h.step(&Net::Sidecar(Op::Revoke(1)));
+    h.step(&Net::Deliver(u8::MAX)); // nothing arrives
+    assert_eq!(h.follower.version, position.version);
+    h.step(&Net::Wait(1_999));
+    assert_eq!(
+        h.conn.as_ref().map(|c| c.endpoint),
+        Some(0),
+        "within the bound"
+    );
+    h.step(&Net::Wait(1));
+    assert!(h.conn.is_none(), "stalled: left");
+    assert_eq!((h.rotation.current(), h.switches), (1, 1));
+
+    h.step(&Net::Deliver(u8::MAX)); // reconnects on 1: resumes (checked in `open`)
+    assert_eq!(h.conn.as_ref().map(|c| c.endpoint), Some(1));
+    assert_eq!(h.follower.version, position.version + 1);
+    assert!(
+        h.fresh_marks > fresh,
+        "fresh again at the backlog's heartbeat"
+    );
+    assert_eq!(
+        h.follower.consents.get("c-1").map(|c| c.status()),
+        Some(ConsentStatus::Revoked)
+    );
+    assert_eq!(h.follower.db, Some(("store-0".to_string(), 0)), "no reload");
+}
+
+/// A promoted standby (same store, new epoch) answers the old branch's position with
+/// `410`: the follower reloads and follows the new branch.
+#[test]
+fn a_promoted_database_is_followed_after_a_reload() {
+    let mut h = Harness::new();
+    for op in [Op::Create(1), Op::Authorise(1), Op::Create(2)] {
+        h.step(&Net::Sidecar(op));
+    }
+    h.step(&Net::Deliver(u8::MAX));
+    h.step(&Net::Deliver(u8::MAX));
+    h.step(&Net::Sidecar(Op::Promote { keep: 1 }));
+    h.step(&Net::Sidecar(Op::Revoke(1)));
+    h.clean_tail();
+    assert_eq!(h.follower.db, Some(("store-0".to_string(), 1)));
+    assert_eq!(h.follower.version, 2);
 }

@@ -6,9 +6,12 @@
 //! The rules it keeps:
 //! - A snapshot is a header, participants, consents and an end line whose counts must
 //!   match what was read; the store id is `[A-Za-z0-9_-]*`.
+//! - A position is (store id, epoch, version): versions count within one history
+//!   branch (epoch) of one database (store id). A sidecar without epochs is epoch 0.
 //! - Feed versions are contiguous: a change that is not `position + 1` is a gap, and a
-//!   gap, a `resync` line, a `410`, a heartbeat naming another store id or another
-//!   version than the position, or a change the store cannot apply reloads the snapshot.
+//!   gap, a `resync` line, a `410`, a heartbeat naming another store id, another epoch
+//!   or another version than the position, or a change the store cannot apply reloads
+//!   the snapshot.
 //! - What a pass read (the lines buffered at once) is applied together, even when the
 //!   pass ended on an error: the position has already moved past it.
 //! - Fresh only once what was read is applied and, on a new connection, only after the
@@ -19,8 +22,9 @@
 //!   "undecodable" (kept inactive, fail closed) with the thumbprints known for it; a line
 //!   that does not even name a BIN, like any unreadable line, ends the connection.
 //!
-//! The machine is a value, one per followed sidecar; several endpoints or epochs can
-//! each get one, or extend [`Position`].
+//! The machine knows nothing of endpoints: the replicas of one database serve one
+//! history, so the loop may open the next connection on any of them and the machine
+//! resumes from its position there (the endpoint choice lives in `super::endpoints`).
 
 use std::sync::Arc;
 
@@ -34,6 +38,8 @@ use crate::network::Registry;
 pub(crate) struct Position {
     /// The sidecar database the versions belong to.
     pub(crate) store_id: String,
+    /// The database's history branch (0: a sidecar without epochs).
+    pub(crate) epoch: u64,
     /// The last version read.
     pub(crate) version: u64,
 }
@@ -52,7 +58,13 @@ impl Request {
     pub(crate) fn path(&self) -> String {
         match self {
             Request::Snapshot => "/v1/snapshot".into(),
-            Request::Feed(p) => format!("/v1/feed?since={}&store_id={}", p.version, p.store_id),
+            Request::Feed(p) if p.epoch == 0 => {
+                format!("/v1/feed?since={}&store_id={}", p.version, p.store_id)
+            }
+            Request::Feed(p) => format!(
+                "/v1/feed?since={}&store_id={}&epoch={}",
+                p.version, p.store_id, p.epoch
+            ),
         }
     }
 }
@@ -94,6 +106,15 @@ pub(crate) enum Reload {
     /// A heartbeat names another store id: the sidecar's database was replaced.
     #[error("store id changed")]
     StoreChanged,
+    /// A heartbeat names another epoch: the database was promoted or restored, and the
+    /// position's versions may belong to a branch that no longer exists.
+    #[error("epoch {heartbeat} but position in epoch {position}")]
+    EpochChanged {
+        /// The heartbeat's epoch.
+        heartbeat: u64,
+        /// The position's epoch.
+        position: u64,
+    },
     /// A heartbeat's version is not the position.
     #[error("heartbeat at {heartbeat} but position {position}")]
     Heartbeat {
@@ -437,6 +458,7 @@ impl SnapshotLoad {
         }
         let position = Position {
             store_id: h.store_id.clone(),
+            epoch: h.epoch,
             version: h.version,
         };
         // It goes into the feed's query string unescaped.
@@ -505,6 +527,12 @@ impl FeedConn {
             FeedLine::Heartbeat(h) => {
                 if h.store_id != position.store_id {
                     return Err(Ended::Reload(Reload::StoreChanged));
+                }
+                if h.epoch != position.epoch {
+                    return Err(Ended::Reload(Reload::EpochChanged {
+                        heartbeat: h.epoch,
+                        position: position.epoch,
+                    }));
                 }
                 if h.version != position.version {
                     return Err(Ended::Reload(Reload::Heartbeat {
@@ -671,6 +699,73 @@ mod tests {
         let (_, c) = pass(&mut p, &[change(5)]);
         assert!(!c.fresh, "a new connection starts with its backlog again");
         assert!(p.heard_on_connection());
+    }
+
+    /// A machine following `s-1` in `epoch` from `version` (an empty snapshot).
+    fn following_in(epoch: u64, version: u64) -> Protocol {
+        let mut p = Protocol::new();
+        p.connect();
+        p.on_response(200).unwrap();
+        let h = header(version, 0, 0).replace(r#""time""#, &format!(r#""epoch":{epoch},"time""#));
+        let step = read(&mut p, &[h, end(version, 0, 0)]);
+        assert!(matches!(step, Step::Install(_)), "{step:?}");
+        p
+    }
+
+    fn heartbeat_in(epoch: u64, version: u64) -> String {
+        heartbeat("s-1", version).replace(r#""time""#, &format!(r#""epoch":{epoch},"time""#))
+    }
+
+    #[test]
+    fn the_position_carries_the_snapshots_epoch_into_the_feed_query() {
+        let mut p = following_in(3, 2);
+        assert_eq!(
+            p.position(),
+            Some(&Position {
+                store_id: "s-1".into(),
+                epoch: 3,
+                version: 2
+            })
+        );
+        let r = open_feed(&mut p);
+        assert_eq!(r.path(), "/v1/feed?since=2&store_id=s-1&epoch=3");
+        // A heartbeat of the same epoch is the backlog's end, as without epochs.
+        let (read, c) = pass(&mut p, &[change(3), heartbeat_in(3, 3)]);
+        assert_eq!((read, c.version, c.fresh), (vec![3], Some(3), true));
+        // Resumed after a disconnect (on this endpoint or another): same epoch, no reload.
+        p.on_disconnect();
+        assert_eq!(p.connect().path(), "/v1/feed?since=3&store_id=s-1&epoch=3");
+    }
+
+    #[test]
+    fn a_heartbeat_of_another_epoch_reloads_the_snapshot() {
+        // Epoch 0 (a sidecar without epochs) against a heartbeat naming one, a promoted
+        // database (a later epoch), and a position ahead of the sidecar's epoch.
+        for (mine, theirs) in [(0, 1), (1, 2), (2, 1)] {
+            let mut p = following_in(mine, 5);
+            open_feed(&mut p);
+            let (applied, c) = pass(&mut p, &[change(6), heartbeat_in(theirs, 6)]);
+            assert_eq!(applied, vec![6], "applied before the heartbeat was read");
+            assert_eq!(
+                c.ended,
+                Some(Ended::Reload(Reload::EpochChanged {
+                    heartbeat: theirs,
+                    position: mine
+                }))
+            );
+            assert!(!c.fresh, "never fresh on a heartbeat of another branch");
+            assert_eq!(p.position(), None);
+            assert_eq!(p.connect(), Request::Snapshot);
+            // The reloaded snapshot names the new epoch; the feed follows it.
+            p.on_response(200).unwrap();
+            let h = header(9, 0, 0).replace(r#""time""#, &format!(r#""epoch":{theirs},"time""#));
+            assert!(matches!(read(&mut p, &[h, end(9, 0, 0)]), Step::Install(_)));
+            let want = match theirs {
+                0 => "/v1/feed?since=9&store_id=s-1".to_string(),
+                e => format!("/v1/feed?since=9&store_id=s-1&epoch={e}"),
+            };
+            assert_eq!(p.connect().path(), want);
+        }
     }
 
     #[test]

@@ -535,7 +535,7 @@ fn control_plane(
 ) -> Result<(ControlPlane, Option<ConsentFile>), ConfigError> {
     match (&cfg.consents.snapshot, &cfg.trust) {
         (Some(_), Some(t)) => Err(src.invalid(
-            &t.url,
+            t.anchor(),
             "trust",
             "exactly one consent control plane: `[consents] snapshot` or `[trust]`, not both",
         )),
@@ -556,7 +556,7 @@ fn control_plane(
         (None, Some(t)) => {
             if matches!(previous, Some(ControlPlane::File { .. })) {
                 return Err(src.invalid(
-                    &t.url,
+                    t.anchor(),
                     "trust.url",
                     "switching from a consent file to `[trust]` needs a restart",
                 ));
@@ -599,36 +599,12 @@ fn consent_file(
     Ok((control, loaded))
 }
 
-/// `[trust]`: the sidecar's URL, CAs and bounds, reporting through `feed`.
+/// `[trust]`: the sidecars' URLs, CAs and bounds, reporting through `feed`.
 fn trust_plane(
     src: &Source,
     t: &TrustSection,
     identity: &Identity,
     feed: &Arc<FeedStatus>,
 ) -> Result<TrustPlane, ConfigError> {
-    if t.ca.is_empty() {
-        return Err(src.invalid(&t.url, "trust.ca", "at least one CA is required"));
-    }
-    let mut pems = Vec::with_capacity(t.ca.len());
-    for (i, p) in t.ca.iter().enumerate() {
-        pems.push(src.read_bytes(p, &format!("trust.ca[{i}]"))?);
-    }
-    if t.max_staleness_secs == 0 {
-        return Err(src.invalid(&t.url, "trust.max_staleness_secs", "must be > 0"));
-    }
-    if t.jwks && t.jwks_refresh_secs == 0 {
-        return Err(src.invalid(&t.url, "trust.jwks_refresh_secs", "must be > 0"));
-    }
-    let mut plane = TrustPlane::new(
-        t.url.get_ref(),
-        &pems,
-        &identity.cert,
-        &identity.key,
-        Duration::from_secs(t.max_staleness_secs),
-        feed.clone(),
-    )
-    .map_err(|e| src.invalid(&t.url, "trust.url", e.to_string()))?;
-    plane.jwks = t.jwks;
-    plane.jwks_refresh = Duration::from_secs(t.jwks_refresh_secs);
-    Ok(plane)
+    TrustPlane::from_section(src, t, (&identity.cert, &identity.key), feed)
 }

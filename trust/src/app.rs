@@ -197,7 +197,9 @@ impl From<Error> for OAuthError {
 }
 
 impl App {
-    /// Opens the state over an opened database.
+    /// Opens the state over an opened database: loads the participant registry and the
+    /// signing keys. Blocking: call it from a blocking thread (`spawn_blocking`), never on
+    /// an async worker (the PostgreSQL engine blocks on its async client).
     pub fn new(
         db: Arc<Db>,
         settings: Settings,
@@ -879,7 +881,7 @@ impl App {
         }
     }
 
-    /// Imports PKCS#8 keys (as next keys).
+    /// Imports PKCS#8 keys (as next keys). Blocking, like [`App::new`].
     pub fn import_keys(&self, keys_der: &[(keys::Alg, Vec<u8>)]) -> Result<Vec<String>, Error> {
         self.db.write(self.now(), |tx| {
             let mut kids = Vec::new();

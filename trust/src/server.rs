@@ -266,13 +266,12 @@ pub async fn start(
         )?),
         None => None,
     };
-    let app = Arc::new(App::new(
-        Arc::new(db),
-        settings,
-        config.clock.clone(),
-        notifier,
-        provider,
-    )?);
+    // App::new reads the registry and the keys: blocking calls (PostgreSQL drives its
+    // client with `block_on`, which must not run on an async worker).
+    let clock = config.clock.clone();
+    let app = Arc::new(
+        blocking(move || App::new(Arc::new(db), settings, clock, notifier, provider)).await?,
+    );
     activate_keys(&app, &imported).await?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let internal_addr = internal.as_ref().map(|(_, a)| *a);
@@ -465,7 +464,8 @@ fn settings(
 /// without an active signer, since every token request would fail.
 async fn activate_keys(app: &Arc<App>, imported: &[(Alg, Vec<u8>)]) -> Result<(), StartError> {
     if !imported.is_empty() {
-        let kids = app.import_keys(imported)?;
+        let (a, keys) = (app.clone(), imported.to_vec());
+        let kids = blocking(move || a.import_keys(&keys)).await?;
         tracing::info!(?kids, "signing keys imported");
     }
     app.rotate_keys(false).await?;

@@ -1,6 +1,10 @@
 //! Test harness: a development PKI, a sidecar on an ephemeral loopback port, and an
-//! HTTPS client (rustls, optional client certificate) that speaks to it.
+//! HTTPS client (rustls, optional client certificate) that speaks to it. The sidecar's
+//! store is SQLite, or a fresh PostgreSQL database when `TRUST_TEST_POSTGRES_URL` is set
+//! (see [`store`]).
 #![allow(dead_code)]
+
+pub mod store;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -32,8 +36,10 @@ pub fn bin(s: &str) -> Bin {
     Bin::parse(s).unwrap()
 }
 
-/// The development PKI and paths every test uses.
+/// The development PKI, paths and the store every test uses.
 pub struct Fixture {
+    /// Dropped first: the PostgreSQL database goes before the directory.
+    pub store: store::Store,
     pub dir: tempfile::TempDir,
     pub pki: DevPki,
 }
@@ -49,9 +55,11 @@ impl Fixture {
             )
         };
         let pki = DevPki::generate(&dir.path().join("pki"), &spec).unwrap();
-        Fixture { dir, pki }
+        let store = store::Store::from_env(dir.path().join("trust.db"));
+        Fixture { store, dir, pki }
     }
 
+    /// The SQLite file (unused when the store is PostgreSQL).
     pub fn db(&self) -> PathBuf {
         self.dir.path().join("trust.db")
     }
@@ -78,6 +86,7 @@ impl Fixture {
         c.heartbeat = Duration::from_millis(200);
         c.housekeeping = Duration::from_millis(50);
         c.clock = Arc::new(clock.clone());
+        self.store.apply(&mut c);
         c
     }
 

@@ -224,12 +224,17 @@ pub fn follow(app: &Arc<App>, since: u64, epoch: u64) -> mpsc::Receiver<Bytes> {
     rx
 }
 
+/// The shortest window [`heartbeat_line`] accepts: the head watcher reads the database
+/// about every half second (PostgreSQL), so a heartbeat interval shorter than that would
+/// end every stream.
+const REACHABLE_FLOOR: Duration = Duration::from_secs(2);
+
 /// A heartbeat vouches that the gateway has every change up to `version`: only sent
 /// while the database has been read within `window` (a replica cut off from its
 /// database must not keep gateways fresh) and the epoch is still `epoch`. Otherwise
 /// the stream ends, and the gateway moves to another replica or goes stale.
 fn heartbeat_line(app: &App, version: u64, epoch: u64, window: Duration) -> Result<Bytes, Error> {
-    if !app.db.reachable_within(window) {
+    if !app.db.reachable_within(window.max(REACHABLE_FLOOR)) {
         return Err(Error::Unavailable {
             code: "database_unavailable",
             detail: "the database has not been read recently".into(),

@@ -19,25 +19,38 @@
 //! `[[providers]]` only tune upstreams. `--consents-from file` is the former setup:
 //! `consents.jsonl` and `[[participants]]`, no sidecar (used by the end-to-end tests'
 //! fixture and the benchmarks).
+//!
+//! The same world also runs as a cluster of separate processes ([`cluster`],
+//! `hub-cluster`, behind `scripts/cluster`): PostgreSQL, two trust replicas, two gateways
+//! and the sandbox banks, each its own process (`docs/cluster.md`). The pieces both use
+//! live in modules: the identities, the banks, the consents, the hub configuration, the
+//! trust sidecar's configuration and seed, and the manifest.
 
 #![forbid(unsafe_code)]
 
-use serde_json::json;
-use std::fmt::Write as _;
+mod banks;
+pub mod cluster;
+mod consents;
+mod hubconfig;
+mod identities;
+mod manifest;
+mod seed;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use consent_cache::{Bin, ConsentRecord, ConsentStatus, Permission};
-use gateway::config::{
-    at, AuditSection, ConsentSection, FileConfig, HubFiles, ParticipantSection, ProviderSection,
-    TrustSection,
-};
-use policy::directory::{ParticipantStatus, Role};
-use policy::limits::{LimitSettings, QuotaSettings};
-use sandbox::bank::{BankConfig, BankHandle};
-use sandbox::pki::{DevPki, PkiSpec};
-use sandbox::tokens::{AccessClaims, DevAlg, DevIssuer};
+use consent_cache::ConsentRecord;
+use sandbox::bank::BankHandle;
+use sandbox::pki::DevPki;
+use sandbox::tokens::DevIssuer;
+
+pub use consents::extra_consent_id;
+pub use identities::{API_USERS, AUDIENCE, ISSUER, PROVIDERS};
+pub use manifest::curl_lines;
+
+use hubconfig::{HubConfig, TrustTuning};
+use identities::{abs, identities, Identities};
+use manifest::{ManifestInputs, TrustInfo};
 
 /// `devhub` options (what `scripts/demo` passes on).
 #[derive(Debug, clap::Parser)]
@@ -146,7 +159,7 @@ pub enum DemoError {
     Key(#[from] trust::keys::KeyError),
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DemoError + '_ {
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DemoError + '_ {
     move |source| DemoError::Io {
         path: path.to_path_buf(),
         source,
@@ -154,7 +167,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DemoError + '_ {
 }
 
 /// The target directory this binary was built into (`…/target`), else `./target`.
-fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     if let Ok(d) = std::env::var("CARGO_TARGET_DIR") {
         return PathBuf::from(d);
     }
@@ -162,32 +175,6 @@ fn target_dir() -> PathBuf {
         .ok()
         .and_then(|exe| exe.parent()?.parent().map(Path::to_path_buf))
         .unwrap_or_else(|| PathBuf::from("target"))
-}
-
-/// Fixed demo identities.
-pub const API_USERS: [(&str, &str, &str); 3] = [
-    ("100140000001", "Qazaq Fintech LLP", "active"),
-    ("100140000002", "Steppe Pay JSC", "active"),
-    ("100140000003", "Suspended Lending LLP", "suspended"),
-];
-/// Fixed demo providers.
-pub const PROVIDERS: [(&str, &str); 2] = [
-    ("990340000011", "Altyn Sandbox Bank"),
-    ("990340000022", "Dala Sandbox Bank"),
-];
-/// The demo's token issuer and audience.
-pub const ISSUER: &str = "https://trust.hub.local.test";
-/// The hub's audience.
-pub const AUDIENCE: &str = "https://hub.local.test";
-
-fn bin(s: &str) -> Bin {
-    // Start-up only, over the constants above (a unit test checks them).
-    #[allow(clippy::expect_used)]
-    Bin::parse(s).expect("demo BIN constants are valid")
-}
-
-fn abs(p: &Path) -> PathBuf {
-    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
 /// Everything the demo generated, for the manifest, tests and benches.
@@ -231,18 +218,18 @@ pub fn prepare(args: &DemoArgs) -> Result<Prepared, DemoError> {
     let ids = identities(&paths.dir)?;
     let with_trust = args.consents_from == ConsentSource::Trust;
     let runtime = demo_runtime(with_trust, &paths.dir)?;
-    let banks = start_banks(&runtime, &ids, args.customers)?;
+    let banks = banks::start_banks(&runtime, &ids, args.customers)?;
     let world = World {
         paths,
         ids,
         runtime,
         banks,
     };
-    let DemoConsents {
+    let consents::DemoConsents {
         jsonl,
         records,
         manifest: mut manifest_consents,
-    } = demo_consents(&world)?;
+    } = consents::demo_consents(&world.ids, &banks::data_of(&world.banks), 0)?;
     let running = if with_trust {
         Some(seed_trust(
             &world,
@@ -257,8 +244,8 @@ pub fn prepare(args: &DemoArgs) -> Result<Prepared, DemoError> {
     };
     let trust_url = running.as_ref().map(|r| r.url().to_string());
     write_hub_config(&world, args, trust_url.as_deref())?;
-    let manifest_json = manifest_json(&world, args, trust_url.as_deref(), manifest_consents);
-    write_manifest(&world.paths.manifest, &manifest_json)?;
+    let manifest_json = demo_manifest(&world, args, trust_url, manifest_consents);
+    manifest::write_manifest(&world.paths.manifest, &manifest_json)?;
 
     let World {
         paths,
@@ -316,18 +303,6 @@ impl Paths {
     }
 }
 
-/// The demo's identities: the development PKI and the token issuer, with their files.
-struct Identities {
-    users: Vec<Bin>,
-    providers: Vec<Bin>,
-    pki: DevPki,
-    issuer: DevIssuer,
-    /// The issuer's private key (PEM), also the trust sidecar's signing key.
-    issuer_key: PathBuf,
-    /// The issuer's public key set, the hub's start-up keys.
-    jwks: PathBuf,
-}
-
 /// What the steps after the identities and banks share.
 struct World {
     paths: Paths,
@@ -339,46 +314,13 @@ struct World {
 }
 
 impl World {
-    fn api_user(&self, user: Bin) -> Result<&sandbox::pki::Identity, DemoError> {
-        self.ids
-            .pki
-            .api_user(user)
-            .ok_or_else(|| DemoError::Bank("no certificate for api user".into()))
+    /// The banks' base URLs, in `PROVIDERS` order.
+    fn bank_urls(&self) -> Vec<String> {
+        self.banks
+            .iter()
+            .map(|b| format!("https://{}", b.addr()))
+            .collect()
     }
-}
-
-/// The PKI (with an operator certificate for the trust sidecar's registry) and the
-/// token issuer, written under `dir`.
-fn identities(dir: &Path) -> Result<Identities, DemoError> {
-    let users: Vec<Bin> = API_USERS.iter().map(|u| bin(u.0)).collect();
-    let providers: Vec<Bin> = PROVIDERS.iter().map(|p| bin(p.0)).collect();
-    let pki = DevPki::generate(
-        &dir.join("pki"),
-        &PkiSpec {
-            // The trust sidecar's operator API (participant registry) needs one.
-            operator: true,
-            ..PkiSpec::new(users.clone(), providers.clone())
-        },
-    )?;
-    // The key id is the key's RFC 7638 thumbprint, which is how the trust sidecar names
-    // the key once it signs with it: the demo's own tokens and the sidecar's share it.
-    let generated = DevIssuer::generate(DevAlg::Es256, "demo", ISSUER)?;
-    let kid = trust::keys::SigningKey::from_pkcs8(
-        trust::keys::Alg::Es256,
-        &trust::keys::pkcs8_from_pem(generated.key_pem().as_bytes())?,
-    )?
-    .kid()
-    .to_string();
-    let issuer = DevIssuer::load(generated.key_pem(), &kid, ISSUER, DevAlg::Es256)?;
-    let (issuer_key, jwks) = issuer.write_files(dir)?;
-    Ok(Identities {
-        users,
-        providers,
-        pki,
-        issuer,
-        issuer_key,
-        jwks,
-    })
 }
 
 /// The runtime of the banks; the trust sidecar, when it runs, gets a second worker.
@@ -391,219 +333,6 @@ fn demo_runtime(with_trust: bool, dir: &Path) -> Result<tokio::runtime::Runtime,
         .map_err(io(dir))
 }
 
-/// One sandbox bank per provider, on ephemeral loopback ports, accepting only the hub.
-fn start_banks(
-    runtime: &tokio::runtime::Runtime,
-    ids: &Identities,
-    customers: usize,
-) -> Result<Vec<BankHandle>, DemoError> {
-    let pki = &ids.pki;
-    let mut banks = Vec::new();
-    for (i, p) in ids.providers.iter().enumerate() {
-        let id = pki
-            .provider_server(*p)
-            .ok_or_else(|| DemoError::Bank("no certificate for provider".into()))?;
-        let cfg = BankConfig {
-            bin: *p,
-            name: PROVIDERS[i].1.to_string(),
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            server_cert_chain_pem: id.chain_pem().into_bytes(),
-            server_key_pem: id.key_pem.clone().into_bytes(),
-            client_ca_pem: pki.ca_cert_pem().as_bytes().to_vec(),
-            customers,
-            seed: 0x5EED_0000 + i as u64,
-            allowed_client_thumbprints: Some(vec![pki.hub_client().thumbprint]),
-        };
-        let h = runtime
-            .block_on(sandbox::bank::start(cfg))
-            .map_err(|e| DemoError::Bank(e.to_string()))?;
-        banks.push(h);
-    }
-    Ok(banks)
-}
-
-const ALL: [Permission; 3] = [
-    Permission::Accounts,
-    Permission::Balances,
-    Permission::Transactions,
-];
-
-/// One demo consent: indices into `API_USERS`, `PROVIDERS` (and the banks) and the
-/// bank's customers, what it grants and its state.
-struct Plan {
-    id: &'static str,
-    user: usize,
-    bank: usize,
-    customer: usize,
-    perms: &'static [Permission],
-    /// Restricted to the customer's first account.
-    restrict: bool,
-    status: ConsentStatus,
-    /// Seconds from now; negative for a consent already past its expiry.
-    expires_in: Option<i64>,
-}
-
-impl Plan {
-    /// A consent of the first user at the first bank over `ALL`, expiring in a day.
-    const fn new(id: &'static str, customer: usize, status: ConsentStatus) -> Plan {
-        Plan {
-            id,
-            user: 0,
-            bank: 0,
-            customer,
-            perms: &ALL,
-            restrict: false,
-            status,
-            expires_in: Some(86400),
-        }
-    }
-}
-
-/// Consents in every status over real sandbox customers and accounts.
-const PLANS: [Plan; 9] = [
-    Plan {
-        expires_in: Some(90 * 86400),
-        ..Plan::new("c-authorised-full", 0, ConsentStatus::Authorised)
-    },
-    Plan {
-        restrict: true,
-        expires_in: Some(90 * 86400),
-        ..Plan::new("c-authorised-restricted", 1, ConsentStatus::Authorised)
-    },
-    Plan {
-        user: 1,
-        bank: 1,
-        perms: &[Permission::Accounts],
-        expires_in: None,
-        ..Plan::new("c-authorised-accounts-only", 2, ConsentStatus::Authorised)
-    },
-    Plan {
-        user: 1,
-        bank: 1,
-        expires_in: Some(30 * 86400),
-        ..Plan::new("c-authorised-bank2", 0, ConsentStatus::Authorised)
-    },
-    Plan::new("c-awaiting", 3, ConsentStatus::AwaitingAuthorisation),
-    Plan::new("c-rejected", 4, ConsentStatus::Rejected),
-    Plan::new("c-revoked", 5, ConsentStatus::Revoked),
-    Plan {
-        user: 1,
-        bank: 1,
-        expires_in: Some(-86400),
-        ..Plan::new("c-expired", 6, ConsentStatus::Expired)
-    },
-    Plan {
-        user: 1,
-        bank: 1,
-        expires_in: Some(-3600),
-        ..Plan::new("c-lapsed", 7, ConsentStatus::Authorised)
-    },
-];
-
-/// The demo consents in the forms the next steps need.
-struct DemoConsents {
-    /// `consents.jsonl`, the hub's snapshot with `--consents-from file`.
-    jsonl: String,
-    /// The contract records, imported into the trust sidecar.
-    records: Vec<ConsentRecord>,
-    /// The manifest's entries: each record with a token and the customer's account ids.
-    manifest: Vec<serde_json::Value>,
-}
-
-/// The `PLANS` as contract records, snapshot lines and manifest entries with tokens.
-fn demo_consents(world: &World) -> Result<DemoConsents, DemoError> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    let mut out = DemoConsents {
-        jsonl: String::new(),
-        records: Vec::new(),
-        manifest: Vec::new(),
-    };
-    for p in &PLANS {
-        let data = world.banks[p.bank].data();
-        let customer = data
-            .customers()
-            .nth(p.customer)
-            .ok_or_else(|| DemoError::Bank("too few sandbox customers".into()))?;
-        let record = consent_json(p, &world.ids, customer, now);
-        let _ = writeln!(out.jsonl, "{record}");
-        out.records
-            .push(serde_json::from_value(record.clone()).map_err(|e| {
-                DemoError::Bank(format!(
-                    "demo consent {} is not a contract record: {e}",
-                    p.id
-                ))
-            })?);
-        let user = world.ids.users[p.user];
-        let claims = AccessClaims::for_consent(
-            ISSUER,
-            AUDIENCE,
-            user,
-            p.id,
-            p.perms,
-            &world.api_user(user)?.thumbprint,
-            now,
-            24 * 3600,
-        )?;
-        let token = world.ids.issuer.mint(&claims)?;
-        let mut m = record;
-        if let Some(o) = m.as_object_mut() {
-            o.insert("token".into(), json!(token));
-            o.insert(
-                "account_ids".into(),
-                json!(customer
-                    .accounts
-                    .iter()
-                    .map(|a| a.id.clone())
-                    .collect::<Vec<_>>()),
-            );
-        }
-        out.manifest.push(m);
-    }
-    Ok(out)
-}
-
-/// The contract record (§8) of one planned consent, created a day before `now`.
-fn consent_json(
-    p: &Plan,
-    ids: &Identities,
-    customer: &sandbox::data::Customer,
-    now: i64,
-) -> serde_json::Value {
-    let accounts: Option<Vec<String>> = p.restrict.then(|| {
-        customer
-            .accounts
-            .iter()
-            .take(1)
-            .map(|a| a.id.clone())
-            .collect()
-    });
-    json!({
-        "id": p.id,
-        "api_user": ids.users[p.user].to_string(),
-        "customer": customer.iin,
-        "providers": [ids.providers[p.bank].to_string()],
-        "permissions": p.perms.iter().map(|x| x.as_str()).collect::<Vec<_>>(),
-        "accounts": accounts,
-        "purpose": "Personal finance overview (demo)",
-        "created_at": rfc3339(now - 86400),
-        "expires_at": p.expires_in.map(|s| rfc3339(now + s)),
-        "status": p.status.as_str(),
-    })
-}
-
-/// Unix seconds as RFC 3339 (empty when out of range, which the demo's times never are).
-fn rfc3339(t: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(t)
-        .ok()
-        .and_then(|d| {
-            d.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
-
 /// The sidecar branch: a fresh database, the sidecar started and seeded, and the
 /// manifest's consents as the sidecar then holds them (the consent past its expiry was
 /// expired by it).
@@ -614,16 +343,19 @@ fn seed_trust(
     manifest_consents: &mut [serde_json::Value],
 ) -> Result<trust::Running, DemoError> {
     remove_stale(&world.paths)?;
-    let sidecar = start_trust(world, port, records)?;
-    for m in manifest_consents {
-        let Some(id) = m["id"].as_str().map(str::to_string) else {
-            continue;
-        };
-        let view = world.runtime.block_on(sidecar.app().consent(id))?;
-        m["status"] = json!(view.record.status.as_str());
-        m["version"] = json!(view.version);
-    }
-    Ok(sidecar)
+    let config = seed::trust_config(
+        &world.ids,
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        world.paths.trust_db.clone(),
+        world.paths.otp_outbox.clone(),
+    )?;
+    let bank_urls = world.bank_urls();
+    world.runtime.block_on(async {
+        let running = trust::start(config, None).await?;
+        seed::seed(running.app(), &world.ids, &bank_urls, records).await?;
+        seed::held_states(running.app(), manifest_consents).await?;
+        Ok::<_, DemoError>(running)
+    })
 }
 
 /// A new registry for a new PKI: the previous run's database and codes go (and the
@@ -649,98 +381,6 @@ fn remove_stale(paths: &Paths) -> Result<(), DemoError> {
     Ok(())
 }
 
-/// What the hub's configuration is made of.
-struct HubConfig<'a> {
-    port: u16,
-    admin_port: u16,
-    threads: Option<usize>,
-    /// Requests per second for every limit kind (burst twice that), instead of the defaults.
-    rate_limit: Option<u32>,
-    pki: &'a DevPki,
-    jwks: &'a Path,
-    /// The trust sidecar; without it consents come from `consents` and participants are
-    /// listed in the file.
-    trust_url: Option<&'a str>,
-    consents: &'a Path,
-    audit: &'a Path,
-    /// Each API user's `x5t#S256`, in `API_USERS` order (empty with the sidecar).
-    user_thumbprints: Vec<&'a str>,
-    /// Each provider's bank, in `PROVIDERS` order.
-    bank_addrs: Vec<SocketAddr>,
-}
-
-/// The hub's configuration, typed (serialised by [`write_hub_config`]).
-fn hub_config(c: &HubConfig<'_>) -> Result<FileConfig, DemoError> {
-    let ca = [c.pki.ca_cert_path().to_path_buf()];
-    let (server, client) = (c.pki.hub_server(), c.pki.hub_client());
-    let files = HubFiles {
-        ca: ca[0].clone(),
-        server: (server.cert_path.clone(), server.key_path.clone()),
-        client: (client.cert_path.clone(), client.key_path.clone()),
-        jwks: c.jwks.to_path_buf(),
-    };
-    let (listen, admin) = (
-        format!("127.0.0.1:{}", c.port),
-        format!("127.0.0.1:{}", c.admin_port),
-    );
-    let mut cfg = FileConfig::for_files(&listen, &admin, &files, ISSUER, AUDIENCE);
-    cfg.server.threads = c.threads;
-    match c.trust_url {
-        // Consents, participants and token keys from the sidecar; the JWKS file is the
-        // start-up key set (the same demo key).
-        Some(url) => {
-            let mut t = TrustSection::new(url, &ca);
-            t.jwks = true;
-            cfg.trust = Some(t);
-        }
-        None => cfg.consents = ConsentSection::file(c.consents.to_path_buf()),
-    }
-    cfg.audit = AuditSection::file(c.audit.to_path_buf());
-    if let Some(r) = c.rate_limit {
-        let r = r.max(1);
-        let q = QuotaSettings::new(r, r.saturating_mul(2))
-            .ok_or_else(|| DemoError::Bank("rate limit must be > 0".into()))?;
-        cfg.limits = LimitSettings {
-            per_user: q,
-            per_user_provider: q,
-            per_consent_route: q,
-            per_ip_open_data: q,
-            overrides: Vec::new(),
-        };
-    }
-    // With the sidecar, participants come from its registry (which has the same URLs);
-    // `[[providers]]` then only tune the upstreams.
-    for ((bin, name, status), x5t) in API_USERS.iter().zip(&c.user_thumbprints) {
-        let mut p = ParticipantSection::new(bin, name, &[Role::User], participant_status(status));
-        p.thumbprints = vec![at(x5t.to_string())];
-        cfg.participants.push(p);
-    }
-    for ((bin, name), addr) in PROVIDERS.iter().zip(&c.bank_addrs) {
-        if c.trust_url.is_none() {
-            cfg.participants.push(ParticipantSection::new(
-                bin,
-                name,
-                &[Role::Provider],
-                ParticipantStatus::Active,
-            ));
-        }
-        let mut p = ProviderSection::new(bin, &[format!("https://{addr}")]);
-        p.sni = Some("localhost".into());
-        cfg.providers.push(p);
-    }
-    Ok(cfg)
-}
-
-/// A demo participant's status as written in [`API_USERS`].
-fn participant_status(s: &str) -> ParticipantStatus {
-    match s {
-        "active" => ParticipantStatus::Active,
-        "isolated" => ParticipantStatus::Isolated,
-        "terminated" => ParticipantStatus::Terminated,
-        _ => ParticipantStatus::Suspended,
-    }
-}
-
 /// Writes `hub.toml`.
 fn write_hub_config(
     world: &World,
@@ -753,250 +393,50 @@ fn write_hub_config(
             .ids
             .users
             .iter()
-            .map(|u| Ok(world.api_user(*u)?.x5t_s256.as_str()))
+            .map(|u| Ok(world.ids.api_user(*u)?.x5t_s256.as_str()))
             .collect::<Result<_, DemoError>>()?,
     };
-    let cfg = hub_config(&HubConfig {
+    let trust_urls: Vec<String> = trust_url.into_iter().map(str::to_string).collect();
+    let cfg = hubconfig::hub_config(&HubConfig {
         port: args.port,
         admin_port: args.admin_port,
         threads: args.threads,
         rate_limit: args.rate_limit,
         pki: &world.ids.pki,
         jwks: &world.ids.jwks,
-        trust_url,
+        trust_urls: &trust_urls,
+        trust_tuning: TrustTuning::default(),
         consents: &world.paths.consents,
         audit: &world.paths.audit,
         user_thumbprints,
         bank_addrs: world.banks.iter().map(BankHandle::addr).collect(),
+        quick_stop: false,
     })?;
-    let text = cfg
-        .to_toml()
-        .map_err(|e| DemoError::Bank(format!("hub configuration: {e}")))?;
-    let text =
-        format!("# Generated by `devhub` (scripts/demo): development material only.\n{text}");
-    let path = &world.paths.config;
-    std::fs::write(path, text).map_err(io(path))
+    hubconfig::write(&world.paths.config, &cfg, "`devhub` (scripts/demo)")
 }
 
-/// The contract §9 manifest.
-fn manifest_json(
+/// The demo's contract §9 manifest.
+fn demo_manifest(
     world: &World,
     args: &DemoArgs,
-    trust_url: Option<&str>,
+    trust_url: Option<String>,
     consents: Vec<serde_json::Value>,
 ) -> serde_json::Value {
-    let (ids, paths, pki) = (&world.ids, &world.paths, &world.ids.pki);
-    let mut manifest = json!({
-        "gateway_url": format!("https://127.0.0.1:{}", args.port),
-        "admin_url": format!("http://127.0.0.1:{}", args.admin_port),
-        "ca_cert": abs(pki.ca_cert_path()),
-        "issuer": ISSUER,
-        "audience": AUDIENCE,
-        "token_signing_key": abs(&ids.issuer_key),
-        "token_kid": ids.issuer.kid(),
-        "token_alg": "ES256",
-        "jwks": abs(&ids.jwks),
-        "api_users": API_USERS.iter().enumerate().filter_map(|(i, u)| {
-            let id = pki.api_user(ids.users[i])?;
-            Some(json!({"id": u.0, "name": u.1, "status": u.2, "cert": abs(&id.cert_path), "key": abs(&id.key_path), "x5t#S256": id.x5t_s256}))
-        }).collect::<Vec<_>>(),
-        "providers": PROVIDERS.iter().enumerate().map(|(i, p)| json!({"id": p.0, "name": p.1, "url": format!("https://{}", world.banks[i].addr())})).collect::<Vec<_>>(),
-        "hub_client_cert": abs(&pki.hub_client().cert_path),
-        "hub_client_key": abs(&pki.hub_client().key_path),
-        "untrusted_client": {"cert": abs(&pki.untrusted_client().cert_path), "key": abs(&pki.untrusted_client().key_path)},
-        "config": abs(&paths.config),
-        "audit_log": paths.audit,
-        "consents_from": if trust_url.is_some() { "trust" } else { "file" },
-        "consents": consents,
-    });
-    if let (Some(url), Some(o)) = (trust_url, manifest.as_object_mut()) {
-        o.insert("trust_url".into(), json!(url));
-        o.insert("otp_outbox".into(), json!(paths.otp_outbox));
-        o.insert("trust_db".into(), json!(paths.trust_db));
-        if let Some(op) = pki.operator() {
-            o.insert(
-                "operator".into(),
-                json!({"cert": abs(&op.cert_path), "key": abs(&op.key_path)}),
-            );
-        }
-    }
-    manifest
-}
-
-/// Writes the manifest (creating its directory, which may be outside the demo's).
-fn write_manifest(path: &Path, manifest: &serde_json::Value) -> Result<(), DemoError> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(io(parent))?;
-    }
-    let text = serde_json::to_string_pretty(manifest).unwrap_or_default();
-    std::fs::write(path, text).map_err(io(path))
-}
-
-/// The trust sidecar's configuration on the demo's PKI: the hub's server certificate,
-/// the hub's client certificate reads the feed, the operator certificate runs the
-/// registry, the demo issuer's key signs tokens.
-fn trust_config(world: &World, port: u16, operator: &sandbox::pki::Identity) -> trust::Config {
-    let pki = &world.ids.pki;
-    let mut c = trust::Config::new(
-        SocketAddr::from(([127, 0, 0, 1], port)),
-        world.paths.trust_db.clone(),
-        pki.hub_server().cert_path.clone(),
-        pki.hub_server().key_path.clone(),
-        pki.ca_cert_path().to_path_buf(),
-    );
-    c.operator_certs = vec![operator.cert_path.clone()];
-    c.hub_certs = vec![pki.hub_client().cert_path.clone()];
-    c.issuer = Some(ISSUER.to_string());
-    c.audience = AUDIENCE.to_string();
-    c.signing_keys = vec![world.ids.issuer_key.clone()];
-    c.otp_outbox = Some(world.paths.otp_outbox.clone());
-    c.dev_customer_sessions = true;
-    c
-}
-
-/// Starts the trust sidecar on the demo's PKI and seeds it: the demo participants
-/// (through the registry, as the operator), then the demo consents (imported through
-/// its storage, each with a feed version and a history entry), then one expiry pass.
-fn start_trust(
-    world: &World,
-    port: u16,
-    records: Vec<ConsentRecord>,
-) -> Result<trust::Running, DemoError> {
-    let operator = world
-        .ids
-        .pki
-        .operator()
-        .ok_or_else(|| DemoError::Bank("the PKI has no operator certificate".into()))?;
-    let config = trust_config(world, port, operator);
-    world.runtime.block_on(async {
-        let running = trust::start(config, None).await?;
-        let app = running.app().clone();
-        let actor = trust::history::operator(&operator.x5t_s256);
-        seed_participants(world, &app, &actor).await?;
-        app.import_consents(records).await?;
-        app.expire_due().await?;
-        Ok::<_, DemoError>(running)
+    let paths = &world.paths;
+    manifest::manifest_json(ManifestInputs {
+        ids: &world.ids,
+        gateway_url: format!("https://127.0.0.1:{}", args.port),
+        admin_url: format!("http://127.0.0.1:{}", args.admin_port),
+        provider_urls: &world.bank_urls(),
+        config: &paths.config,
+        audit: &paths.audit,
+        trust: trust_url.map(|url| TrustInfo {
+            url,
+            otp_outbox: paths.otp_outbox.clone(),
+            db: serde_json::json!(paths.trust_db),
+        }),
+        consents,
     })
-}
-
-/// The demo's API users and providers, put into the sidecar's registry by `actor`.
-async fn seed_participants(
-    world: &World,
-    app: &std::sync::Arc<trust::app::App>,
-    actor: &str,
-) -> Result<(), DemoError> {
-    use trust::participants::ParticipantInput;
-    use trust::wire::{ParticipantStatus, Role};
-
-    for (i, u) in API_USERS.iter().enumerate() {
-        let id = world
-            .ids
-            .pki
-            .api_user(bin(u.0))
-            .ok_or_else(|| DemoError::Bank(format!("no certificate for api user {i}")))?;
-        let input = ParticipantInput {
-            name: u.1.to_string(),
-            roles: vec![Role::User],
-            thumbprints: vec![id.x5t_s256.clone()],
-            provider_urls: Vec::new(),
-            status: ParticipantStatus::parse(u.2),
-        };
-        app.put_participant(actor.to_owned(), bin(u.0), input)
-            .await?;
-    }
-    for (i, p) in PROVIDERS.iter().enumerate() {
-        let bank = world
-            .banks
-            .get(i)
-            .ok_or_else(|| DemoError::Bank("too few sandbox banks".into()))?;
-        let input = ParticipantInput {
-            name: p.1.to_string(),
-            roles: vec![Role::Provider],
-            thumbprints: Vec::new(),
-            provider_urls: vec![format!("https://{}", bank.addr())],
-            status: Some(ParticipantStatus::Active),
-        };
-        app.put_participant(actor.to_owned(), bin(p.0), input)
-            .await?;
-    }
-    Ok(())
-}
-
-/// Ready-to-paste commands for the first consents.
-fn curl_lines(m: &serde_json::Value) -> String {
-    let mut out = String::new();
-    let gw = m["gateway_url"].as_str().unwrap_or_default();
-    let ca = m["ca_cert"].as_str().unwrap_or_default();
-    let find_user = |id: &str| {
-        m["api_users"]
-            .as_array()
-            .and_then(|a| a.iter().find(|u| u["id"] == id))
-            .cloned()
-            .unwrap_or_default()
-    };
-    for c in m["consents"].as_array().into_iter().flatten().take(3) {
-        let u = find_user(c["api_user"].as_str().unwrap_or_default());
-        let base = format!(
-            "curl --cacert {ca} --cert {} --key {} -H \"Authorization: Bearer {}\"",
-            u["cert"].as_str().unwrap_or_default(),
-            u["key"].as_str().unwrap_or_default(),
-            c["token"].as_str().unwrap_or_default()
-        );
-        let provider = c["providers"][0].as_str().unwrap_or_default();
-        let account = c["account_ids"][0].as_str().unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "# consent {} ({})",
-            c["id"].as_str().unwrap_or_default(),
-            c["status"].as_str().unwrap_or_default()
-        );
-        let _ = writeln!(out, "{base} {gw}/v1/providers/{provider}/accounts");
-        let _ = writeln!(
-            out,
-            "{base} {gw}/v1/providers/{provider}/accounts/{account}/balances"
-        );
-        let _ = writeln!(
-            out,
-            "{base} '{gw}/v1/providers/{provider}/accounts/{account}/transactions?limit=5'\n"
-        );
-    }
-    if let Some(u) = m["api_users"].get(0) {
-        let p = m["providers"][0]["id"].as_str().unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "# open data (no token)\ncurl --cacert {ca} --cert {} --key {} {gw}/v1/open-data/{p}/exchange-rates",
-            u["cert"].as_str().unwrap_or_default(),
-            u["key"].as_str().unwrap_or_default()
-        );
-    }
-    if let (Some(trust), Some(outbox), Some(u), Some(c)) = (
-        m["trust_url"].as_str(),
-        m["otp_outbox"].as_str(),
-        m["api_users"].get(0),
-        m["consents"].get(0),
-    ) {
-        let user = format!(
-            "curl --cacert {ca} --cert {} --key {}",
-            u["cert"].as_str().unwrap_or_default(),
-            u["key"].as_str().unwrap_or_default()
-        );
-        let customer = c["customer"].as_str().unwrap_or_default();
-        let provider = c["providers"][0].as_str().unwrap_or_default();
-        let bin = u["id"].as_str().unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "\n# a new consent through the trust sidecar: the API user asks, the customer \
-             authorises with the one-time code, the API user gets a token\n\
-             {user} -H 'content-type: application/json' -d '{{\"customer\":\"{customer}\",\"providers\":[\"{provider}\"],\"permissions\":[\"accounts\",\"balances\"],\"purpose\":\"Demo\"}}' {trust}/v1/consents     # -> id\n\
-             curl --cacert {ca} -H 'content-type: application/json' -d '{{\"customer\":\"{customer}\"}}' {trust}/v1/customer/sessions     # -> session\n\
-             curl --cacert {ca} -X POST -H 'Authorization: Bearer SESSION' {trust}/v1/customer/consents/ID/authorisations     # -> authorisation id\n\
-             tail -n 1 {outbox}     # the code\n\
-             curl --cacert {ca} -H 'Authorization: Bearer SESSION' -H 'content-type: application/json' -d '{{\"code\":\"CODE\"}}' {trust}/v1/customer/authorisations/AID/verify\n\
-             {user} -d 'grant_type=client_credentials&client_id={bin}&consent_id=ID' {trust}/oauth2/token     # -> access_token\n\
-             {user} -X DELETE {trust}/v1/consents/ID     # revoke: the hub refuses the token at once"
-        );
-    }
-    out
 }
 
 /// Runs the demo until Ctrl-C.
@@ -1012,19 +452,7 @@ pub fn run(args: DemoArgs) -> Result<(), DemoError> {
         return Ok(());
     }
     if args.banks_only {
-        for b in &prepared.banks {
-            println!("bank {} listening on https://{}", b.bin(), b.addr());
-        }
-        if let Some(url) = prepared.manifest_json["trust_url"].as_str() {
-            println!("trust sidecar listening on {url}");
-        }
-        println!(
-            "banks running; start the hub with: gateway run --config {}",
-            prepared.config.display()
-        );
-        let _ = prepared.runtime.block_on(tokio::signal::ctrl_c());
-        prepared.shutdown();
-        return Ok(());
+        return run_banks_only(prepared);
     }
     println!(
         "\nTry it (Ctrl-C stops the demo):\n\n{}",
@@ -1042,17 +470,19 @@ pub fn run(args: DemoArgs) -> Result<(), DemoError> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn demo_identities_are_valid_bins() {
-        for u in API_USERS {
-            assert!(Bin::parse(u.0).is_ok(), "{}", u.0);
-        }
-        for p in PROVIDERS {
-            assert!(Bin::parse(p.0).is_ok(), "{}", p.0);
-        }
+/// `--banks-only`: the banks and the sidecar until Ctrl-C.
+fn run_banks_only(prepared: Prepared) -> Result<(), DemoError> {
+    for b in &prepared.banks {
+        println!("bank {} listening on https://{}", b.bin(), b.addr());
     }
+    if let Some(url) = prepared.manifest_json["trust_url"].as_str() {
+        println!("trust sidecar listening on {url}");
+    }
+    println!(
+        "banks running; start the hub with: gateway run --config {}",
+        prepared.config.display()
+    );
+    let _ = prepared.runtime.block_on(tokio::signal::ctrl_c());
+    prepared.shutdown();
+    Ok(())
 }

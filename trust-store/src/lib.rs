@@ -12,6 +12,8 @@ mod db;
 mod meta;
 mod pg_cluster;
 mod pg_migrations;
+#[cfg(feature = "pg-server")]
+pub mod pg_server;
 mod pg_tls;
 mod pg_txn;
 mod pg_value;

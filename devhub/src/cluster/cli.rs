@@ -1,0 +1,210 @@
+//! The `hub-cluster` command (`scripts/cluster`): starts the cluster, prints the
+//! manifest's path, the pieces with their process ids and ready-to-paste `curl` lines,
+//! reports any piece that dies (the cluster keeps running: tests kill pieces on
+//! purpose), and stops everything on SIGINT or SIGTERM. `hub-cluster bank --spec FILE`
+//! is one sandbox bank process (the cluster starts its banks that way).
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use super::{Binaries, Cluster, ClusterError, ClusterOptions};
+
+/// `hub-cluster` options.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "hub-cluster",
+    version,
+    about = "The hub as a cluster on loopback: PostgreSQL, two trust replicas, two gateways and the sandbox banks, each its own process."
+)]
+pub struct ClusterArgs {
+    /// A sandbox bank process (what the cluster runs for each bank).
+    #[command(subcommand)]
+    pub command: Option<Sub>,
+    /// Where to write the manifest (default: <dir>/manifest.json).
+    #[arg(long)]
+    pub manifest: Option<PathBuf>,
+    /// Directory for generated files and logs (default: <target>/cluster).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Replace the default rate limits by this many requests per second (burst twice
+    /// that) for every limit kind, e.g. for load tests.
+    #[arg(long)]
+    pub rate_limit: Option<u32>,
+    /// Customers per sandbox bank.
+    #[arg(long, default_value_t = 200)]
+    pub customers: usize,
+    /// Worker threads of each gateway (default: the machine's cores).
+    #[arg(long)]
+    pub gateway_threads: Option<usize>,
+    /// The trust replicas' feed heartbeat, in milliseconds (the gateways' stall bound is
+    /// twice this, rounded up to whole seconds).
+    #[arg(long, default_value_t = 1000)]
+    pub heartbeat_ms: u64,
+    /// The gateways' `max_staleness_secs` (default 30).
+    #[arg(long)]
+    pub max_staleness_secs: Option<u64>,
+    /// Also run a synchronous standby; the replicas reach whichever is the primary.
+    #[arg(long)]
+    pub standby: bool,
+}
+
+/// The hidden subcommand.
+#[derive(Debug, clap::Subcommand)]
+pub enum Sub {
+    /// Runs one sandbox bank from its spec (started by the cluster).
+    #[command(hide = true)]
+    Bank {
+        /// The bank's spec (JSON), written by the cluster.
+        #[arg(long)]
+        spec: PathBuf,
+    },
+}
+
+/// Resolves at SIGINT or SIGTERM.
+pub async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// The command: exit code 0 when stopped by a signal, 1 when the cluster failed.
+pub fn main(args: ClusterArgs) -> ExitCode {
+    let result = match args.command {
+        Some(Sub::Bank { ref spec }) => super::run_bank(spec),
+        None => run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hub-cluster: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The options from the flags, with the programs beside this executable.
+fn options(args: &ClusterArgs) -> Result<ClusterOptions, ClusterError> {
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| crate::target_dir().join("cluster"));
+    let mut o = ClusterOptions::new(dir, Binaries::beside_current_exe()?);
+    o.manifest = args.manifest.clone();
+    o.rate_limit = args.rate_limit;
+    o.customers = args.customers.max(crate::consents::CUSTOMERS_USED);
+    o.gateway_threads = args.gateway_threads;
+    o.heartbeat_ms = args.heartbeat_ms.max(100);
+    o.max_staleness_secs = args.max_staleness_secs;
+    o.standby = args.standby;
+    Ok(o)
+}
+
+/// Starts the cluster and runs it until SIGINT or SIGTERM.
+fn run(args: ClusterArgs) -> Result<(), ClusterError> {
+    let opts = options(&args)?;
+    println!("starting the cluster in {} …", opts.dir.display());
+    let mut cluster = super::start(&opts)?;
+    println!("{}", summary(&cluster));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ClusterError::io(cluster.dir()))?;
+    runtime.block_on(async {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let stop = stop_signal();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = tick.tick() => {
+                    for line in cluster.check() {
+                        eprintln!("hub-cluster: {line}\n(the cluster keeps running; Ctrl-C stops it)");
+                    }
+                }
+            }
+        }
+    });
+    println!("stopping the cluster …");
+    cluster.stop();
+    println!("stopped");
+    Ok(())
+}
+
+/// What the command prints once the cluster is up.
+fn summary(cluster: &Cluster) -> String {
+    let m = cluster.manifest();
+    let pids = cluster.pids();
+    let mut out = String::new();
+    let _ = writeln!(out, "manifest: {}", cluster.manifest_path().display());
+    let _ = writeln!(out, "logs:     {}", cluster.dir().join("logs").display());
+    let _ = writeln!(
+        out,
+        "postgres: pid {}  {}",
+        pids.postgres,
+        m["postgres"]["url"].as_str().unwrap_or_default()
+    );
+    if let Some(pid) = pids.postgres_standby {
+        let _ = writeln!(out, "standby:  pid {pid}");
+    }
+    for (url, pid) in cluster.trust_urls().iter().zip(&pids.trust) {
+        let _ = writeln!(out, "trust:    pid {pid}  {url}");
+    }
+    for ((url, admin), pid) in cluster
+        .gateway_urls()
+        .iter()
+        .zip(cluster.admin_urls())
+        .zip(&pids.gateways)
+    {
+        let _ = writeln!(out, "gateway:  pid {pid}  {url}  (admin {admin})");
+    }
+    for (p, pid) in m["providers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .zip(&pids.banks)
+    {
+        let _ = writeln!(
+            out,
+            "bank:     pid {pid}  {}  {}",
+            p["url"].as_str().unwrap_or_default(),
+            p["id"].as_str().unwrap_or_default()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nTry it (Ctrl-C stops the cluster; `kill -9 PID` any piece to watch the rest carry on):\n\n{}",
+        crate::curl_lines(m)
+    );
+    out.push_str(&other_gateways(m));
+    out
+}
+
+/// The first consent's accounts through every other gateway.
+fn other_gateways(m: &serde_json::Value) -> String {
+    let mut out = String::new();
+    let first = crate::curl_lines(m);
+    let Some(line) = first.lines().find(|l| l.contains("/accounts")) else {
+        return out;
+    };
+    let gw = m["gateway_url"].as_str().unwrap_or_default();
+    for other in m["gateway_urls"].as_array().into_iter().flatten().skip(1) {
+        let other = other.as_str().unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "# the same through {other}\n{}\n",
+            line.replace(gw, other)
+        );
+    }
+    out
+}

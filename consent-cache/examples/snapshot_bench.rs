@@ -58,7 +58,7 @@ fn bin(n: u64) -> Bin {
 fn record(i: u64) -> ConsentRecord {
     let h = mix(i.wrapping_mul(31).wrapping_add(7));
     let provider = |k: u64| bin(990_140_000_000 + k % 30);
-    let providers = if h % 3 == 0 {
+    let providers = if h.is_multiple_of(3) {
         vec![provider(h >> 8), provider((h >> 8) + 1)]
     } else {
         vec![provider(h >> 8)]
@@ -79,15 +79,15 @@ fn record(i: u64) -> ConsentRecord {
         customer: format!("{:012}", (h >> 12) % 1_000_000_000_000),
         providers,
         permissions,
-        accounts: ((h >> 40) % 20 == 0).then(|| vec![format!("KZ{:018}", h >> 3)]),
+        accounts: (h >> 40).is_multiple_of(20).then(|| vec![format!("KZ{:018}", h >> 3)]),
         purpose: PURPOSES[((h >> 44) % 6) as usize].to_owned(),
         created_at: OffsetDateTime::from_unix_timestamp(created)
             .unwrap_or(OffsetDateTime::UNIX_EPOCH),
-        expires_at: ((h >> 48) % 5 != 0).then(|| {
+        expires_at: (!(h >> 48).is_multiple_of(5)).then(|| {
             OffsetDateTime::from_unix_timestamp(created + 31_536_000)
                 .unwrap_or(OffsetDateTime::UNIX_EPOCH)
         }),
-        status: if (h >> 52) % 10 == 0 {
+        status: if (h >> 52).is_multiple_of(10) {
             ConsentStatus::Revoked
         } else {
             ConsentStatus::Authorised

@@ -384,7 +384,7 @@ fn readers_never_see_torn_or_older_records_while_a_writer_applies_deltas() {
     });
     assert_eq!(store.version(), IDS * ROUNDS);
     // In the last round, ids with (i + ROUNDS) % 16 == 0 were removed.
-    let removed = (0..IDS).filter(|i| (i + ROUNDS) % 16 == 0).count();
+    let removed = (0..IDS).filter(|i| (i + ROUNDS).is_multiple_of(16)).count();
     assert_eq!(store.len(), IDS as usize - removed);
 }
 

@@ -18,7 +18,7 @@ pub fn record(id: &str, n: u64) -> ConsentRecord {
         id: id.to_owned(),
         api_user: bin(180_340_000_000 + n % 7),
         customer: format!("{:012}", 900_000_000_000 + n),
-        providers: if n % 2 == 0 {
+        providers: if n.is_multiple_of(2) {
             vec![bin(990_140_000_011)]
         } else {
             vec![bin(990_140_000_011), bin(990_140_000_022 + n % 5)]
@@ -32,10 +32,10 @@ pub fn record(id: &str, n: u64) -> ConsentRecord {
                 Permission::Transactions,
             ],
         },
-        accounts: (n % 4 == 0).then(|| vec![format!("KZ{n:018}"), "KZ-shared".to_owned()]),
+        accounts: n.is_multiple_of(4).then(|| vec![format!("KZ{n:018}"), "KZ-shared".to_owned()]),
         purpose: format!("purpose {}", n % 3),
         created_at: at(1_767_225_600 + n as i64),
-        expires_at: (n % 5 != 0).then(|| at(1_798_761_600 + n as i64)),
+        expires_at: (!n.is_multiple_of(5)).then(|| at(1_798_761_600 + n as i64)),
         status: ConsentStatus::Authorised,
     }
 }

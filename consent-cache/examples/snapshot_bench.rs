@@ -79,7 +79,9 @@ fn record(i: u64) -> ConsentRecord {
         customer: format!("{:012}", (h >> 12) % 1_000_000_000_000),
         providers,
         permissions,
-        accounts: (h >> 40).is_multiple_of(20).then(|| vec![format!("KZ{:018}", h >> 3)]),
+        accounts: (h >> 40)
+            .is_multiple_of(20)
+            .then(|| vec![format!("KZ{:018}", h >> 3)]),
         purpose: PURPOSES[((h >> 44) % 6) as usize].to_owned(),
         created_at: OffsetDateTime::from_unix_timestamp(created)
             .unwrap_or(OffsetDateTime::UNIX_EPOCH),

@@ -32,7 +32,9 @@ pub fn record(id: &str, n: u64) -> ConsentRecord {
                 Permission::Transactions,
             ],
         },
-        accounts: n.is_multiple_of(4).then(|| vec![format!("KZ{n:018}"), "KZ-shared".to_owned()]),
+        accounts: n
+            .is_multiple_of(4)
+            .then(|| vec![format!("KZ{n:018}"), "KZ-shared".to_owned()]),
         purpose: format!("purpose {}", n % 3),
         created_at: at(1_767_225_600 + n as i64),
         expires_at: (!n.is_multiple_of(5)).then(|| at(1_798_761_600 + n as i64)),

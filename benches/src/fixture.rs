@@ -305,12 +305,15 @@ pub enum ConsentSource<'a> {
     /// The trust sidecar (`[trust]`): snapshot and change feed over mTLS with the hub's
     /// client identity, the sidecar's server certificate verified by the platform CA.
     Trust {
-        /// The sidecar's base URL.
-        url: &'a str,
+        /// The sidecars' base URLs: one (`url`), or several replicas of one database
+        /// (`urls`, followed in this order).
+        urls: &'a [String],
         /// Contract §6 row 7 bound.
         max_staleness_secs: u64,
         /// Token keys from the sidecar's JWKS.
         jwks: bool,
+        /// `heartbeat_secs` (the sidecars' interval; the hub's default when `None`).
+        heartbeat_secs: Option<u64>,
     },
 }
 
@@ -358,13 +361,20 @@ pub fn write_hub_config(env: &BenchEnv, s: &HubSettings<'_>, path: &Path) -> Res
     match s.consents {
         ConsentSource::Snapshot(p) => c.consents = ConsentSection::file(p.to_path_buf()),
         ConsentSource::Trust {
-            url,
+            urls,
             max_staleness_secs,
             jwks,
+            heartbeat_secs,
         } => {
-            let mut t = TrustSection::new(url, &ca);
+            let mut t = match urls {
+                [url] => TrustSection::new(url, &ca),
+                _ => TrustSection::replicas(urls, &ca),
+            };
             t.max_staleness_secs = max_staleness_secs;
             t.jwks = jwks;
+            if let Some(h) = heartbeat_secs {
+                t.heartbeat_secs = h;
+            }
             c.trust = Some(t);
         }
     }

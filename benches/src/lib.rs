@@ -12,6 +12,7 @@ pub mod error;
 pub mod fixture;
 pub mod manifest;
 pub mod peers;
+pub mod pgrig;
 pub mod procs;
 pub mod report;
 pub mod runner;

@@ -71,6 +71,45 @@ pub fn install_cleanup_handlers() {
     });
 }
 
+/// Registers a process group this process did not spawn (e.g. a PostgreSQL postmaster,
+/// a session leader) so that Ctrl-C, SIGTERM and a panic stop it too (`stop`, then
+/// SIGKILL); [`forget_group`] once it is stopped otherwise.
+pub fn register_group(pgid: i32, stop: Signal) {
+    live().push((pgid, stop));
+}
+
+/// Removes a group registered with [`register_group`].
+pub fn forget_group(pgid: i32) {
+    live().retain(|(p, _)| *p != pgid);
+}
+
+/// CPU time (user + system) of process `pid` and of its live children (e.g. a
+/// PostgreSQL postmaster and its backends, each of which is its own session leader).
+pub fn tree_cpu(pid: i32) -> Duration {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Duration::ZERO;
+    };
+    let ticks: u64 = dir
+        .flatten()
+        .filter_map(|e| {
+            let text = fs::read_to_string(e.path().join("stat")).ok()?;
+            let own: i32 = e.file_name().to_str()?.parse().ok()?;
+            let rest = &text[text.rfind(')')? + 1..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ppid: i32 = f.get(1)?.parse().ok()?;
+            let utime: u64 = f.get(11)?.parse().ok()?;
+            let stime: u64 = f.get(12)?.parse().ok()?;
+            (own == pid || ppid == pid).then_some(utime + stime)
+        })
+        .sum();
+    Duration::from_nanos(ticks.saturating_mul(1_000_000_000) / ticks_per_second())
+}
+
+/// The process group of `pid`, from `/proc/PID/stat`.
+pub fn pgrp_of(pid: u32) -> Option<i32> {
+    stat_of(&Path::new("/proc").join(pid.to_string())).map(|(g, _)| g)
+}
+
 /// A running child process group.
 pub struct Proc {
     name: String,
@@ -137,6 +176,23 @@ impl Proc {
     /// Sum of the peak RSS of the group's processes, in bytes.
     pub fn peak_rss(&self) -> u64 {
         group_peak_rss(self.pid())
+    }
+
+    /// Sends SIGKILL to the group (as `kill -9` would: no shutdown; the kernel closes its
+    /// sockets as the processes exit) without waiting; [`Proc::kill`] reaps it.
+    pub fn sigkill(&self) {
+        let _ = killpg(Pid::from_raw(self.pid()), Signal::SIGKILL);
+    }
+
+    /// Kills the group at once (SIGKILL, as `kill -9` would: no shutdown, the kernel
+    /// closes its sockets) and reaps the leader.
+    pub fn kill(&mut self) {
+        let pgid = self.pid();
+        live().retain(|(p, _)| *p != pgid);
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        }
+        let _ = self.child.wait();
     }
 
     /// Stops the group: the graceful signal, then SIGKILL after 3 s.

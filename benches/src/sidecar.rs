@@ -51,8 +51,10 @@ pub struct SidecarSpec {
     pub port: u16,
     /// Folder for its log and outbox.
     pub dir: PathBuf,
-    /// SQLite database.
+    /// SQLite database (unused with `postgres`).
     pub db: PathBuf,
+    /// The PostgreSQL database instead of `db` (several replicas may share it).
+    pub postgres: Option<PgTarget>,
     /// Server certificate and key (the hub's development server identity: `localhost`).
     pub cert: PathBuf,
     /// Server key.
@@ -71,6 +73,16 @@ pub struct SidecarSpec {
     pub heartbeat_ms: u64,
     /// Token lifetime.
     pub token_lifetime_secs: i64,
+}
+
+/// A PostgreSQL database for `trust serve --postgres-url`: the URL has no password, the
+/// password is in a file (never on a command line).
+#[derive(Debug, Clone)]
+pub struct PgTarget {
+    /// `postgres://role@127.0.0.1:port/db`.
+    pub url: String,
+    /// The role's password, in a file readable by its owner only.
+    pub password_file: PathBuf,
 }
 
 /// A running sidecar (stopped with SIGTERM on drop).
@@ -106,12 +118,27 @@ impl SidecarSpec {
             .append(true)
             .open(&log)
             .map_err(io_at(&log))?;
+        let mut cmd = self.command();
+        cmd.env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(err);
+        Self::spawn(&mut cmd, &log)
+    }
+
+    /// `trust serve` with this spec's flags (secrets in files, never on the line).
+    fn command(&self) -> Command {
         let mut cmd = Command::new(&self.exe);
         cmd.arg("serve")
-            .args(["--listen", &self.addr().to_string()])
-            .arg("--db")
-            .arg(&self.db)
-            .arg("--cert")
+            .args(["--listen", &self.addr().to_string()]);
+        match &self.postgres {
+            Some(pg) => cmd
+                .args(["--postgres-url", &pg.url])
+                .arg("--postgres-password-file")
+                .arg(&pg.password_file),
+            None => cmd.arg("--db").arg(&self.db),
+        };
+        cmd.arg("--cert")
             .arg(&self.cert)
             .arg("--key")
             .arg(&self.key)
@@ -142,12 +169,13 @@ impl SidecarSpec {
             .args([
                 "--token-lifetime-secs",
                 &self.token_lifetime_secs.to_string(),
-            ])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(err);
-        let mut proc = Proc::spawn("trust", &mut cmd, Signal::SIGTERM)?;
+            ]);
+        cmd
+    }
+
+    /// Spawns `cmd` and reads its start-up line (printed once it listens).
+    fn spawn(cmd: &mut Command, log: &Path) -> Result<Sidecar> {
+        let mut proc = Proc::spawn("trust", cmd, Signal::SIGTERM)?;
         let stdout = proc
             .child_mut()
             .stdout
@@ -727,6 +755,18 @@ impl Registry {
         self.user(user)?
             .send(
                 Method::DELETE,
+                &format!("/v1/consents/{consent}"),
+                &[],
+                Bytes::new(),
+            )
+            .await
+    }
+
+    /// `user`'s consent as the API answers it (`GET /v1/consents/{id}`).
+    pub async fn consent(&mut self, user: usize, consent: &str) -> Result<Reply> {
+        self.user(user)?
+            .send(
+                Method::GET,
                 &format!("/v1/consents/{consent}"),
                 &[],
                 Bytes::new(),

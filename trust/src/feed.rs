@@ -62,10 +62,21 @@ impl Sink<'_> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let chunk = self.buf.split().freeze();
-        self.tx
-            .blocking_send(chunk)
-            .map_err(|_| Error::Internal("the client went away".into()))
+        // Not `blocking_send`: with PostgreSQL this runs inside the engine's `block_on`
+        // (a runtime context), where blocking on a channel panics. Wait for room instead.
+        let mut chunk = self.buf.split().freeze();
+        loop {
+            match self.tx.try_send(chunk) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Full(back)) => {
+                    chunk = back;
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    return Err(Error::Internal("the client went away".into()))
+                }
+            }
+        }
     }
 }
 

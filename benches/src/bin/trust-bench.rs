@@ -1881,12 +1881,17 @@ fn feed_apply(b: &Bench, a: &FeedArgs) -> Result<()> {
     drop(gw);
     drop(sidecar);
     // The database holds every generated consent (hundreds of MiB): logs are kept.
+    remove_sqlite(&spec.db);
+    b.write("feed-apply", load_at_start, report, &s)
+}
+
+/// Removes a SQLite database with its `-wal` and `-shm` files.
+fn remove_sqlite(db: &Path) {
     for suffix in ["", "-wal", "-shm"] {
-        let mut p = spec.db.clone().into_os_string();
+        let mut p = db.as_os_str().to_owned();
         p.push(suffix);
         let _ = std::fs::remove_file(PathBuf::from(p));
     }
-    b.write("feed-apply", load_at_start, report, &s)
 }
 
 /// Starts the sidecar with the banks registered and a gateway following it; once the

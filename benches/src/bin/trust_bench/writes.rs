@@ -142,6 +142,9 @@ pub(super) fn run(b: &Bench, a: &WriteArgs) -> Result<()> {
     let report = report(&plan, &sys, &rows);
     let summary = summary(&plan, &sys, &rows);
     drop(sys);
+    // The SQLite databases hold every consent written (hundreds of MiB): logs are kept.
+    remove_sqlite(&dir.join("sqlite").join("trust.db"));
+    remove_sqlite(&dir.join("direct.db"));
     b.write("write-throughput", load_at_start, report, &summary)
 }
 

@@ -397,3 +397,38 @@ async fn imported_consents_are_stored_published_and_expired_like_created_ones() 
     );
     running.stop().await;
 }
+
+/// A snapshot many chunks long (1,000 consents, well over the 64 KiB chunk) arrives whole,
+/// header to end line, on either engine: on PostgreSQL the rows are streamed from inside
+/// the engine's `block_on`, where the sink must not block on its channel (it panicked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_of_many_chunks_arrives_whole() {
+    let f = Fixture::new();
+    let clock = ManualClock::new(now());
+    let running = trust::start(f.config(&clock), None).await.unwrap();
+    let c = f.client(running.addr());
+    register_all(&f, &c).await;
+    let at = |secs: i64| trust::clock::to_datetime(now() + secs);
+    let records = (0..1000)
+        .map(|i| consent_cache::ConsentRecord {
+            id: format!("bulk-{i:04}"),
+            api_user: bin(USER_A),
+            customer: CUSTOMER.into(),
+            providers: vec![bin(BANK_1)],
+            permissions: vec![consent_cache::Permission::Accounts],
+            accounts: Some(vec!["KZ01ACC".into()]),
+            purpose: "a long enough purpose to make every snapshot line a few hundred bytes".into(),
+            created_at: at(-60),
+            expires_at: Some(at(86_400)),
+            status: ConsentStatus::Authorised,
+        })
+        .collect();
+    running.app().import_consents(records).await.unwrap();
+    let snap = snapshot(&c, &f).await;
+    let consents = snap
+        .iter()
+        .filter(|l| matches!(l, SnapshotLine::Consent(_)))
+        .count();
+    assert_eq!(consents, 1000);
+    assert!(matches!(snap.last(), Some(SnapshotLine::End(e)) if e.consents == 1000));
+}

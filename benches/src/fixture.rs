@@ -426,5 +426,6 @@ fn bench_limits() -> Result<LimitSettings> {
             per_user: Some(quota(1, 2)?),
             per_user_provider: None,
         }],
+        ..LimitSettings::default()
     })
 }

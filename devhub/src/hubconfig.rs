@@ -76,7 +76,7 @@ fn flat_limits(r: u32) -> Result<LimitSettings, DemoError> {
         per_user_provider: q,
         per_consent_route: q,
         per_ip_open_data: q,
-        overrides: Vec::new(),
+        ..LimitSettings::default()
     })
 }
 

@@ -14,6 +14,7 @@ pub(crate) mod audit;
 pub mod cli;
 pub mod config;
 pub(crate) mod follower;
+pub(crate) mod limits;
 pub(crate) mod metrics;
 pub(crate) mod network;
 pub(crate) mod plane;

@@ -114,6 +114,9 @@ impl Metrics {
             "Time to build and validate a snapshot",
         )
         .buckets(vec![0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0]);
+        // The limits' families are the process's (every generation of the limits counts
+        // into them); this registry exposes them.
+        must(crate::limits::LimitMetrics::global().register(&r));
         Metrics {
             requests: counters(&r, "requests_total", "Requests by route template, decision code and provider", &["route", "code", "provider"]),
             latency: histograms(&r, "request_duration_seconds", "Hub end-to-end latency", "route"),

@@ -240,7 +240,7 @@ impl BackgroundService for Maintenance {
                     self.state.reopen_journal();
                 }
                 _ = tick.tick() => {
-                    self.state.snapshot().limiter().retain_recent();
+                    self.state.snapshot().limits().retain_recent();
                 }
                 _ = watch.tick() => self.state.follow_consent_file(&mut backoff).await,
                 _ = ready_probe.tick(), if !self.state.ready.load(Ordering::Relaxed) => {

@@ -233,3 +233,46 @@ fn broken_trust_section_names_its_field() {
     let err = refused(&format!("{base}\n{TRUST_SECTION}stale = 1\n"));
     assert!(err.contains("stale"), "{err}");
 }
+
+#[test]
+fn broken_limits_are_refused_at_their_line() {
+    // A shared class without a store.
+    let text = example().replace(
+        "[limits.monthly]\n",
+        "[limits.classes]\nuser = { mode = \"shared\" }\n\n[limits.monthly]\n",
+    );
+    let err = refused(&text);
+    let line = text.lines().position(|l| l == "[limits.classes]").unwrap() + 1;
+    assert!(err.contains(&format!("hub.toml:{line}:")), "{err}");
+    assert!(err.contains("limits.classes.user"), "{err}");
+    assert!(err.contains("[limits.store]"), "{err}");
+
+    // A time zone that does not exist.
+    let text = example().replace("\"Asia/Almaty\"", "\"Asia/Nowhere\"");
+    let err = refused(&text);
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("time_zone = "))
+        .unwrap()
+        + 1;
+    assert!(err.contains(&format!("hub.toml:{line}:")), "{err}");
+    assert!(err.contains("limits.monthly.time_zone"), "{err}");
+
+    // Open data cannot be given a monthly quota: it is never counted.
+    let err = refused(&example().replace(
+        "transactions = 240 }",
+        "transactions = 240, open-data = 5 }",
+    ));
+    assert!(err.contains("open-data"), "{err}");
+
+    // Credentials belong in password_file, never in the URL.
+    let err = refused(&example().replace(
+        "[limits.monthly]\n",
+        "[limits.store]\nurl = \"redis://:hunter2@127.0.0.1:6379\"\n\n[limits.monthly]\n",
+    ));
+    assert!(err.contains("limits.store.url"), "{err}");
+    assert!(
+        !err.contains("hunter2"),
+        "the password must not be echoed: {err}"
+    );
+}

@@ -9,7 +9,8 @@ pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 /// Every decision code of contract §6, plus the three transport-level codes
 /// (`request_header_fields_too_large`, `payload_too_large`, `internal_error`) and the
 /// hub's own `audit_unavailable` (503: the audit journal cannot take records, so consent
-/// routes are not served; the contract has no code for it).
+/// routes are not served) and `limits_unavailable` (503: the shared rate-limit store
+/// failed and the limit's failure policy is `deny`); the contract has no code for either.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Code {
     /// 400: malformed HTTP, a path or query that fails strict parsing.
@@ -64,11 +65,14 @@ pub enum Code {
     InternalError,
     /// 503: the audit journal cannot take records; consent routes wait for it.
     AuditUnavailable,
+    /// 503: the shared rate-limit store failed and a limit class's failure policy is
+    /// `deny` (`[limits.classes]`).
+    LimitsUnavailable,
 }
 
 impl Code {
     /// Every code, in contract order (useful for metrics registration and tests).
-    pub const ALL: [Code; 26] = [
+    pub const ALL: [Code; 27] = [
         Code::BadRequest,
         Code::RouteNotFound,
         Code::MethodNotAllowed,
@@ -95,6 +99,7 @@ impl Code {
         Code::PayloadTooLarge,
         Code::InternalError,
         Code::AuditUnavailable,
+        Code::LimitsUnavailable,
     ];
 
     /// The HTTP status of this code; the only code → status table in the hub.
@@ -120,7 +125,10 @@ impl Code {
             Code::RequestHeaderFieldsTooLarge => 431,
             Code::InternalError => 500,
             Code::ProviderBadResponse => 502,
-            Code::ConsentStateStale | Code::ProviderUnavailable | Code::AuditUnavailable => 503,
+            Code::ConsentStateStale
+            | Code::ProviderUnavailable
+            | Code::AuditUnavailable
+            | Code::LimitsUnavailable => 503,
             Code::ProviderTimeout => 504,
         }
     }
@@ -154,6 +162,7 @@ impl Code {
             Code::PayloadTooLarge => "payload_too_large",
             Code::InternalError => "internal_error",
             Code::AuditUnavailable => "audit_unavailable",
+            Code::LimitsUnavailable => "limits_unavailable",
         }
     }
 
@@ -186,6 +195,7 @@ impl Code {
             Code::PayloadTooLarge => "Payload too large",
             Code::InternalError => "Internal error",
             Code::AuditUnavailable => "Audit journal unavailable",
+            Code::LimitsUnavailable => "Rate-limit store unavailable",
         }
     }
 
@@ -221,6 +231,7 @@ impl Code {
             Code::PayloadTooLarge => "urn:openapi-hub:problem:payload_too_large",
             Code::InternalError => "urn:openapi-hub:problem:internal_error",
             Code::AuditUnavailable => "urn:openapi-hub:problem:audit_unavailable",
+            Code::LimitsUnavailable => "urn:openapi-hub:problem:limits_unavailable",
         }
     }
 
@@ -318,6 +329,7 @@ mod tests {
             (Code::PayloadTooLarge, 413, "payload_too_large"),
             (Code::InternalError, 500, "internal_error"),
             (Code::AuditUnavailable, 503, "audit_unavailable"),
+            (Code::LimitsUnavailable, 503, "limits_unavailable"),
         ];
         assert_eq!(expected.len(), Code::ALL.len());
         for (i, (code, status, name)) in expected.iter().enumerate() {

@@ -1,11 +1,12 @@
 //! Development environment of the hub: sandbox provider banks (real HTTPS servers
 //! with mTLS), their deterministic synthetic data, a development PKI, a development
-//! token issuer and a development OpenID Connect identity provider, used by the
-//! development hub (`devhub`), the end-to-end tests and the benches.
+//! token issuer, a development OpenID Connect identity provider and a throwaway Redis
+//! server, used by the development hub (`devhub`), the end-to-end tests and the benches.
 #![forbid(unsafe_code)]
 
 pub mod bank;
 pub mod data;
 pub mod idp;
 pub mod pki;
+pub mod redis;
 pub mod tokens;

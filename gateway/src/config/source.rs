@@ -93,6 +93,27 @@ impl Source {
         }
     }
 
+    /// An error at the first line that starts with `line_start` (a table header such as
+    /// `[limits.store]`, or a key), or at no line when there is none.
+    pub fn invalid_at(
+        &self,
+        line_start: &str,
+        field: &str,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        let line = self
+            .text
+            .lines()
+            .position(|l| l.trim_start().starts_with(line_start))
+            .map_or(0, |i| i + 1);
+        ConfigError::Invalid {
+            file: self.path.clone(),
+            line,
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+
     /// An error not tied to a line.
     pub fn invalid_here(&self, field: &str, message: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {

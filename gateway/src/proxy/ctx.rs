@@ -61,8 +61,8 @@ pub(crate) struct Admitted {
     pub(super) token: Option<Arc<VerifiedToken>>,
     /// The consent (`None` on open data).
     pub(super) consent: Option<Consent>,
-    /// What the rate limits advertise.
-    pub(super) rate: RateInfo,
+    /// What the rate limits advertise (set by row 16, before the request is admitted).
+    pub(super) rate: Option<RateInfo>,
     /// The provider-side path and query (before a base URL's prefix).
     pub(super) upstream_path: String,
     /// The request body limit in force when the request arrived.

@@ -1,5 +1,6 @@
 //! The decision adapter: reads what `policy` needs from the request and its connection,
-//! runs contract §6 rows 1–16 and makes the result the request's [`Outcome`]. A refusal
+//! runs contract §6 rows 1–16 (row 16 awaits the shared limit store when one is
+//! configured) and makes the result the request's [`Outcome`]. A refusal
 //! carries what the rows passed before it had identified; an admitted request's body is
 //! drained here, before anything goes upstream.
 
@@ -9,14 +10,15 @@ use pingora::proxy::Session;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use consent_cache::{Bin, Consent};
+use consent_cache::Consent;
 use policy::code::Code;
 use policy::decision::{decide, Facts, Grant, Rejection};
-use policy::limits::{Limited, Limiter, RateInfo};
+use policy::limits::{Limited, RateInfo};
 use policy::route::{match_route, upstream_path, Route, RouteId};
 use policy::token::{Charge, Charged, TokenVerifier};
 
 use super::ctx::{Admitted, Outcome, Refused, UpstreamCall};
+use crate::limits::{Limits, Refusal, Target};
 use crate::metrics::Metrics;
 use crate::network::Network;
 use crate::snapshot::Snapshot;
@@ -36,6 +38,15 @@ pub(super) async fn admission(
         Ok(a) => a,
         Err(r) => return Outcome::Refused(r),
     };
+    match rate_limit(session, snap.limits(), &admitted, *route).await {
+        Ok(rate) => admitted.rate = Some(rate),
+        Err((code, limited)) => {
+            return Outcome::Refused(Refused {
+                limited,
+                ..admitted.refuse(code)
+            })
+        }
+    }
     if !session.is_body_empty() {
         if let Err(code) = discard_body(session, admitted.max_body_bytes).await {
             return Outcome::Refused(admitted.refuse(code));
@@ -45,7 +56,7 @@ pub(super) async fn admission(
     Outcome::Admitted(admitted)
 }
 
-/// Runs the decision (contract §6 rows 1–16) without touching the response.
+/// Runs the decision (contract §6 rows 1–15) without touching the response.
 fn evaluate(
     session: &Session,
     snap: &Snapshot,
@@ -85,26 +96,6 @@ fn evaluate(
     } = decide_charged(session, snap, &net, &tokens, &facts)
         .map_err(|rej| refused_by_policy(snap, metrics, &net, &tokens, &facts, rej))?;
     let (api_user, provider, provider_index) = (api_user.bin, provider.bin, provider.index);
-    let limiter = snap.limiter();
-    let rate = match rate_limit(
-        session,
-        limiter,
-        api_user,
-        provider,
-        &route,
-        consent.as_ref(),
-    ) {
-        Ok(rate) => rate,
-        Err((code, limited)) => {
-            return Err(Refused {
-                code,
-                api_user: Some(api_user),
-                provider: Some(provider),
-                token,
-                limited,
-            })
-        }
-    };
     Ok(Admitted {
         net,
         api_user,
@@ -112,7 +103,7 @@ fn evaluate(
         provider_index,
         token,
         consent,
-        rate,
+        rate: None,
         upstream_path: upstream_target(&route, query),
         max_body_bytes: snap.max_body_bytes(),
         body_discarded: false,
@@ -211,24 +202,31 @@ fn client_ip(session: &Session) -> Option<IpAddr> {
     client_socket(session).map(|a| a.ip())
 }
 
-/// Row 16: the limits of a consent route (user, user × provider, consent × route) or of
-/// open data (per client IP). Open data from no IP address is a bad request.
-fn rate_limit(
+/// Row 16: the limits of a consent route (user, user × provider, consent × route, the
+/// month's quota) or of open data (user, client IP), in this process or the shared store.
+/// Open data from no IP address is a bad request.
+async fn rate_limit(
     session: &Session,
-    limiter: &Limiter,
-    user: Bin,
-    provider: Bin,
-    route: &Route<'_>,
-    consent: Option<&Consent>,
+    limits: &Limits,
+    a: &Admitted,
+    route: Option<RouteId>,
 ) -> Result<RateInfo, (Code, Option<Limited>)> {
-    let checked = match (consent, route.id.is_open_data()) {
-        (Some(c), false) => limiter.check_consent_route(user, provider, c.id(), route.id),
+    let target = match (&a.consent, route) {
+        (Some(c), Some(route)) if !route.is_open_data() => Target::Consent {
+            provider: a.provider,
+            consent_id: c.id(),
+            route,
+        },
         _ => match client_ip(session) {
-            Some(ip) => limiter.check_open_data(ip, user),
+            Some(ip) => Target::OpenData { ip },
             None => return Err((Code::BadRequest, None)),
         },
     };
-    checked.map_err(|limited| (Code::RateLimited, Some(limited)))
+    match limits.check(a.api_user, target).await {
+        Ok(rate) => Ok(rate),
+        Err(Refusal::Limited(limited)) => Err((Code::RateLimited, Some(limited))),
+        Err(Refusal::Unavailable(named)) => Err((Code::LimitsUnavailable, Some(named))),
+    }
 }
 
 /// The provider-side path and query of an admitted request.

@@ -249,7 +249,7 @@ pub(super) fn filter_downstream(
     resp: &mut ResponseHeader,
     iid: &[u8; 36],
     customer_data: bool,
-    rate: &RateInfo,
+    rate: Option<&RateInfo>,
 ) -> Result<()> {
     let mut doomed: Vec<HeaderName> = Vec::new();
     for name in resp.headers.keys() {
@@ -265,10 +265,12 @@ pub(super) fn filter_downstream(
     if customer_data {
         resp.insert_header(header::CACHE_CONTROL, "no-store")?;
     }
-    let (mut policy, mut state) = (String::with_capacity(64), String::with_capacity(64));
-    rate.write_headers(&mut policy, &mut state);
-    resp.insert_static_header(&RATELIMIT_POLICY, policy)?;
-    resp.insert_static_header(&RATELIMIT, state)?;
+    if let Some(rate) = rate {
+        let (mut policy, mut state) = (String::with_capacity(64), String::with_capacity(64));
+        rate.write_headers(&mut policy, &mut state);
+        resp.insert_static_header(&RATELIMIT_POLICY, policy)?;
+        resp.insert_static_header(&RATELIMIT, state)?;
+    }
     Ok(())
 }
 

@@ -196,7 +196,7 @@ impl ProxyHttp for Hub {
             a.call.micros = t0.elapsed().as_micros() as u64;
         }
         a.report_upstream(true);
-        headers::filter_downstream(upstream, &ctx.iid, a.consent.is_some(), &a.rate)?;
+        headers::filter_downstream(upstream, &ctx.iid, a.consent.is_some(), a.rate.as_ref())?;
         ctx.list = accounts::list_filter(session, upstream, ctx.route, a.consent.as_ref())?;
         Ok(())
     }

@@ -113,6 +113,11 @@ fn problem_head(
         Code::AuditUnavailable => {
             resp.insert_header(header::RETRY_AFTER, "1")?;
         }
+        // The limits' store is probed again when its circuit half-opens.
+        Code::LimitsUnavailable => {
+            let secs = limited.map_or(1, |l| l.retry_after_secs.max(1));
+            resp.insert_header(header::RETRY_AFTER, secs)?;
+        }
         _ => {}
     }
     Ok(resp)

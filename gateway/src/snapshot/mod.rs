@@ -24,10 +24,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime};
 
+use crate::limits::Limits;
 use arc_swap::ArcSwap;
 use consent_cache::ConsentStore;
 use policy::code::Code;
-use policy::limits::Limiter;
 use policy::route::RouteId;
 use policy::token::{TokenSettings, TokenVerifier};
 
@@ -69,9 +69,9 @@ impl Snapshot {
         self.consents.load()
     }
 
-    /// The rate limiters.
-    pub fn limiter(&self) -> &Limiter {
-        &self.file.limiter
+    /// The rate limits and monthly quotas.
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.file.limits
     }
 
     /// The trust sidecar, when it is the consent control plane.

@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use rustls::pki_types::{CertificateRevocationListDer, ServerName};
 
+use crate::limits::{Limits, LimitsError};
 use consent_cache::Bin;
 use policy::directory::{DirectoryBuilder, Participant, Role, Roles};
-use policy::limits::{LimitSettings, Limiter};
 use policy::token::{Jwks, TokenSettings, MAX_LEEWAY_SECS};
 
 use crate::config::{
@@ -47,10 +47,8 @@ pub struct FileInputs {
     pub token_settings: TokenSettings,
     /// The `[tokens] jwks` file's content (validated).
     pub jwks: Arc<[u8]>,
-    /// `[limits]`: the key under which the limiter is reused.
-    pub limits: LimitSettings,
-    /// The rate limiters (with their counters).
-    pub limiter: Arc<Limiter>,
+    /// `[limits]` compiled, with its counters (reused while the section is unchanged).
+    pub limits: Arc<Limits>,
     /// Where consents come from.
     pub control: ControlPlane,
     /// The consent file, when this load read it (start-up, a new path): the publisher
@@ -110,11 +108,9 @@ fn compile(
     let (token_settings, jwks) = tokens(src, cfg)?;
     let participants = participants(src, &cfg.participants)?;
     let providers = providers(src, &cfg.providers, &participants, cfg.trust.is_some())?;
-    let limiter = match previous {
-        Some(p) if p.limits == cfg.limits => p.limiter.clone(),
-        _ => Arc::new(
-            Limiter::new(&cfg.limits).map_err(|e| src.invalid_here("limits", e.to_string()))?,
-        ),
+    let limits = match previous {
+        Some(p) if p.limits.settings() == &cfg.limits => p.limits.clone(),
+        _ => Arc::new(Limits::new(&cfg.limits).map_err(|e| limits_error(src, &e))?),
     };
     let (control, consents) =
         control_plane(src, cfg, previous.map(|p| &p.control), &identity, feed)?;
@@ -127,13 +123,36 @@ fn compile(
         },
         token_settings,
         jwks,
-        limits: cfg.limits.clone(),
-        limiter,
+        limits,
         control,
         consents,
         max_header_bytes: cfg.server.max_header_bytes,
         max_body_bytes: cfg.server.max_body_bytes,
     })
+}
+
+/// A `[limits]` problem at the line of the table or key it is about.
+fn limits_error(src: &Source, e: &LimitsError) -> ConfigError {
+    use policy::limits::LimitError as E;
+    let (at, field) = match e {
+        LimitsError::Settings(E::DuplicateOverride(_)) => {
+            ("[[limits.overrides]]", "limits.overrides")
+        }
+        LimitsError::Settings(E::SharedWithoutStore(class)) => {
+            let field = format!("limits.classes.{class}");
+            return src.invalid_at("[limits.classes]", &field, e.to_string());
+        }
+        LimitsError::Settings(E::UnknownTimeZone(_)) => ("time_zone", "limits.monthly.time_zone"),
+        LimitsError::Settings(E::ZeroMonthlyQuota(_)) => ("[limits.monthly", "limits.monthly"),
+        LimitsError::Settings(E::DuplicateMonthlyProvider(_)) => {
+            ("[[limits.monthly.providers]]", "limits.monthly.providers")
+        }
+        LimitsError::Settings(E::StoreUrl(_)) | LimitsError::Store(_) => {
+            ("[limits.store]", "limits.store.url")
+        }
+        LimitsError::PasswordFile(_) => ("password_file", "limits.store.password_file"),
+    };
+    src.invalid_at(at, field, e.to_string())
 }
 
 /// `[server]` and `[audit]`, `[upstream_tls]` paths: the process settings.

@@ -212,7 +212,7 @@ fn limits_and_control_plane_sections() {
         per_user_provider: None,
     };
     let (f, _, _) = refused(w.load(|c| c.limits.overrides = vec![o.clone(), o]));
-    assert_eq!(f, "limits");
+    assert_eq!(f, "limits.overrides");
     let ca = vec![w.config.tls.client_ca[0].get_ref().clone()];
     let trust = TrustSection::new("https://127.0.0.1:1", &ca);
     let (f, _, _) = refused(w.load(|c| c.trust = Some(trust.clone())));
@@ -278,10 +278,7 @@ async fn a_reload_reuses_what_did_not_change_and_rebuilds_what_did() {
     reload(&p, &path, |_| {}).await;
     let same = p.current();
     assert!(!Arc::ptr_eq(&first, &same), "a new snapshot is published");
-    assert!(
-        std::ptr::eq(first.limiter(), same.limiter()),
-        "limiter kept"
-    );
+    assert!(std::ptr::eq(first.limits(), same.limits()), "limiter kept");
     assert!(
         Arc::ptr_eq(&first.tokens(), &same.tokens()),
         "verifier (and cache) kept"
@@ -303,7 +300,7 @@ async fn a_reload_reuses_what_did_not_change_and_rebuilds_what_did() {
     .await;
     let changed = p.current();
     assert!(
-        !std::ptr::eq(same.limiter(), changed.limiter()),
+        !std::ptr::eq(same.limits(), changed.limits()),
         "new limits, new limiter"
     );
     assert!(
@@ -471,7 +468,7 @@ async fn a_registry_change_republishes_the_directory_and_keeps_the_rest() {
     let after = p.current();
     assert_eq!(after.network().directory.participants().len(), 1);
     assert!(Arc::ptr_eq(&before.tokens(), &after.tokens()));
-    assert!(std::ptr::eq(before.limiter(), after.limiter()));
+    assert!(std::ptr::eq(before.limits(), after.limits()));
     assert!(p
         .feed()
         .registry()

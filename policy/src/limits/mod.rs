@@ -2,9 +2,11 @@
 //! `RateLimit-Policy` / `RateLimit` header fields (draft-ietf-httpapi-ratelimit-headers-09)
 //! and `Retry-After`.
 //!
-//! Four keyed limits: per API user, per API user × provider, per consent × route (the key is
-//! a keyed 64-bit hash of the consent id and route, so keys stay fixed-size whatever the
-//! consent id), and per client IP on open data (IPv6 clients are keyed by their /64, since
+//! The in-process [`Limiter`] (each gateway counts alone; the shared store, which the
+//! gateway runs, uses the same settings, [`KeyNames`] and header values). Four keyed
+//! limits: per API user, per API user × provider, per consent × route (the key is a 128-bit
+//! hash of the consent id and route, so keys stay fixed-size whatever the consent id), and
+//! per client IP on open data (IPv6 clients are keyed by their /64, since
 //! one host usually owns a whole /64; IPv4-mapped IPv6 counts as IPv4). Participants can have
 //! their own per-user and per-user × provider quotas.
 //!
@@ -21,9 +23,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
-use std::num::NonZeroU32;
 use std::time::Duration;
 
 use consent_cache::Bin;
@@ -31,10 +31,22 @@ use governor::clock::{Clock, DefaultClock};
 use governor::middleware::{StateInformationMiddleware, StateSnapshot};
 use governor::state::keyed::DashMapStateStore;
 use governor::{NotUntil, Quota, RateLimiter};
-use serde::{Deserialize, Serialize};
 
 use crate::code::Code;
 use crate::route::RouteId;
+
+mod keys;
+mod monthly;
+mod settings;
+
+pub use keys::{consent_route_hash, KeyNames};
+pub use monthly::{MonthWindow, MonthlyCounter, MonthlyQuotas};
+#[cfg(test)]
+use settings::q;
+pub use settings::{
+    CappedRoute, ClassPolicy, ClassSettings, LimitClass, LimitError, LimitOverride, LimitSettings,
+    Mode, MonthlySettings, OnFailure, ProviderMonthly, QuotaSettings, StoreSettings,
+};
 
 /// Name of the policy header field.
 pub const RATELIMIT_POLICY_HEADER: &str = "RateLimit-Policy";
@@ -42,93 +54,6 @@ pub const RATELIMIT_POLICY_HEADER: &str = "RateLimit-Policy";
 pub const RATELIMIT_HEADER: &str = "RateLimit";
 /// Name of the back-off header field sent with `429`.
 pub const RETRY_AFTER_HEADER: &str = "Retry-After";
-
-/// One GCRA quota: `burst` requests at once, replenished at `per_second` per second.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct QuotaSettings {
-    /// Sustained rate (requests per second, ≥ 1).
-    pub per_second: NonZeroU32,
-    /// Burst size (≥ 1).
-    pub burst: NonZeroU32,
-}
-
-impl QuotaSettings {
-    /// A quota; `None` if either number is 0.
-    pub fn new(per_second: u32, burst: u32) -> Option<Self> {
-        Some(QuotaSettings {
-            per_second: NonZeroU32::new(per_second)?,
-            burst: NonZeroU32::new(burst)?,
-        })
-    }
-
-    fn quota(self) -> Quota {
-        Quota::per_second(self.per_second).allow_burst(self.burst)
-    }
-}
-
-/// One participant's own quotas.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitOverride {
-    /// The participant (API user).
-    pub participant: Bin,
-    /// Replaces `per_user` for it.
-    #[serde(default)]
-    pub per_user: Option<QuotaSettings>,
-    /// Replaces `per_user_provider` for it.
-    #[serde(default)]
-    pub per_user_provider: Option<QuotaSettings>,
-}
-
-/// Rate-limit configuration. Every field is optional in a config file; the defaults are
-/// per user 200/s (burst 400), per user × provider 100/s (burst 200), per consent × route
-/// 10/s (burst 20), per IP on open data 20/s (burst 40), no overrides.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LimitSettings {
-    /// Per API user, all providers and routes together.
-    pub per_user: QuotaSettings,
-    /// Per API user and provider.
-    pub per_user_provider: QuotaSettings,
-    /// Per consent and route.
-    pub per_consent_route: QuotaSettings,
-    /// Per client IP (/64 for IPv6) on open data.
-    pub per_ip_open_data: QuotaSettings,
-    /// Per-participant quotas for the per-user kinds.
-    pub overrides: Vec<LimitOverride>,
-}
-
-const fn q(per_second: u32, burst: u32) -> QuotaSettings {
-    // Only called with non-zero literals below.
-    match (NonZeroU32::new(per_second), NonZeroU32::new(burst)) {
-        (Some(per_second), Some(burst)) => QuotaSettings { per_second, burst },
-        _ => QuotaSettings {
-            per_second: NonZeroU32::MIN,
-            burst: NonZeroU32::MIN,
-        },
-    }
-}
-
-impl Default for LimitSettings {
-    fn default() -> Self {
-        LimitSettings {
-            per_user: q(200, 400),
-            per_user_provider: q(100, 200),
-            per_consent_route: q(10, 20),
-            per_ip_open_data: q(20, 40),
-            overrides: Vec::new(),
-        }
-    }
-}
-
-/// Settings that cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LimitError {
-    /// Two overrides for one participant.
-    #[error("rate-limit override for participant {0} is listed twice")]
-    DuplicateOverride(Bin),
-}
 
 /// Which limit an answer is about; its `name` is the policy name in the headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -141,6 +66,8 @@ pub enum LimitKind {
     ConsentRoute,
     /// Per client IP on open data.
     OpenDataIp,
+    /// Calls per consent × route in the calendar month.
+    Monthly,
     /// Failed token signature verifications per connection (row 4's budget, see
     /// [`crate::token::VerifyBudget`]).
     TokenFailuresConnection,
@@ -156,10 +83,28 @@ impl LimitKind {
             LimitKind::UserProvider => "user-provider",
             LimitKind::ConsentRoute => "consent-route",
             LimitKind::OpenDataIp => "ip",
+            LimitKind::Monthly => "monthly",
             LimitKind::TokenFailuresConnection => "token-failures-connection",
             LimitKind::TokenFailuresCertificate => "token-failures-certificate",
         }
     }
+}
+
+impl LimitClass {
+    /// The header and metric kind of this class.
+    pub const fn kind(self) -> LimitKind {
+        match self {
+            LimitClass::User => LimitKind::User,
+            LimitClass::UserProvider => LimitKind::UserProvider,
+            LimitClass::ConsentRoute => LimitKind::ConsentRoute,
+            LimitClass::Ip => LimitKind::OpenDataIp,
+            LimitClass::Monthly => LimitKind::Monthly,
+        }
+    }
+}
+
+fn ceil_micros(us: u64) -> u64 {
+    us.div_ceil(1_000_000)
 }
 
 /// A request the limits let through, with what to advertise.
@@ -178,6 +123,29 @@ pub struct RateInfo {
 }
 
 impl RateInfo {
+    /// A GCRA quota evaluated elsewhere (the shared store): `remaining` cells, full again
+    /// in `reset_us` microseconds.
+    pub fn gcra(kind: LimitKind, quota: QuotaSettings, remaining: u32, reset_us: u64) -> Self {
+        RateInfo {
+            kind,
+            quota: quota.burst.get(),
+            window_secs: window_secs(&quota.quota()),
+            remaining: remaining.min(quota.burst.get()),
+            reset_secs: ceil_micros(reset_us),
+        }
+    }
+
+    /// A monthly quota of `limit` calls with `remaining` left in `month` at `now_unix`.
+    pub fn monthly(limit: u32, remaining: u32, month: &MonthWindow, now_unix: i64) -> Self {
+        RateInfo {
+            kind: LimitKind::Monthly,
+            quota: limit,
+            window_secs: month.length_secs(),
+            remaining: remaining.min(limit),
+            reset_secs: month.secs_to_reset(now_unix),
+        }
+    }
+
     /// Appends the `RateLimit-Policy` value to `policy` and the `RateLimit` value to
     /// `ratelimit`, e.g. `"user";q=100;w=1` and `"user";r=42;t=0`.
     pub fn write_headers(&self, policy: &mut String, ratelimit: &mut String) {
@@ -207,6 +175,28 @@ pub struct Limited {
 }
 
 impl Limited {
+    /// A GCRA quota refused elsewhere (the shared store): one request fits in `retry_us`
+    /// microseconds (`Retry-After` ≥ 1 s).
+    pub fn gcra(kind: LimitKind, quota: QuotaSettings, retry_us: u64) -> Self {
+        Limited {
+            kind,
+            quota: quota.burst.get(),
+            window_secs: window_secs(&quota.quota()),
+            retry_after_secs: ceil_micros(retry_us).max(1),
+        }
+    }
+
+    /// A monthly quota of `limit` calls spent: `Retry-After` is the start of the next
+    /// month.
+    pub fn monthly(limit: u32, month: &MonthWindow, now_unix: i64) -> Self {
+        Limited {
+            kind: LimitKind::Monthly,
+            quota: limit,
+            window_secs: month.length_secs(),
+            retry_after_secs: month.secs_to_reset(now_unix),
+        }
+    }
+
     /// The contract code.
     pub const fn code(&self) -> Code {
         Code::RateLimited
@@ -268,10 +258,9 @@ struct Override<C: Clock> {
 pub struct Limiter<C: Clock = DefaultClock> {
     user: Keyed<Bin, C>,
     user_provider: Keyed<(Bin, Bin), C>,
-    consent_route: Keyed<u64, C>,
+    consent_route: Keyed<u128, C>,
     ip: Keyed<IpKey, C>,
     overrides: HashMap<Bin, Override<C>>,
-    hasher: RandomState,
 }
 
 impl<C: Clock + Clone> std::fmt::Debug for Limiter<C> {
@@ -334,7 +323,8 @@ fn limited<P: governor::clock::Reference>(kind: LimitKind, n: &NotUntil<P>, now:
     }
 }
 
-fn tighter(a: RateInfo, b: RateInfo) -> RateInfo {
+/// The one of `a` and `b` with fewer requests left (the one the headers describe).
+pub fn tighter(a: RateInfo, b: RateInfo) -> RateInfo {
     if b.remaining < a.remaining {
         b
     } else {
@@ -361,18 +351,19 @@ impl<C: Clock + Clone> Limiter<C> {
             consent_route: keyed(settings.per_consent_route, &clock),
             ip: keyed(settings.per_ip_open_data, &clock),
             overrides,
-            hasher: RandomState::new(),
         })
     }
 
-    fn check_user(&self, user: Bin) -> Result<RateInfo, Limited> {
+    /// Checks (and counts) one request against the per-user limit.
+    pub fn check_user(&self, user: Bin) -> Result<RateInfo, Limited> {
         match self.overrides.get(&user).and_then(|o| o.user.as_ref()) {
             Some(l) => check(l, &user, LimitKind::User),
             None => check(&self.user, &user, LimitKind::User),
         }
     }
 
-    fn check_user_provider(&self, user: Bin, provider: Bin) -> Result<RateInfo, Limited> {
+    /// Checks (and counts) one request against the per-user × provider limit.
+    pub fn check_user_provider(&self, user: Bin, provider: Bin) -> Result<RateInfo, Limited> {
         let key = (user, provider);
         match self
             .overrides
@@ -395,16 +386,26 @@ impl<C: Clock + Clone> Limiter<C> {
     ) -> Result<RateInfo, Limited> {
         let a = self.check_user(user)?;
         let b = self.check_user_provider(user, provider)?;
-        let key = self.hasher.hash_one((consent_id, route));
-        let c = check(&self.consent_route, &key, LimitKind::ConsentRoute)?;
+        let c = self.check_consent_route_key(consent_route_hash(consent_id, route))?;
         Ok(tighter(tighter(a, b), c))
+    }
+
+    /// Checks (and counts) one request against the per consent × route limit, keyed by
+    /// [`consent_route_hash`].
+    pub fn check_consent_route_key(&self, key: u128) -> Result<RateInfo, Limited> {
+        check(&self.consent_route, &key, LimitKind::ConsentRoute)
+    }
+
+    /// Checks (and counts) one open-data request against the per-client-IP limit.
+    pub fn check_ip(&self, ip: IpAddr) -> Result<RateInfo, Limited> {
+        check(&self.ip, &IpKey::of(ip), LimitKind::OpenDataIp)
     }
 
     /// Checks (and counts) an open-data request against the per-user and per-client-IP
     /// limits; the first refusal answers.
     pub fn check_open_data(&self, ip: IpAddr, user: Bin) -> Result<RateInfo, Limited> {
         let a = self.check_user(user)?;
-        let b = check(&self.ip, &IpKey::of(ip), LimitKind::OpenDataIp)?;
+        let b = self.check_ip(ip)?;
         Ok(tighter(a, b))
     }
 
@@ -463,7 +464,7 @@ mod tests {
             per_user_provider: q(50, 50),
             per_consent_route: q(2, 3),
             per_ip_open_data: q(1, 2),
-            overrides: vec![],
+            ..LimitSettings::default()
         }
     }
 

@@ -1,0 +1,226 @@
+//! The limits of one request as data: each class with its key, quota, where it is counted
+//! and its failure policy; the shared ones also as the store's items (key names from
+//! `policy::limits::KeyNames`). Turns the store's answer back into header values.
+
+use std::net::IpAddr;
+
+use consent_cache::Bin;
+use policy::limits::{
+    consent_route_hash, tighter, LimitClass, Limited, Mode, MonthWindow, OnFailure, QuotaSettings,
+    RateInfo,
+};
+
+use super::store::{ItemState, SharedItem};
+use super::{Limits, Target};
+
+/// Seconds a monthly count outlives its month in the store (clock skew between gateways).
+const MONTH_GRACE_SECS: i64 = 86_400;
+
+/// What headers say when no limit applies (never the case for a routed request: the
+/// per-user limit always does).
+pub(super) const UNLIMITED: RateInfo = RateInfo {
+    kind: policy::limits::LimitKind::User,
+    quota: u32::MAX,
+    window_secs: 1,
+    remaining: u32::MAX,
+    reset_secs: 0,
+};
+
+/// What a limit is keyed by besides the API user.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Key {
+    /// The user alone.
+    User,
+    /// The user and this provider.
+    Provider(Bin),
+    /// A consent × route ([`consent_route_hash`]).
+    ConsentRoute(u128),
+    /// The client's address.
+    Ip(IpAddr),
+}
+
+/// How much a limit allows.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Quota {
+    /// A GCRA rate.
+    Gcra(QuotaSettings),
+    /// Calls in a calendar month.
+    Month {
+        /// Calls allowed.
+        limit: u32,
+        /// The month.
+        window: MonthWindow,
+    },
+}
+
+/// One limit of the request.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Item {
+    pub class: LimitClass,
+    pub user: Bin,
+    pub key: Key,
+    pub quota: Quota,
+    pub on_failure: OnFailure,
+    pub shared: bool,
+}
+
+/// Every limit of one request.
+pub(super) struct Plan {
+    items: Vec<Item>,
+    /// The shared items, in the order of `shared_items`.
+    shared: Vec<Item>,
+    /// The store's items of `shared`.
+    pub shared_items: Vec<SharedItem>,
+    now: i64,
+}
+
+impl Plan {
+    /// The limits of a request by `user` to `target` at `now` (Unix seconds).
+    pub(super) fn of(limits: &Limits, user: Bin, target: Target<'_>, now: i64) -> Plan {
+        let s = &limits.settings;
+        let mut specs: Vec<(LimitClass, Key, Quota)> =
+            vec![(LimitClass::User, Key::User, Quota::Gcra(s.user_quota(user)))];
+        match target {
+            Target::Consent {
+                provider,
+                consent_id,
+                route,
+            } => {
+                let hash = consent_route_hash(consent_id, route);
+                let up = Quota::Gcra(s.user_provider_quota(user));
+                specs.push((LimitClass::UserProvider, Key::Provider(provider), up));
+                let cr = Quota::Gcra(s.per_consent_route);
+                specs.push((LimitClass::ConsentRoute, Key::ConsentRoute(hash), cr));
+                if let Some(month) = monthly(limits, provider, route, now) {
+                    specs.push((LimitClass::Monthly, Key::ConsentRoute(hash), month));
+                }
+            }
+            Target::OpenData { ip } => {
+                let q = Quota::Gcra(s.per_ip_open_data);
+                specs.push((LimitClass::Ip, Key::Ip(ip), q));
+            }
+        }
+        Plan::build(limits, user, specs, now)
+    }
+
+    fn build(limits: &Limits, user: Bin, specs: Vec<(LimitClass, Key, Quota)>, now: i64) -> Plan {
+        let s = &limits.settings;
+        let shared_on = limits.store.is_some();
+        let items: Vec<Item> = specs
+            .into_iter()
+            .map(|(class, key, quota)| Item {
+                class,
+                user,
+                key,
+                quota,
+                on_failure: s.classes.of(class).on_failure,
+                shared: shared_on && s.mode(class) == Mode::Shared,
+            })
+            .collect();
+        let shared: Vec<Item> = items.iter().filter(|i| i.shared).copied().collect();
+        let shared_items = shared.iter().map(|i| store_item(limits, i)).collect();
+        Plan {
+            items,
+            shared,
+            shared_items,
+            now,
+        }
+    }
+
+    /// The items counted in this process.
+    pub(super) fn local(&self) -> impl Iterator<Item = &Item> {
+        self.items.iter().filter(|i| !i.shared)
+    }
+
+    /// The items counted in the store.
+    pub(super) fn shared(&self) -> impl Iterator<Item = &Item> {
+        self.shared.iter()
+    }
+}
+
+fn monthly(
+    limits: &Limits,
+    provider: Bin,
+    route: policy::route::RouteId,
+    now: i64,
+) -> Option<Quota> {
+    let quotas = limits.monthly.as_ref()?;
+    let limit = quotas.limit(provider, route)?;
+    let window = limits.month_at(quotas, now)?;
+    Some(Quota::Month { limit, window })
+}
+
+fn store_item(limits: &Limits, item: &Item) -> SharedItem {
+    let k = &limits.keys;
+    let key = match (item.class, item.key) {
+        (LimitClass::Monthly, Key::ConsentRoute(h)) => match item.quota {
+            Quota::Month { window, .. } => k.monthly(item.user, window.key, h),
+            Quota::Gcra(_) => k.consent_route(item.user, h),
+        },
+        (_, Key::User) => k.user(item.user),
+        (_, Key::Provider(p)) => k.user_provider(item.user, p),
+        (_, Key::ConsentRoute(h)) => k.consent_route(item.user, h),
+        (_, Key::Ip(ip)) => k.ip(ip),
+    };
+    match item.quota {
+        Quota::Gcra(q) => SharedItem::Gcra {
+            key,
+            per_second: q.per_second.get(),
+            burst: q.burst.get(),
+        },
+        Quota::Month { limit, window } => SharedItem::Count {
+            key,
+            limit,
+            expire_at_unix: window.end_unix + MONTH_GRACE_SECS,
+        },
+    }
+}
+
+/// The tighter of two optional answers.
+pub(super) fn tightest(a: Option<RateInfo>, b: Option<RateInfo>) -> Option<RateInfo> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(tighter(a, b)),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
+
+/// What the store's admission advertises: its tightest item.
+pub(super) fn admitted(plan: &Plan, states: &[ItemState]) -> Option<RateInfo> {
+    plan.shared
+        .iter()
+        .zip(states)
+        .map(|(item, st)| match item.quota {
+            Quota::Gcra(q) => RateInfo::gcra(item.class.kind(), q, st.remaining, st.reset_us),
+            Quota::Month { limit, window } => {
+                RateInfo::monthly(limit, st.remaining, &window, plan.now)
+            }
+        })
+        .reduce(tighter)
+}
+
+/// The refusal by the store's item `index` (an index past the items, which the script
+/// never returns, is read as the last item's).
+pub(super) fn refused(plan: &Plan, index: usize, retry_after_us: u64) -> Limited {
+    let item = plan.shared.get(index).or(plan.shared.last());
+    match item.map(|i| (i.class, i.quota)) {
+        Some((_, Quota::Month { limit, window })) => Limited::monthly(limit, &window, plan.now),
+        Some((class, Quota::Gcra(q))) => Limited::gcra(class.kind(), q, retry_after_us),
+        None => Limited::gcra(
+            policy::limits::LimitKind::User,
+            policy::limits::LimitSettings::default().per_user,
+            retry_after_us,
+        ),
+    }
+}
+
+/// What a `503 limits_unavailable` names: the class whose failure policy denied, and when
+/// to try again (the store's next probe).
+pub(super) fn unavailable(item: &Item, retry_after_secs: u64) -> Limited {
+    let mut limited = match item.quota {
+        Quota::Month { limit, window } => Limited::monthly(limit, &window, window.start_unix),
+        Quota::Gcra(q) => Limited::gcra(item.class.kind(), q, 0),
+    };
+    limited.retry_after_secs = retry_after_secs.max(1);
+    limited
+}

@@ -1,0 +1,481 @@
+//! The `[limits]` section as data: the GCRA quotas of each limit class, per-participant
+//! overrides, the shared store (Redis) and, per class, whether it is counted in-process or
+//! in the store and what happens when the store fails; the calendar-month quotas per
+//! consent × endpoint. Parsed strictly (unknown keys are errors); checked by
+//! [`LimitSettings::validate`]. No I/O here: the gateway connects to the store.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+
+use consent_cache::Bin;
+use governor::Quota;
+use serde::{Deserialize, Serialize};
+
+use crate::route::RouteId;
+
+/// One GCRA quota: `burst` requests at once, replenished at `per_second` per second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaSettings {
+    /// Sustained rate (requests per second, ≥ 1).
+    pub per_second: NonZeroU32,
+    /// Burst size (≥ 1).
+    pub burst: NonZeroU32,
+}
+
+impl QuotaSettings {
+    /// A quota; `None` if either number is 0.
+    pub fn new(per_second: u32, burst: u32) -> Option<Self> {
+        Some(QuotaSettings {
+            per_second: NonZeroU32::new(per_second)?,
+            burst: NonZeroU32::new(burst)?,
+        })
+    }
+
+    pub(crate) fn quota(self) -> Quota {
+        Quota::per_second(self.per_second).allow_burst(self.burst)
+    }
+
+    /// This quota shared by `n` processes: both numbers divided by `n`, rounded down and
+    /// never below 1 (the `local` failure policy's share of one gateway).
+    pub fn divided(self, n: NonZeroU32) -> QuotaSettings {
+        let div = |v: NonZeroU32| NonZeroU32::new(v.get() / n.get()).unwrap_or(NonZeroU32::MIN);
+        QuotaSettings {
+            per_second: div(self.per_second),
+            burst: div(self.burst),
+        }
+    }
+}
+
+/// One participant's own quotas.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitOverride {
+    /// The participant (API user).
+    pub participant: Bin,
+    /// Replaces `per_user` for it.
+    #[serde(default)]
+    pub per_user: Option<QuotaSettings>,
+    /// Replaces `per_user_provider` for it.
+    #[serde(default)]
+    pub per_user_provider: Option<QuotaSettings>,
+}
+
+/// Rate-limit configuration. Every field is optional in a config file; the defaults are
+/// per user 200/s (burst 400), per user × provider 100/s (burst 200), per consent × route
+/// 10/s (burst 20), per IP on open data 20/s (burst 40), no overrides, no shared store
+/// (every class in-process), no monthly quotas.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitSettings {
+    /// Per API user, all providers and routes together.
+    pub per_user: QuotaSettings,
+    /// Per API user and provider.
+    pub per_user_provider: QuotaSettings,
+    /// Per consent and route.
+    pub per_consent_route: QuotaSettings,
+    /// Per client IP (/64 for IPv6) on open data.
+    pub per_ip_open_data: QuotaSettings,
+    /// Per-participant quotas for the per-user kinds.
+    pub overrides: Vec<LimitOverride>,
+    /// The shared store; absent: every class is counted in-process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreSettings>,
+    /// Per class: counted where, and what to do when the store fails.
+    pub classes: ClassSettings,
+    /// Calendar-month quotas per consent × endpoint.
+    #[serde(skip_serializing_if = "MonthlySettings::is_empty")]
+    pub monthly: MonthlySettings,
+}
+
+pub(crate) const fn q(per_second: u32, burst: u32) -> QuotaSettings {
+    // Only called with non-zero literals.
+    match (NonZeroU32::new(per_second), NonZeroU32::new(burst)) {
+        (Some(per_second), Some(burst)) => QuotaSettings { per_second, burst },
+        _ => QuotaSettings {
+            per_second: NonZeroU32::MIN,
+            burst: NonZeroU32::MIN,
+        },
+    }
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        LimitSettings {
+            per_user: q(200, 400),
+            per_user_provider: q(100, 200),
+            per_consent_route: q(10, 20),
+            per_ip_open_data: q(20, 40),
+            overrides: Vec::new(),
+            store: None,
+            classes: ClassSettings::default(),
+            monthly: MonthlySettings::default(),
+        }
+    }
+}
+
+/// `[limits.store]`: the Redis server the gateways share.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    /// `redis://host:port[/db]`; no password in it (use `password_file`).
+    pub url: String,
+    /// A file holding the password (`AUTH`), read at load time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// One round trip's bound in milliseconds; a later answer is a failure (default 5).
+    #[serde(default = "defaults::timeout_ms")]
+    pub timeout_ms: u64,
+    /// Bound on (re)connecting, in milliseconds (default 1000).
+    #[serde(default = "defaults::connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// How many gateways share the store: the `local` failure policy divides each quota
+    /// by it (default 1).
+    #[serde(default = "defaults::one")]
+    pub gateways: NonZeroU32,
+    /// Consecutive failures that open the circuit (default 3).
+    #[serde(default = "defaults::breaker_failures")]
+    pub breaker_failures: NonZeroU32,
+    /// How long an open circuit sends nothing to the store before one probe, in
+    /// milliseconds (default 1000).
+    #[serde(default = "defaults::breaker_open_ms")]
+    pub breaker_open_ms: u64,
+    /// The prefix of every key (default `hub`), so several hubs can share a server.
+    #[serde(default = "defaults::key_prefix")]
+    pub key_prefix: String,
+}
+
+mod defaults {
+    use std::num::NonZeroU32;
+
+    pub(super) fn timeout_ms() -> u64 {
+        5
+    }
+    pub(super) fn connect_timeout_ms() -> u64 {
+        1000
+    }
+    pub(super) fn one() -> NonZeroU32 {
+        NonZeroU32::MIN
+    }
+    pub(super) fn breaker_failures() -> NonZeroU32 {
+        NonZeroU32::new(3).unwrap_or(NonZeroU32::MIN)
+    }
+    pub(super) fn breaker_open_ms() -> u64 {
+        1000
+    }
+    pub(super) fn key_prefix() -> String {
+        "hub".to_string()
+    }
+}
+
+impl StoreSettings {
+    /// Settings for `url` with every default.
+    pub fn new(url: impl Into<String>) -> StoreSettings {
+        StoreSettings {
+            url: url.into(),
+            password_file: None,
+            timeout_ms: defaults::timeout_ms(),
+            connect_timeout_ms: defaults::connect_timeout_ms(),
+            gateways: defaults::one(),
+            breaker_failures: defaults::breaker_failures(),
+            breaker_open_ms: defaults::breaker_open_ms(),
+            key_prefix: defaults::key_prefix(),
+        }
+    }
+}
+
+/// Where a limit class is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// In this process (each gateway counts alone).
+    Local,
+    /// In the shared store: one round trip per request for all shared classes.
+    Shared,
+}
+
+/// What a shared class does when the store is slow, gone or its circuit is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// Refuse the request: `503 limits_unavailable` with `Retry-After`.
+    Deny,
+    /// Let the request through uncounted by this class.
+    Allow,
+    /// Count it in-process with the quota divided by `[limits.store] gateways`.
+    #[default]
+    Local,
+}
+
+/// One class's mode and failure policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClassPolicy {
+    /// Default: `shared` when `[limits.store]` is set, else `local`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+    /// Default: `local`.
+    pub on_failure: OnFailure,
+}
+
+/// The limit classes, each with its mode and failure policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClassSettings {
+    /// Per API user.
+    pub user: ClassPolicy,
+    /// Per API user × provider.
+    pub user_provider: ClassPolicy,
+    /// Per consent × route.
+    pub consent_route: ClassPolicy,
+    /// Per client IP on open data.
+    pub ip: ClassPolicy,
+    /// Calendar-month quotas.
+    pub monthly: ClassPolicy,
+}
+
+/// A limit class (a `[limits.classes]` key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LimitClass {
+    /// Per API user.
+    User,
+    /// Per API user × provider.
+    UserProvider,
+    /// Per consent × route.
+    ConsentRoute,
+    /// Per client IP on open data.
+    Ip,
+    /// Calendar-month quotas per consent × endpoint.
+    Monthly,
+}
+
+impl LimitClass {
+    /// Every class.
+    pub const ALL: [LimitClass; 5] = [
+        LimitClass::User,
+        LimitClass::UserProvider,
+        LimitClass::ConsentRoute,
+        LimitClass::Ip,
+        LimitClass::Monthly,
+    ];
+
+    /// The `[limits.classes]` key, also the metric label.
+    pub const fn name(self) -> &'static str {
+        match self {
+            LimitClass::User => "user",
+            LimitClass::UserProvider => "user_provider",
+            LimitClass::ConsentRoute => "consent_route",
+            LimitClass::Ip => "ip",
+            LimitClass::Monthly => "monthly",
+        }
+    }
+}
+
+impl ClassSettings {
+    /// The class's policy as written.
+    pub fn of(&self, class: LimitClass) -> ClassPolicy {
+        match class {
+            LimitClass::User => self.user,
+            LimitClass::UserProvider => self.user_provider,
+            LimitClass::ConsentRoute => self.consent_route,
+            LimitClass::Ip => self.ip,
+            LimitClass::Monthly => self.monthly,
+        }
+    }
+}
+
+/// A route that a monthly quota can cap; open data is not one (it is never counted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CappedRoute {
+    /// `GET …/accounts`
+    Accounts,
+    /// `GET …/accounts/{account_id}`
+    Account,
+    /// `GET …/accounts/{account_id}/balances`
+    Balances,
+    /// `GET …/accounts/{account_id}/transactions`
+    Transactions,
+}
+
+impl CappedRoute {
+    /// The capped route of `route`; `None` for open data.
+    pub const fn of(route: RouteId) -> Option<CappedRoute> {
+        match route {
+            RouteId::Accounts => Some(CappedRoute::Accounts),
+            RouteId::Account => Some(CappedRoute::Account),
+            RouteId::Balances => Some(CappedRoute::Balances),
+            RouteId::Transactions => Some(CappedRoute::Transactions),
+            RouteId::OpenData => None,
+        }
+    }
+}
+
+/// A provider's own monthly tiers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderMonthly {
+    /// The provider.
+    pub provider: Bin,
+    /// Calls per consent per calendar month, by route; these replace the default routes'
+    /// values for this provider (a route not listed keeps the default).
+    pub routes: BTreeMap<CappedRoute, u32>,
+}
+
+/// `[limits.monthly]`: calls per consent × endpoint per calendar month.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonthlySettings {
+    /// The IANA time zone whose calendar months count (default `UTC`).
+    pub time_zone: String,
+    /// Calls per consent per month, by route; a route not listed is not capped.
+    pub routes: BTreeMap<CappedRoute, u32>,
+    /// Providers' own tiers.
+    pub providers: Vec<ProviderMonthly>,
+}
+
+impl Default for MonthlySettings {
+    fn default() -> Self {
+        MonthlySettings {
+            time_zone: "UTC".to_string(),
+            routes: BTreeMap::new(),
+            providers: Vec::new(),
+        }
+    }
+}
+
+impl MonthlySettings {
+    /// No route is capped for anyone.
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty() && self.providers.is_empty()
+    }
+}
+
+/// Settings that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitError {
+    /// Two overrides for one participant.
+    #[error("rate-limit override for participant {0} is listed twice")]
+    DuplicateOverride(Bin),
+    /// A class is `shared` but no store is configured.
+    #[error("classes.{0}: mode \"shared\" needs [limits.store]")]
+    SharedWithoutStore(&'static str),
+    /// The monthly time zone is not in the time-zone database.
+    #[error("monthly.time_zone: unknown time zone {0:?}")]
+    UnknownTimeZone(String),
+    /// A monthly quota of 0 calls.
+    #[error("monthly: a quota of 0 calls for {0:?} (leave the route out to not cap it)")]
+    ZeroMonthlyQuota(CappedRoute),
+    /// Two monthly entries for one provider.
+    #[error("monthly.providers: provider {0} is listed twice")]
+    DuplicateMonthlyProvider(Bin),
+    /// The store URL is not a `redis://` URL or carries a password.
+    #[error("store.url: {0}")]
+    StoreUrl(&'static str),
+}
+
+impl LimitSettings {
+    /// The class's mode, its default resolved.
+    pub fn mode(&self, class: LimitClass) -> Mode {
+        match (self.classes.of(class).mode, &self.store) {
+            (Some(m), _) => m,
+            (None, Some(_)) => Mode::Shared,
+            (None, None) => Mode::Local,
+        }
+    }
+
+    /// The per-user quota of `user` (its override, or the default).
+    pub fn user_quota(&self, user: Bin) -> QuotaSettings {
+        self.override_of(user)
+            .and_then(|o| o.per_user)
+            .unwrap_or(self.per_user)
+    }
+
+    /// The per-user × provider quota of `user` (its override, or the default).
+    pub fn user_provider_quota(&self, user: Bin) -> QuotaSettings {
+        self.override_of(user)
+            .and_then(|o| o.per_user_provider)
+            .unwrap_or(self.per_user_provider)
+    }
+
+    fn override_of(&self, user: Bin) -> Option<&LimitOverride> {
+        self.overrides.iter().find(|o| o.participant == user)
+    }
+
+    /// Every GCRA quota (overrides too) divided by `n`: one gateway's share under the
+    /// `local` failure policy.
+    pub fn divided(&self, n: NonZeroU32) -> LimitSettings {
+        let d = |q: QuotaSettings| q.divided(n);
+        LimitSettings {
+            per_user: d(self.per_user),
+            per_user_provider: d(self.per_user_provider),
+            per_consent_route: d(self.per_consent_route),
+            per_ip_open_data: d(self.per_ip_open_data),
+            overrides: self
+                .overrides
+                .iter()
+                .map(|o| LimitOverride {
+                    participant: o.participant,
+                    per_user: o.per_user.map(d),
+                    per_user_provider: o.per_user_provider.map(d),
+                })
+                .collect(),
+            ..self.clone()
+        }
+    }
+
+    /// Checks what serde cannot: overrides and monthly providers listed once, no shared
+    /// class without a store, a plain `redis://` URL without a password in it, no
+    /// monthly quota of 0 (the time zone is checked where it is compiled).
+    pub fn validate(&self) -> Result<(), LimitError> {
+        let mut seen = std::collections::HashSet::new();
+        if let Some(o) = self.overrides.iter().find(|o| !seen.insert(o.participant)) {
+            return Err(LimitError::DuplicateOverride(o.participant));
+        }
+        if self.store.is_none() {
+            if let Some(c) = LimitClass::ALL
+                .into_iter()
+                .find(|c| self.classes.of(*c).mode == Some(Mode::Shared))
+            {
+                return Err(LimitError::SharedWithoutStore(c.name()));
+            }
+        }
+        if let Some(store) = &self.store {
+            check_store_url(&store.url)?;
+        }
+        self.validate_monthly()
+    }
+
+    fn validate_monthly(&self) -> Result<(), LimitError> {
+        let m = &self.monthly;
+        let tiers = m
+            .routes
+            .iter()
+            .chain(m.providers.iter().flat_map(|p| &p.routes));
+        if let Some((route, _)) = tiers.into_iter().find(|(_, n)| **n == 0) {
+            return Err(LimitError::ZeroMonthlyQuota(*route));
+        }
+        let mut seen = std::collections::HashSet::new();
+        match m.providers.iter().find(|p| !seen.insert(p.provider)) {
+            Some(p) => Err(LimitError::DuplicateMonthlyProvider(p.provider)),
+            None => Ok(()),
+        }
+    }
+}
+
+fn check_store_url(url: &str) -> Result<(), LimitError> {
+    let Some(rest) = url.strip_prefix("redis://") else {
+        return Err(LimitError::StoreUrl("must start with redis://"));
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.contains('@') {
+        return Err(LimitError::StoreUrl(
+            "credentials in the URL are refused; use password_file",
+        ));
+    }
+    if authority.is_empty() {
+        return Err(LimitError::StoreUrl("no host"));
+    }
+    Ok(())
+}

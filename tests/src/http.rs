@@ -4,7 +4,7 @@
 //! assertions for contract §6 and §7.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::ClientConfig;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
@@ -412,6 +412,31 @@ pub async fn connect_tls(
     let tcp = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(addr))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    tls_handshake(tcp, config).await
+}
+
+/// Opens a TLS connection from the local address `local` (any port): to the hub, another
+/// loopback address such as 127.0.0.2 is another client IP.
+pub async fn connect_tls_from(
+    local: IpAddr,
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+) -> io::Result<TlsStream<TcpStream>> {
+    let socket = match local {
+        IpAddr::V4(_) => TcpSocket::new_v4()?,
+        IpAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.bind(SocketAddr::new(local, 0))?;
+    let tcp = tokio::time::timeout(IO_TIMEOUT, socket.connect(addr))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    tls_handshake(tcp, config).await
+}
+
+async fn tls_handshake(
+    tcp: TcpStream,
+    config: Arc<ClientConfig>,
+) -> io::Result<TlsStream<TcpStream>> {
     tcp.set_nodelay(true)?;
     let name = ServerName::try_from(HUB_SERVER_NAME).expect("server name");
     tokio::time::timeout(IO_TIMEOUT, TlsConnector::from(config).connect(name, tcp))

@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -25,8 +25,8 @@ use sandbox::tokens::{AccessClaims, DevIssuer};
 use serde_json::{json, Value};
 
 use crate::http::{
-    admin_request, connect_tls, tls_config, ClientCert, Conn, H2Conn, Req, Response, TlsConn,
-    TlsVersions,
+    admin_request, connect_tls, connect_tls_from, tls_config, ClientCert, Conn, H2Conn, Req,
+    Response, TlsConn, TlsVersions,
 };
 
 /// The demo's first API user (active).
@@ -318,6 +318,14 @@ impl Client {
     /// Opens an HTTP/1.1 connection (keep-alive: send several requests on it).
     pub async fn connect(&self) -> std::io::Result<TlsConn> {
         Ok(Conn::new(connect_tls(self.addr, self.h1.clone()).await?))
+    }
+
+    /// Opens an HTTP/1.1 connection from the local address `local` (e.g. 127.0.0.2: another
+    /// client IP to the hub, which listens on 127.0.0.1).
+    pub async fn connect_from(&self, local: IpAddr) -> std::io::Result<TlsConn> {
+        Ok(Conn::new(
+            connect_tls_from(local, self.addr, self.h1.clone()).await?,
+        ))
     }
 
     /// Opens an HTTP/2 connection.

@@ -4,6 +4,7 @@
 
 use std::net::IpAddr;
 
+use arrayvec::ArrayVec;
 use consent_cache::Bin;
 use policy::limits::{
     consent_route_hash, tighter, LimitClass, Limited, Mode, MonthWindow, OnFailure, QuotaSettings,
@@ -25,6 +26,9 @@ pub(super) const UNLIMITED: RateInfo = RateInfo {
     remaining: u32::MAX,
     reset_secs: 0,
 };
+
+/// A request's limits before they are placed: class, key, quota.
+type Specs = ArrayVec<(LimitClass, Key, Quota), MAX_ITEMS>;
 
 /// What a limit is keyed by besides the API user.
 #[derive(Debug, Clone, Copy)]
@@ -64,11 +68,14 @@ pub(super) struct Item {
     pub shared: bool,
 }
 
-/// Every limit of one request.
+/// The most limits one request has (user, user × provider, consent × route, month).
+const MAX_ITEMS: usize = 4;
+
+/// Every limit of one request (no allocation unless some are shared: their key names).
 pub(super) struct Plan {
-    items: Vec<Item>,
+    items: ArrayVec<Item, MAX_ITEMS>,
     /// The shared items, in the order of `shared_items`.
-    shared: Vec<Item>,
+    shared: ArrayVec<Item, MAX_ITEMS>,
     /// The store's items of `shared`.
     pub shared_items: Vec<SharedItem>,
     now: i64,
@@ -78,8 +85,8 @@ impl Plan {
     /// The limits of a request by `user` to `target` at `now` (Unix seconds).
     pub(super) fn of(limits: &Limits, user: Bin, target: Target<'_>, now: i64) -> Plan {
         let s = &limits.settings;
-        let mut specs: Vec<(LimitClass, Key, Quota)> =
-            vec![(LimitClass::User, Key::User, Quota::Gcra(s.user_quota(user)))];
+        let mut specs: Specs = ArrayVec::new();
+        specs.push((LimitClass::User, Key::User, Quota::Gcra(s.user_quota(user))));
         match target {
             Target::Consent {
                 provider,
@@ -103,10 +110,10 @@ impl Plan {
         Plan::build(limits, user, specs, now)
     }
 
-    fn build(limits: &Limits, user: Bin, specs: Vec<(LimitClass, Key, Quota)>, now: i64) -> Plan {
+    fn build(limits: &Limits, user: Bin, specs: Specs, now: i64) -> Plan {
         let s = &limits.settings;
         let shared_on = limits.store.is_some();
-        let items: Vec<Item> = specs
+        let items: ArrayVec<Item, MAX_ITEMS> = specs
             .into_iter()
             .map(|(class, key, quota)| Item {
                 class,
@@ -117,7 +124,8 @@ impl Plan {
                 shared: shared_on && s.mode(class) == Mode::Shared,
             })
             .collect();
-        let shared: Vec<Item> = items.iter().filter(|i| i.shared).copied().collect();
+        let shared: ArrayVec<Item, MAX_ITEMS> =
+            items.iter().filter(|i| i.shared).copied().collect();
         let shared_items = shared.iter().map(|i| store_item(limits, i)).collect();
         Plan {
             items,

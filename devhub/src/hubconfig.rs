@@ -33,6 +33,8 @@ pub(crate) struct HubConfig<'a> {
     pub threads: Option<usize>,
     /// Requests per second for every limit kind (burst twice that), instead of the defaults.
     pub rate_limit: Option<u32>,
+    /// The whole `[limits]` section (over `rate_limit`).
+    pub limits: Option<LimitSettings>,
     pub pki: &'a DevPki,
     pub jwks: &'a Path,
     /// The trust sidecars (replicas of one database); none: consents come from
@@ -67,7 +69,7 @@ fn trust_section(urls: &[String], ca: &[PathBuf], tuning: TrustTuning) -> TrustS
 }
 
 /// `[limits]` with `r` requests per second (burst twice that) for every kind.
-fn flat_limits(r: u32) -> Result<LimitSettings, DemoError> {
+pub(crate) fn flat_limits(r: u32) -> Result<LimitSettings, DemoError> {
     let r = r.max(1);
     let q = QuotaSettings::new(r, r.saturating_mul(2))
         .ok_or_else(|| DemoError::Bank("rate limit must be > 0".into()))?;
@@ -106,7 +108,9 @@ pub(crate) fn hub_config(c: &HubConfig<'_>) -> Result<FileConfig, DemoError> {
         cfg.trust = Some(trust_section(c.trust_urls, &ca, c.trust_tuning));
     }
     cfg.audit = AuditSection::file(c.audit.to_path_buf());
-    if let Some(r) = c.rate_limit {
+    if let Some(l) = &c.limits {
+        cfg.limits = l.clone();
+    } else if let Some(r) = c.rate_limit {
         cfg.limits = flat_limits(r)?;
     }
     add_participants(&mut cfg, c);

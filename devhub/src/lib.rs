@@ -402,6 +402,7 @@ fn write_hub_config(
         admin_port: args.admin_port,
         threads: args.threads,
         rate_limit: args.rate_limit,
+        limits: None,
         pki: &world.ids.pki,
         jwks: &world.ids.jwks,
         trust_urls: &trust_urls,

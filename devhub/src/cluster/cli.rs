@@ -1,13 +1,17 @@
-//! The `hub-cluster` command (`scripts/cluster`): starts the cluster, prints the
-//! manifest's path, the pieces with their process ids and ready-to-paste `curl` lines,
-//! reports any piece that dies (the cluster keeps running: tests kill pieces on
-//! purpose), and stops everything on SIGINT or SIGTERM. `hub-cluster bank --spec FILE`
-//! is one sandbox bank process (the cluster starts its banks that way).
+//! The `hub-cluster` command (`scripts/cluster`): starts the cluster (optionally with
+//! more or fewer gateways, a failure policy for every limit class, monthly quotas),
+//! prints the manifest's path, the pieces with their process ids and ready-to-paste
+//! `curl` lines, reports any piece that dies (the cluster keeps running: tests kill
+//! pieces on purpose), and stops everything on SIGINT or SIGTERM. `hub-cluster bank
+//! --spec FILE` is one sandbox bank process (the cluster starts its banks that way).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+
+use policy::limits::{CappedRoute, LimitSettings, OnFailure};
+use serde::de::{value, Deserialize, IntoDeserializer};
 
 use super::{Binaries, Cluster, ClusterError, ClusterOptions};
 
@@ -16,7 +20,7 @@ use super::{Binaries, Cluster, ClusterError, ClusterOptions};
 #[command(
     name = "hub-cluster",
     version,
-    about = "The hub as a cluster on loopback: PostgreSQL, two trust replicas, two gateways and the sandbox banks, each its own process."
+    about = "The hub as a cluster on loopback: PostgreSQL, two trust replicas, Redis, N gateways sharing their limits on it, and the sandbox banks, each its own process."
 )]
 pub struct ClusterArgs {
     /// A sandbox bank process (what the cluster runs for each bank).
@@ -32,6 +36,22 @@ pub struct ClusterArgs {
     /// that) for every limit kind, e.g. for load tests.
     #[arg(long)]
     pub rate_limit: Option<u32>,
+    /// Gateways (at least 1), all sharing their rate limits and monthly quotas on the
+    /// cluster's Redis (`[limits.store] gateways` = this number).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    pub gateways: u32,
+    /// The failure policy of every limit class when Redis is slow or gone: `deny`
+    /// (503 limits_unavailable), `allow`, or `local` (in-process, the quota divided by the
+    /// number of gateways; the gateway's default).
+    #[arg(long, value_parser = by_name::<OnFailure>)]
+    pub limits_on_failure: Option<OnFailure>,
+    /// Calendar-month quotas per consent × route, e.g. `balances=7,accounts=420`
+    /// (routes: accounts, account, balances, transactions).
+    #[arg(long, value_delimiter = ',', value_parser = monthly_quota)]
+    pub monthly: Vec<(CappedRoute, u32)>,
+    /// The time zone of the monthly quotas' months (IANA name, e.g. `Asia/Almaty`).
+    #[arg(long)]
+    pub monthly_time_zone: Option<String>,
     /// Customers per sandbox bank.
     #[arg(long, default_value_t = 200)]
     pub customers: usize,
@@ -48,6 +68,54 @@ pub struct ClusterArgs {
     /// Also run a synchronous standby; the replicas reach whichever is the primary.
     #[arg(long)]
     pub standby: bool,
+}
+
+/// A serde enum (`deny`, `balances`, …) from its name.
+fn by_name<T: for<'de> Deserialize<'de>>(name: &str) -> Result<T, String> {
+    T::deserialize(IntoDeserializer::<value::Error>::into_deserializer(name))
+        .map_err(|e| e.to_string())
+}
+
+/// `route=N`.
+fn monthly_quota(s: &str) -> Result<(CappedRoute, u32), String> {
+    let (route, n) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected ROUTE=N, e.g. balances=240"))?;
+    let n = n
+        .trim()
+        .parse()
+        .map_err(|e| format!("{s:?}: the quota: {e}"))?;
+    Ok((by_name(route.trim())?, n))
+}
+
+/// The gateways' `[limits]` when a flag changes them: the flat `--rate-limit` quotas (or
+/// the defaults), every class's failure policy, the monthly quotas.
+fn limits(args: &ClusterArgs) -> Result<Option<LimitSettings>, ClusterError> {
+    let monthly_zone = args.monthly_time_zone.as_ref();
+    if args.limits_on_failure.is_none() && args.monthly.is_empty() && monthly_zone.is_none() {
+        return Ok(None);
+    }
+    let mut l = match args.rate_limit {
+        Some(r) => crate::hubconfig::flat_limits(r)?,
+        None => LimitSettings::default(),
+    };
+    if let Some(policy) = args.limits_on_failure {
+        let c = &mut l.classes;
+        for class in [
+            &mut c.user,
+            &mut c.user_provider,
+            &mut c.consent_route,
+            &mut c.ip,
+            &mut c.monthly,
+        ] {
+            class.on_failure = policy;
+        }
+    }
+    l.monthly.routes.extend(args.monthly.iter().copied());
+    if let Some(zone) = monthly_zone {
+        l.monthly.time_zone.clone_from(zone);
+    }
+    Ok(Some(l))
 }
 
 /// The hidden subcommand.
@@ -102,6 +170,8 @@ fn options(args: &ClusterArgs) -> Result<ClusterOptions, ClusterError> {
     let mut o = ClusterOptions::new(dir, Binaries::beside_current_exe()?);
     o.manifest = args.manifest.clone();
     o.rate_limit = args.rate_limit;
+    o.limits = limits(args)?;
+    o.gateways = args.gateways.max(1) as usize;
     o.customers = args.customers.max(crate::consents::CUSTOMERS_USED);
     o.gateway_threads = args.gateway_threads;
     o.heartbeat_ms = args.heartbeat_ms.max(100);
@@ -154,6 +224,7 @@ fn summary(cluster: &Cluster) -> String {
         pids.postgres,
         m["postgres"]["url"].as_str().unwrap_or_default()
     );
+    let _ = writeln!(out, "redis:    pid {}  {}", pids.redis, cluster.redis_url());
     if let Some(pid) = pids.postgres_standby {
         let _ = writeln!(out, "standby:  pid {pid}");
     }
@@ -207,4 +278,62 @@ fn other_gateways(m: &serde_json::Value) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+    use policy::limits::{CappedRoute, OnFailure};
+
+    use super::{limits, ClusterArgs};
+
+    fn args(flags: &[&str]) -> Result<ClusterArgs, clap::Error> {
+        ClusterArgs::try_parse_from(["hub-cluster"].iter().chain(flags))
+    }
+
+    #[test]
+    fn limit_flags_become_the_gateways_limits() {
+        let a = args(&[
+            "--gateways",
+            "3",
+            "--rate-limit",
+            "7",
+            "--limits-on-failure",
+            "deny",
+            "--monthly",
+            "balances=7,accounts=420",
+            "--monthly-time-zone",
+            "Asia/Almaty",
+        ])
+        .unwrap();
+        assert_eq!(a.gateways, 3);
+        let l = limits(&a).unwrap().unwrap();
+        assert_eq!(l.per_user.per_second.get(), 7);
+        assert_eq!(l.classes.user.on_failure, OnFailure::Deny);
+        assert_eq!(l.classes.monthly.on_failure, OnFailure::Deny);
+        assert_eq!(l.monthly.routes[&CappedRoute::Balances], 7);
+        assert_eq!(l.monthly.routes[&CappedRoute::Accounts], 420);
+        assert_eq!(l.monthly.time_zone, "Asia/Almaty");
+        assert!(l.validate().is_ok());
+    }
+
+    #[test]
+    fn without_limit_flags_the_defaults_stay() {
+        let a = args(&[]).unwrap();
+        assert_eq!(a.gateways, 2);
+        assert!(limits(&a).unwrap().is_none());
+    }
+
+    #[test]
+    fn bad_limit_flags_are_refused() {
+        for bad in [
+            &["--gateways", "0"][..],
+            &["--limits-on-failure", "retry"],
+            &["--monthly", "open_data=3"],
+            &["--monthly", "balances"],
+            &["--monthly", "balances=-1"],
+        ] {
+            assert!(args(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! What can be done to a running [`Cluster`]: kill or restart a trust replica, kill a
-//! gateway, stop and start PostgreSQL, fail over to the standby, run SQL, see which
-//! pieces died, read a piece's log, and stop everything.
+//! gateway, stop and start PostgreSQL, fail over to the standby, run SQL, pause, kill,
+//! stop and restart Redis, see which pieces died, read a piece's log, and stop
+//! everything.
 
 use std::time::Duration;
 
@@ -81,6 +82,47 @@ impl Cluster {
         Ok(self.db.primary.psql(DB, sql)?)
     }
 
+    /// The Redis server's URL (`redis://127.0.0.1:PORT`, the same after a restart).
+    pub fn redis_url(&self) -> String {
+        self.redis.url()
+    }
+
+    /// SIGSTOP to Redis: it accepts connections and answers nothing.
+    pub fn pause_redis(&self) -> Result<(), ClusterError> {
+        self.redis.pause()
+    }
+
+    /// SIGCONT to Redis.
+    pub fn resume_redis(&self) -> Result<(), ClusterError> {
+        self.redis.resume()
+    }
+
+    /// SIGKILL to Redis (a crash: up to a second of writes may be lost), reaped at once.
+    pub fn kill_redis(&mut self) -> Result<(), ClusterError> {
+        self.redis.kill(&mut self.reaper)?;
+        self.write_manifest()
+    }
+
+    /// Stops Redis cleanly (SIGTERM: it flushes its append-only file), waits for it.
+    pub fn stop_redis(&mut self) -> Result<(), ClusterError> {
+        self.redis.stop(&mut self.reaper)?;
+        self.write_manifest()
+    }
+
+    /// Starts Redis again on the same port and directory (stopping it first if it
+    /// runs); it reloads its append-only file. Waits until it answers `PING`.
+    pub fn restart_redis(&mut self) -> Result<u32, ClusterError> {
+        self.redis.restart(&mut self.reaper)?;
+        self.reported.retain(|n| n != "redis");
+        self.write_manifest()?;
+        Ok(self.redis.pid().unwrap_or(0))
+    }
+
+    /// The Redis server's log.
+    pub fn redis_log(&self) -> String {
+        self.redis.log()
+    }
+
     /// Pieces that exited since the last call (and were not killed through this value):
     /// one line each, with the end of its log.
     pub fn check(&mut self) -> Vec<String> {
@@ -112,6 +154,15 @@ impl Cluster {
                 out.push(format!("postgres (pid {pid}) is gone"));
             }
         }
+        if self.redis.gone() && !self.reported.iter().any(|n| n == "redis") {
+            self.reported.push("redis".into());
+            out.push(format!(
+                "redis (pid {}) is gone; {}/redis.log:\n{}",
+                self.redis.pid().unwrap_or(0),
+                self.redis.dir().display(),
+                tail(&self.redis.log(), 10)
+            ));
+        }
         out
     }
 
@@ -125,8 +176,8 @@ impl Cluster {
         self.db.primary.log()
     }
 
-    /// Stops everything: gateways, replicas, banks (SIGTERM, SIGKILL after 10 s), then
-    /// PostgreSQL (`-m fast`), then the reaper.
+    /// Stops everything: gateways, replicas, banks (SIGTERM, SIGKILL after 10 s), Redis
+    /// (SIGTERM), then PostgreSQL (`-m fast`), then the reaper.
     pub fn stop(mut self) {
         self.stop_all();
     }
@@ -146,12 +197,22 @@ impl Cluster {
         for p in &mut self.banks {
             p.terminate(STOP_GRACE, reaper);
         }
+        // A paused server would not hear SIGTERM: `stop` also sends SIGCONT.
+        if let Err(e) = self.redis.stop(reaper) {
+            tracing::warn!(error = %e, "stopping Redis");
+        }
         self.db.stop(reaper);
         reaper.finish();
         if let Some(rt) = self.seed_runtime.take() {
             rt.shutdown_background();
         }
     }
+}
+
+/// The last `lines` lines of `text`.
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 impl Drop for Cluster {

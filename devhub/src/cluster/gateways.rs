@@ -1,15 +1,19 @@
 //! The cluster's gateways: `gateway run --config hub-N.toml` processes, each with its
 //! own API and admin ports (free loopback ports below the ephemeral range), its own
-//! audit journal, and `[trust] urls` naming every trust replica (token keys from their
-//! JWKS). A gateway is ready when its admin listener answers `/readyz` and its consent
-//! feed has reached the seeded head.
+//! audit journal, `[trust] urls` naming every trust replica (token keys from their
+//! JWKS), and the same `[limits]`: shared limits on the cluster's Redis
+//! (`[limits.store] url`, `gateways` = how many there are). A gateway is ready when its
+//! admin listener answers `/readyz` and its consent feed has reached the seeded head.
 
 use std::collections::HashSet;
 use std::net::{SocketAddr, TcpListener};
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
+
+use policy::limits::{LimitSettings, StoreSettings};
 
 use super::procs::{http_get, metric, wait_for, Piece, Reaper};
 use super::{ClusterError, ClusterOptions, Dirs};
@@ -52,6 +56,31 @@ pub(crate) fn free_port() -> Result<u16, ClusterError> {
     )))
 }
 
+/// The gateways' `[limits]`: `opts.limits` (else the defaults, or `rate_limit`'s flat
+/// quotas) with `[limits.store]` on `redis_url`, shared by `opts.gateways` gateways.
+pub(crate) fn limits(
+    opts: &ClusterOptions,
+    redis_url: &str,
+) -> Result<LimitSettings, ClusterError> {
+    let mut limits = match (&opts.limits, opts.rate_limit) {
+        (Some(l), _) => l.clone(),
+        (None, Some(r)) => hubconfig::flat_limits(r)?,
+        (None, None) => LimitSettings::default(),
+    };
+    let gateways = u32::try_from(opts.gateways.max(1))
+        .ok()
+        .and_then(NonZeroU32::new)
+        .ok_or_else(|| ClusterError::Setup(format!("{} gateways", opts.gateways)))?;
+    let mut store = limits
+        .store
+        .take()
+        .unwrap_or_else(|| StoreSettings::new(redis_url));
+    store.url = redis_url.to_owned();
+    store.gateways = gateways;
+    limits.store = Some(store);
+    Ok(limits)
+}
+
 impl GatewaySpec {
     /// The `i`-th gateway (from 0) on new ports.
     pub fn new(i: usize, dirs: &Dirs) -> Result<GatewaySpec, ClusterError> {
@@ -66,11 +95,13 @@ impl GatewaySpec {
         })
     }
 
-    /// Writes its configuration: following `trust_urls`, forwarding to `banks`.
+    /// Writes its configuration: following `trust_urls`, forwarding to `banks`, with
+    /// `limits`.
     pub fn write_config(
         &self,
         ids: &Identities,
         opts: &ClusterOptions,
+        limits: &LimitSettings,
         trust_urls: &[String],
         banks: &[SocketAddr],
     ) -> Result<(), ClusterError> {
@@ -78,7 +109,8 @@ impl GatewaySpec {
             port: self.api.port(),
             admin_port: self.admin.port(),
             threads: opts.gateway_threads,
-            rate_limit: opts.rate_limit,
+            rate_limit: None,
+            limits: Some(limits.clone()),
             pki: &ids.pki,
             jwks: &ids.jwks,
             trust_urls,

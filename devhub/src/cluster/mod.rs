@@ -1,22 +1,24 @@
 //! The hub as a real cluster on loopback (`scripts/cluster`, and the resilience tests):
 //! separate processes for a PostgreSQL server (in a temporary directory), two trust
-//! replicas on it, two gateways following both replicas, and the sandbox banks. The
-//! demo's PKI, identities, consents, hub configuration and manifest are reused; the
-//! database is seeded once (participants and demo consents) by a trust sidecar run
-//! in-process for that alone, before the replicas start.
+//! replicas on it, a Redis server (the gateways' shared rate limits and monthly quotas),
+//! N gateways (two by default) following both replicas and sharing the Redis, and the
+//! sandbox banks. The demo's PKI, identities, consents, hub configuration and manifest
+//! are reused; the database is seeded once (participants and demo consents) by a trust
+//! sidecar run in-process for that alone, before the replicas start.
 //!
 //! [`start`] returns a [`Cluster`]: the manifest (the demo's fields, plus `trust_urls`,
-//! `gateway_urls`, `admin_urls` and `pids`), the pieces' process ids, and methods that
-//! kill, stop and restart pieces for tests. Dropping it (or [`Cluster::stop`]) stops
-//! every piece (SIGTERM, then SIGKILL) and PostgreSQL (`pg_ctl stop -m fast`); a reaper
-//! child does the same should the owning process die without that (see [`procs`]).
-//! See `docs/cluster.md`.
+//! `gateway_urls`, `admin_urls`, `redis` and `pids`), the pieces' process ids, and
+//! methods that kill, stop, pause and restart pieces for tests. Dropping it (or
+//! [`Cluster::stop`]) stops every piece (SIGTERM, then SIGKILL), Redis (SIGTERM) and
+//! PostgreSQL (`pg_ctl stop -m fast`); a reaper child does the same should the owning
+//! process die without that (see [`procs`]). See `docs/cluster.md`.
 
 mod bank;
 pub mod cli;
 mod gateways;
 mod postgres;
 mod procs;
+mod redis;
 mod replicas;
 
 use std::net::SocketAddr;
@@ -24,6 +26,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use policy::limits::LimitSettings;
+use sandbox::redis::RedisError;
 use serde_json::{json, Value};
 pub use trust_store::pg_server::StopMode;
 use trust_store::pg_server::{PgServer, PgServerError};
@@ -38,6 +42,7 @@ use crate::DemoError;
 use gateways::GatewaySpec;
 use postgres::Database;
 use procs::{Piece, Reaper};
+use redis::Redis;
 use replicas::Launch;
 
 /// Why the cluster could not start or do what was asked.
@@ -50,6 +55,9 @@ pub enum ClusterError {
     /// The PostgreSQL server failed.
     #[error("{0}")]
     Postgres(#[from] PgServerError),
+    /// The Redis server failed.
+    #[error("{0}")]
+    Redis(#[from] RedisError),
     /// A file operation failed.
     #[error("{path}: {source}")]
     Io {
@@ -146,8 +154,14 @@ pub struct ClusterOptions {
     pub dir: PathBuf,
     /// Where to write the manifest (default `DIR/manifest.json`).
     pub manifest: Option<PathBuf>,
-    /// Every rate limit at this many requests per second (burst twice that).
+    /// Every rate limit at this many requests per second (burst twice that); ignored
+    /// when `limits` is set.
     pub rate_limit: Option<u32>,
+    /// The gateways' `[limits]`: quotas, classes (mode and failure policy), monthly
+    /// quotas, store tuning. Default: the gateway's defaults (or `rate_limit`'s). Either
+    /// way the cluster sets `[limits.store]`'s `url` (its Redis) and `gateways` (their
+    /// number); the other store settings are kept when given.
+    pub limits: Option<LimitSettings>,
     /// Customers per sandbox bank.
     pub customers: usize,
     /// Extra authorised consents (`c-extra-0001`, …; first user, first bank), for tests.
@@ -180,6 +194,7 @@ impl ClusterOptions {
             dir,
             manifest: None,
             rate_limit: None,
+            limits: None,
             customers: 200,
             extra_consents: 0,
             binaries,
@@ -219,8 +234,19 @@ impl Dirs {
             }
             std::fs::create_dir_all(d).map_err(ClusterError::io(d))?;
         }
-        for stale in ["otp_outbox", "audit-1.jsonl", "audit-2.jsonl"] {
-            let _ = std::fs::remove_file(dirs.root.join(stale));
+        let _ = std::fs::remove_file(dirs.root.join("otp_outbox"));
+        // Every gateway's journal and configuration (a previous cluster may have had more).
+        for entry in std::fs::read_dir(&dirs.root).map_err(ClusterError::io(&dirs.root))? {
+            let path = entry.map_err(ClusterError::io(&dirs.root))?.path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            let audit = name.starts_with("audit-") && name.ends_with(".jsonl");
+            let config = name.starts_with("hub-") && name.ends_with(".toml");
+            if audit || config {
+                let _ = std::fs::remove_file(&path);
+            }
         }
         Ok(dirs)
     }
@@ -231,6 +257,8 @@ impl Dirs {
 pub struct Pids {
     /// The PostgreSQL postmaster (the primary; 0 while it is stopped).
     pub postgres: u32,
+    /// The Redis server (0 while it is stopped).
+    pub redis: u32,
     /// The standby's postmaster, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub postgres_standby: Option<u32>,
@@ -251,6 +279,7 @@ pub struct Cluster {
     options: ClusterOptions,
     reaper: Reaper,
     db: Database,
+    redis: Redis,
     trust: Vec<(Launch, Piece)>,
     gateways: Vec<(GatewaySpec, Piece)>,
     banks: Vec<Piece>,
@@ -269,6 +298,7 @@ pub fn start(options: &ClusterOptions) -> Result<Cluster, ClusterError> {
     let ids = identities(&dirs.root)?;
     let mut reaper = Reaper::start()?;
     let db = Database::start(&dirs.run, options.standby, &mut reaper)?;
+    let redis = Redis::start(&dirs.root.join("redis"), &mut reaper)?;
     let manifest_path = options
         .manifest
         .clone()
@@ -281,6 +311,7 @@ pub fn start(options: &ClusterOptions) -> Result<Cluster, ClusterError> {
         options: options.clone(),
         reaper,
         db,
+        redis,
         trust: Vec::new(),
         gateways: Vec::new(),
         banks: Vec::new(),
@@ -315,9 +346,10 @@ impl Cluster {
             .unwrap_or(0);
         self.start_replicas(ids)?;
         let trust_urls = self.trust_urls();
+        let limits = gateways::limits(&o, &self.redis.url())?;
         for i in 0..o.gateways.max(1) {
             let spec = GatewaySpec::new(i, &self.dirs)?;
-            spec.write_config(ids, &o, &trust_urls, &bank_addrs)?;
+            spec.write_config(ids, &o, &limits, &trust_urls, &bank_addrs)?;
             let piece = spec.start(&self.binaries.gateway, &o.log_filter, &mut self.reaper)?;
             self.gateways.push((spec, piece));
         }
@@ -428,6 +460,10 @@ impl Cluster {
             if let (Some(s), Some(pg)) = (&self.db.standby, o.get_mut("postgres")) {
                 pg["standby_data_dir"] = json!(s.data_dir());
             }
+            o.insert(
+                "redis".into(),
+                json!({ "url": self.redis.url(), "dir": self.redis.dir() }),
+            );
         }
         m
     }
@@ -492,6 +528,7 @@ impl Cluster {
     pub fn pids(&self) -> Pids {
         Pids {
             postgres: self.db.primary.pid().unwrap_or(0),
+            redis: self.redis.pid().unwrap_or(0),
             postgres_standby: self.db.standby.as_ref().and_then(PgServer::pid),
             trust: self.trust.iter().map(|(_, p)| p.pid).collect(),
             gateways: self.gateways.iter().map(|(_, p)| p.pid).collect(),

@@ -289,7 +289,13 @@ async fn connect(
     loop {
         attempt += 1;
         match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
-            Ok(manager) => {
+            Ok(mut manager) => {
+                // Loaded now, the script's first request is one EVALSHA, not a NOSCRIPT
+                // answer followed by a load (after a restart of Redis, that first request
+                // still pays for the reload).
+                if let Err(e) = Script::new(SCRIPT).load_async(&mut manager).await {
+                    tracing::warn!(error = %describe(&e), "limit store: cannot preload the script");
+                }
                 let _ = slot.set(manager);
                 tracing::info!(attempt, "limit store: connected to Redis");
                 return;

@@ -1,18 +1,21 @@
 //! Shared by the `cluster_*` tests: a cluster of real processes started through
-//! `devhub::cluster::start` — PostgreSQL, two trust replicas (`trust-under-test`), two
-//! gateways (`hub-under-test`) and the sandbox banks (`cluster-under-test bank`), all
-//! built by cargo for this package — and what the tests do to it over real mTLS:
-//! requests through the gateways, revocations and reads through the replicas, the
+//! `devhub::cluster::start` — PostgreSQL, two trust replicas (`trust-under-test`), a
+//! Redis server (Debian's `redis-server`), N gateways sharing their limits on it
+//! (`hub-under-test`, two unless a test says otherwise) and the sandbox banks
+//! (`cluster-under-test bank`), all built by cargo for this package — and what the tests
+//! do to it over real mTLS: requests through the gateways (one by one, or an open-loop
+//! load on keep-alive connections), revocations and reads through the replicas, the
 //! gateways' feed positions and metrics.
 
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use devhub::cluster::{self, Binaries, Cluster, ClusterOptions};
-use e2e::http::admin_request;
+use e2e::http::{admin_request, TlsConn};
 use e2e::*;
 use serde_json::Value;
 
@@ -155,11 +158,16 @@ impl Running {
         metric(&self.metrics(i).await, "hub_consent_feed_resyncs_total").unwrap_or(0.0)
     }
 
-    /// The end of every piece's log and PostgreSQL's, for a failure message.
+    /// The end of every replica's, gateway's and Redis's log, for a failure message.
     pub fn logs(&self) -> String {
         let mut out = String::new();
-        for name in ["trust-1", "trust-2", "gateway-1", "gateway-2"] {
-            let log = self.cluster.log_of(name);
+        let names = (1..=self.cluster.trust_urls().len())
+            .map(|i| format!("trust-{i}"))
+            .chain((1..=self.gateways()).map(|i| format!("gateway-{i}")));
+        let logs = names
+            .map(|n| (self.cluster.log_of(&n), n))
+            .chain([(self.cluster.redis_log(), "redis".to_owned())]);
+        for (log, name) in logs {
             let tail: Vec<&str> = log.lines().rev().take(25).collect();
             out.push_str(&format!("--- {name} ---\n"));
             for l in tail.into_iter().rev() {
@@ -168,6 +176,30 @@ impl Running {
             }
         }
         out
+    }
+
+    /// The first account of consent `id`'s customer (at its first provider).
+    pub fn account(&self, id: &str) -> String {
+        self.consent(id)["account_ids"][0]
+            .as_str()
+            .expect("account_ids")
+            .to_owned()
+    }
+
+    /// A client of gateway `i` presenting API user `user`'s certificate.
+    pub fn gateway_as(&self, i: usize, user: &str) -> Client {
+        let addr = self.cluster.gateway_addrs()[i];
+        Client::new(addr, &self.ca_pem, Some(&self.users[user]))
+    }
+
+    /// Gateway `i`'s counter `name` with labels `labels` (`class="user",policy="local"`),
+    /// 0 when absent.
+    pub async fn counter(&self, i: usize, name: &str, labels: &str) -> f64 {
+        let text = self.metrics(i).await;
+        let prefix = format!("{name}{{{labels}}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+            .unwrap_or(0.0)
     }
 }
 
@@ -246,4 +278,116 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("runtime")
+}
+
+/// One request of an open-loop load: the gateway, when it was written, and the answer
+/// (`(status, code)`, or the transport error).
+#[derive(Debug, Clone)]
+pub struct Sent {
+    /// The gateway (index).
+    pub gateway: usize,
+    /// When its first byte was about to be written (a connection was at hand).
+    pub at: Instant,
+    /// `(status, problem code)` (`""` for a `200`), or the transport error.
+    pub answer: Result<(u16, String), String>,
+}
+
+/// Keep-alive HTTP/1.1 connections to one gateway: a request takes an idle one or opens
+/// a new one, and gives it back once answered (unless the gateway closes it).
+pub struct Pool {
+    client: Client,
+    idle: Mutex<Vec<TlsConn>>,
+}
+
+impl Pool {
+    /// A pool of connections made by `client`.
+    pub fn new(client: Client) -> Arc<Pool> {
+        Arc::new(Pool {
+            client,
+            idle: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Opens `n` connections ahead (so that the load's first requests need no handshake).
+    pub async fn warm(&self, n: usize) {
+        for _ in 0..n {
+            let conn = self.client.connect().await.expect("connect");
+            self.idle.lock().expect("idle").push(conn);
+        }
+    }
+
+    /// Sends `req` on an idle connection (or a new one): when it was written, and the
+    /// answer.
+    pub async fn send(&self, req: &Req) -> (Instant, std::io::Result<Response>) {
+        let idle = self.idle.lock().expect("idle").pop();
+        let mut conn = match idle {
+            Some(c) => c,
+            None => match self.client.connect().await {
+                Ok(c) => c,
+                Err(e) => return (Instant::now(), Err(e)),
+            },
+        };
+        let at = Instant::now();
+        let answer = conn.send(req).await;
+        if let Ok(r) = &answer {
+            let closes = r
+                .header("connection")
+                .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+            if !closes {
+                self.idle.lock().expect("idle").push(conn);
+            }
+        }
+        (at, answer)
+    }
+}
+
+/// `(status, code)` of a response (`""` for a `200`).
+pub fn status_code(r: &Response) -> (u16, String) {
+    let code = if r.status == 200 {
+        String::new()
+    } else {
+        r.code()
+    };
+    (r.status, code)
+}
+
+/// An open-loop load: `total` requests made by `request`, the `k`-th written at
+/// `start + k / rate` whatever the answers so far (each on its own task), round-robin
+/// over `pools`. Returns every request's [`Sent`] once all are answered.
+pub async fn open_loop(
+    pools: &[Arc<Pool>],
+    request: impl Fn() -> Req,
+    rate: f64,
+    total: usize,
+) -> Vec<Sent> {
+    let start = tokio::time::Instant::now() + Duration::from_millis(20);
+    let mut tasks = tokio::task::JoinSet::new();
+    for k in 0..total {
+        tokio::time::sleep_until(start + Duration::from_secs_f64(k as f64 / rate)).await;
+        let gateway = k % pools.len();
+        let (pool, req) = (pools[gateway].clone(), request());
+        tasks.spawn(async move {
+            let (at, answer) = pool.send(&req).await;
+            Sent {
+                gateway,
+                at,
+                answer: answer.map(|r| status_code(&r)).map_err(|e| e.to_string()),
+            }
+        });
+    }
+    let mut sent = Vec::with_capacity(total);
+    while let Some(s) = tasks.join_next().await {
+        sent.push(s.expect("a request task"));
+    }
+    sent
+}
+
+/// The time between the first and the last request written.
+pub fn span(sent: &[Sent]) -> Duration {
+    let first = sent.iter().map(|s| s.at).min();
+    let last = sent.iter().map(|s| s.at).max();
+    match (first, last) {
+        (Some(f), Some(l)) => l - f,
+        _ => Duration::ZERO,
+    }
 }

@@ -276,3 +276,17 @@ fn broken_limits_are_refused_at_their_line() {
         "the password must not be echoed: {err}"
     );
 }
+
+#[test]
+fn a_store_that_is_not_running_is_accepted_without_waiting_for_it() {
+    // The gateway starts (and a configuration checks) while Redis is down: the store is
+    // connected in the background and the failure policies cover the time it is away.
+    let text = example().replace(
+        "[limits.monthly]\n",
+        "[limits.store]\nurl = \"redis://127.0.0.1:1\"\nconnect_timeout_ms = 60000\n\n\
+         [limits.classes]\nmonthly = { on_failure = \"deny\" }\n\n[limits.monthly]\n",
+    );
+    let (_dir, cfg) = workspace_for(&text);
+    // With a 60 s connect timeout, a check that waited for the store would hang here.
+    gateway::server::check(&cfg).expect("accepted");
+}

@@ -61,14 +61,7 @@ fn limits(mode: Mode, policy: OnFailure) -> LimitSettings {
         per_ip_open_data: high(),
         ..LimitSettings::default()
     };
-    let c = &mut l.classes;
-    for class in [
-        &mut c.user,
-        &mut c.user_provider,
-        &mut c.consent_route,
-        &mut c.ip,
-        &mut c.monthly,
-    ] {
+    for class in l.classes.all_mut() {
         class.mode = Some(mode);
         class.on_failure = policy;
     }

@@ -100,14 +100,7 @@ fn limits(args: &ClusterArgs) -> Result<Option<LimitSettings>, ClusterError> {
         None => LimitSettings::default(),
     };
     if let Some(policy) = args.limits_on_failure {
-        let c = &mut l.classes;
-        for class in [
-            &mut c.user,
-            &mut c.user_provider,
-            &mut c.consent_route,
-            &mut c.ip,
-            &mut c.monthly,
-        ] {
+        for class in l.classes.all_mut() {
             class.on_failure = policy;
         }
     }

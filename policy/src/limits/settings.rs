@@ -273,6 +273,17 @@ impl LimitClass {
 }
 
 impl ClassSettings {
+    /// Every class's policy, to set them all at once.
+    pub fn all_mut(&mut self) -> [&mut ClassPolicy; 5] {
+        [
+            &mut self.user,
+            &mut self.user_provider,
+            &mut self.consent_route,
+            &mut self.ip,
+            &mut self.monthly,
+        ]
+    }
+
     /// The class's policy as written.
     pub fn of(&self, class: LimitClass) -> ClassPolicy {
         match class {

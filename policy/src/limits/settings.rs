@@ -490,3 +490,77 @@ fn check_store_url(url: &str) -> Result<(), LimitError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> LimitSettings {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn store_classes_and_monthly_parse_with_their_defaults() {
+        let s = parse(
+            r#"
+            [store]
+            url = "redis://127.0.0.1:6379"
+            gateways = 3
+            [classes]
+            consent_route = { on_failure = "deny" }
+            ip = { mode = "local" }
+            [monthly]
+            time_zone = "Asia/Almaty"
+            routes = { balances = 120 }
+            [[monthly.providers]]
+            provider = "990340000011"
+            routes = { transactions = 4 }
+            "#,
+        );
+        let store = s.store.as_ref().unwrap();
+        assert_eq!((store.timeout_ms, store.gateways.get()), (5, 3));
+        assert_eq!(store.breaker_failures.get(), 3);
+        assert_eq!(s.mode(LimitClass::User), Mode::Shared);
+        assert_eq!(s.mode(LimitClass::Ip), Mode::Local);
+        assert_eq!(s.classes.consent_route.on_failure, OnFailure::Deny);
+        assert_eq!(s.classes.user.on_failure, OnFailure::Local);
+        assert_eq!(s.monthly.routes[&CappedRoute::Balances], 120);
+        s.validate().unwrap();
+        assert_eq!(LimitSettings::default().mode(LimitClass::User), Mode::Local);
+    }
+
+    #[test]
+    fn what_serde_cannot_see_is_refused() {
+        let shared_alone = parse("[classes]\nuser = { mode = \"shared\" }");
+        assert_eq!(
+            shared_alone.validate(),
+            Err(LimitError::SharedWithoutStore("user"))
+        );
+        let zero = parse("[monthly]\nroutes = { accounts = 0 }");
+        assert_eq!(
+            zero.validate(),
+            Err(LimitError::ZeroMonthlyQuota(CappedRoute::Accounts))
+        );
+        for url in ["http://127.0.0.1", "redis://:pw@127.0.0.1", "redis://"] {
+            let mut s = LimitSettings::default();
+            s.store = Some(StoreSettings::new(url));
+            assert!(
+                matches!(s.validate(), Err(LimitError::StoreUrl(_))),
+                "{url}"
+            );
+        }
+        // Open data cannot be capped, and unknown keys are errors.
+        assert!(toml::from_str::<LimitSettings>("[monthly]\nroutes = { open-data = 5 }").is_err());
+        assert!(toml::from_str::<LimitSettings>("[store]\nurl = \"redis://h\"\nttl = 1").is_err());
+        assert!(
+            toml::from_str::<LimitSettings>("[classes]\nuser = { mode = \"remote\" }").is_err()
+        );
+    }
+
+    #[test]
+    fn a_divided_quota_never_reaches_zero() {
+        let three = NonZeroU32::new(3).unwrap();
+        assert_eq!(q(10, 20).divided(three), q(3, 6));
+        assert_eq!(q(1, 2).divided(three), q(1, 1));
+    }
+}

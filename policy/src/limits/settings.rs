@@ -542,8 +542,10 @@ mod tests {
             Err(LimitError::ZeroMonthlyQuota(CappedRoute::Accounts))
         );
         for url in ["http://127.0.0.1", "redis://:pw@127.0.0.1", "redis://"] {
-            let mut s = LimitSettings::default();
-            s.store = Some(StoreSettings::new(url));
+            let s = LimitSettings {
+                store: Some(StoreSettings::new(url)),
+                ..LimitSettings::default()
+            };
             assert!(
                 matches!(s.validate(), Err(LimitError::StoreUrl(_))),
                 "{url}"

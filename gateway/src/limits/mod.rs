@@ -15,6 +15,7 @@ mod plan;
 pub(crate) mod store;
 #[cfg(test)]
 mod store_tests;
+mod threads;
 #[cfg(test)]
 mod tests;
 

@@ -24,6 +24,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, IntoConnectionInfo as _, ProtocolVersion, Script, ScriptInvocation};
 
 use super::breaker::Breaker;
+use super::threads::ThreadConnections;
 
 /// The script: see its header.
 const SCRIPT: &str = include_str!("gcra.lua");
@@ -201,6 +202,8 @@ pub(crate) enum StoreSetupError {
 /// background connection attempts and closes the connection.
 pub(crate) struct SharedStore {
     connection: Arc<OnceLock<ConnectionManager>>,
+    /// The worker threads' own connections (the shared one until a thread has its own).
+    threads: ThreadConnections,
     /// Dropped with the store: ends the connection thread.
     _stop: tokio::sync::oneshot::Sender<()>,
     breaker: Breaker,
@@ -345,6 +348,7 @@ impl SharedStore {
         metrics: StoreMetrics,
     ) -> Result<SharedStore, StoreSetupError> {
         let client = client(config)?;
+        let threads = ThreadConnections::new(client.clone(), manager_config(config), SCRIPT);
         let connection = Arc::new(OnceLock::new());
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let connecting = connect(client, manager_config(config), connection.clone());
@@ -352,6 +356,7 @@ impl SharedStore {
         metrics.circuit_open.set(0);
         Ok(SharedStore {
             connection,
+            threads,
             _stop: stop,
             breaker: Breaker::new(config.breaker_failures, config.breaker_open),
             script: Script::new(SCRIPT),
@@ -371,13 +376,16 @@ impl SharedStore {
         if items.is_empty() {
             return Ok(StoreAnswer::Admitted(Vec::new()));
         }
-        let Some(manager) = self.connection.get() else {
+        let Some(mut connection) = self
+            .threads
+            .current()
+            .or_else(|| self.connection.get().cloned())
+        else {
             return Err(self.failed(StoreFailure::NotConnected));
         };
         let Some(permit) = self.breaker.admit() else {
             return Err(self.failed(StoreFailure::CircuitOpen));
         };
-        let mut connection = manager.clone();
         let invocation = self.invocation(items);
         let started = Instant::now();
         let reply = tokio::time::timeout(

@@ -6,7 +6,7 @@ use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::metrics::Metrics;
 use crate::state::State;
@@ -14,12 +14,25 @@ use crate::state::State;
 /// The admin application.
 pub struct Admin {
     state: Arc<State>,
+    /// One scrape at a time refreshes and renders (a family rebuilt at scrape is never
+    /// rendered half-built by another).
+    scrape: Mutex<()>,
 }
 
 impl Admin {
     /// Wraps the shared state.
     pub fn new(state: Arc<State>) -> Admin {
-        Admin { state }
+        Admin {
+            state,
+            scrape: Mutex::new(()),
+        }
+    }
+
+    /// Refreshes the gauges computed at scrape and renders every family.
+    pub(crate) fn scrape(&self) -> Vec<u8> {
+        let _one = self.scrape.lock().unwrap_or_else(PoisonError::into_inner);
+        self.refresh_gauges();
+        self.state.metrics.render()
     }
 
     fn refresh_gauges(&self) {
@@ -50,6 +63,13 @@ impl Admin {
             .map(|u| (0..u.targets.len()).filter(|&i| u.is_ejected(i)).count())
             .sum();
         m.ejected.set(ejected as i64);
+        // Rebuilt: a provider no longer configured loses its series.
+        m.provider_timeout.reset();
+        for u in net.upstreams.iter() {
+            m.provider_timeout
+                .with_label_values(&[u.bin.to_string()])
+                .set(u.timeout.as_secs_f64());
+        }
     }
 }
 
@@ -80,12 +100,7 @@ impl ServeHttp for Admin {
         let path = session.req_header().uri.path().to_string();
         match (method, path.as_str()) {
             (Method::GET, "/metrics") => {
-                self.refresh_gauges();
-                reply(
-                    StatusCode::OK,
-                    "text/plain; version=0.0.4",
-                    self.state.metrics.render(),
-                )
+                reply(StatusCode::OK, "text/plain; version=0.0.4", self.scrape())
             }
             (Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
             (Method::GET, "/readyz") => {

@@ -26,4 +26,6 @@ pub mod tls;
 pub(crate) mod upstream;
 
 #[cfg(test)]
+mod ops_tests;
+#[cfg(test)]
 mod testkit;

@@ -1,11 +1,18 @@
 //! Prometheus metrics of the hub. Labels are bounded and never carry customer ids,
 //! tokens or account ids: route *templates*, decision codes, provider BINs (participants,
-//! a configured set) and reload outcomes only.
+//! a configured set), reload outcomes and the names of the hub's own certificates only.
+//!
+//! `docs/ops/grafana-hub.json` and `conf/alerts/hub-alerts.yml` use these names: the test
+//! `ops_tests::the_dashboard_and_the_alerts_use_only_metrics_the_hub_renders` checks every
+//! name they use against what `/metrics` renders, and `scripts/check-ops` against the
+//! declarations here and in `limits`.
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use crate::tls::{CertificateExpiry, CertificateRole};
 
 /// The hub's metric families.
 pub struct Metrics {
@@ -63,6 +70,11 @@ pub struct Metrics {
     /// API connections the hub closed on its own account, by reason (`over_capacity`,
     /// `handshake_timeout`, `untrusted_certificate`).
     pub connections_closed: IntCounterVec,
+    /// `notAfter` (Unix seconds) of the hub's own certificates, by
+    /// [`CertificateRole::label`]; for a chain or a CA bundle the earliest.
+    pub certificate_expiry: IntGaugeVec,
+    /// Each provider's SLA (`timeout_ms`) in seconds, by provider (at scrape).
+    pub provider_timeout: GaugeVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -143,6 +155,8 @@ impl Metrics {
             upstream_new: upstream_connections.with_label_values(&["false"]),
             reload_seconds: registered(&r, must(Histogram::with_opts(reload_opts))),
             connections_closed: counters(&r, "downstream_connections_closed_total", "API connections closed by the hub: over max_connections at accept, handshake timeout, client certificate refused after a change of trust", &["reason"]),
+            certificate_expiry: registered(&r, must(IntGaugeVec::new(Opts::new("certificate_expiry_timestamp_seconds", "notAfter (Unix time) of the hub's own certificates, by certificate; for a chain or a CA bundle the earliest"), &["certificate"]))),
+            provider_timeout: registered(&r, must(GaugeVec::new(Opts::new("provider_timeout_seconds", "Each provider's SLA: how long the hub waits for its answer (timeout_ms), in seconds"), &["provider"]))),
             registry: r,
         }
     }
@@ -154,6 +168,28 @@ impl Metrics {
         // Encoding into a Vec cannot fail for well-formed families.
         let _ = enc.encode(&self.registry.gather(), &mut buf);
         buf
+    }
+
+    /// Sets `hub_certificate_expiry_timestamp_seconds` from a configuration load; a
+    /// certificate the configuration no longer has loses its series. At start every role
+    /// is set; after a reload only the roles a reload puts in force
+    /// ([`CertificateRole::reloadable`]): the others keep what the process started with.
+    pub fn set_certificate_expiry(&self, expiry: &CertificateExpiry, at_start: bool) {
+        for role in CertificateRole::ALL {
+            if !at_start && !role.reloadable() {
+                continue;
+            }
+            match expiry.get(role) {
+                Some(t) => self
+                    .certificate_expiry
+                    .with_label_values(&[role.label()])
+                    .set(t),
+                None => {
+                    // Absent already is fine.
+                    let _ = self.certificate_expiry.remove_label_values(&[role.label()]);
+                }
+            }
+        }
     }
 
     /// Brings a monotonic counter up to an externally tracked total.

@@ -83,6 +83,9 @@ pub struct TrustPlane {
     pub jwks: bool,
     /// Interval between JWKS refreshes.
     pub jwks_refresh: Duration,
+    /// The earliest `notAfter` of the `[trust] ca` bundles (seconds since the epoch), for
+    /// `hub_certificate_expiry_timestamp_seconds{certificate="trust_ca"}`.
+    pub ca_not_after: Option<i64>,
 }
 
 /// Why a `[trust]` section was refused.
@@ -118,6 +121,7 @@ impl TrustPlane {
             status,
             jwks: false,
             jwks_refresh: Duration::from_secs(crate::config::defaults::JWKS_REFRESH_SECS),
+            ca_not_after: None,
         })
     }
 
@@ -187,6 +191,9 @@ impl TrustPlane {
         plane.heartbeat = Duration::from_secs(t.heartbeat_secs);
         plane.jwks = t.jwks;
         plane.jwks_refresh = Duration::from_secs(t.jwks_refresh_secs);
+        plane.ca_not_after = tls::ca_ders(&pems)
+            .and_then(|cas| tls::earliest_not_after(&cas))
+            .map_err(|e| src.invalid(anchor, "trust.ca", e.to_string()))?;
         if plane.endpoints.len() > 1 && plane.heartbeat.saturating_mul(2) >= plane.max_staleness {
             tracing::warn!(
                 heartbeat_secs = t.heartbeat_secs,

@@ -79,6 +79,7 @@ impl State {
         publisher.attach_journal(journal.clone());
         let first = publisher.current();
         let file = first.file();
+        metrics.set_certificate_expiry(&file.certificates, true);
         State {
             tls_verifier: SwappableVerifier::new(file.tls.verifier.clone()),
             tls_cert: SwappableCert::new(file.tls.cert.clone()),
@@ -233,9 +234,11 @@ impl State {
             tracing::warn!("listener, thread, shutdown or audit settings changed: they take effect at the next restart");
         }
         let tls = file.tls.clone();
+        let certificates = file.certificates.clone();
         self.publish(Change::File(Box::new(file))).await?;
         self.tls_verifier.replace(tls.verifier);
         self.tls_cert.replace(tls.cert);
+        self.metrics.set_certificate_expiry(&certificates, false);
         Ok(self.snapshot().summary())
     }
 

@@ -2,7 +2,8 @@
 //! trust (CAs and CRLs) and server certificate (both behind `ArcSwap` so a reload can
 //! replace them without dropping the listener), the revocation of sessions and
 //! connections established under a trust a reload replaced, the listener's counters,
-//! and the checks of the upstream client identity and the banks' CAs.
+//! the checks of the upstream client identity and the banks' CAs, and the expiry of the
+//! hub's own certificates (`hub_certificate_expiry_timestamp_seconds`).
 
 use arc_swap::ArcSwap;
 use pingora::listeners::tls::PeerRevalidation;
@@ -43,6 +44,9 @@ pub enum TlsError {
     /// A CRL that is not a well-formed X.509 CRL.
     #[error("malformed CRL: {0}")]
     Crl(String),
+    /// A certificate that is not a well-formed X.509 certificate.
+    #[error("malformed certificate: {0}")]
+    Certificate(String),
 }
 
 /// The process-wide rustls provider (ring, as pingora uses).
@@ -84,6 +88,110 @@ pub fn crl_next_update(crl: &CertificateRevocationListDer<'_>) -> Result<Option<
     let (_, parsed) =
         x509_parser::parse_x509_crl(crl.as_ref()).map_err(|e| TlsError::Crl(e.to_string()))?;
     Ok(parsed.next_update().map(|t| t.timestamp()))
+}
+
+/// A certificate's `notAfter`, in seconds since the epoch.
+pub fn not_after(cert: &CertificateDer<'_>) -> Result<i64, TlsError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| TlsError::Certificate(e.to_string()))?;
+    Ok(parsed.validity().not_after.timestamp())
+}
+
+/// The earliest `notAfter` of `certs` (a chain, a CA bundle); `None` when there are none.
+pub fn earliest_not_after(certs: &[CertificateDer<'_>]) -> Result<Option<i64>, TlsError> {
+    let mut earliest = None;
+    for cert in certs {
+        let t = not_after(cert)?;
+        earliest = Some(earliest.map_or(t, |e: i64| e.min(t)));
+    }
+    Ok(earliest)
+}
+
+/// One of the hub's own certificates, as the `certificate` label of
+/// `hub_certificate_expiry_timestamp_seconds` names it: a fixed, small set of values,
+/// never a participant's subject or serial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertificateRole {
+    /// `[tls] cert`: the API listener's server certificate (the chain in the file).
+    Server,
+    /// `[tls] client_ca`: the platform CAs that verify API users (every bundle).
+    ClientCa,
+    /// `[upstream_tls] client_cert`: the hub's identity towards banks and the trust
+    /// sidecar (the chain in the file).
+    UpstreamClient,
+    /// `[upstream_tls] ca`: the CAs that verify banks (every bundle).
+    UpstreamCa,
+    /// `[trust] ca`: the CAs that verify the trust sidecar (every bundle).
+    TrustCa,
+}
+
+impl CertificateRole {
+    /// Every role.
+    pub const ALL: [CertificateRole; 5] = [
+        CertificateRole::Server,
+        CertificateRole::ClientCa,
+        CertificateRole::UpstreamClient,
+        CertificateRole::UpstreamCa,
+        CertificateRole::TrustCa,
+    ];
+
+    /// The metric label value.
+    pub const fn label(self) -> &'static str {
+        match self {
+            CertificateRole::Server => "server",
+            CertificateRole::ClientCa => "client_ca",
+            CertificateRole::UpstreamClient => "upstream_client",
+            CertificateRole::UpstreamCa => "upstream_ca",
+            CertificateRole::TrustCa => "trust_ca",
+        }
+    }
+
+    /// Whether a reload puts new material of this role in force. The connector towards
+    /// banks reads `[upstream_tls]` once, at start, so its certificates change only with
+    /// a restart (the trust sidecar's client picks up a new client certificate at its
+    /// next connection, but the banks' still present the old one).
+    pub const fn reloadable(self) -> bool {
+        !matches!(
+            self,
+            CertificateRole::UpstreamClient | CertificateRole::UpstreamCa
+        )
+    }
+}
+
+/// The `notAfter` of the hub's own certificates as one load of the configuration found
+/// them: for a chain or a CA bundle, the earliest of its certificates (the first to
+/// break it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertificateExpiry {
+    not_after: Vec<(CertificateRole, i64)>,
+}
+
+impl CertificateExpiry {
+    /// Records `role`'s earliest `notAfter` among `certs` (nothing when there are none).
+    pub fn record(
+        &mut self,
+        role: CertificateRole,
+        certs: &[CertificateDer<'_>],
+    ) -> Result<(), TlsError> {
+        if let Some(t) = earliest_not_after(certs)? {
+            self.set(role, t);
+        }
+        Ok(())
+    }
+
+    /// Sets `role`'s `notAfter` (seconds since the epoch).
+    pub fn set(&mut self, role: CertificateRole, not_after: i64) {
+        self.not_after.retain(|(r, _)| *r != role);
+        self.not_after.push((role, not_after));
+    }
+
+    /// `role`'s `notAfter`, if the configuration has such a certificate.
+    pub fn get(&self, role: CertificateRole) -> Option<i64> {
+        self.not_after
+            .iter()
+            .find(|(r, _)| *r == role)
+            .map(|(_, t)| *t)
+    }
 }
 
 /// Parses CRLs given as PEM (`X509 CRL` blocks) or raw DER.
@@ -522,6 +630,27 @@ mod tests {
             .expect("crl");
             crls_from_bytes(&std::fs::read(path).expect("read crl")).expect("parse crl")
         }
+    }
+
+    #[test]
+    fn not_after_reads_certificates_and_refuses_what_is_not_one() {
+        let w = world();
+        let ca = certs_from_pem(w.pki.ca_cert_pem().as_bytes()).expect("the CA");
+        let user = w.user();
+        let (ca_t, user_t) = (
+            not_after(&ca[0]).expect("parses"),
+            not_after(&user).expect("parses"),
+        );
+        // The development CA outlives its leaves by a day.
+        assert_eq!(ca_t - user_t, 86_400);
+        let both = [ca[0].clone(), user];
+        assert_eq!(earliest_not_after(&both).expect("parses"), Some(user_t));
+        assert_eq!(earliest_not_after(&[]).expect("nothing to parse"), None);
+        let garbage = CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x01]);
+        assert!(matches!(
+            earliest_not_after(&[garbage]),
+            Err(TlsError::Certificate(_))
+        ));
     }
 
     #[test]

@@ -15,9 +15,9 @@ mod plan;
 pub(crate) mod store;
 #[cfg(test)]
 mod store_tests;
-mod threads;
 #[cfg(test)]
 mod tests;
+mod threads;
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;

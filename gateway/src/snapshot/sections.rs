@@ -58,6 +58,9 @@ pub struct FileInputs {
     pub max_header_bytes: usize,
     /// Request body limit.
     pub max_body_bytes: usize,
+    /// The `notAfter` of the hub's own certificates (`[tls]`, `[upstream_tls]`,
+    /// `[trust] ca`), for `hub_certificate_expiry_timestamp_seconds`.
+    pub certificates: tls::CertificateExpiry,
 }
 
 /// The consent control plane the file chose.
@@ -103,8 +106,9 @@ fn compile(
     feed: &Arc<FeedStatus>,
 ) -> Result<FileInputs, ConfigError> {
     let process = process(src, cfg)?;
-    let tls = downstream_tls(src, cfg)?;
-    let identity = upstream_identity(src, cfg)?;
+    let mut certificates = tls::CertificateExpiry::default();
+    let tls = downstream_tls(src, cfg, &mut certificates)?;
+    let identity = upstream_identity(src, cfg, &mut certificates)?;
     let (token_settings, jwks) = tokens(src, cfg)?;
     let participants = participants(src, &cfg.participants)?;
     let providers = providers(src, &cfg.providers, &participants, cfg.trust.is_some())?;
@@ -114,6 +118,9 @@ fn compile(
     };
     let (control, consents) =
         control_plane(src, cfg, previous.map(|p| &p.control), &identity, feed)?;
+    if let Some(t) = control_ca_expiry(&control) {
+        certificates.set(tls::CertificateRole::TrustCa, t);
+    }
     Ok(FileInputs {
         process,
         tls,
@@ -128,7 +135,16 @@ fn compile(
         consents,
         max_header_bytes: cfg.server.max_header_bytes,
         max_body_bytes: cfg.server.max_body_bytes,
+        certificates,
     })
+}
+
+/// `[trust] ca`'s earliest `notAfter`, in `[trust]` mode.
+fn control_ca_expiry(control: &ControlPlane) -> Option<i64> {
+    match control {
+        ControlPlane::Trust(plane) => plane.ca_not_after,
+        ControlPlane::File { .. } => None,
+    }
 }
 
 /// A `[limits]` problem at the line of the table or key it is about.
@@ -219,18 +235,29 @@ fn listener_limits(src: &Source, s: &ServerSection) -> Result<(Duration, usize),
     ))
 }
 
-/// `[tls]`: the server certificate and the mTLS trust (platform CAs and CRLs).
-fn downstream_tls(src: &Source, cfg: &FileConfig) -> Result<TlsMaterial, ConfigError> {
+/// `[tls]`: the server certificate and the mTLS trust (platform CAs and CRLs); records
+/// the server chain's and the platform CAs' expiry in `expiry`.
+fn downstream_tls(
+    src: &Source,
+    cfg: &FileConfig,
+    expiry: &mut tls::CertificateExpiry,
+) -> Result<TlsMaterial, ConfigError> {
     let t = &cfg.tls;
     let cert_pem = src.read_bytes(&t.cert, "tls.cert")?;
     let key_pem = src.read_bytes(&t.key, "tls.key")?;
     let cert = tls::certified_key(&cert_pem, &key_pem)
+        .map_err(|e| src.invalid(&t.cert, "tls.cert", e.to_string()))?;
+    expiry
+        .record(tls::CertificateRole::Server, &cert.cert)
         .map_err(|e| src.invalid(&t.cert, "tls.cert", e.to_string()))?;
     let ca_pems = src.pem_list(
         &t.client_ca,
         "tls.client_ca",
         "at least one platform CA is required",
     )?;
+    tls::ca_ders(&ca_pems)
+        .and_then(|cas| expiry.record(tls::CertificateRole::ClientCa, &cas))
+        .map_err(|e| src.invalid_here("tls.client_ca", e.to_string()))?;
     let expiry = match t.allow_expired_crl {
         true => tls::CrlExpiry::Allow,
         false => tls::CrlExpiry::Refuse,
@@ -285,19 +312,30 @@ struct Identity {
     key: Vec<u8>,
 }
 
-/// `[upstream_tls]`: the hub's client identity and the banks' CAs.
-fn upstream_identity(src: &Source, cfg: &FileConfig) -> Result<Identity, ConfigError> {
+/// `[upstream_tls]`: the hub's client identity and the banks' CAs; records their expiry
+/// in `expiry`.
+fn upstream_identity(
+    src: &Source,
+    cfg: &FileConfig,
+    expiry: &mut tls::CertificateExpiry,
+) -> Result<Identity, ConfigError> {
     let u = &cfg.upstream_tls;
     let cert = src.read_bytes(&u.client_cert, "upstream_tls.client_cert")?;
     let key = src.read_bytes(&u.client_key, "upstream_tls.client_key")?;
-    tls::check_upstream_identity(&cert, &key)
-        .map_err(|e| src.invalid(&u.client_cert, "upstream_tls.client_cert", e.to_string()))?;
+    let client_cert =
+        |e: tls::TlsError| src.invalid(&u.client_cert, "upstream_tls.client_cert", e.to_string());
+    tls::check_upstream_identity(&cert, &key).map_err(client_cert)?;
+    tls::certs_from_pem(&cert)
+        .and_then(|chain| expiry.record(tls::CertificateRole::UpstreamClient, &chain))
+        .map_err(client_cert)?;
     let ca = src.pem_list(
         &u.ca,
         "upstream_tls.ca",
         "at least one CA for banks' certificates is required",
     )?;
     tls::check_upstream_roots(&ca)
+        .and_then(|()| tls::ca_ders(&ca))
+        .and_then(|cas| expiry.record(tls::CertificateRole::UpstreamCa, &cas))
         .map_err(|e| src.invalid_here("upstream_tls.ca", e.to_string()))?;
     Ok(Identity { cert, key })
 }

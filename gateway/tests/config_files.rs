@@ -265,6 +265,34 @@ fn broken_limits_are_refused_at_their_line() {
     ));
     assert!(err.contains("open-data"), "{err}");
 
+    // A leased class whose burst cannot cover the lease's lag, and a leased month.
+    let text = example().replace(
+        "[limits.monthly]\n",
+        "[limits.store]\nurl = \"redis://127.0.0.1:6379\"\nlease_ms = 1000\n\n\
+         [limits.classes]\nuser = { mode = \"leased\" }\n\n[limits.monthly]\n",
+    );
+    // The override's 500/s for 1 s of lag is more than its burst of 400.
+    let text = text.replace(
+        "per_user = { per_second = 500, burst = 1000 }",
+        "per_user = { per_second = 500, burst = 400 }",
+    );
+    let err = refused(&text);
+    let line = text.lines().position(|l| l == "[limits.classes]").unwrap() + 1;
+    assert!(err.contains(&format!("hub.toml:{line}:")), "{err}");
+    assert!(
+        err.contains("limits.classes.user") && err.contains("lease_ms"),
+        "{err}"
+    );
+    let err = refused(&example().replace(
+        "[limits.monthly]\n",
+        "[limits.store]\nurl = \"redis://127.0.0.1:6379\"\n\n\
+         [limits.classes]\nmonthly = { mode = \"leased\" }\n\n[limits.monthly]\n",
+    ));
+    assert!(
+        err.contains("limits.classes.monthly") && err.contains("leased"),
+        "{err}"
+    );
+
     // Credentials belong in password_file, never in the URL.
     let err = refused(&example().replace(
         "[limits.monthly]\n",

@@ -4,13 +4,18 @@
 //! the store fails, each shared class's failure policy: `deny` (`503 limits_unavailable`),
 //! `allow`, or `local` (in-process, the quota divided by the configured gateways).
 //!
+//! A `leased` class takes its cells from the store in batches ([`lease`]) and spends them
+//! here; only a request that finds its lease spent or ended sends that class to the store,
+//! in the same round trip as the request's `shared` classes.
+//!
 //! Order: in-process rate limits first (a refusal there costs no round trip), then the
-//! shared ones in one round trip, then in-process monthly counts (so a call refused by a
-//! rate limit never spends a month's call). A cell of an in-process limit taken before a
-//! later limit refuses is not given back (GCRA has no undo); the shared store's script is
-//! all-or-nothing.
+//! leased cells held here, then the store's items in one round trip, then in-process
+//! monthly counts (so a call refused by a rate limit never spends a month's call). A cell
+//! of an in-process limit taken before a later limit refuses is not given back (GCRA has
+//! no undo); leased cells are given back; the shared store's script is all-or-nothing.
 
 mod breaker;
+mod lease;
 mod plan;
 pub(crate) mod store;
 #[cfg(test)]
@@ -32,7 +37,9 @@ use policy::limits::{
 use policy::route::RouteId;
 use prometheus::IntCounterVec;
 
-use plan::{Item, Plan, Quota};
+use arrayvec::ArrayVec;
+use lease::Leases;
+use plan::{Item, Items, Plan, Quota};
 use store::{SharedStore, StoreAnswer, StoreConfig, StoreMetrics};
 
 /// What a request is limited as.
@@ -103,6 +110,8 @@ pub(crate) struct LimitMetrics {
     pub(crate) store: StoreMetrics,
     /// `hub_limit_failure_policy_total{class,policy}`: decisions taken by a failure policy.
     pub(crate) fallback: IntCounterVec,
+    /// `hub_limit_leases_total{class}`: batches of cells taken from the store (`leased`).
+    pub(crate) leases: IntCounterVec,
 }
 
 impl LimitMetrics {
@@ -116,6 +125,13 @@ impl LimitMetrics {
                     "Limit decisions taken by a failure policy while the shared store failed, by class and policy",
                 ),
                 &["class", "policy"],
+            )?,
+            leases: IntCounterVec::new(
+                prometheus::Opts::new(
+                    "limit_leases_total",
+                    "Batches of rate-limit cells leased from the shared store, by class",
+                ),
+                &["class"],
             )?,
         })
     }
@@ -133,6 +149,7 @@ impl LimitMetrics {
     /// Registers every family with `registry`.
     pub(crate) fn register(&self, registry: &prometheus::Registry) -> prometheus::Result<()> {
         self.store.register(registry)?;
+        registry.register(Box::new(self.leases.clone()))?;
         registry.register(Box::new(self.fallback.clone()))
     }
 }
@@ -149,10 +166,12 @@ pub(crate) struct Limits {
     monthly_fallback: MonthlyCounter,
     gateways: NonZeroU32,
     store: Option<SharedStore>,
+    leases: Leases,
     keys: policy::limits::KeyNames,
     month: ArcSwapOption<MonthWindow>,
     clock: Arc<dyn Clock>,
     fallback_total: IntCounterVec,
+    leases_total: IntCounterVec,
 }
 
 impl std::fmt::Debug for Limits {
@@ -202,9 +221,13 @@ impl Limits {
                     .map_or("hub", |s| s.key_prefix.as_str()),
             ),
             store,
+            leases: Leases::new(std::time::Duration::from_millis(
+                settings.store.as_ref().map_or(0, |s| s.lease_ms),
+            )),
             month: ArcSwapOption::empty(),
             clock,
             fallback_total: metrics.fallback.clone(),
+            leases_total: metrics.leases.clone(),
             settings: settings.clone(),
         })
     }
@@ -218,10 +241,41 @@ impl Limits {
     pub(crate) async fn check(&self, user: Bin, target: Target<'_>) -> Result<RateInfo, Refusal> {
         let now = self.clock.now_unix();
         let plan = Plan::of(self, user, target, now);
-        let mut info = self.check_local_rates(&plan)?;
-        info = plan::tightest(info, self.check_shared(&plan).await?);
-        let monthly = self.check_local_monthly(&plan, now)?;
-        Ok(plan::tightest(info, monthly).unwrap_or(plan::UNLIMITED))
+        let info = self.check_local_rates(&plan)?;
+        let taken = self.take_leased(&plan);
+        let rest = self.check_rest(&plan, &taken).await;
+        if rest.is_err() {
+            let now = std::time::Instant::now();
+            for item in &taken.spent {
+                self.leases.give_back(&item.lease_key(), now);
+            }
+        }
+        let info = plan::tightest(plan::tightest(info, taken.info), rest?);
+        Ok(info.unwrap_or(plan::UNLIMITED))
+    }
+
+    /// The store's items in one round trip, then the in-process monthly counts.
+    async fn check_rest(&self, plan: &Plan, taken: &Taken) -> Result<Option<RateInfo>, Refusal> {
+        let info = self.check_store(plan, &taken.missing).await?;
+        let monthly = self.check_local_monthly(plan, plan.now)?;
+        Ok(plan::tightest(info, monthly))
+    }
+
+    /// Spends a held cell of every leased item that has one; the others go to the store.
+    fn take_leased(&self, plan: &Plan) -> Taken {
+        let now = std::time::Instant::now();
+        let mut taken = Taken::default();
+        for (item, shape) in plan.leased() {
+            match self.leases.take(&item.lease_key(), now, shape.cells) {
+                Ok(spent) => {
+                    let got = plan::leased_info(item, spent);
+                    taken.info = plan::tightest(taken.info, Some(got));
+                    taken.spent.push(*item);
+                }
+                Err(want) => taken.missing.push((*item, want)),
+            }
+        }
+        taken
     }
 
     fn check_local_rates(&self, plan: &Plan) -> Result<Option<RateInfo>, Refusal> {
@@ -244,34 +298,74 @@ impl Limits {
         Ok(info)
     }
 
-    /// The shared classes of `plan` in one round trip; on a store failure, each class's
-    /// failure policy.
-    async fn check_shared(&self, plan: &Plan) -> Result<Option<RateInfo>, Refusal> {
-        let (Some(store), false) = (&self.store, plan.shared_items.is_empty()) else {
+    /// The shared classes of `plan` and the `leases` to take (item, batch), in one round
+    /// trip; on a store failure, each class's failure policy.
+    async fn check_store(
+        &self,
+        plan: &Plan,
+        leases: &[(Item, u32)],
+    ) -> Result<Option<RateInfo>, Refusal> {
+        let asked = plan.shared().map(|i| (*i, 1)).chain(leases.iter().copied());
+        let (items, batch): (Items, Vec<_>) = asked
+            .map(|(i, want)| (i, plan::store_item(self, &i, want)))
+            .unzip();
+        let (Some(store), false) = (&self.store, items.is_empty()) else {
             return Ok(None);
         };
-        match store.run(&plan.shared_items).await {
-            Ok(StoreAnswer::Admitted(states)) => Ok(plan::admitted(plan, &states)),
+        let sent = std::time::Instant::now();
+        match store.run(&batch).await {
+            Ok(StoreAnswer::Admitted(states)) => Ok(self.admitted(plan, &items, &states, sent)),
             Ok(StoreAnswer::Refused {
                 index,
                 retry_after_us,
-            }) => Err(Refusal::Limited(plan::refused(plan, index, retry_after_us))),
+            }) => Err(Refusal::Limited(plan::refused(
+                &items,
+                index,
+                retry_after_us,
+                plan.now,
+            ))),
             Err(failure) => {
                 tracing::debug!(%failure, "limits store failed: applying the failure policies");
-                self.on_store_failure(store, plan)
+                self.on_store_failure(store, &items)
             }
         }
+    }
+
+    /// What the store's admission advertises (its tightest item); leased items' batches
+    /// are held for the requests to come.
+    fn admitted(
+        &self,
+        plan: &Plan,
+        items: &[Item],
+        states: &[store::ItemState],
+        sent: std::time::Instant,
+    ) -> Option<RateInfo> {
+        let now = std::time::Instant::now();
+        items
+            .iter()
+            .zip(states)
+            .map(|(item, st)| match item.place {
+                plan::Place::Leased(_) => {
+                    let spent = self.leases.grant(item.lease_key(), st, sent, now);
+                    self.leases_total
+                        .with_label_values(&[item.class.name()])
+                        .inc();
+                    plan::leased_info(item, spent)
+                }
+                _ => plan::admitted_one(item, st, plan.now),
+            })
+            .reduce(policy::limits::tighter)
     }
 
     fn on_store_failure(
         &self,
         store: &SharedStore,
-        plan: &Plan,
+        items: &[Item],
     ) -> Result<Option<RateInfo>, Refusal> {
-        let denier = plan.shared().find(|i| i.on_failure == OnFailure::Deny);
+        let denier = items.iter().find(|i| i.on_failure == OnFailure::Deny);
         let denies = denier.is_some();
         let mut info = None;
-        for item in plan.shared() {
+        for item in items {
             let policy = if denies {
                 OnFailure::Deny
             } else {
@@ -329,9 +423,10 @@ impl Limits {
         Some(w)
     }
 
-    /// Forgets idle keys and past months; call every few seconds.
+    /// Forgets idle keys, ended leases and past months; call every few seconds.
     pub(crate) fn retain_recent(&self) {
         self.local.retain_recent();
+        self.leases.retain_live(std::time::Instant::now());
         self.fallback.retain_recent();
         if let Some(w) = self
             .monthly
@@ -342,6 +437,17 @@ impl Limits {
             self.monthly_fallback.retain_month(w.key);
         }
     }
+}
+
+/// The leased items of a request: those served by a held cell, those that go to the store.
+#[derive(Default)]
+struct Taken {
+    /// Served from a lease (given back if the request is refused later).
+    spent: Items,
+    /// Without a live lease, with the batch to ask for in the store's round trip.
+    missing: ArrayVec<(Item, u32), { plan::MAX_ITEMS }>,
+    /// What the served ones advertise.
+    info: Option<RateInfo>,
 }
 
 /// Takes one call of a monthly item from `counter`, its limit divided by `share`.

@@ -1,14 +1,15 @@
 //! The limits of one request as data: each class with its key, quota, where it is counted
-//! and its failure policy; the shared ones also as the store's items (key names from
-//! `policy::limits::KeyNames`). Turns the store's answer back into header values.
+//! (in process, in the store, or leased from the store) and its failure policy; the store's
+//! items of those that go to the store (key names from `policy::limits::KeyNames`). Turns
+//! the store's answer back into header values.
 
 use std::net::IpAddr;
 
 use arrayvec::ArrayVec;
 use consent_cache::Bin;
 use policy::limits::{
-    consent_route_hash, tighter, LimitClass, Limited, Mode, MonthWindow, OnFailure, QuotaSettings,
-    RateInfo,
+    consent_route_hash, tighter, LeaseShape, LimitClass, LimitSettings, Limited, Mode, MonthWindow,
+    OnFailure, QuotaSettings, RateInfo,
 };
 
 use super::store::{ItemState, SharedItem};
@@ -31,7 +32,7 @@ pub(super) const UNLIMITED: RateInfo = RateInfo {
 type Specs = ArrayVec<(LimitClass, Key, Quota), MAX_ITEMS>;
 
 /// What a limit is keyed by besides the API user.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) enum Key {
     /// The user alone.
     User,
@@ -57,6 +58,17 @@ pub(super) enum Quota {
     },
 }
 
+/// Where a limit is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Place {
+    /// In this process.
+    Local,
+    /// In the store, one cell per request.
+    Shared,
+    /// In the store, in batches spent here.
+    Leased(LeaseShape),
+}
+
 /// One limit of the request.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Item {
@@ -65,20 +77,30 @@ pub(super) struct Item {
     pub key: Key,
     pub quota: Quota,
     pub on_failure: OnFailure,
-    pub shared: bool,
+    pub place: Place,
+}
+
+impl Item {
+    /// The key of this item's lease.
+    pub(super) fn lease_key(&self) -> super::lease::LeaseKey {
+        super::lease::LeaseKey {
+            class: self.class,
+            user: self.user,
+            key: self.key,
+        }
+    }
 }
 
 /// The most limits one request has (user, user × provider, consent × route, month).
-const MAX_ITEMS: usize = 4;
+pub(super) const MAX_ITEMS: usize = 4;
 
-/// Every limit of one request (no allocation unless some are shared: their key names).
+/// Some of a request's limits.
+pub(super) type Items = ArrayVec<Item, MAX_ITEMS>;
+
+/// Every limit of one request (no allocation).
 pub(super) struct Plan {
-    items: ArrayVec<Item, MAX_ITEMS>,
-    /// The shared items, in the order of `shared_items`.
-    shared: ArrayVec<Item, MAX_ITEMS>,
-    /// The store's items of `shared`.
-    pub shared_items: Vec<SharedItem>,
-    now: i64,
+    items: Items,
+    pub now: i64,
 }
 
 impl Plan {
@@ -112,8 +134,7 @@ impl Plan {
 
     fn build(limits: &Limits, user: Bin, specs: Specs, now: i64) -> Plan {
         let s = &limits.settings;
-        let shared_on = limits.store.is_some();
-        let items: ArrayVec<Item, MAX_ITEMS> = specs
+        let items = specs
             .into_iter()
             .map(|(class, key, quota)| Item {
                 class,
@@ -121,28 +142,43 @@ impl Plan {
                 key,
                 quota,
                 on_failure: s.classes.of(class).on_failure,
-                shared: shared_on && s.mode(class) == Mode::Shared,
+                place: place(limits, class, quota),
             })
             .collect();
-        let shared: ArrayVec<Item, MAX_ITEMS> =
-            items.iter().filter(|i| i.shared).copied().collect();
-        let shared_items = shared.iter().map(|i| store_item(limits, i)).collect();
-        Plan {
-            items,
-            shared,
-            shared_items,
-            now,
-        }
+        Plan { items, now }
     }
 
     /// The items counted in this process.
     pub(super) fn local(&self) -> impl Iterator<Item = &Item> {
-        self.items.iter().filter(|i| !i.shared)
+        self.items.iter().filter(|i| i.place == Place::Local)
     }
 
-    /// The items counted in the store.
+    /// The items counted in the store, one cell per request.
     pub(super) fn shared(&self) -> impl Iterator<Item = &Item> {
-        self.shared.iter()
+        self.items.iter().filter(|i| i.place == Place::Shared)
+    }
+
+    /// The leased items.
+    pub(super) fn leased(&self) -> impl Iterator<Item = (&Item, LeaseShape)> {
+        self.items.iter().filter_map(|i| match i.place {
+            Place::Leased(shape) => Some((i, shape)),
+            _ => None,
+        })
+    }
+}
+
+/// Where `class` is counted with `quota` under `limits`' settings.
+fn place(limits: &Limits, class: LimitClass, quota: Quota) -> Place {
+    let s = &limits.settings;
+    let Some(store) = s.store.as_ref().filter(|_| limits.store.is_some()) else {
+        return Place::Local;
+    };
+    match (s.mode(class), quota) {
+        (Mode::Local, _) => Place::Local,
+        (Mode::Leased, Quota::Gcra(q)) => q
+            .lease(store.lease_ms, store.gateways)
+            .map_or(Place::Shared, Place::Leased),
+        (Mode::Shared | Mode::Leased, _) => Place::Shared,
     }
 }
 
@@ -158,7 +194,9 @@ fn monthly(
     Some(Quota::Month { limit, window })
 }
 
-fn store_item(limits: &Limits, item: &Item) -> SharedItem {
+/// The store's item of `item`: one cell, or a leased item's batch of `want` cells against
+/// its lowered burst.
+pub(super) fn store_item(limits: &Limits, item: &Item, want: u32) -> SharedItem {
     let k = &limits.keys;
     let key = match (item.class, item.key) {
         (LimitClass::Monthly, Key::ConsentRoute(h)) => match item.quota {
@@ -170,13 +208,20 @@ fn store_item(limits: &Limits, item: &Item) -> SharedItem {
         (_, Key::ConsentRoute(h)) => k.consent_route(item.user, h),
         (_, Key::Ip(ip)) => k.ip(ip),
     };
-    match item.quota {
-        Quota::Gcra(q) => SharedItem::Gcra {
+    match (item.quota, item.place) {
+        (Quota::Gcra(q), Place::Leased(shape)) => SharedItem::Gcra {
+            key,
+            per_second: q.per_second.get(),
+            burst: shape.burst,
+            want: want.clamp(1, shape.cells),
+        },
+        (Quota::Gcra(q), _) => SharedItem::Gcra {
             key,
             per_second: q.per_second.get(),
             burst: q.burst.get(),
+            want: 1,
         },
-        Quota::Month { limit, window } => SharedItem::Count {
+        (Quota::Month { limit, window }, _) => SharedItem::Count {
             key,
             limit,
             expire_at_unix: window.end_unix + MONTH_GRACE_SECS,
@@ -193,26 +238,35 @@ pub(super) fn tightest(a: Option<RateInfo>, b: Option<RateInfo>) -> Option<RateI
     }
 }
 
-/// What the store's admission advertises: its tightest item.
-pub(super) fn admitted(plan: &Plan, states: &[ItemState]) -> Option<RateInfo> {
-    plan.shared
-        .iter()
-        .zip(states)
-        .map(|(item, st)| match item.quota {
-            Quota::Gcra(q) => RateInfo::gcra(item.class.kind(), q, st.remaining, st.reset_us),
-            Quota::Month { limit, window } => {
-                RateInfo::monthly(limit, st.remaining, &window, plan.now)
-            }
-        })
-        .reduce(tighter)
+/// What one store item's admission advertises (a leased item: the store's remaining plus
+/// the cells now held here).
+pub(super) fn admitted_one(item: &Item, st: &ItemState, now: i64) -> RateInfo {
+    match item.quota {
+        Quota::Gcra(q) => RateInfo::gcra(item.class.kind(), q, st.remaining, st.reset_us),
+        Quota::Month { limit, window } => RateInfo::monthly(limit, st.remaining, &window, now),
+    }
 }
 
-/// The refusal by the store's item `index` (an index past the items, which the script
-/// never returns, is read as the last item's).
-pub(super) fn refused(plan: &Plan, index: usize, retry_after_us: u64) -> Limited {
-    let item = plan.shared.get(index).or(plan.shared.last());
+/// What a request served by a leased cell advertises.
+pub(super) fn leased_info(item: &Item, spent: super::lease::Spent) -> RateInfo {
+    match item.quota {
+        Quota::Gcra(q) => RateInfo::gcra(item.class.kind(), q, spent.remaining, spent.reset_us),
+        // Monthly quotas are never leased (refused by the settings' validation).
+        Quota::Month { limit, .. } => RateInfo::gcra(
+            item.class.kind(),
+            QuotaSettings::new(limit, limit).unwrap_or(LimitSettings::default().per_user),
+            spent.remaining,
+            spent.reset_us,
+        ),
+    }
+}
+
+/// The refusal by the store's item `index` of `items` (an index past the items, which the
+/// script never returns, is read as the last item's).
+pub(super) fn refused(items: &[Item], index: usize, retry_after_us: u64, now: i64) -> Limited {
+    let item = items.get(index).or(items.last());
     match item.map(|i| (i.class, i.quota)) {
-        Some((_, Quota::Month { limit, window })) => Limited::monthly(limit, &window, plan.now),
+        Some((_, Quota::Month { limit, window })) => Limited::monthly(limit, &window, now),
         Some((class, Quota::Gcra(q))) => Limited::gcra(class.kind(), q, retry_after_us),
         None => Limited::gcra(
             policy::limits::LimitKind::User,

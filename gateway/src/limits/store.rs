@@ -118,11 +118,13 @@ impl StoreMetrics {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum SharedItem {
     /// A GCRA quota: `burst` requests at once, replenished at `per_second` (0 counts as 1;
-    /// a `burst` of 0 refuses everything).
+    /// a `burst` of 0 refuses everything); `want` cells asked for (1 for a request, a
+    /// lease's batch for a leased class), as many granted as fit, at least 1.
     Gcra {
         key: String,
         per_second: u32,
         burst: u32,
+        want: u32,
     },
     /// A count that refuses its `limit + 1`-th charge, kept until `expire_at_unix`
     /// (seconds; the end of the month).
@@ -140,6 +142,8 @@ pub(crate) struct ItemState {
     pub remaining: u32,
     /// Microseconds until the GCRA bucket is full again; 0 for a count.
     pub reset_us: u64,
+    /// Cells charged (GCRA: between 1 and the item's `want`; a count: 1).
+    pub granted: u32,
 }
 
 /// What the store decided.
@@ -422,7 +426,7 @@ impl SharedStore {
         failure
     }
 
-    /// The script's call for `items`: their keys, three numbers each.
+    /// The script's call for `items`: their keys, four numbers each.
     fn invocation(&self, items: &[SharedItem]) -> ScriptInvocation<'_> {
         let mut invocation = self.script.prepare_invoke();
         for item in items {
@@ -431,16 +435,19 @@ impl SharedStore {
                     key,
                     per_second,
                     burst,
+                    want,
                 } => {
                     let interval_us = (1_000_000 / (*per_second).max(1)).max(1);
-                    invocation.key(key).arg(1).arg(interval_us).arg(*burst);
+                    let inv = invocation.key(key).arg(1).arg(interval_us).arg(*burst);
+                    inv.arg((*want).max(1));
                 }
                 SharedItem::Count {
                     key,
                     limit,
                     expire_at_unix,
                 } => {
-                    invocation.key(key).arg(2).arg(*limit).arg(*expire_at_unix);
+                    let inv = invocation.key(key).arg(2).arg(*limit);
+                    inv.arg(*expire_at_unix).arg(1);
                 }
             }
         }
@@ -468,11 +475,12 @@ fn parse(values: &[i64], count: usize) -> Result<StoreAnswer, StoreFailure> {
                 retry_after_us: u64::try_from(*retry).unwrap_or(0),
             })
         }
-        [1, rest @ ..] if rest.len() == 2 * count => Ok(StoreAnswer::Admitted(
-            rest.chunks_exact(2)
-                .map(|pair| ItemState {
-                    remaining: u32::try_from(pair[0].max(0)).unwrap_or(u32::MAX),
-                    reset_us: u64::try_from(pair[1]).unwrap_or(0),
+        [1, rest @ ..] if rest.len() == 3 * count => Ok(StoreAnswer::Admitted(
+            rest.chunks_exact(3)
+                .map(|v| ItemState {
+                    remaining: u32::try_from(v[0].max(0)).unwrap_or(u32::MAX),
+                    reset_us: u64::try_from(v[1]).unwrap_or(0),
+                    granted: u32::try_from(v[2].max(1)).unwrap_or(1),
                 })
                 .collect(),
         )),
@@ -501,15 +509,17 @@ mod tests {
     #[test]
     fn replies_are_parsed_strictly() {
         assert_eq!(
-            parse(&[1, 2, 300, 0, 0], 2),
+            parse(&[1, 2, 300, 5, 0, 0, 1], 2),
             Ok(StoreAnswer::Admitted(vec![
                 ItemState {
                     remaining: 2,
-                    reset_us: 300
+                    reset_us: 300,
+                    granted: 5,
                 },
                 ItemState {
                     remaining: 0,
-                    reset_us: 0
+                    reset_us: 0,
+                    granted: 1,
                 },
             ]))
         );
@@ -523,6 +533,7 @@ mod tests {
         for bad in [
             &[][..],
             &[1, 2, 3][..],
+            &[1, 2, 3, 1, 4][..],
             &[0, 2, 1][..],
             &[0, -1, 1][..],
             &[2, 0, 0][..],

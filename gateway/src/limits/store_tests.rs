@@ -66,10 +66,15 @@ async fn until_answered(store: &SharedStore, items: &[SharedItem]) -> StoreAnswe
 }
 
 fn gcra(key: &str, per_second: u32, burst: u32) -> SharedItem {
+    lease(key, per_second, burst, 1)
+}
+
+fn lease(key: &str, per_second: u32, burst: u32, want: u32) -> SharedItem {
     SharedItem::Gcra {
         key: key.into(),
         per_second,
         burst,
+        want,
     }
 }
 
@@ -136,7 +141,8 @@ async fn gcra_admits_the_burst_then_refuses_for_one_interval() {
         first,
         vec![ItemState {
             remaining: 2,
-            reset_us: T
+            reset_us: T,
+            granted: 1,
         }]
     );
     for (k, remaining) in [(2, 1), (3, 0)] {
@@ -163,7 +169,8 @@ async fn gcra_admits_the_burst_then_refuses_for_one_interval() {
         third,
         vec![ItemState {
             remaining: 1,
-            reset_us: 333_333
+            reset_us: 333_333,
+            granted: 1,
         }]
     );
     // The key expires when the bucket is full again (PX = reset in ms, rounded up, + 1).
@@ -174,6 +181,28 @@ async fn gcra_admits_the_burst_then_refuses_for_one_interval() {
         .await
         .expect("PTTL");
     assert!(pttl > 0 && pttl <= 335, "pttl {pttl}");
+}
+
+#[tokio::test]
+async fn a_lease_takes_as_many_cells_as_fit_and_at_least_one() {
+    let (_dir, server) = server();
+    let (store, _) = connected(&config(&server)).await;
+    let key = "hub:{u:1}:user";
+    // Burst 10: a lease of 4, then 4 more, then the 2 left of the 6 asked for.
+    for (want, granted, remaining) in [(4, 4, 6), (4, 4, 2), (6, 2, 0)] {
+        let state = admitted(run(&store, &[lease(key, 1, 10, want)]).await)[0];
+        assert_eq!((state.granted, state.remaining), (granted, remaining));
+    }
+    // Spent: a lease of 1 or of 5 is refused alike, and charges nothing.
+    let mut con = raw(&server).await;
+    let tat = get(&mut con, key).await;
+    let (index, retry) = refused(run(&store, &[lease(key, 1, 10, 5)]).await);
+    assert_eq!(index, 0);
+    assert!(retry <= T && retry > T - SLACK, "retry {retry}");
+    assert_eq!(get(&mut con, key).await, tat);
+    // Ten cells charged in all: the bucket is ten intervals ahead.
+    let (_, retry) = refused(run(&store, &[gcra(key, 1, 10)]).await);
+    assert!(retry <= T, "retry {retry}");
 }
 
 #[tokio::test]
@@ -206,11 +235,13 @@ async fn a_request_refused_by_its_third_item_charges_none() {
         vec![
             ItemState {
                 remaining: 4,
-                reset_us: T
+                reset_us: T,
+                granted: 1,
             },
             ItemState {
                 remaining: 2,
-                reset_us: T
+                reset_us: T,
+                granted: 1,
             },
         ]
     );
@@ -234,7 +265,8 @@ async fn counts_refuse_at_exactly_the_limit_and_expire_when_told() {
             state,
             ItemState {
                 remaining,
-                reset_us: 0
+                reset_us: 0,
+                granted: 1,
             }
         );
     }

@@ -290,3 +290,188 @@ fn shared_classes_without_a_store_are_refused() {
     let e = Limits::with(&s, &metrics(), Arc::new(SystemClock)).expect_err("refused");
     assert!(e.to_string().contains("classes.user"), "{e}");
 }
+
+/// Settings for `gateways` gateways whose per-user class is leased (1,000/s, burst 100,
+/// leases of `lease_ms`), every other class in process and high.
+fn leased_user(redis: &RedisServer, gateways: u32, lease_ms: u64) -> LimitSettings {
+    let mut s = settings(Some(redis));
+    s.per_user = QuotaSettings::new(1_000, 100).expect("quota");
+    if let Some(st) = s.store.as_mut() {
+        st.gateways = NonZeroU32::new(gateways).expect("gateways");
+        st.timeout_ms = 1_000;
+        st.lease_ms = lease_ms;
+    }
+    for class in s.classes.all_mut() {
+        class.mode = Some(Mode::Local);
+    }
+    s.classes.user.mode = Some(Mode::Leased);
+    s
+}
+
+/// What one gateway admitted: (start, end) of each admitted call; the longest call; the
+/// refusals.
+#[derive(Default)]
+struct Driven {
+    admitted: Vec<(std::time::Instant, std::time::Instant)>,
+    longest: std::time::Duration,
+    refused: usize,
+}
+
+/// One gateway driven for `run`, as fast as it goes or every `every`.
+async fn drive_leased(
+    l: Arc<Limits>,
+    run: std::time::Duration,
+    every: Option<std::time::Duration>,
+) -> Driven {
+    let mut d = Driven::default();
+    let end = std::time::Instant::now() + run;
+    let mut ticks = every.map(tokio::time::interval);
+    let mut i = 0u64;
+    while std::time::Instant::now() < end {
+        match ticks.as_mut() {
+            Some(t) => drop(t.tick().await),
+            None => tokio::task::yield_now().await,
+        }
+        i += 1;
+        let consent = format!("c-{}", i % 64);
+        let start = std::time::Instant::now();
+        let answer = l.check(bin(USER), balances(&consent)).await;
+        let done = std::time::Instant::now();
+        d.longest = d.longest.max(done - start);
+        match answer {
+            Ok(_) => d.admitted.push((start, done)),
+            Err(Refusal::Limited(r)) => {
+                assert_eq!(r.kind, LimitKind::User);
+                d.refused += 1;
+            }
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    d
+}
+
+/// Three gateways on one Redis driven together for `run`; what they admitted together,
+/// the run's length in seconds, and the leases taken.
+async fn three_leased(
+    s: &LimitSettings,
+    run: std::time::Duration,
+    every: Option<std::time::Duration>,
+) -> (Driven, f64, u64) {
+    let m = metrics();
+    let gateways: Vec<Arc<Limits>> = (0..3)
+        .map(|_| Arc::new(Limits::with(s, &m, Arc::new(SystemClock)).expect("limits")))
+        .collect();
+    for l in &gateways {
+        connected(l, bin(USER)).await;
+    }
+    let began = std::time::Instant::now();
+    let tasks: Vec<_> = gateways
+        .iter()
+        .map(|l| tokio::spawn(drive_leased(l.clone(), run, every)))
+        .collect();
+    let mut all = Driven::default();
+    for t in tasks {
+        let d = t.await.expect("driver");
+        all.admitted.extend(d.admitted);
+        all.longest = all.longest.max(d.longest);
+        all.refused += d.refused;
+    }
+    let took = began.elapsed().as_secs_f64();
+    all.admitted.sort_by_key(|c| c.1);
+    (all, took, m.leases.with_label_values(&["user"]).get())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn leased_gateways_never_admit_more_than_the_quota_in_any_window() {
+    let (_dir, redis) = start_redis();
+    let s = leased_user(&redis, 3, 20);
+    let run = std::time::Duration::from_millis(600);
+    let (d, took, leases) = three_leased(&s, run, None).await;
+    let calls = &d.admitted;
+    // A call was spent somewhere in (start, end): the calls ending within [x, y] were
+    // spent within [x - longest, y]. In any such window, at most burst + rate × length.
+    let slack = d.longest.as_secs_f64();
+    for i in 0..calls.len() {
+        for j in (i..calls.len()).step_by(7).chain([calls.len() - 1]) {
+            let w = (calls[j].1 - calls[i].1).as_secs_f64() + slack;
+            let bound = 100.0 + 1_000.0 * w + 1.0;
+            let n = (j - i + 1) as f64;
+            assert!(n <= bound, "{n} calls within {w:.4} s: over {bound:.1}");
+        }
+    }
+    let admitted = calls.len() as f64;
+    println!(
+        "{admitted} admitted, {} refused in {took:.3} s, {leases} leases, longest call {slack:.4} s",
+        d.refused
+    );
+    assert!(admitted <= 100.0 + 1_000.0 * took + 1.0);
+    // The quota is used, less the lag's reserve (20 cells) and what leases left unspent.
+    assert!(admitted >= 1_000.0 * 0.6 * 0.8, "{admitted} admitted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn below_the_quota_leased_gateways_admit_everything_in_batches() {
+    let (_dir, redis) = start_redis();
+    // Three gateways at 150/s each against 1,000/s: leases of 50 ms, batches of up to 8.
+    let s = leased_user(&redis, 3, 50);
+    let run = std::time::Duration::from_millis(600);
+    let every = std::time::Duration::from_micros(6_667);
+    let (d, took, leases) = three_leased(&s, run, Some(every)).await;
+    let admitted = d.admitted.len();
+    println!(
+        "{admitted} admitted, {} refused in {took:.3} s, {leases} leases",
+        d.refused
+    );
+    assert_eq!(
+        d.refused, 0,
+        "unspent leased cells must not starve the gateways"
+    );
+    assert!(admitted >= 200, "{admitted} admitted");
+    assert!(
+        leases * 3 < admitted as u64,
+        "{leases} leases for {admitted} calls"
+    );
+}
+
+#[tokio::test]
+async fn a_leased_cell_comes_back_when_a_later_limit_refuses() {
+    let (_dir, redis) = start_redis();
+    let mut s = leased_user(&redis, 1, 50);
+    // Per consent × route in the store, 1 call per second: the second call is refused.
+    s.per_consent_route = QuotaSettings::new(1, 1).expect("quota");
+    s.classes.consent_route.mode = Some(Mode::Shared);
+    let l = Limits::with(&s, &metrics(), Arc::new(SystemClock)).expect("limits");
+    connected(&l, bin(USER)).await;
+    let key = lease::LeaseKey {
+        class: LimitClass::User,
+        user: bin(USER),
+        key: plan::Key::User,
+    };
+    // Leases start at one cell and double when spent: a few calls and one is held.
+    for i in 0..8 {
+        if l.leases.held(&key) > 1 {
+            break;
+        }
+        l.check(bin(USER), balances(&format!("warm-{i}")))
+            .await
+            .expect("warm-up");
+    }
+    l.check(bin(USER), balances("c-1"))
+        .await
+        .expect("first call");
+    let held = l.leases.held(&key);
+    assert!(held > 0, "a batch is held");
+    let Err(Refusal::Limited(r)) = l.check(bin(USER), balances("c-1")).await else {
+        panic!("the consent × route limit must refuse the second call");
+    };
+    assert_eq!(r.kind, LimitKind::ConsentRoute);
+    assert_eq!(
+        l.leases.held(&key),
+        held,
+        "the refused call spent no leased cell"
+    );
+    l.check(bin(USER), balances("c-2"))
+        .await
+        .expect("another consent");
+    assert_eq!(l.leases.held(&key), held - 1);
+}

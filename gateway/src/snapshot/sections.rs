@@ -154,10 +154,16 @@ fn limits_error(src: &Source, e: &LimitsError) -> ConfigError {
         LimitsError::Settings(E::DuplicateOverride(_)) => {
             ("[[limits.overrides]]", "limits.overrides")
         }
-        LimitsError::Settings(E::SharedWithoutStore(class)) => {
+        LimitsError::Settings(
+            E::SharedWithoutStore(class)
+            | E::LeasedWithoutStore(class)
+            | E::LeaseTooLong { class, .. },
+        ) => {
             let field = format!("limits.classes.{class}");
             return src.invalid_at("[limits.classes]", &field, e.to_string());
         }
+        LimitsError::Settings(E::MonthlyLeased) => ("[limits.classes]", "limits.classes.monthly"),
+        LimitsError::Settings(E::LeaseMs(_)) => ("lease_ms", "limits.store.lease_ms"),
         LimitsError::Settings(E::UnknownTimeZone(_)) => ("time_zone", "limits.monthly.time_zone"),
         LimitsError::Settings(E::ZeroMonthlyQuota(_)) => ("[limits.monthly", "limits.monthly"),
         LimitsError::Settings(E::DuplicateMonthlyProvider(_)) => {

@@ -44,8 +44,8 @@ pub use monthly::{MonthWindow, MonthlyCounter, MonthlyQuotas};
 #[cfg(test)]
 use settings::q;
 pub use settings::{
-    CappedRoute, ClassPolicy, ClassSettings, LimitClass, LimitError, LimitOverride, LimitSettings,
-    Mode, MonthlySettings, OnFailure, ProviderMonthly, QuotaSettings, StoreSettings,
+    CappedRoute, ClassPolicy, ClassSettings, LeaseShape, LimitClass, LimitError, LimitOverride,
+    LimitSettings, Mode, MonthlySettings, OnFailure, ProviderMonthly, QuotaSettings, StoreSettings,
 };
 
 /// Name of the policy header field.

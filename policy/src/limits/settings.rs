@@ -48,6 +48,43 @@ impl QuotaSettings {
     }
 }
 
+/// How a `leased` quota is taken from the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseShape {
+    /// The burst the store charges leases against: the quota's burst less the cells
+    /// that `lease_ms` of lag can add.
+    pub burst: u32,
+    /// Cells asked for by one lease (the store grants fewer when fewer fit, at least 1).
+    pub cells: u32,
+}
+
+impl QuotaSettings {
+    /// The lease of this quota when cells may be spent up to `lease_ms` after the store
+    /// charged them, `gateways` sharing it; `None` when the burst is too small for that lag.
+    ///
+    /// Why it is never over the limit: every admitted request spends a cell the store
+    /// charged, at most `L = lease_ms` after the charge. The cells spent in any window of
+    /// length `w` were therefore charged within a window of length `w + L`, and the store's
+    /// GCRA (interval `T = 1/per_second`) charges at most `burst' + (w + L)/T` cells in such
+    /// a window. With `burst' = burst - ceil(L/T)` that is at most `burst + w/T`: exactly
+    /// the quota's own bound. A lease asks for `L/T` cells (what the quota yields in `L`),
+    /// at most a `2 × gateways`-th of `burst'` so that one gateway cannot hold them all,
+    /// and at least 1.
+    pub fn lease(self, lease_ms: u64, gateways: NonZeroU32) -> Option<LeaseShape> {
+        let milli_cells = u64::from(self.per_second.get()) * lease_ms;
+        let reserve = milli_cells.div_ceil(1000);
+        let burst = u64::from(self.burst.get())
+            .checked_sub(reserve)
+            .filter(|b| *b >= 1)?;
+        let cap = (burst / (2 * u64::from(gateways.get()))).max(1);
+        let cells = (milli_cells / 1000).clamp(1, cap);
+        Some(LeaseShape {
+            burst: u32::try_from(burst).ok()?,
+            cells: u32::try_from(cells).ok()?,
+        })
+    }
+}
+
 /// One participant's own quotas.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -144,6 +181,12 @@ pub struct StoreSettings {
     /// The prefix of every key (default `hub`), so several hubs can share a server.
     #[serde(default = "defaults::key_prefix")]
     pub key_prefix: String,
+    /// `leased` classes: how long, in milliseconds, cells taken from the store may be
+    /// spent in this process after they were charged (default 50, 1–1000). Each leased
+    /// quota's store burst is lowered by the cells this lag could add (see
+    /// [`QuotaSettings::lease`]).
+    #[serde(default = "defaults::lease_ms")]
+    pub lease_ms: u64,
 }
 
 mod defaults {
@@ -167,6 +210,9 @@ mod defaults {
     pub(super) fn key_prefix() -> String {
         "hub".to_string()
     }
+    pub(super) fn lease_ms() -> u64 {
+        50
+    }
 }
 
 impl StoreSettings {
@@ -181,6 +227,7 @@ impl StoreSettings {
             breaker_failures: defaults::breaker_failures(),
             breaker_open_ms: defaults::breaker_open_ms(),
             key_prefix: defaults::key_prefix(),
+            lease_ms: defaults::lease_ms(),
         }
     }
 }
@@ -193,6 +240,11 @@ pub enum Mode {
     Local,
     /// In the shared store: one round trip per request for all shared classes.
     Shared,
+    /// In the shared store, taken in small batches: a batch of cells is charged in the
+    /// store (with the other store items of the request, all-or-nothing) and spent in
+    /// this process within `[limits.store] lease_ms`; unspent cells expire. Never over
+    /// the limit: see [`QuotaSettings::lease`].
+    Leased,
 }
 
 /// What a shared class does when the store is slow, gone or its circuit is open.
@@ -384,6 +436,27 @@ pub enum LimitError {
     /// The store URL is not a `redis://` URL or carries a password.
     #[error("store.url: {0}")]
     StoreUrl(&'static str),
+    /// A class is `leased` but no store is configured.
+    #[error("classes.{0}: mode \"leased\" needs [limits.store]")]
+    LeasedWithoutStore(&'static str),
+    /// Monthly quotas cannot be leased.
+    #[error("classes.monthly: mode \"leased\" is not supported (a month's unspent leased calls would be lost); use \"shared\" or \"local\"")]
+    MonthlyLeased,
+    /// A leased quota's burst is too small for the lease's lag.
+    #[error("classes.{class}: mode \"leased\" needs burst > per_second × lease_ms / 1000 (burst {burst}, per_second {per_second}, lease_ms {lease_ms}); lower [limits.store] lease_ms, raise the burst or use mode \"shared\"")]
+    LeaseTooLong {
+        /// The class.
+        class: &'static str,
+        /// The quota's burst.
+        burst: u32,
+        /// The quota's rate.
+        per_second: u32,
+        /// The store's `lease_ms`.
+        lease_ms: u64,
+    },
+    /// `lease_ms` out of range.
+    #[error("store.lease_ms: {0} is out of range (1–1000)")]
+    LeaseMs(u64),
 }
 
 impl LimitSettings {
@@ -444,18 +517,67 @@ impl LimitSettings {
         if let Some(o) = self.overrides.iter().find(|o| !seen.insert(o.participant)) {
             return Err(LimitError::DuplicateOverride(o.participant));
         }
-        if self.store.is_none() {
-            if let Some(c) = LimitClass::ALL
+        let named = |mode| {
+            LimitClass::ALL
                 .into_iter()
-                .find(|c| self.classes.of(*c).mode == Some(Mode::Shared))
-            {
+                .find(|c| self.classes.of(*c).mode == Some(mode))
+        };
+        if self.store.is_none() {
+            if let Some(c) = named(Mode::Shared) {
                 return Err(LimitError::SharedWithoutStore(c.name()));
+            }
+            if let Some(c) = named(Mode::Leased) {
+                return Err(LimitError::LeasedWithoutStore(c.name()));
             }
         }
         if let Some(store) = &self.store {
             check_store_url(&store.url)?;
+            self.validate_leases(store)?;
         }
         self.validate_monthly()
+    }
+
+    /// The GCRA quotas of `class` (overrides too).
+    fn quotas_of(&self, class: LimitClass) -> Vec<QuotaSettings> {
+        let o = &self.overrides;
+        match class {
+            LimitClass::User => std::iter::once(self.per_user)
+                .chain(o.iter().filter_map(|o| o.per_user))
+                .collect(),
+            LimitClass::UserProvider => std::iter::once(self.per_user_provider)
+                .chain(o.iter().filter_map(|o| o.per_user_provider))
+                .collect(),
+            LimitClass::ConsentRoute => vec![self.per_consent_route],
+            LimitClass::Ip => vec![self.per_ip_open_data],
+            LimitClass::Monthly => Vec::new(),
+        }
+    }
+
+    fn validate_leases(&self, store: &StoreSettings) -> Result<(), LimitError> {
+        if !(1..=1000).contains(&store.lease_ms) {
+            return Err(LimitError::LeaseMs(store.lease_ms));
+        }
+        if self.mode(LimitClass::Monthly) == Mode::Leased {
+            return Err(LimitError::MonthlyLeased);
+        }
+        for class in LimitClass::ALL {
+            if self.mode(class) != Mode::Leased {
+                continue;
+            }
+            let short = self
+                .quotas_of(class)
+                .into_iter()
+                .find(|q| q.lease(store.lease_ms, store.gateways).is_none());
+            if let Some(q) = short {
+                return Err(LimitError::LeaseTooLong {
+                    class: class.name(),
+                    burst: q.burst.get(),
+                    per_second: q.per_second.get(),
+                    lease_ms: store.lease_ms,
+                });
+            }
+        }
+        Ok(())
     }
 
     fn validate_monthly(&self) -> Result<(), LimitError> {
@@ -557,6 +679,62 @@ mod tests {
         assert!(
             toml::from_str::<LimitSettings>("[classes]\nuser = { mode = \"remote\" }").is_err()
         );
+    }
+
+    #[test]
+    fn leased_classes_are_checked() {
+        let leased = |extra: &str| {
+            parse(&format!(
+                "[store]\nurl = \"redis://h\"\n{extra}\n[classes]\nuser = {{ mode = \"leased\" }}"
+            ))
+        };
+        leased("").validate().unwrap();
+        assert_eq!(leased("").store.unwrap().lease_ms, 50);
+        assert_eq!(
+            leased("lease_ms = 0").validate(),
+            Err(LimitError::LeaseMs(0))
+        );
+        // 500/s for 1 s of lag is 500 cells: a burst of 400 leaves none.
+        let mut long = leased("lease_ms = 1000");
+        long.validate().unwrap();
+        long.per_user = q(500, 400);
+        assert!(matches!(
+            long.validate(),
+            Err(LimitError::LeaseTooLong { class: "user", .. })
+        ));
+        let alone = parse("[classes]\nip = { mode = \"leased\" }");
+        assert_eq!(alone.validate(), Err(LimitError::LeasedWithoutStore("ip")));
+        let monthly =
+            parse("[store]\nurl = \"redis://h\"\n[classes]\nmonthly = { mode = \"leased\" }");
+        assert_eq!(monthly.validate(), Err(LimitError::MonthlyLeased));
+        // An override's quota is checked too.
+        let mut s = leased("lease_ms = 100");
+        s.validate().unwrap();
+        s.overrides.push(LimitOverride {
+            participant: Bin::parse("990340000011").unwrap(),
+            per_user: Some(q(100, 10)),
+            per_user_provider: None,
+        });
+        assert!(matches!(
+            s.validate(),
+            Err(LimitError::LeaseTooLong { burst: 10, .. })
+        ));
+    }
+
+    #[test]
+    fn a_lease_lowers_the_burst_by_its_lag_and_takes_small_batches() {
+        let one = NonZeroU32::MIN;
+        let three = NonZeroU32::new(3).unwrap();
+        // 10,000/s for 20 ms: 200 cells of lag, a batch of 200.
+        let l = q(10_000, 20_000).lease(20, one).unwrap();
+        assert_eq!((l.burst, l.cells), (19_800, 200));
+        // A batch is at most a sixth of the burst with three gateways.
+        let l = q(10_000, 1_000).lease(20, three).unwrap();
+        assert_eq!((l.burst, l.cells), (800, 133));
+        // Slow quotas lease one cell at a time and lose one cell of burst.
+        let l = q(10, 20).lease(20, three).unwrap();
+        assert_eq!((l.burst, l.cells), (19, 1));
+        assert_eq!(q(1_000, 20).lease(20, one), None);
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //!   10 s: the requests admitted are within 2% of `burst + rate × T` (T between the first
 //!   and the last request written), every other answer is `429 rate_limited`. The same
 //!   with every class `local` (the negative control): each gateway then admits what its
-//!   own limit allows it — here everything, about three times as many.
+//!   own limit allows it — here everything, about three times as many. With the class
+//!   `leased`: never more than `burst + rate × T`, at least 90% of it.
 //! - **Monthly quotas across two gateways**: a consent's `balances` quota of 7 reached
 //!   with calls alternating between the gateways, refused at exactly the 8th with
 //!   `RateLimit-Policy` naming `"monthly"` and `Retry-After` to the next month in the
@@ -133,6 +134,10 @@ fn drive(mode: Mode) -> Tally {
         o.gateways = GATEWAYS;
         let mut l = limits(mode, OnFailure::Deny);
         l.per_user = quota(RATE, BURST);
+        if mode == Mode::Leased {
+            // Monthly quotas are never leased.
+            l.classes.monthly.mode = Some(Mode::Shared);
+        }
         o.limits = Some(l);
     });
     let rt = runtime();
@@ -189,6 +194,23 @@ fn three_gateways_at_three_times_a_shared_limit_admit_burst_plus_rate_times_t() 
     );
     // Per-process limits would have admitted every request here (see the control).
     assert!(admitted < 0.5 * REQUESTS as f64);
+}
+
+/// Leased: never over `burst + rate × T`, and close to it (the lease's lag lowers the
+/// store's burst by ceil(50/s × 50 ms) = 3 cells, and cells left when a lease ends are
+/// lost: under-admission is allowed, over-admission is not).
+#[test]
+fn three_gateways_at_three_times_a_leased_limit_never_admit_more_than_burst_plus_rate_times_t() {
+    let t = drive(Mode::Leased);
+    let expected = allowance(t.span);
+    let admitted = t.admitted.iter().sum::<usize>() as f64;
+    assert!(
+        admitted <= expected + 1.0 && admitted >= 0.9 * expected,
+        "leased: admitted {admitted} of {REQUESTS}, expected at most {expected:.1} (burst \
+         {BURST} + {RATE}/s × {:.3} s) and at least 90% of it; per gateway {:?}",
+        t.span.as_secs_f64(),
+        t.admitted
+    );
 }
 
 /// The negative control. Each gateway is offered 150/3 = 50 requests a second, exactly

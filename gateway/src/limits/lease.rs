@@ -8,6 +8,12 @@
 //! by a request that a later limit refuses are given back (a refused request spends
 //! nothing); cells left when a lease ends are lost, never carried over.
 //!
+//! A busy key's lease is renewed ahead, off the request path: once half its cells are
+//! spent, the request that notices asks for a renewal
+//! (one at a time per key), which a background task takes from the store and holds as the
+//! *next* batch, spent when the current one runs out or ends. So in steady state no
+//! request waits for the store. Each batch keeps its own end.
+//!
 //! A lease asks for what this gateway is likely to spend in one lifetime, not always the
 //! largest batch: one cell at first, twice the last batch when that ran out, what the
 //! last lease spent (plus one) when it ended with cells left; never more than the quota's
@@ -48,9 +54,53 @@ struct Lease {
     granted: u32,
     /// Cells spent from it.
     spent: u32,
+    /// A renewal charged ahead: its cells, end and grant.
+    next: Option<Batch>,
+    /// A renewal is on its way.
+    renewing: bool,
+}
+
+/// A renewal's cells, held until the current batch runs out or ends.
+#[derive(Debug, Clone, Copy)]
+struct Batch {
+    cells: u32,
+    ends: Instant,
 }
 
 impl Lease {
+    /// Whether a cell can be spent at `now`.
+    fn live(&self, now: Instant) -> bool {
+        self.cells > 0 && now < self.ends
+    }
+
+    /// Moves a live next batch in when the current one is spent or ended.
+    fn promote(&mut self, now: Instant) {
+        if let Some(next) = self.next.take().filter(|n| n.cells > 0 && now < n.ends) {
+            self.cells = next.cells;
+            self.ends = next.ends;
+            self.granted = next.cells;
+            self.spent = 0;
+        }
+    }
+
+    /// The batch to renew with now (at most `cap`), if a renewal is due: half the cells
+    /// spent, none on its way and none held. (A batch spent more slowly is not renewed
+    /// ahead: its key is quiet, and a renewal would charge cells likely to expire.)
+    fn renewal(&mut self, now: Instant, lifetime: Duration, cap: u32) -> Option<u32> {
+        if self.renewing || self.next.is_some() {
+            return None;
+        }
+        if self.cells.saturating_mul(2) > self.granted {
+            return None;
+        }
+        let left = self.ends.saturating_duration_since(now);
+        let elapsed = lifetime.saturating_sub(left).max(Duration::from_millis(1));
+        self.renewing = true;
+        // What this key spends here in one lifetime, at the rate seen so far.
+        let rate = f64::from(self.spent) * lifetime.as_secs_f64() / elapsed.as_secs_f64();
+        Some((rate.ceil() as u32).clamp(1, cap.max(1)))
+    }
+
     /// What a request spending from this lease advertises.
     fn advertised(&self) -> Spent {
         Spent {
@@ -85,16 +135,26 @@ impl Leases {
         }
     }
 
-    /// Spends one cell of `key`'s lease at `now`, if it has one left and has not ended;
-    /// else the batch to ask the store for (1 to `cap`).
-    pub(super) fn take(&self, key: &LeaseKey, now: Instant, cap: u32) -> Result<Spent, u32> {
+    /// Spends one cell of `key`'s lease at `now`, if it has one left and has not ended
+    /// (with the batch to renew with, when a renewal is due); else the batch to ask the
+    /// store for (1 to `cap`).
+    pub(super) fn take(
+        &self,
+        key: &LeaseKey,
+        now: Instant,
+        cap: u32,
+    ) -> Result<(Spent, Option<u32>), u32> {
         let Some(mut lease) = self.held.get_mut(key) else {
             return Err(1);
         };
-        if lease.cells > 0 && now < lease.ends {
+        if !lease.live(now) {
+            lease.promote(now);
+        }
+        if lease.live(now) {
             lease.cells -= 1;
             lease.spent += 1;
-            return Ok(lease.advertised());
+            let renew = lease.renewal(now, self.lifetime, cap);
+            return Ok((lease.advertised(), renew));
         }
         let want = if lease.cells == 0 {
             lease.granted.saturating_mul(2)
@@ -102,6 +162,45 @@ impl Leases {
             lease.spent.saturating_add(1)
         };
         Err(want.clamp(1, cap.max(1)))
+    }
+
+    /// Holds a renewal's cells, charged by a call sent at `sent`, as the next batch (or as
+    /// the current one when that is spent or ended at `now`).
+    pub(super) fn renewed(&self, key: LeaseKey, state: &ItemState, sent: Instant, now: Instant) {
+        let batch = Batch {
+            cells: state.granted,
+            ends: sent + self.lifetime,
+        };
+        let mut lease = self.held.entry(key).or_insert(Lease {
+            cells: 0,
+            ends: now,
+            store_remaining: state.remaining,
+            reset_us: state.reset_us,
+            granted: 0,
+            spent: 0,
+            next: None,
+            renewing: false,
+        });
+        lease.renewing = false;
+        lease.store_remaining = state.remaining;
+        lease.reset_us = state.reset_us;
+        lease.next = Some(match lease.next.filter(|n| n.cells > 0 && now < n.ends) {
+            Some(n) => Batch {
+                cells: n.cells.saturating_add(batch.cells),
+                ends: n.ends.min(batch.ends),
+            },
+            None => batch,
+        });
+        if !lease.live(now) {
+            lease.promote(now);
+        }
+    }
+
+    /// A renewal failed: the next request due may ask again.
+    pub(super) fn renew_failed(&self, key: &LeaseKey) {
+        if let Some(mut lease) = self.held.get_mut(key) {
+            lease.renewing = false;
+        }
     }
 
     /// Returns a cell taken by [`take`](Self::take) for a request then refused; nothing
@@ -132,6 +231,8 @@ impl Leases {
             reset_us: state.reset_us,
             granted: state.granted,
             spent: 1,
+            next: None,
+            renewing: false,
         };
         match self.held.entry(key) {
             Entry::Vacant(v) => {
@@ -141,7 +242,11 @@ impl Leases {
             Entry::Occupied(mut o) => {
                 let lease = o.get_mut();
                 if lease.ends <= now || lease.cells == 0 {
-                    *lease = fresh;
+                    *lease = Lease {
+                        next: lease.next,
+                        renewing: lease.renewing,
+                        ..fresh
+                    };
                 } else {
                     // Another call's lease is live: hold both batches until the earlier end.
                     lease.cells = lease.cells.saturating_add(fresh.cells);
@@ -156,9 +261,10 @@ impl Leases {
         }
     }
 
-    /// Forgets ended leases.
+    /// Forgets ended leases (and ended next batches).
     pub(super) fn retain_live(&self, now: Instant) {
-        self.held.retain(|_, lease| now < lease.ends);
+        self.held
+            .retain(|_, lease| now < lease.ends || lease.next.is_some_and(|n| now < n.ends));
     }
 
     /// Cells held now for `key` (tests).
@@ -199,8 +305,8 @@ mod tests {
         );
         let first = leases.grant(key(), &state(3), t0, t0);
         assert_eq!(first.remaining, 7 + 2);
-        assert_eq!(leases.take(&key(), t0, 8).map(|s| s.remaining), Ok(8));
-        assert_eq!(leases.take(&key(), t0, 8).map(|s| s.remaining), Ok(7));
+        assert_eq!(leases.take(&key(), t0, 8).map(|s| s.0.remaining), Ok(8));
+        assert_eq!(leases.take(&key(), t0, 8).map(|s| s.0.remaining), Ok(7));
         // Three cells, one per request; all spent: twice as many next time.
         assert_eq!(leases.take(&key(), t0, 8), Err(6));
         assert_eq!(leases.take(&key(), t0, 4), Err(4), "never over the batch");
@@ -217,6 +323,38 @@ mod tests {
         );
         leases.retain_live(end);
         assert_eq!(leases.held(&key()), 0);
+    }
+
+    #[test]
+    fn a_busy_lease_is_renewed_ahead_and_the_renewal_spent_after_it() {
+        let leases = Leases::new(Duration::from_millis(20));
+        let t0 = Instant::now();
+        leases.grant(key(), &state(8), t0, t0);
+        let at = |ms| t0 + Duration::from_millis(ms);
+        // More than half the cells left: no renewal yet.
+        assert_eq!(leases.take(&key(), at(1), 100).map(|s| s.1), Ok(None));
+        assert_eq!(leases.take(&key(), at(2), 100).map(|s| s.1), Ok(None));
+        // The fourth of eight cells: due. 4 cells in 2 ms is 40 in a lifetime.
+        assert_eq!(leases.take(&key(), at(2), 100).map(|s| s.1), Ok(Some(40)));
+        // One renewal at a time.
+        assert_eq!(leases.take(&key(), at(3), 100).map(|s| s.1), Ok(None));
+        let sent = at(3);
+        leases.renewed(key(), &state(40), sent, at(4));
+        assert_eq!(leases.held(&key()), 3, "the current batch first");
+        for ms in 4..7 {
+            assert!(leases.take(&key(), at(ms), 100).is_ok());
+        }
+        // The renewal takes over when the current batch is spent, and ends 20 ms after
+        // its own call was sent, not with the first batch.
+        assert!(matches!(leases.take(&key(), at(21), 100), Ok((_, None))));
+        assert_eq!(leases.held(&key()), 39);
+        assert!(leases.take(&key(), at(23), 100).is_err());
+        // A failed renewal lets the next request due ask again; one at a time.
+        leases.grant(key(), &state(4), at(30), at(30));
+        assert!(matches!(leases.take(&key(), at(40), 100), Ok((_, Some(_)))));
+        assert!(matches!(leases.take(&key(), at(41), 100), Ok((_, None))));
+        leases.renew_failed(&key());
+        assert!(matches!(leases.take(&key(), at(42), 100), Ok((_, Some(_)))));
     }
 
     #[test]

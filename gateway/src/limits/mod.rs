@@ -165,8 +165,8 @@ pub(crate) struct Limits {
     monthly_local: MonthlyCounter,
     monthly_fallback: MonthlyCounter,
     gateways: NonZeroU32,
-    store: Option<SharedStore>,
-    leases: Leases,
+    store: Option<Arc<SharedStore>>,
+    leases: Arc<Leases>,
     keys: policy::limits::KeyNames,
     month: ArcSwapOption<MonthWindow>,
     clock: Arc<dyn Clock>,
@@ -201,10 +201,10 @@ impl Limits {
             .as_ref()
             .map_or(NonZeroU32::MIN, |s| s.gateways);
         let store = match &settings.store {
-            Some(s) => Some(
+            Some(s) => Some(Arc::new(
                 SharedStore::start(&store_config(s)?, metrics.store.clone())
                     .map_err(|e| LimitsError::Store(e.to_string()))?,
-            ),
+            )),
             None => None,
         };
         Ok(Limits {
@@ -221,9 +221,9 @@ impl Limits {
                     .map_or("hub", |s| s.key_prefix.as_str()),
             ),
             store,
-            leases: Leases::new(std::time::Duration::from_millis(
+            leases: Arc::new(Leases::new(std::time::Duration::from_millis(
                 settings.store.as_ref().map_or(0, |s| s.lease_ms),
-            )),
+            ))),
             month: ArcSwapOption::empty(),
             clock,
             fallback_total: metrics.fallback.clone(),
@@ -267,7 +267,10 @@ impl Limits {
         let mut taken = Taken::default();
         for (item, shape) in plan.leased() {
             match self.leases.take(&item.lease_key(), now, shape.cells) {
-                Ok(spent) => {
+                Ok((spent, renew)) => {
+                    if let Some(want) = renew {
+                        self.renew(item, want);
+                    }
                     let got = plan::leased_info(item, spent);
                     taken.info = plan::tightest(taken.info, Some(got));
                     taken.spent.push(*item);
@@ -296,6 +299,30 @@ impl Limits {
             info = plan::tightest(info, Some(got));
         }
         Ok(info)
+    }
+
+    /// Takes `want` cells for `item`'s lease ahead, on a task of its own: no request waits
+    /// for it. A failure only lets the next request due ask again.
+    fn renew(&self, item: &Item, want: u32) {
+        let key = item.lease_key();
+        let (Some(store), Ok(rt)) = (self.store.clone(), tokio::runtime::Handle::try_current())
+        else {
+            self.leases.renew_failed(&key);
+            return;
+        };
+        let batch = [plan::store_item(self, item, want)];
+        let (leases, total) = (self.leases.clone(), self.leases_total.clone());
+        let class = item.class.name();
+        rt.spawn(async move {
+            let sent = std::time::Instant::now();
+            match store.run(&batch).await {
+                Ok(StoreAnswer::Admitted(states)) if states.len() == 1 => {
+                    leases.renewed(key, &states[0], sent, std::time::Instant::now());
+                    total.with_label_values(&[class]).inc();
+                }
+                _ => leases.renew_failed(&key),
+            }
+        });
     }
 
     /// The shared classes of `plan` and the `leases` to take (item, batch), in one round

@@ -1,6 +1,6 @@
 //! The harnesses' one release build: `cargo build --release --workspace --bins`, the same
-//! invocation as `scripts/build`, so a harness run after it (CI, the README's commands)
-//! rebuilds nothing and every harness measures the same artefacts.
+//! invocation as `scripts/build`, so a harness run after it (CI, the commands in
+//! `docs/performance.md`) rebuilds nothing and every harness measures the same artefacts.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

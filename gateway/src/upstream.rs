@@ -243,7 +243,7 @@ impl Upstream {
 /// reactor of the thread that opened it; handing it to a request on another worker makes
 /// every read and write of that request a cross-thread wake-up. Keying the keep-alive pool
 /// by worker thread (pingora's `group_key`) keeps each upstream connection on its thread
-/// (measured with `scripts/bench-hub`, README "Performance").
+/// (measured with `scripts/bench-hub`, docs/performance.md).
 fn worker_slot() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     thread_local! {

@@ -23,7 +23,7 @@ fn workspace_for(config_text: &str) -> (tempfile::TempDir, PathBuf) {
     )
     .unwrap();
     let issuer = DevIssuer::generate(DevAlg::Es256, "k1", "https://trust.hub.local.test").unwrap();
-    std::fs::write(dir.path().join("jwks.json"), issuer.jwks_json()).unwrap();
+    std::fs::write(dir.path().join("pki/jwks.json"), issuer.jwks_json()).unwrap();
     std::fs::write(dir.path().join("consents.jsonl"), "").unwrap();
     let cfg = dir.path().join("hub.toml");
     std::fs::write(&cfg, config_text).unwrap();

@@ -8,6 +8,7 @@ use http::header;
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use consent_cache::Consent;
@@ -15,7 +16,7 @@ use policy::code::Code;
 use policy::decision::{decide, Facts, Grant, Rejection};
 use policy::limits::{Limited, RateInfo};
 use policy::route::{match_route, upstream_path, Route, RouteId};
-use policy::token::{Charge, Charged, TokenVerifier};
+use policy::token::{Charge, Charged, TokenError, TokenVerifier};
 
 use super::ctx::{Admitted, Outcome, Refused, UpstreamCall};
 use crate::limits::{Limits, Refusal, Target};
@@ -255,6 +256,9 @@ fn refused_by_policy(
         snap.want_jwks();
     }
     tracing::debug!(reason = rej.reason, code = rej.code.as_str(), "rejected");
+    if let Some(e) = rej.token_error {
+        log_claim_mismatch(tokens.settings(), facts, e);
+    }
     let limited = rej.limited();
     if let Some(l) = &limited {
         metrics
@@ -266,6 +270,56 @@ fn refused_by_policy(
         limited,
         ..identify_refused(net, tokens, facts, &rej)
     }
+}
+
+/// A token that verified under a trusted key but names another issuer or audience is a
+/// deployment mismatch (the authorization server's `iss`/`aud` against `[tokens]`), which
+/// the bare `401` cannot tell the operator: said at info, at most once a second per
+/// process, with the claim, the configured value and the token's value of that claim
+/// (signed by a trusted key, so not attacker-chosen), never the token itself.
+fn log_claim_mismatch(settings: &policy::token::TokenSettings, facts: &Facts<'_>, e: TokenError) {
+    static LAST_LOGGED: AtomicI64 = AtomicI64::new(i64::MIN);
+    let (claim, setting, expected) = match e {
+        TokenError::WrongIssuer => ("iss", "[tokens] issuer", settings.issuer.as_str()),
+        TokenError::WrongAudience => ("aud", "[tokens] audience", settings.audience.as_str()),
+        _ => return,
+    };
+    let last = LAST_LOGGED.load(Ordering::Relaxed);
+    if facts.now_unix <= last
+        || LAST_LOGGED
+            .compare_exchange(last, facts.now_unix, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+    {
+        return;
+    }
+    let found = facts
+        .authorization
+        .and_then(policy::token::bearer)
+        .and_then(|token| claim_json(token, claim))
+        .unwrap_or_default();
+    tracing::info!(
+        claim,
+        expected,
+        found = %found,
+        "access token refused (401 invalid_token): its {claim} is not {setting}"
+    );
+}
+
+/// The JSON text of one claim of a token's payload, at most 256 bytes of it.
+fn claim_json(token: &str, claim: &str) -> Option<String> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let mut text = claims.get(claim)?.to_string();
+    if text.len() > 256 {
+        let cut = (0..=256).rev().find(|&i| text.is_char_boundary(i))?;
+        text.truncate(cut);
+        text.push('…');
+    }
+    Some(text)
 }
 
 /// What the rows passed before a refusal had established, for the journal and metrics:
@@ -334,5 +388,30 @@ async fn discard_body(session: &mut Session, max: usize) -> Result<(), Code> {
     match tokio::time::timeout(BODY_READ_TIMEOUT, read_all).await {
         Ok(r) => r,
         Err(_) => Err(Code::BadRequest),
+    }
+}
+
+#[cfg(test)]
+mod claim_log_tests {
+    use super::claim_json;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+
+    fn token(claims: &str) -> String {
+        format!("e30.{}.c2ln", URL_SAFE_NO_PAD.encode(claims))
+    }
+
+    #[test]
+    fn the_logged_claim_is_its_json_bounded_at_a_character() {
+        let aud = token(r#"{"aud":["a","b"],"sub":"x"}"#);
+        assert_eq!(claim_json(&aud, "aud").as_deref(), Some(r#"["a","b"]"#));
+        let long = token(&format!(r#"{{"iss":"{}"}}"#, "é".repeat(300)));
+        let got = claim_json(&long, "iss").expect("a value");
+        assert!(
+            got.ends_with('…') && got.len() <= 256 + '…'.len_utf8(),
+            "{got}"
+        );
+        assert_eq!(claim_json(&aud, "iss"), None);
+        assert_eq!(claim_json("not a token", "iss"), None);
     }
 }

@@ -8,9 +8,11 @@
 //! `records_dropped` line. Each line carries a SHA-256 hash chained to the previous one,
 //! across log rotation (reopen on SIGUSR1); `gateway audit verify` checks a journal.
 //! A record holds only identifiers fit for incident investigation: never token values,
-//! keys, customer ids, account ids or bodies.
+//! keys, customer ids, account ids or bodies. One process writes a journal file at a time
+//! (`<journal>.lock`); a binary upgrade's new process waits for the old one to close it.
 
 pub mod chain;
+mod lock;
 mod writer;
 
 use std::path::Path;
@@ -22,7 +24,7 @@ use std::time::{Duration, SystemTime};
 use consent_cache::Bin;
 use policy::token::VerifiedToken;
 
-use writer::{Shared, Sink, Writer};
+use writer::Shared;
 
 /// What the request path hands to the journal: fixed-size fields and shared handles, no
 /// formatting (that happens on the writer thread).
@@ -62,6 +64,27 @@ pub enum AuditError {
         /// The cause.
         source: std::io::Error,
     },
+    /// Another process writes this journal (it holds the lock file).
+    #[error(
+        "audit journal {path}: another process is writing it (it holds {lock}); \
+         a binary upgrade is started with `gateway run --upgrade`"
+    )]
+    InUse {
+        /// The journal.
+        path: String,
+        /// Its lock file.
+        lock: String,
+    },
+}
+
+/// What the journal does when another process still writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Takeover {
+    /// Refuse to open it (a second hub configured with the same journal).
+    Refuse,
+    /// Queue records (within `[audit] buffer`) until the other process has closed it, then
+    /// continue its chain: the new process of a binary upgrade.
+    Wait,
 }
 
 /// The request path's handle on the journal: sends records, reserves places for them.
@@ -151,20 +174,42 @@ impl AuditLog {
     /// Opens the journal (`-` is standard output; an existing file is appended to and its
     /// chain continued) and starts its writer thread. `buffer` bounds the records queued
     /// or reserved and not yet written.
+    /// Refuses a journal another process writes ([`Takeover::Refuse`]).
+    #[cfg(test)]
     pub fn open(path: &Path, buffer: usize) -> Result<AuditLog, AuditError> {
+        AuditLog::open_with(path, buffer, Takeover::Refuse)
+    }
+
+    /// As [`AuditLog::open`], with the choice of what to do when another process holds
+    /// the journal. Waiting happens on the writer thread: the hub serves meanwhile, and
+    /// its records wait in the queue.
+    pub fn open_with(
+        path: &Path,
+        buffer: usize,
+        takeover: Takeover,
+    ) -> Result<AuditLog, AuditError> {
         let failed = |source| AuditError::Open {
             path: path.display().to_string(),
             source,
         };
-        let (sink, prev) = Sink::open(path).map_err(failed)?;
+        let start = writer::Start::take(path, takeover).map_err(failed)?;
+        let start = match start {
+            Some(start) => start,
+            None => {
+                return Err(AuditError::InUse {
+                    path: path.display().to_string(),
+                    lock: lock::lock_path(path).display().to_string(),
+                })
+            }
+        };
         let shared = Arc::new(Shared::new(buffer.max(1)));
         let (tx, rx) = mpsc::channel::<AuditRecord>();
         let (done_tx, done) = mpsc::channel();
-        let writer = Writer::new(rx, sink, shared.clone(), prev);
+        let thread_shared = shared.clone();
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || {
-                writer.run();
+                start.into_writer(rx, thread_shared).run();
                 let _ = done_tx.send(());
             })
             .map_err(failed)?;

@@ -1,4 +1,4 @@
-//! Command-line interface: `gateway run --config FILE`, `gateway check --config FILE`,
+//! Command-line interface: `gateway run --config FILE [--upgrade]`, `gateway check --config FILE`,
 //! `gateway consents convert IN OUT`, `gateway audit verify FILE…` (the development hub is
 //! its own binary, `devhub`). Exit codes: 0 ok, 1 runtime failure or a broken journal,
 //! 2 invalid configuration, unreadable file or usage.
@@ -16,11 +16,19 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the hub with a configuration file.
+    /// Run the hub with a configuration file. Signals: SIGHUP reloads the configuration,
+    /// SIGUSR1 reopens the audit journal, SIGTERM drains and stops, SIGQUIT hands the
+    /// listening sockets to a new process started with `--upgrade` and then drains, SIGINT
+    /// stops at once (docs/ops/upgrade.md).
     Run {
         /// The configuration file (TOML).
         #[arg(long, short)]
         config: PathBuf,
+        /// Binary upgrade: take the listening sockets over from the hub running with this
+        /// configuration (send it SIGQUIT within 5 s), and its audit journal once it has
+        /// closed it, instead of binding them.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a configuration file (and the files it names) without starting.
     Check {
@@ -68,7 +76,14 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     crate::server::init_logging();
     match cli.command {
-        Command::Run { config } => match crate::server::run(&config) {
+        Command::Run { config, upgrade } => match crate::server::run_as(
+            &config,
+            if upgrade {
+                crate::server::Start::Upgrade
+            } else {
+                crate::server::Start::Fresh
+            },
+        ) {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("gateway: {e}");

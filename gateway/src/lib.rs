@@ -22,6 +22,7 @@ pub(crate) mod proxy;
 pub mod server;
 pub(crate) mod snapshot;
 pub(crate) mod state;
+pub(crate) mod systemd;
 pub mod tls;
 pub(crate) mod upstream;
 

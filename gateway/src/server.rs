@@ -12,13 +12,14 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use pingora::services::listening::Service;
+use std::io::ErrorKind;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::admin::Admin;
-use crate::audit::AuditLog;
+use crate::audit::{AuditLog, Takeover};
 use crate::config::ConfigError;
 use crate::metrics::Metrics;
 use crate::plane::FeedStatus;
@@ -39,6 +40,20 @@ pub enum RunError {
     /// Pingora refused a listener setting.
     #[error("listener: {0}")]
     Listener(String),
+    /// A binary upgrade cannot be attempted safely.
+    #[error("upgrade: {0}")]
+    Upgrade(String),
+}
+
+/// How `run` gets its listening sockets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Start {
+    /// Binds them (a port in use is an error).
+    #[default]
+    Fresh,
+    /// Receives them from the running hub over `[server] upgrade_sock` once it is sent
+    /// SIGQUIT (`gateway run --upgrade`); takes its audit journal over when it has closed it.
+    Upgrade,
 }
 
 /// Validates a configuration without starting anything; returns its summary.
@@ -66,7 +81,15 @@ pub const DEFAULT_LOG_FILTER: &str = "info,pingora_core::connectors=off";
 
 /// Runs the hub until SIGINT/SIGTERM. Returns once shut down and the journal is flushed.
 pub fn run(config: &Path) -> Result<(), RunError> {
-    let state = Arc::new(start_state(config)?);
+    run_as(config, Start::Fresh)
+}
+
+/// Runs the hub, started fresh or as the new process of a binary upgrade, until a signal:
+/// SIGTERM drains (`grace_period_secs`, then up to `shutdown_timeout_secs`), SIGQUIT hands
+/// the listening sockets to a process started with `--upgrade` and then drains, SIGINT
+/// stops at once. Returns once shut down and the journal is flushed.
+pub fn run_as(config: &Path, start: Start) -> Result<(), RunError> {
+    let state = Arc::new(start_state(config, start)?);
     let process = state.process.clone();
     let conf = ServerConf {
         threads: process.threads,
@@ -75,13 +98,42 @@ pub fn run(config: &Path) -> Result<(), RunError> {
         graceful_shutdown_timeout_seconds: Some(process.shutdown_timeout_secs),
         upstream_keepalive_pool_size: process.upstream_keepalive_pool_size,
         max_retries: 2,
+        // Never pingora's shared default in /tmp: without a socket of its own, SIGQUIT
+        // finds no new process and ends in a graceful stop.
+        upgrade_sock: process
+            .upgrade_sock
+            .as_ref()
+            .map_or_else(String::new, |p| p.display().to_string()),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora::server::configuration::Opt {
+        upgrade: start == Start::Upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+    if start == Start::Upgrade {
+        tracing::info!(
+            upgrade_sock = %server.configuration.upgrade_sock,
+            "waiting for the running hub's listening sockets: send it SIGQUIT (within 5 s)"
+        );
+    }
+    // With `--upgrade`, blocks until the old process has sent its listening sockets (the
+    // API and admin listeners), or exits the process when none arrive.
     server.bootstrap();
-    server.add_service(proxy_service(&server, &state)?);
+    add_services(&mut server, &state)?;
+    server.run(pingora::server::RunArgs::default());
+
+    tracing::info!("shut down; flushing the audit journal");
+    // A sink that blocks (a pipe nobody reads) must not hold the process forever.
+    state.close_journal(Duration::from_secs(process.shutdown_timeout_secs.max(1)));
+    Ok(())
+}
+
+/// The API listener with the proxy, the admin listener and the background services.
+fn add_services(server: &mut Server, state: &Arc<State>) -> Result<(), RunError> {
+    server.add_service(proxy_service(server, state)?);
     let mut admin = Service::new("admin".to_string(), Admin::new(state.clone()));
-    admin.add_tcp(&process.admin_listen.to_string());
+    admin.add_tcp(&state.process.admin_listen.to_string());
     server.add_service(admin);
     server.add_service(pingora::services::background::background_service(
         "maintenance",
@@ -96,31 +148,96 @@ pub fn run(config: &Path) -> Result<(), RunError> {
             crate::follower::Follower::new(state.clone()),
         ));
     }
-    server.run(pingora::server::RunArgs::default());
-
-    tracing::info!("shut down; flushing the audit journal");
-    // A sink that blocks (a pipe nobody reads) must not hold the process forever.
-    state.close_journal(Duration::from_secs(process.shutdown_timeout_secs.max(1)));
     Ok(())
 }
 
 /// Loads the configuration, checks the listeners can bind, publishes the first snapshot
 /// and opens the journal.
-fn start_state(config: &Path) -> Result<State, RunError> {
+fn start_state(config: &Path, start: Start) -> Result<State, RunError> {
     let feed = Arc::new(FeedStatus::new());
     let file = sections::load(config, None, &feed)?;
     let process = file.process.clone();
-    // Pingora retries a busy port for 30 s and then panics; find out now, and say so.
-    for addr in [process.listen, process.admin_listen] {
-        std::net::TcpListener::bind(addr)
-            .map_err(|e| RunError::Listener(format!("cannot listen on {addr}: {e}")))?;
-    }
+    check_listeners(&process, start)?;
+    check_upgrade_sock(process.upgrade_sock.as_deref(), start)?;
     let publisher = Publisher::new(file, feed);
     tracing::info!(summary = %publisher.current().summary(), "configuration loaded");
     let metrics = Metrics::new();
     metrics.generation.set(1);
-    let audit = AuditLog::open(&process.audit_path, process.audit_buffer)?;
+    let takeover = match start {
+        Start::Fresh => Takeover::Refuse,
+        Start::Upgrade => Takeover::Wait,
+    };
+    let audit = AuditLog::open_with(&process.audit_path, process.audit_buffer, takeover)?;
     Ok(State::new(publisher, metrics, audit, config.to_path_buf()))
+}
+
+/// Pingora retries a busy port for 30 s and then panics; find out now, and say so. In an
+/// upgrade a busy port is the old process's, about to be handed over.
+fn check_listeners(process: &snapshot::ProcessSettings, start: Start) -> Result<(), RunError> {
+    for addr in [process.listen, process.admin_listen] {
+        match std::net::TcpListener::bind(addr) {
+            Ok(_) => {}
+            Err(e) if start == Start::Upgrade && e.kind() == ErrorKind::AddrInUse => {}
+            Err(e) => return Err(RunError::Listener(format!("cannot listen on {addr}: {e}"))),
+        }
+    }
+    Ok(())
+}
+
+/// The upgrade socket is where listening sockets change hands. The new process makes it
+/// connectable by anyone (pingora sets mode 0666), so in an upgrade its directory must be
+/// closed to other users, and a path that is not a socket (pingora would delete it) is
+/// refused. The old process sends its sockets to whatever listens there on SIGQUIT, so a
+/// fresh start warns when other users could create that socket (a directory they can
+/// write); it may never be upgraded, so it does not refuse.
+fn check_upgrade_sock(sock: Option<&Path>, start: Start) -> Result<(), RunError> {
+    let Some(sock) = sock else {
+        return match start {
+            Start::Fresh => Ok(()),
+            Start::Upgrade => Err(RunError::Upgrade(
+                "no upgrade socket: the audit journal is standard output; set [server] upgrade_sock".into(),
+            )),
+        };
+    };
+    match (upgrade_sock_problem(sock, start), start) {
+        (None, _) => Ok(()),
+        (Some(p), Start::Upgrade) => Err(RunError::Upgrade(p)),
+        (Some(p), Start::Fresh) => {
+            tracing::warn!(problem = %p, "SIGQUIT would hand the listening sockets over unsafely");
+            Ok(())
+        }
+    }
+}
+
+/// Why `sock` is not a safe place for the upgrade socket of a `start`, if it is not.
+fn upgrade_sock_problem(sock: &Path, start: Start) -> Option<String> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let dir = match sock.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mode = match std::fs::metadata(dir) {
+        Ok(m) => m.permissions().mode() & 0o777,
+        Err(e) => return Some(format!("upgrade_sock directory {}: {e}", dir.display())),
+    };
+    // Others may create a socket there (write), or connect to the new process's (search).
+    let others = match start {
+        Start::Fresh => 0o002,
+        Start::Upgrade => 0o007,
+    };
+    if mode & others != 0 {
+        return Some(format!(
+            "upgrade_sock {}: its directory is open to other users (mode {mode:o}); use one only the hub's user can enter (e.g. 0700)",
+            sock.display()
+        ));
+    }
+    match std::fs::symlink_metadata(sock) {
+        Ok(m) if !m.file_type().is_socket() => Some(format!(
+            "upgrade_sock {} exists and is not a socket",
+            sock.display()
+        )),
+        _ => None,
+    }
 }
 
 /// The mTLS API listener and the proxy behind it.
@@ -247,9 +364,65 @@ impl BackgroundService for Maintenance {
                     if tokio::net::TcpStream::connect(self.state.process.listen).await.is_ok() {
                         self.state.ready.store(true, Ordering::Relaxed);
                         tracing::info!(listen = %self.state.process.listen, "ready");
+                        crate::systemd::ready();
                     }
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn dir_with_mode(mode: u32) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).expect("chmod");
+        dir
+    }
+
+    #[test]
+    fn an_upgrade_socket_is_refused_where_other_users_could_reach_it() {
+        let private = dir_with_mode(0o700);
+        let sock = private.path().join("upgrade.sock");
+        assert_eq!(upgrade_sock_problem(&sock, Start::Upgrade), None);
+        assert_eq!(upgrade_sock_problem(&sock, Start::Fresh), None);
+        // Others may enter: they could connect to the new process's socket (mode 0666).
+        let searchable = dir_with_mode(0o755);
+        let sock = searchable.path().join("upgrade.sock");
+        let problem = upgrade_sock_problem(&sock, Start::Upgrade).expect("refused");
+        assert!(problem.contains("mode 755"), "{problem}");
+        assert_eq!(upgrade_sock_problem(&sock, Start::Fresh), None);
+        assert!(matches!(
+            check_upgrade_sock(Some(&sock), Start::Upgrade),
+            Err(RunError::Upgrade(_))
+        ));
+        assert!(check_upgrade_sock(Some(&sock), Start::Fresh).is_ok());
+        // Others may write: they could plant the socket the old process sends to.
+        let writable = dir_with_mode(0o733);
+        let sock = writable.path().join("upgrade.sock");
+        assert!(upgrade_sock_problem(&sock, Start::Fresh).is_some());
+        assert!(upgrade_sock_problem(&sock, Start::Upgrade).is_some());
+    }
+
+    #[test]
+    fn an_upgrade_never_replaces_a_file_that_is_not_a_socket() {
+        let dir = dir_with_mode(0o700);
+        let path = dir.path().join("hub.toml");
+        std::fs::write(&path, "not a socket").expect("write");
+        let problem = upgrade_sock_problem(&path, Start::Upgrade).expect("refused");
+        assert!(problem.contains("not a socket"), "{problem}");
+        let sock = dir.path().join("real.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+        assert_eq!(upgrade_sock_problem(&sock, Start::Upgrade), None);
+    }
+
+    #[test]
+    fn an_upgrade_needs_a_socket_path() {
+        let err = check_upgrade_sock(None, Start::Upgrade).expect_err("refused");
+        assert!(err.to_string().contains("upgrade_sock"), "{err}");
+        assert!(check_upgrade_sock(None, Start::Fresh).is_ok());
     }
 }

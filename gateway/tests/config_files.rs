@@ -318,3 +318,28 @@ fn a_store_that_is_not_running_is_accepted_without_waiting_for_it() {
     // With a 60 s connect timeout, a check that waited for the store would hang here.
     gateway::server::check(&cfg).expect("accepted");
 }
+
+#[test]
+fn an_upgrade_socket_path_longer_than_a_unix_socket_holds_is_refused() {
+    // Pingora would panic binding it in the new process of an upgrade: refused at load.
+    let long = format!("/var/lib/{}/upgrade.sock", "g".repeat(100));
+    let text = example().replace(
+        "max_connections = 10000",
+        &format!("max_connections = 10000\nupgrade_sock = \"{long}\""),
+    );
+    let err = refused(&text);
+    let line = line_of(&text, "upgrade_sock = \"/var");
+    assert!(err.contains(&format!("hub.toml:{line}:")), "{err}");
+    assert!(
+        err.contains("server.upgrade_sock") && err.contains("at most 107"),
+        "{err}"
+    );
+    // At the limit it is accepted.
+    let fits = format!("/{}", "s".repeat(106));
+    let text = example().replace(
+        "max_connections = 10000",
+        &format!("max_connections = 10000\nupgrade_sock = \"{fits}\""),
+    );
+    let (_dir, cfg) = workspace_for(&text);
+    gateway::server::check(&cfg).expect("a 107-byte socket path is accepted");
+}

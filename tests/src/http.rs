@@ -398,6 +398,8 @@ impl Response {
 pub struct Conn<S> {
     io: S,
     buf: Vec<u8>,
+    /// Bytes read from the server so far.
+    read_total: usize,
 }
 
 /// An HTTP/1.1 connection over TLS.
@@ -450,7 +452,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         Conn {
             io,
             buf: Vec::new(),
+            read_total: 0,
         }
+    }
+
+    /// Bytes read from the server so far on this connection: unchanged across a failed
+    /// request, the connection closed before any byte of its response (RFC 9110 §9.2.2).
+    pub fn bytes_read(&self) -> usize {
+        self.read_total
     }
 
     /// The underlying stream.
@@ -585,6 +594,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 "connection closed by the server",
             ));
         }
+        self.read_total += n;
         self.buf.extend_from_slice(&chunk[..n]);
         Ok(())
     }

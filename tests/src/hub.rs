@@ -812,6 +812,20 @@ pub fn line_of(text: &str, needle: &str) -> usize {
         .unwrap_or_else(|| panic!("{needle:?} not in the text"))
 }
 
+/// Runs `gateway audit verify` (the hub binary `exe`) on `files`, oldest first:
+/// (exit code, standard output).
+pub fn audit_verify(exe: &str, files: &[&Path]) -> (i32, String) {
+    let out = Command::new(exe)
+        .args(["audit", "verify"])
+        .args(files)
+        .output()
+        .expect("run audit verify");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 /// Whether process `pid` holds the listening TCP socket of `127.0.0.1:port` or
 /// `0.0.0.0:port` (Linux `/proc`; elsewhere assumed true).
 pub fn owns_listener(pid: u32, port: u16) -> bool {

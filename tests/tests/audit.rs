@@ -380,15 +380,7 @@ const SLA_MS: u64 = 400;
 
 /// Runs `gateway audit verify` (the hub binary) on `files`: (exit code, standard output).
 fn verify(files: &[&std::path::Path]) -> (i32, String) {
-    let out = std::process::Command::new(hub_exe!())
-        .args(["audit", "verify"])
-        .args(files)
-        .output()
-        .expect("run audit verify");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    audit_verify(hub_exe!(), files)
 }
 
 /// One request of `every_kind_of_answer_is_journaled`, as the journal must show it.

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::chain::{self, Verdict};
-use super::{AuditLog, AuditRecord, Journal};
+use super::{AuditError, AuditLog, AuditRecord, Journal, Takeover};
 
 fn record(i: usize) -> AuditRecord {
     let iid = format!("00000000-0000-4000-8000-{i:012}");
@@ -83,6 +83,65 @@ fn records_are_sealed_into_one_chain_across_a_restart() {
         serde_json::from_str(text.lines().nth(3).expect("line 4")).expect("json");
     assert_eq!(fourth["prev"], chain::hex(&first_run));
     assert_eq!(fourth["code"], "ok");
+}
+
+#[test]
+fn a_second_process_is_refused_a_journal_another_writes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.jsonl");
+    let mut first = AuditLog::open(&path, 16).expect("open");
+    let refused = AuditLog::open(&path, 16)
+        .err()
+        .expect("a second writer refused");
+    let message = refused.to_string();
+    assert!(
+        matches!(refused, AuditError::InUse { .. })
+            && message.contains("audit.jsonl.lock")
+            && message.contains("--upgrade"),
+        "{message}"
+    );
+    assert!(first.close(Duration::from_secs(5)));
+    // Once the first has closed it, the journal is free again.
+    let mut again = AuditLog::open(&path, 16).expect("reopen after close");
+    assert!(again.close(Duration::from_secs(5)));
+}
+
+/// The interaction id of a journal line.
+fn iid_of(line: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(line).expect("json");
+    v["interaction_id"].as_str().expect("iid").to_string()
+}
+
+#[test]
+fn an_upgrade_waits_for_the_old_writer_and_continues_its_chain() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.jsonl");
+    let mut old = AuditLog::open(&path, 16).expect("open");
+    send_all(&old.journal(), 0..2);
+    assert!(eventually(Duration::from_secs(5), || lines(&path) == 2));
+    let mut new = AuditLog::open_with(&path, 16, Takeover::Wait).expect("open to take over");
+    // The new process's records wait while the old one keeps writing.
+    send_all(&new.journal(), 100..103);
+    send_all(&old.journal(), 2..4);
+    assert!(eventually(Duration::from_secs(5), || lines(&path) == 4));
+    assert_eq!(
+        new.journal().backlog(),
+        3,
+        "written before the old writer closed"
+    );
+    assert!(old.close(Duration::from_secs(5)));
+    assert!(eventually(Duration::from_secs(5), || lines(&path) == 7));
+    assert!(new.close(Duration::from_secs(5)));
+    let Verdict::Sound { records: 7, .. } = verdict(&path, None) else {
+        panic!("{:?}", verdict(&path, None));
+    };
+    let text = std::fs::read_to_string(&path).expect("journal");
+    let ids: Vec<String> = text.lines().map(iid_of).collect();
+    let expected: Vec<String> = [0, 1, 2, 3, 100, 101, 102]
+        .iter()
+        .map(|i| format!("00000000-0000-4000-8000-{i:012}"))
+        .collect();
+    assert_eq!(ids, expected);
 }
 
 #[test]

@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::chain::{self, Hash, GENESIS};
-use super::AuditRecord;
+use super::lock::JournalLock;
+use super::{AuditRecord, Takeover};
 
 /// How long a record may wait in the queue before it is written.
 pub(super) const FLUSH_EVERY: Duration = Duration::from_millis(20);
@@ -108,6 +109,91 @@ fn append(path: &Path) -> std::io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
 }
 
+/// How the writer thread begins: with the journal open, or once the process that still
+/// writes it (the old process of a binary upgrade) has closed it.
+pub(super) enum Start {
+    /// Standard output, or a file whose lock this process holds: opened, chain resumed.
+    Ready {
+        sink: Sink,
+        prev: Hash,
+        lock: Option<JournalLock>,
+    },
+    /// A file another process holds: wait for its lock, then open it and resume its chain.
+    Wait { path: PathBuf, lock: JournalLock },
+}
+
+impl Start {
+    /// Takes the journal at `path`; `None` when another process holds it and `takeover`
+    /// refuses that.
+    pub(super) fn take(path: &Path, takeover: Takeover) -> std::io::Result<Option<Start>> {
+        if path.as_os_str() == "-" {
+            let (sink, prev) = Sink::open(path)?;
+            let lock = None;
+            return Ok(Some(Start::Ready { sink, prev, lock }));
+        }
+        let lock = JournalLock::open(path)?;
+        if lock.try_take()? {
+            let (sink, prev) = Sink::open(path)?;
+            let lock = Some(lock);
+            return Ok(Some(Start::Ready { sink, prev, lock }));
+        }
+        if takeover == Takeover::Refuse {
+            return Ok(None);
+        }
+        // A journal that cannot be opened at all fails the start now, not after the wait.
+        append(path)?;
+        tracing::info!(
+            journal = %path.display(),
+            lock = %lock.path().display(),
+            "another process still writes the audit journal: records wait in the queue until it has closed it"
+        );
+        let path = path.to_path_buf();
+        Ok(Some(Start::Wait { path, lock }))
+    }
+
+    /// The writer, once the journal is this process's (on the writer thread: may block).
+    pub(super) fn into_writer(self, rx: Receiver<AuditRecord>, shared: Arc<Shared>) -> Writer {
+        match self {
+            Start::Ready { sink, prev, lock } => Writer::new(rx, sink, shared, prev, lock),
+            Start::Wait { path, lock } => {
+                let waited = std::time::Instant::now();
+                // Blocks until the other process closes the journal or exits (the kernel
+                // releases its lock then). A hub stopped meanwhile logs its unwritten
+                // records when `AuditLog::close` gives up waiting for this thread.
+                if let Err(e) = lock.wait() {
+                    tracing::error!(error = %e, "cannot lock the audit journal; writing it anyway");
+                }
+                let (sink, prev) = open_retrying(&path);
+                tracing::info!(
+                    journal = %path.display(),
+                    waited_ms = waited.elapsed().as_millis() as u64,
+                    chain_from = %chain::hex(&prev),
+                    "audit journal taken over from the previous process"
+                );
+                Writer::new(rx, sink, shared, prev, Some(lock))
+            }
+        }
+    }
+}
+
+/// Opens the journal, retrying every second while it cannot be (logged once): the queue
+/// fills meanwhile and consent routes are refused, as with any failing journal.
+fn open_retrying(path: &Path) -> (Sink, Hash) {
+    let mut logged = false;
+    loop {
+        match Sink::open(path) {
+            Ok(opened) => return opened,
+            Err(e) => {
+                if !logged {
+                    tracing::error!(journal = %path.display(), error = %e, "cannot open the audit journal; retrying every second");
+                    logged = true;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
 /// Sealed lines not yet (fully) written.
 #[derive(Default)]
 struct Pending {
@@ -193,6 +279,8 @@ pub(super) struct Writer {
     gaps_marked: u64,
     /// The sink refused the last write (logged once per outage).
     failing: bool,
+    /// This process's hold on the journal, released when the writer ends.
+    _lock: Option<JournalLock>,
 }
 
 impl Writer {
@@ -201,6 +289,7 @@ impl Writer {
         sink: Sink,
         shared: Arc<Shared>,
         prev: Hash,
+        lock: Option<JournalLock>,
     ) -> Writer {
         Writer {
             rx,
@@ -210,6 +299,7 @@ impl Writer {
             pending: Pending::default(),
             gaps_marked: 0,
             failing: false,
+            _lock: lock,
         }
     }
 

@@ -106,6 +106,7 @@ impl ServerSection {
             upstream_keepalive_pool_size: defaults::UPSTREAM_POOL,
             tls_handshake_timeout_secs: defaults::TLS_HANDSHAKE_TIMEOUT_SECS,
             max_connections: defaults::MAX_CONNECTIONS,
+            upgrade_sock: None,
         }
     }
 }

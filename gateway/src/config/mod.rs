@@ -123,6 +123,12 @@ pub struct ServerSection {
     /// accept and counted (`hub_downstream_connections_closed_total{reason="over_capacity"}`).
     #[serde(default = "defaults::max_connections")]
     pub max_connections: usize,
+    /// The unix socket over which a new process started with `gateway run --upgrade`
+    /// receives the listening sockets from this one (on SIGQUIT). Default: next to the
+    /// audit journal (`<journal>.upgrade.sock`); required when the journal is standard
+    /// output. Its directory must be closed to other users (docs/ops/upgrade.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade_sock: Option<Spanned<PathBuf>>,
 }
 
 /// `[tls]`

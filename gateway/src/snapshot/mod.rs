@@ -174,6 +174,10 @@ pub struct ProcessSettings {
     pub max_connections: usize,
     /// Audit journal destination.
     pub audit_path: PathBuf,
+    /// Where a new process started with `--upgrade` receives the listening sockets
+    /// (`[server] upgrade_sock`, absolute); `None` when the journal is standard output and
+    /// no socket is configured (a binary upgrade is then refused).
+    pub upgrade_sock: Option<PathBuf>,
     /// Audit buffer.
     pub audit_buffer: usize,
     /// The hub's client certificate towards banks (read by the connector at start).

@@ -200,6 +200,7 @@ fn process(src: &Source, cfg: &FileConfig) -> Result<ProcessSettings, ConfigErro
     } else {
         src.resolve(&cfg.audit.path)
     };
+    let upgrade_sock = upgrade_sock(src, s, &audit_path)?;
     Ok(ProcessSettings {
         listen,
         admin_listen,
@@ -212,6 +213,7 @@ fn process(src: &Source, cfg: &FileConfig) -> Result<ProcessSettings, ConfigErro
         tls_handshake_timeout,
         max_connections,
         audit_path,
+        upgrade_sock,
         audit_buffer: cfg.audit.buffer.max(1),
         upstream_cert: src.resolve(cfg.upstream_tls.client_cert.get_ref()),
         upstream_key: src.resolve(cfg.upstream_tls.client_key.get_ref()),
@@ -222,6 +224,43 @@ fn process(src: &Source, cfg: &FileConfig) -> Result<ProcessSettings, ConfigErro
             .map(|p| src.resolve(p.get_ref()))
             .collect::<Vec<PathBuf>>(),
     })
+}
+
+/// The longest unix socket path (`sun_path` holds 108 bytes with the terminating NUL).
+const MAX_UNIX_SOCKET_PATH: usize = 107;
+
+/// `[server] upgrade_sock`: as configured (resolved), else next to a file journal.
+fn upgrade_sock(
+    src: &Source,
+    s: &ServerSection,
+    audit_path: &Path,
+) -> Result<Option<PathBuf>, ConfigError> {
+    let path = match &s.upgrade_sock {
+        Some(p) => src.resolve(p.get_ref()),
+        None if audit_path.as_os_str() == "-" => return Ok(None),
+        None => {
+            let mut p = audit_path.as_os_str().to_owned();
+            p.push(".upgrade.sock");
+            PathBuf::from(p)
+        }
+    };
+    let len = path.as_os_str().len();
+    if len > MAX_UNIX_SOCKET_PATH {
+        let message = format!(
+            "{} is {len} bytes, a unix socket path holds at most {MAX_UNIX_SOCKET_PATH}{}",
+            path.display(),
+            if s.upgrade_sock.is_none() {
+                " (the default, next to the audit journal: set server.upgrade_sock)"
+            } else {
+                ""
+            }
+        );
+        return Err(match &s.upgrade_sock {
+            Some(p) => src.invalid(p, "server.upgrade_sock", message),
+            None => src.invalid_here("server.upgrade_sock", message),
+        });
+    }
+    Ok(Some(path))
 }
 
 /// `[server] tls_handshake_timeout_secs` and `max_connections`: the API listener's limits.

@@ -96,6 +96,9 @@ pub struct DemoArgs {
     /// Port of the trust sidecar (127.0.0.1; 0 = any free port).
     #[arg(long, default_value_t = 8444)]
     pub trust_port: u16,
+    /// `--log-format json|text`.
+    #[command(flatten)]
+    pub log: hub_log::LogArgs,
 }
 
 /// The demo hub's consent control plane.
@@ -121,6 +124,7 @@ impl Default for DemoArgs {
             rate_limit: None,
             consents_from: ConsentSource::Trust,
             trust_port: 8444,
+            log: hub_log::LogArgs::default(),
         }
     }
 }

@@ -9,7 +9,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let args = <devhub::DemoArgs as clap::Parser>::parse();
-    gateway::server::init_logging();
+    gateway::server::init_logging(args.log.log_format);
     if let Err(e) = devhub::run(args) {
         eprintln!("devhub: {e}");
         std::process::exit(1);

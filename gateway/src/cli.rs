@@ -1,7 +1,8 @@
 //! Command-line interface: `gateway run --config FILE [--upgrade]`, `gateway check --config FILE`,
 //! `gateway consents convert IN OUT`, `gateway audit verify FILE…` (the development hub is
-//! its own binary, `devhub`). Exit codes: 0 ok, 1 runtime failure or a broken journal,
-//! 2 invalid configuration, unreadable file or usage.
+//! its own binary, `devhub`); `--log-format json|text` and `--version` on every command.
+//! Exit codes: 0 ok, 1 runtime failure or a broken journal, 2 invalid configuration,
+//! unreadable file or usage.
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -12,6 +13,8 @@ use std::path::PathBuf;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    log: hub_log::LogArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -74,7 +77,7 @@ enum ConsentsCommand {
 /// Parses arguments and runs; returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    crate::server::init_logging();
+    crate::server::init_logging(cli.log.log_format);
     match cli.command {
         Command::Run { config, upgrade } => match crate::server::run_as(
             &config,
@@ -90,9 +93,12 @@ pub fn main() -> i32 {
                 2
             }
         },
-        Command::Check { config } => match crate::server::check(&config) {
-            Ok(summary) => {
-                println!("{}: ok ({summary})", config.display());
+        Command::Check { config } => match crate::server::check_report(&config) {
+            Ok(checked) => {
+                for w in &checked.warnings {
+                    println!("warning: {w}");
+                }
+                println!("{}: ok ({})", config.display(), checked.summary);
                 0
             }
             Err(e) => {

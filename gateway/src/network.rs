@@ -338,6 +338,7 @@ impl Builder<'_> {
         let mut registry_urls = None;
         if participant.roles.contains(Role::Provider) && !r.provider_urls.is_empty() {
             if self.registry_urls_usable(bin, &r.provider_urls) {
+                self.say_file_urls_replaced(bin, &r.provider_urls);
                 registry_urls = Some(r.provider_urls.clone());
             } else {
                 refuse(&mut participant, "provider URL unusable", &mut self.refused);
@@ -348,6 +349,27 @@ impl Builder<'_> {
             thumbprints,
             from_registry: true,
             registry_urls,
+        }
+    }
+
+    /// Warns when the registry's URLs replace different `upstreams` of the file's
+    /// `[[providers]]` entry: once, when they start to (the previous network did not
+    /// route these URLs already), not at every feed change.
+    fn say_file_urls_replaced(&self, bin: Bin, urls: &[String]) {
+        let Some(file) = self.settings.get(&bin) else {
+            return;
+        };
+        let said = self
+            .previous
+            .and_then(|p| p.keys.get(&bin))
+            .is_some_and(|(k, _)| k.urls == urls);
+        if file.urls != urls && !said {
+            tracing::warn!(
+                provider = %bin,
+                file = ?file.urls,
+                registry = ?urls,
+                "the trust registry's provider_urls replace the upstreams of the file's [[providers]] entry"
+            );
         }
     }
 

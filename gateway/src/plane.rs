@@ -156,17 +156,9 @@ impl TrustPlane {
         for (i, p) in t.ca.iter().enumerate() {
             pems.push(src.read_bytes(p, &format!("trust.ca[{i}]"))?);
         }
-        for (value, field) in [
-            (t.max_staleness_secs, "trust.max_staleness_secs"),
-            (t.heartbeat_secs, "trust.heartbeat_secs"),
-        ] {
-            if value == 0 {
-                return Err(src.invalid(anchor, field, "must be > 0"));
-            }
-        }
-        if t.jwks && t.jwks_refresh_secs == 0 {
-            return Err(src.invalid(anchor, "trust.jwks_refresh_secs", "must be > 0"));
-        }
+        src.bounded("trust.max_staleness_secs", t.max_staleness_secs)?;
+        src.bounded("trust.heartbeat_secs", t.heartbeat_secs)?;
+        src.bounded("trust.jwks_refresh_secs", t.jwks_refresh_secs)?;
         let mut endpoints = Vec::new();
         for (field, url) in t.endpoint_urls(src)? {
             let endpoint = Endpoint::parse(url.get_ref())
@@ -612,8 +604,25 @@ mod tests {
         assert!(message.contains("https"), "{message}");
         let (line, field, _) = refused("url = \"https://127.0.0.1:1/?q\"\n");
         assert_eq!((line, field.as_str()), (2, "trust.url"));
+        // At the bound's own line (3), not the section's first URL (2).
         let (line, field, _) = refused("urls = [\"https://a:1\"]\nheartbeat_secs = 0\n");
-        assert_eq!((line, field.as_str()), (2, "trust.heartbeat_secs"));
+        assert_eq!((line, field.as_str()), (3, "trust.heartbeat_secs"));
+        for (bound, want, range) in [
+            (
+                "max_staleness_secs = 99999999999",
+                "trust.max_staleness_secs",
+                "1 to 3600 ",
+            ),
+            (
+                "jwks_refresh_secs = 0",
+                "trust.jwks_refresh_secs",
+                "1 to 86400 ",
+            ),
+        ] {
+            let (line, field, message) = refused(&format!("url = \"https://a:1\"\n{bound}\n"));
+            assert_eq!((line, field.as_str()), (3, want));
+            assert!(message.contains(range), "{message}");
+        }
         let (_, field, _) = refused("url = \"https://a:1\"\nurls = [\"https://b:1\"]\n");
         assert_eq!(field, "trust.urls");
     }

@@ -61,19 +61,20 @@ pub fn check(config: &Path) -> Result<String, ConfigError> {
     snapshot::check(config)
 }
 
-/// Installs the log subscriber (stderr, `RUST_LOG` or the default below). Idempotent.
+/// [`check`] with the file's warnings (what the trust registry replaces).
+pub fn check_report(config: &Path) -> Result<snapshot::Checked, ConfigError> {
+    snapshot::check_report(config)
+}
+
+/// Installs the log subscriber (stderr, `RUST_LOG` or the default below, `format` or the
+/// default for where stderr goes; see `hub_log`). Idempotent.
 ///
 /// The default silences pingora's connector log: with several worker threads it logs
 /// "failed to acquire reusable stream" at error level whenever a pooled upstream
 /// connection is handed between threads (thousands per second under load), and every
 /// real upstream failure is already counted and journalled by the hub itself.
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+pub fn init_logging(format: Option<hub_log::LogFormat>) {
+    hub_log::init(format, DEFAULT_LOG_FILTER);
 }
 
 /// The log filter when `RUST_LOG` is not set.

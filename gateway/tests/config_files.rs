@@ -190,9 +190,18 @@ fn exactly_one_consent_control_plane() {
     assert!(err.contains(&format!("hub.toml:{line}: trust:")), "{err}");
     assert!(err.contains("exactly one"), "{err}");
 
-    let err = refused(&without_consents_file(&example()));
-    assert!(err.contains("hub.toml:0: consents.snapshot:"), "{err}");
+    // Neither: at the `[consents]` table, where `snapshot` belongs.
+    let text = without_consents_file(&example());
+    let err = refused(&text);
+    let line = line_of(&text, "[consents]");
+    assert!(
+        err.contains(&format!("hub.toml:{line}: consents.snapshot:")),
+        "{err}"
+    );
     assert!(err.contains("[trust]"), "{err}");
+    // Nothing of it written: the file without a line (never `:0:`).
+    let err = refused(&text.replace("[consents]\n# from the sidecar", ""));
+    assert!(err.contains("hub.toml: consents.snapshot:"), "{err}");
 }
 
 #[test]
@@ -342,4 +351,191 @@ fn an_upgrade_socket_path_longer_than_a_unix_socket_holds_is_refused() {
     );
     let (_dir, cfg) = workspace_for(&text);
     gateway::server::check(&cfg).expect("a 107-byte socket path is accepted");
+}
+
+/// The error for `text`, which must name `hub.toml:LINE: FIELD:` with LINE the line of
+/// `at` in `text`.
+fn refused_at(text: &str, at: &str, field: &str) -> String {
+    let err = refused(text);
+    let line = line_of(text, at);
+    assert!(
+        err.contains(&format!("hub.toml:{line}: {field}:")),
+        "want hub.toml:{line}: {field}: in\n{err}"
+    );
+    err
+}
+
+#[test]
+fn a_parse_error_in_an_entry_names_the_entry() {
+    // A negative timeout: the provider's full path, its BIN and the allowed range.
+    let text = example().replace("timeout_ms = 5000 ", "timeout_ms = -5 ");
+    let err = refused_at(&text, "timeout_ms = -5", "providers[0].timeout_ms");
+    assert!(err.contains("bin = \"990340000011\""), "{err}");
+    assert!(err.contains("1 to 600000 milliseconds"), "{err}");
+    // A wrong type in the second of two entries.
+    let text = example().replace("name = \"Steppe Pay JSC\"", "name = 7");
+    let err = refused_at(&text, "name = 7", "participants[1].name");
+    assert!(err.contains("bin = \"100140000002\""), "{err}");
+}
+
+#[test]
+fn durations_rates_and_sizes_are_bounded_at_their_line() {
+    let cases = [
+        (
+            "timeout_ms = 5000 ",
+            "timeout_ms = 99999999999 ",
+            "providers[0].timeout_ms",
+            "600000",
+        ),
+        (
+            "connect_timeout_ms = 1000",
+            "connect_timeout_ms = 0",
+            "providers[0].connect_timeout_ms",
+            "60000",
+        ),
+        (
+            "eject_after_failures = 3 ",
+            "eject_after_failures = 0 ",
+            "providers[0].eject_after_failures",
+            "1000",
+        ),
+        (
+            "eject_secs = 10",
+            "eject_secs = 86400",
+            "providers[0].eject_secs",
+            "3600",
+        ),
+        (
+            "max_body_bytes = 65536 ",
+            "max_body_bytes = 0 ",
+            "server.max_body_bytes",
+            "16777216",
+        ),
+        (
+            "grace_period_secs = 1 ",
+            "grace_period_secs = 100000 ",
+            "server.grace_period_secs",
+            "600",
+        ),
+        (
+            "shutdown_timeout_secs = 10 ",
+            "shutdown_timeout_secs = 100000 ",
+            "server.shutdown_timeout_secs",
+            "600",
+        ),
+        (
+            "upstream_keepalive_pool_size = 1024",
+            "upstream_keepalive_pool_size = 10000000",
+            "server.upstream_keepalive_pool_size",
+            "65536",
+        ),
+        (
+            "tls_handshake_timeout_secs = 10 ",
+            "tls_handshake_timeout_secs = 0 ",
+            "server.tls_handshake_timeout_secs",
+            "300",
+        ),
+        (
+            "max_connections = 10000 ",
+            "max_connections = 0 ",
+            "server.max_connections",
+            "1000000",
+        ),
+        (
+            "max_header_bytes = 16384 ",
+            "max_header_bytes = 100 ",
+            "server.max_header_bytes",
+            "1048576",
+        ),
+        ("# threads = 2 ", "threads = 0 ", "server.threads", "1024"),
+        (
+            "max_token_bytes = 8192",
+            "max_token_bytes = 10",
+            "tokens.max_token_bytes",
+            "65536",
+        ),
+        (
+            "cache_capacity = 100000 ",
+            "cache_capacity = 100000000 ",
+            "tokens.cache_capacity",
+            "10000000",
+        ),
+        ("buffer = 65536 ", "buffer = 0 ", "audit.buffer", "16777216"),
+    ];
+    for (from, to, field, max) in cases {
+        let text = example().replace(from, to);
+        assert_ne!(text, example(), "{from:?} is not in the example");
+        let err = refused_at(&text, to.trim(), field);
+        assert!(err.contains(&format!("to {max} ")), "{field}: {err}");
+    }
+    let text = example().replace("# max_staleness_secs = 300 ", "max_staleness_secs = 0 ");
+    refused_at(
+        &text,
+        "max_staleness_secs = 0",
+        "consents.max_staleness_secs",
+    );
+}
+
+#[test]
+fn an_override_for_an_unknown_participant_is_refused_without_the_registry() {
+    let text = example().replace(
+        "participant = \"100140000002\"",
+        "participant = \"100140000099\"",
+    );
+    let err = refused_at(
+        &text,
+        "participant = \"100140000099\"",
+        "limits.overrides[0].participant",
+    );
+    assert!(
+        err.contains("100140000099") && err.contains("[[participants]]"),
+        "{err}"
+    );
+    // The same for a provider's monthly tier.
+    let text = example().replace("provider = \"990340000011\"", "provider = \"990340000099\"");
+    refused_at(
+        &text,
+        "provider = \"990340000099\"",
+        "limits.monthly.providers[0].provider",
+    );
+    // With `[trust]` the registry may list it later: accepted.
+    let text = example().replace(
+        "participant = \"100140000002\"",
+        "participant = \"100140000099\"",
+    );
+    let text = format!("{}\n{TRUST_SECTION}", without_consents_file(&text));
+    let (_dir, cfg) = workspace_for(&text);
+    gateway::server::check(&cfg).unwrap_or_else(|e| panic!("refused: {e}"));
+}
+
+#[test]
+fn with_the_sidecar_check_warns_what_the_registry_replaces() {
+    let text = format!("{}\n{TRUST_SECTION}", without_consents_file(&example()));
+    let (_dir, cfg) = workspace_for(&text);
+    let checked = gateway::server::check_report(&cfg).unwrap_or_else(|e| panic!("refused: {e}"));
+    let line = line_of(&text, "upstreams = [\"https://127.0.0.1:9443\"");
+    let upstreams = format!("hub.toml:{line}: providers[0].upstreams:");
+    assert!(
+        checked
+            .warnings
+            .iter()
+            .any(|w| w.contains(&upstreams) && w.contains("990340000011")),
+        "{:?}",
+        checked.warnings
+    );
+    let line = text
+        .lines()
+        .position(|l| l == "[[participants]]")
+        .expect("an entry")
+        + 1;
+    let entry = format!("hub.toml:{line}: participants[0]:");
+    assert!(
+        checked.warnings.iter().any(|w| w.contains(&entry)),
+        "{:?}",
+        checked.warnings
+    );
+    // Without the sidecar nothing is replaced: no warning.
+    let (_dir, cfg) = workspace_for(&example());
+    let checked = gateway::server::check_report(&cfg).expect("valid");
+    assert!(checked.warnings.is_empty(), "{:?}", checked.warnings);
 }

@@ -228,4 +228,37 @@ fn the_demo_runs_the_sidecar_and_the_hub_follows_it() {
             r.text()
         );
     });
+    start_up_summaries_say_what_is_loaded(&demo.log());
+}
+
+/// The log's events (JSON lines: standard error is a file) with `message`.
+fn events_of(log: &str, message: &str) -> Vec<Value> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["message"] == message)
+        .collect()
+}
+
+/// The configuration has no participants of its own: the start-up summary must not pass
+/// that off as the hub's (it counts the file's, and says the registry's follow); once the
+/// sidecar's snapshot is in force, the summary counts the registry's participants.
+fn start_up_summaries_say_what_is_loaded(log: &str) {
+    let loaded = events_of(log, "configuration loaded");
+    let first = loaded.first().and_then(|e| e["summary"].as_str());
+    let first = first.unwrap_or_else(|| panic!("no start-up summary:\n{log}"));
+    assert!(
+        first.starts_with("0 participants and 0 providers from the file (the trust registry's"),
+        "{first}"
+    );
+    let installed = events_of(log, "snapshot loaded from the trust sidecar");
+    let event = installed
+        .first()
+        .unwrap_or_else(|| panic!("no snapshot loaded:\n{log}"));
+    let n = event["participants"].as_u64().expect("participants");
+    assert!(n > 0, "{event}");
+    let summary = event["summary"].as_str().unwrap_or_default();
+    assert!(
+        summary.starts_with(&format!("{n} participants ({n} from the trust registry)")),
+        "{summary}"
+    );
 }

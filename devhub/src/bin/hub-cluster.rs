@@ -10,6 +10,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     let args = <devhub::cluster::cli::ClusterArgs as clap::Parser>::parse();
-    gateway::server::init_logging();
+    gateway::server::init_logging(args.log.log_format);
     devhub::cluster::cli::main(args)
 }

@@ -26,6 +26,9 @@ pub struct ClusterArgs {
     /// A sandbox bank process (what the cluster runs for each bank).
     #[command(subcommand)]
     pub command: Option<Sub>,
+    /// `--log-format json|text`.
+    #[command(flatten)]
+    pub log: hub_log::LogArgs,
     /// Where to write the manifest (default: <dir>/manifest.json).
     #[arg(long)]
     pub manifest: Option<PathBuf>,

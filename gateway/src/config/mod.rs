@@ -5,8 +5,10 @@
 //! the benches and the tests build a typed configuration and write it with
 //! [`FileConfig::to_toml`] instead of writing TOML by hand.
 
+pub mod bounds;
 mod build;
 pub mod defaults;
+mod locate;
 mod source;
 mod trust;
 
@@ -31,8 +33,9 @@ pub enum ConfigError {
         /// The cause.
         source: std::io::Error,
     },
-    /// The file or a value in it is invalid.
-    #[error("{file}:{line}: {field}: {message}")]
+    /// The file or a value in it is invalid (`file:line: field: message`; without the
+    /// line when nothing of the field is written, e.g. a missing section).
+    #[error("{file}{}: {field}: {message}", line_part(*line))]
     Invalid {
         /// The file.
         file: PathBuf,
@@ -46,6 +49,15 @@ pub enum ConfigError {
     /// The consent snapshot could not be loaded.
     #[error("consent snapshot: {0}")]
     Consents(#[from] consent_cache::LoadError),
+}
+
+/// `:line`, or nothing for line 0 (not tied to a line of the file).
+fn line_part(line: usize) -> String {
+    if line == 0 {
+        String::new()
+    } else {
+        format!(":{line}")
+    }
 }
 
 /// The whole configuration file.

@@ -8,7 +8,7 @@ use toml::Spanned;
 
 use consent_cache::Bin;
 
-use super::{ConfigError, FileConfig};
+use super::{bounds, locate, ConfigError, FileConfig};
 
 /// A parsed file with what is needed to point at lines in it.
 pub struct Source {
@@ -38,19 +38,56 @@ impl Source {
         })
     }
 
-    /// Parses the text strictly.
+    /// Parses the text strictly. An error names the dotted path of the value it is about
+    /// (`providers[1].timeout_ms`, not only `timeout_ms`) and, inside an entry of an array
+    /// of tables, the entry's `bin`.
     pub fn parse(&self) -> Result<FileConfig, ConfigError> {
         toml::from_str::<FileConfig>(&self.text).map_err(|e| {
             let offset = e.span().map(|s| s.start).unwrap_or(0);
             let line = self.line_of(offset);
-            let field = self.key_on_line(line).unwrap_or_else(|| "-".to_string());
+            // A span over the whole document (a missing top-level section) is about no
+            // value in particular.
+            let located = e
+                .span()
+                .filter(|s| !(s.start == 0 && s.end >= self.text.len()))
+                .and_then(|_| locate::path_at(&self.text, offset));
+            let (field, message) = match located {
+                Some(path) => {
+                    let mut message = e.message().trim().to_string();
+                    if let Some(r) = bounds::range_of(&path) {
+                        message = format!("{message} ({})", r.describe());
+                    }
+                    if let Some(bin) = locate::entry_bin(&self.text, &path) {
+                        message = format!("{message}, in the entry with bin = {bin:?}");
+                    }
+                    (path, message)
+                }
+                None => (
+                    self.key_on_line(line).unwrap_or_else(|| "-".to_string()),
+                    e.message().trim().to_string(),
+                ),
+            };
             ConfigError::Invalid {
                 file: self.path.clone(),
                 line,
                 field,
-                message: e.message().trim().to_string(),
+                message,
             }
         })
+    }
+
+    /// The 1-based line where `field` (a dotted path such as `providers[1].timeout_ms`)
+    /// is written; else where its nearest written parent is (the entry's `[[providers]]`
+    /// header, the `[server]` header); 0 when nothing of it is in the file.
+    pub fn line_of_field(&self, field: &str) -> usize {
+        locate::find(&self.text, field).map_or(0, |(o, _)| self.line_of(o))
+    }
+
+    /// The 1-based line where `field` itself is written, if it is.
+    fn line_of_exact_field(&self, field: &str) -> Option<usize> {
+        locate::find(&self.text, field)
+            .filter(|(_, exact)| *exact)
+            .map(|(o, _)| self.line_of(o))
     }
 
     /// 1-based line number of a byte offset.
@@ -73,7 +110,9 @@ impl Source {
         }
     }
 
-    /// An error pointing at a spanned value.
+    /// An error about `field`, at the line where the field is written, else at the
+    /// spanned value `at` (an entry's `bin`, a section's URL) when that has a position,
+    /// else where the field's nearest written parent is.
     pub fn invalid<T>(
         &self,
         at: &Spanned<T>,
@@ -81,20 +120,21 @@ impl Source {
         message: impl Into<String>,
     ) -> ConfigError {
         let span = at.span();
+        let line = match self.line_of_exact_field(field) {
+            Some(line) => line,
+            None if span.end > 0 => self.line_of(span.start),
+            None => self.line_of_field(field),
+        };
         ConfigError::Invalid {
             file: self.path.clone(),
-            line: if span.end == 0 {
-                0
-            } else {
-                self.line_of(span.start)
-            },
+            line,
             field: field.to_string(),
             message: message.into(),
         }
     }
 
     /// An error at the first line that starts with `line_start` (a table header such as
-    /// `[limits.store]`, or a key), or at no line when there is none.
+    /// `[limits.store]`, or a key), else where `field` is written, else at no line.
     pub fn invalid_at(
         &self,
         line_start: &str,
@@ -105,7 +145,7 @@ impl Source {
             .text
             .lines()
             .position(|l| l.trim_start().starts_with(line_start))
-            .map_or(0, |i| i + 1);
+            .map_or_else(|| self.line_of_field(field), |i| i + 1);
         ConfigError::Invalid {
             file: self.path.clone(),
             line,
@@ -114,11 +154,12 @@ impl Source {
         }
     }
 
-    /// An error not tied to a line.
+    /// An error about `field`, at the line where it (or its nearest written parent) is
+    /// written; at no line (0) only when nothing of it is in the file (a missing section).
     pub fn invalid_here(&self, field: &str, message: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             file: self.path.clone(),
-            line: 0,
+            line: self.line_of_field(field),
             field: field.to_string(),
             message: message.into(),
         }

@@ -280,13 +280,18 @@ async fn apply_pass(
 
 /// Puts a loaded snapshot in force: registry, consents, then position and freshness.
 async fn put_in_force(state: &Arc<State>, status: &FeedStatus, install: Install) {
-    tracing::info!(
-        version = install.version,
-        consents = install.store.len(),
-        participants = install.registry.len(),
-        "snapshot loaded from the trust sidecar"
-    );
+    let (version, consents) = (install.version, install.store.len());
+    let participants = install.registry.len();
     state.publish_registry(install.registry).await;
     state.replace_consents(install.store);
-    status.snapshot_installed(install.version);
+    status.snapshot_installed(version);
+    // With the registry in force, the summary counts what the hub now serves (the one at
+    // start-up could count only the file's entries).
+    tracing::info!(
+        version,
+        consents,
+        participants,
+        summary = %state.snapshot().summary(),
+        "snapshot loaded from the trust sidecar"
+    );
 }

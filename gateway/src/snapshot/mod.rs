@@ -14,6 +14,7 @@
 
 pub mod consents;
 mod publish;
+mod references;
 pub mod sections;
 #[cfg(test)]
 mod tests;
@@ -134,17 +135,27 @@ impl Snapshot {
             Some(plane) => format!("consents from {}", plane.url),
             None => format!("{} consents", self.consents.load().len()),
         };
-        let registry = if self.trust().and_then(|t| t.status.registry()).is_some() {
-            format!(" ({} from the trust registry)", self.network.from_registry)
-        } else {
-            String::new()
-        };
-        format!(
-            "{} participants{registry}, {} providers, {source}, listen {}, admin {}",
+        let (participants, providers) = (
             self.network.directory.participants().len(),
             self.network.upstreams.len(),
-            p.listen,
-            p.admin_listen
+        );
+        // In `[trust]` mode the registry's participants and providers arrive with the
+        // sidecar's first snapshot, after the configuration is loaded: until then the
+        // counts are only the file's, and say so.
+        let network = match self.trust() {
+            Some(t) if t.status.registry().is_some() => format!(
+                "{participants} participants ({} from the trust registry), {providers} providers",
+                self.network.from_registry
+            ),
+            Some(_) => format!(
+                "{participants} participants and {providers} providers from the file \
+                 (the trust registry's follow with the sidecar's first snapshot)"
+            ),
+            None => format!("{participants} participants, {providers} providers"),
+        };
+        format!(
+            "{network}, {source}, listen {}, admin {}",
+            p.listen, p.admin_listen
         )
     }
 }
@@ -224,8 +235,24 @@ impl FileStamp {
 /// Validates a configuration file the way a start would, without starting anything
 /// (`gateway check`); returns the summary of what it would serve.
 pub fn check(path: &Path) -> Result<String, ConfigError> {
+    check_report(path).map(|c| c.summary)
+}
+
+/// What `gateway check` reports about a valid file.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// What it would serve (one line).
+    pub summary: String,
+    /// What the trust registry would replace (`[trust]` mode), file, line and field each.
+    pub warnings: Vec<String>,
+}
+
+/// [`check`] with the file's warnings.
+pub fn check_report(path: &Path) -> Result<Checked, ConfigError> {
     let file = sections::load(path, None, &Arc::new(FeedStatus::new()))?;
-    Ok(Publisher::new(file, Arc::new(FeedStatus::new()))
+    let warnings = file.warnings.clone();
+    let summary = Publisher::new(file, Arc::new(FeedStatus::new()))
         .current()
-        .summary())
+        .summary();
+    Ok(Checked { summary, warnings })
 }

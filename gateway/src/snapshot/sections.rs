@@ -31,10 +31,6 @@ use crate::upstream::parse_base_url;
 use super::consents::ConsentFile;
 use super::{ProcessSettings, TlsMaterial};
 
-/// The largest `[tokens]` budget of failed verifications a second: past it the budget no
-/// longer bounds anything worth bounding.
-const MAX_VERIFICATION_BUDGET: u32 = 100_000;
-
 /// What one load of the configuration file contributes to a snapshot.
 pub struct FileInputs {
     /// Settings that take effect at process start.
@@ -61,6 +57,10 @@ pub struct FileInputs {
     /// The `notAfter` of the hub's own certificates (`[tls]`, `[upstream_tls]`,
     /// `[trust] ca`), for `hub_certificate_expiry_timestamp_seconds`.
     pub certificates: tls::CertificateExpiry,
+    /// What the file says that the trust registry replaces (`[trust]` mode; see
+    /// `references`), each naming the file, the line and the field: `gateway check`
+    /// prints them.
+    pub warnings: Vec<String>,
 }
 
 /// The consent control plane the file chose.
@@ -112,6 +112,7 @@ fn compile(
     let (token_settings, jwks) = tokens(src, cfg)?;
     let participants = participants(src, &cfg.participants)?;
     let providers = providers(src, &cfg.providers, &participants, cfg.trust.is_some())?;
+    let warnings = super::references::check(src, cfg, &participants)?;
     let limits = match previous {
         Some(p) if p.limits.settings() == &cfg.limits => p.limits.clone(),
         _ => Arc::new(Limits::new(&cfg.limits).map_err(|e| limits_error(src, &e))?),
@@ -136,6 +137,7 @@ fn compile(
         max_header_bytes: cfg.server.max_header_bytes,
         max_body_bytes: cfg.server.max_body_bytes,
         certificates,
+        warnings,
     })
 }
 
@@ -185,15 +187,16 @@ fn process(src: &Source, cfg: &FileConfig) -> Result<ProcessSettings, ConfigErro
     let threads = s
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    if threads == 0 || threads > 1024 {
-        return Err(src.invalid_here("server.threads", "must be between 1 and 1024"));
-    }
-    if s.max_header_bytes < 1024 || s.max_header_bytes > 1024 * 1024 {
-        return Err(src.invalid_here(
-            "server.max_header_bytes",
-            "must be between 1024 and 1048576",
-        ));
-    }
+    let threads = src.bounded("server.threads", threads)?;
+    src.bounded("server.max_header_bytes", s.max_header_bytes)?;
+    src.bounded("server.max_body_bytes", s.max_body_bytes)?;
+    src.bounded("server.grace_period_secs", s.grace_period_secs)?;
+    src.bounded("server.shutdown_timeout_secs", s.shutdown_timeout_secs)?;
+    src.bounded(
+        "server.upstream_keepalive_pool_size",
+        s.upstream_keepalive_pool_size,
+    )?;
+    let audit_buffer = src.bounded("audit.buffer", cfg.audit.buffer)?;
     let (tls_handshake_timeout, max_connections) = listener_limits(src, s)?;
     let audit_path = if cfg.audit.path.as_os_str() == "-" {
         cfg.audit.path.clone()
@@ -213,8 +216,8 @@ fn process(src: &Source, cfg: &FileConfig) -> Result<ProcessSettings, ConfigErro
         tls_handshake_timeout,
         max_connections,
         audit_path,
-        upgrade_sock,
-        audit_buffer: cfg.audit.buffer.max(1),
+upgrade_sock,
+        audit_buffer,
         upstream_cert: src.resolve(cfg.upstream_tls.client_cert.get_ref()),
         upstream_key: src.resolve(cfg.upstream_tls.client_key.get_ref()),
         upstream_ca: cfg
@@ -265,19 +268,12 @@ fn upgrade_sock(
 
 /// `[server] tls_handshake_timeout_secs` and `max_connections`: the API listener's limits.
 fn listener_limits(src: &Source, s: &ServerSection) -> Result<(Duration, usize), ConfigError> {
-    if s.tls_handshake_timeout_secs == 0 || s.tls_handshake_timeout_secs > 300 {
-        return Err(src.invalid_here(
-            "server.tls_handshake_timeout_secs",
-            "must be between 1 and 300",
-        ));
-    }
-    if s.max_connections == 0 {
-        return Err(src.invalid_here("server.max_connections", "must be > 0"));
-    }
-    Ok((
-        Duration::from_secs(s.tls_handshake_timeout_secs),
-        s.max_connections,
-    ))
+    let handshake = src.bounded(
+        "server.tls_handshake_timeout_secs",
+        s.tls_handshake_timeout_secs,
+    )?;
+    let max_connections = src.bounded("server.max_connections", s.max_connections)?;
+    Ok((Duration::from_secs(handshake), max_connections))
 }
 
 /// `[tls]`: the server certificate and the mTLS trust (platform CAs and CRLs); records
@@ -409,8 +405,8 @@ fn tokens(src: &Source, cfg: &FileConfig) -> Result<(TokenSettings, Arc<[u8]>), 
         issuer: t.issuer.get_ref().clone(),
         audience: t.audience.get_ref().clone(),
         leeway_secs: *t.leeway_secs.get_ref(),
-        max_token_bytes: t.max_token_bytes,
-        cache_capacity: t.cache_capacity,
+        max_token_bytes: src.bounded("tokens.max_token_bytes", t.max_token_bytes)?,
+        cache_capacity: src.bounded("tokens.cache_capacity", t.cache_capacity)?,
         max_failed_verifications_per_connection_per_sec: verification_budget(
             src,
             &t.max_failed_verifications_per_connection_per_sec,
@@ -425,22 +421,14 @@ fn tokens(src: &Source, cfg: &FileConfig) -> Result<(TokenSettings, Arc<[u8]>), 
     Ok((settings, Arc::from(jwks)))
 }
 
-/// A budget of failed verifications a second: at least one (none would refuse every token
-/// the cache has not seen), at most [`MAX_VERIFICATION_BUDGET`].
+/// A budget of failed verifications a second, within its range (`config::bounds`).
 fn verification_budget(
     src: &Source,
     value: &toml::Spanned<u32>,
     field: &str,
 ) -> Result<NonZeroU32, ConfigError> {
-    NonZeroU32::new(*value.get_ref())
-        .filter(|n| n.get() <= MAX_VERIFICATION_BUDGET)
-        .ok_or_else(|| {
-            src.invalid(
-                value,
-                field,
-                format!("must be 1..={MAX_VERIFICATION_BUDGET}"),
-            )
-        })
+    let n = src.bounded(field, *value.get_ref())?;
+    NonZeroU32::new(n).ok_or_else(|| src.invalid(value, field, "must be at least 1"))
 }
 
 /// `[[participants]]`, with duplicate BINs and thumbprints refused at their position.
@@ -599,13 +587,11 @@ fn provider(
             "at least one base URL",
         ));
     }
-    if p.timeout_ms == 0 || p.connect_timeout_ms == 0 {
-        return Err(src.invalid(
-            &p.bin,
-            &format!("providers[{i}].timeout_ms"),
-            "timeouts must be > 0",
-        ));
-    }
+    let field = |name: &str| format!("providers[{i}].{name}");
+    let connect_timeout_ms = src.bounded(&field("connect_timeout_ms"), p.connect_timeout_ms)?;
+    let timeout_ms = src.bounded(&field("timeout_ms"), p.timeout_ms)?;
+    let eject_after = src.bounded(&field("eject_after_failures"), p.eject_after_failures)?;
+    let eject_secs = src.bounded(&field("eject_secs"), p.eject_secs)?;
     let mut targets = Vec::with_capacity(p.upstreams.len());
     for (j, u) in p.upstreams.iter().enumerate() {
         let t = parse_base_url(u.get_ref(), p.sni.as_deref()).map_err(|e| {
@@ -619,10 +605,10 @@ fn provider(
         urls: p.upstreams.iter().map(|u| u.get_ref().clone()).collect(),
         targets,
         sni: p.sni.clone(),
-        connect_timeout: Duration::from_millis(p.connect_timeout_ms),
-        timeout: Duration::from_millis(p.timeout_ms),
-        eject_after: p.eject_after_failures,
-        eject_for: Duration::from_secs(p.eject_secs),
+        connect_timeout: Duration::from_millis(connect_timeout_ms),
+        timeout: Duration::from_millis(timeout_ms),
+        eject_after,
+        eject_for: Duration::from_secs(eject_secs),
     })
 }
 
@@ -677,9 +663,7 @@ fn consent_file(
     max_staleness_secs: u64,
     previous: Option<&ControlPlane>,
 ) -> Result<(ControlPlane, Option<ConsentFile>), ConfigError> {
-    if max_staleness_secs == 0 {
-        return Err(src.invalid(file, "consents.max_staleness_secs", "must be > 0"));
-    }
+    src.bounded("consents.max_staleness_secs", max_staleness_secs)?;
     let path = src.resolve(file.get_ref());
     let known = matches!(previous, Some(ControlPlane::File { path: p, .. }) if *p == path);
     let loaded = if known {

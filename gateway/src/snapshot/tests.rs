@@ -451,6 +451,13 @@ async fn a_registry_change_republishes_the_directory_and_keeps_the_rest() {
     let (p, _) = trust_mode(&w);
     let before = p.current();
     assert!(before.network().directory.participants().is_empty());
+    // Before the sidecar's first snapshot the summary does not pass the file's count
+    // (none here) off as the hub's participants.
+    let summary = before.summary();
+    assert!(
+        summary.starts_with("0 participants and 0 providers from the file (the trust registry's"),
+        "{summary}"
+    );
     let mut registry = Registry::new();
     registry.upsert(ParticipantRecord {
         bin: consent_cache::Bin::parse(testkit::USER).expect("bin"),
@@ -467,6 +474,11 @@ async fn a_registry_change_republishes_the_directory_and_keeps_the_rest() {
         .expect("published");
     let after = p.current();
     assert_eq!(after.network().directory.participants().len(), 1);
+    let summary = after.summary();
+    assert!(
+        summary.starts_with("1 participants (1 from the trust registry)"),
+        "{summary}"
+    );
     assert!(Arc::ptr_eq(&before.tokens(), &after.tokens()));
     assert!(std::ptr::eq(before.limits(), after.limits()));
     assert!(p

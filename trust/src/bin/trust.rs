@@ -1,4 +1,5 @@
-//! The `trust` binary: runs the trust sidecar (`trust serve …`).
+//! The `trust` binary: runs the trust sidecar (`trust serve …`); `trust --version`,
+//! `--log-format json|text` (docs/ops/logging.md).
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -16,11 +17,14 @@ use trust::Config;
 #[derive(Parser)]
 #[command(
     name = "trust",
+    version,
     about = "The trust sidecar: consent registry, authorization server, participant registry, change feed"
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    log: hub_log::LogArgs,
 }
 
 #[derive(Subcommand)]
@@ -285,14 +289,9 @@ fn parse_alg(s: &str) -> Result<Alg, String> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let Command::Serve(args) = Cli::parse().command;
+    let cli = Cli::parse();
+    hub_log::init(cli.log.log_format, "info");
+    let Command::Serve(args) = cli.command;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -212,6 +212,15 @@ impl Drop for AcceptTurn<'_> {
     }
 }
 
+/// Patched (exchange hub): whether a downstream handshake failed only because the peer
+/// closed the connection before finishing it (end of file: a TCP readiness probe, a port
+/// scan, a client that gave up), as opposed to a handshake that failed.
+fn closed_before_handshake(e: &pingora_error::Error) -> bool {
+    e.root_cause()
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::UnexpectedEof)
+}
+
 impl<A: ServerApp + Send + Sync + 'static> Service<A> {
     pub async fn handle_event(event: Stream, app_logic: Arc<A>, shutdown: ShutdownWatch) {
         debug!("new event!");
@@ -295,6 +304,13 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                             Ok(handshake) => {
                                 match handshake {
                                     Ok(io) => Self::handle_event(io, app, shutdown).await,
+                                    // Patched (exchange hub): a peer that closed the
+                                    // connection before completing a handshake (a TCP
+                                    // readiness probe, a port scan) is logged at debug; every
+                                    // other handshake failure stays an error.
+                                    Err(e) if closed_before_handshake(&e) => {
+                                        debug!("Downstream closed before the handshake: {e}");
+                                    }
                                     Err(e) => {
                                         // TODO: Maybe IOApp trait needs a fn to handle/filter out this error
                                         if let Some(addr) = peer_addr {

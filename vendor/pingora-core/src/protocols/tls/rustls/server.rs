@@ -56,10 +56,11 @@ async fn prepare_tls_stream<S: IO>(acceptor: &Acceptor, io: S) -> Result<TlsStre
 /// Perform TLS handshake for the given connection with the given configuration
 pub async fn handshake<S: IO>(acceptor: &Acceptor, io: S) -> Result<TlsStream<S>> {
     let mut stream = prepare_tls_stream(acceptor, io).await?;
+    // Patched (exchange hub): the cause is kept (see `InnerStream::accept`).
     stream
         .accept()
         .await
-        .explain_err(TLSHandshakeFailure, |e| format!("TLS accept() failed: {e}"))?;
+        .map_err(|e| e.more_context("TLS accept() failed"))?;
     Ok(stream)
 }
 
@@ -78,7 +79,7 @@ pub async fn handshake_with_callback<S: IO>(
         Pin::new(&mut tls_stream)
             .resume_accept()
             .await
-            .explain_err(TLSHandshakeFailure, |e| format!("TLS accept() failed: {e}"))?;
+            .map_err(|e| e.more_context("TLS accept() failed"))?;
     }
     let extension = match tls_stream.get_ssl() {
         Some(tls_ref) => callbacks.handshake_complete_callback(tls_ref).await,

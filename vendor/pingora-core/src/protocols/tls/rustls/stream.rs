@@ -417,9 +417,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> InnerStream<T> {
             "TLS accept not available to perform handshake.",
         )?;
 
+        // Patched (exchange hub): the I/O error is kept as the cause (it was flattened into
+        // the context), so the listener can tell a peer that closed before finishing its
+        // handshake (`UnexpectedEof`) from a failed handshake.
         let stream = accept
             .await
-            .explain_err(TLSHandshakeFailure, |e| format!("tls connect error: {e}"))?;
+            .or_err(TLSHandshakeFailure, "tls connect error")?;
         self.stream = Some(RusTlsStream::Server(stream));
         Ok(())
     }

@@ -199,6 +199,40 @@ impl Code {
         }
     }
 
+    /// The problem's `detail` when nothing more precise is known: what the code means
+    /// for the caller, in words (more precise details come from the rule that failed).
+    pub const fn detail(self) -> &'static str {
+        match self {
+            Code::BadRequest => "the request is not valid HTTP or its target fails the hub's strict parsing",
+            Code::RouteNotFound => "no route of the hub's API has this path",
+            Code::MethodNotAllowed => "this route allows GET only",
+            Code::ParticipantUnknown => "the client certificate is not registered to a participant",
+            Code::ParticipantInactive => "the calling participant is not active or lacks the user role",
+            Code::InvalidToken => "the bearer token is missing, malformed or fails verification",
+            Code::TokenBindingMismatch => "the token is bound to another client or certificate",
+            Code::InsufficientScope => "the token's scope does not grant this route's permission",
+            Code::ConsentStateStale => "the hub has not heard from its consent source within its staleness bound; retry shortly",
+            Code::ConsentNotFound => "no consent has the token's consent_id",
+            Code::ConsentNotOwned => "the token's consent belongs to another API user",
+            Code::ConsentRevoked => "the consent was revoked",
+            Code::ConsentNotAuthorised => "the consent is not authorised",
+            Code::ConsentExpired => "the consent has expired",
+            Code::ProviderNotInConsent => "the consent does not cover the provider in the path",
+            Code::PermissionNotGranted => "the consent does not grant this route's permission",
+            Code::AccountNotInConsent => "the consent does not cover the account in the path",
+            Code::ProviderNotFound => "no provider has the id in the path",
+            Code::ProviderUnavailable => "the provider is not available (not active, not published, unreachable or its circuit is open)",
+            Code::RateLimited => "a rate limit or quota refused the request; see Retry-After and RateLimit",
+            Code::ProviderTimeout => "the provider did not answer within its time limit",
+            Code::ProviderBadResponse => "the provider's answer was not valid HTTP",
+            Code::RequestHeaderFieldsTooLarge => "the request's header section is larger than the hub accepts",
+            Code::PayloadTooLarge => "the request body is larger than the hub accepts",
+            Code::InternalError => "a failure inside the hub",
+            Code::AuditUnavailable => "the audit journal cannot take records; consent routes wait for it; retry shortly",
+            Code::LimitsUnavailable => "the shared rate-limit store is unavailable and this limit's failure policy denies; see Retry-After",
+        }
+    }
+
     /// The problem `type` URI: `urn:openapi-hub:problem:<code>` (a URN, so no hostname
     /// is ever revealed and nothing needs to be dereferenceable).
     pub const fn type_uri(self) -> &'static str {
@@ -269,7 +303,8 @@ struct Problem<'a> {
     detail: Option<&'a str>,
 }
 
-/// Renders the RFC 9457 body `{"type","title","status","code","interaction_id"[,"detail"]}`.
+/// Renders the RFC 9457 body `{"type","title","status","code","interaction_id","detail"}`;
+/// without a `detail` of the caller's, the code's own ([`Code::detail`]).
 ///
 /// `detail` must never carry secrets or customer data (contract §6); it is JSON-escaped.
 pub fn problem_json(code: Code, interaction_id: &str, detail: Option<&str>) -> Vec<u8> {
@@ -279,7 +314,7 @@ pub fn problem_json(code: Code, interaction_id: &str, detail: Option<&str>) -> V
         status: code.status(),
         code: code.as_str(),
         interaction_id,
-        detail,
+        detail: Some(detail.unwrap_or(code.detail())),
     };
     let mut out = Vec::with_capacity(192 + interaction_id.len() + detail.map_or(0, str::len));
     match serde_json::to_writer(&mut out, &problem) {
@@ -290,7 +325,7 @@ pub fn problem_json(code: Code, interaction_id: &str, detail: Option<&str>) -> V
     }
 }
 
-const FALLBACK_BODY: &[u8] = br#"{"type":"urn:openapi-hub:problem:internal_error","title":"Internal error","status":500,"code":"internal_error","interaction_id":""}"#;
+const FALLBACK_BODY: &[u8] = br#"{"type":"urn:openapi-hub:problem:internal_error","title":"Internal error","status":500,"code":"internal_error","interaction_id":"","detail":"a failure inside the hub"}"#;
 
 #[cfg(test)]
 mod tests {
@@ -338,6 +373,7 @@ mod tests {
             assert_eq!(code.as_str(), *name);
             assert_eq!(code.type_uri(), format!("urn:openapi-hub:problem:{name}"));
             assert!(!code.title().is_empty());
+            assert!(!code.detail().is_empty());
         }
     }
 
@@ -351,13 +387,17 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         let obj = v.as_object().unwrap();
         let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
-        assert_eq!(keys.len(), 5, "{keys:?}");
+        assert_eq!(keys.len(), 6, "{keys:?}");
         assert_eq!(v["type"], "urn:openapi-hub:problem:consent_revoked");
         assert_eq!(v["title"], "Consent revoked");
         assert_eq!(v["status"], 403);
         assert_eq!(v["code"], "consent_revoked");
         assert_eq!(v["interaction_id"], "3f1c2a4e-0000-4000-8000-000000000001");
-        assert!(v.get("detail").is_none());
+        assert_eq!(
+            v["detail"],
+            Code::ConsentRevoked.detail(),
+            "the code's own detail"
+        );
         // Member order as written in the contract.
         let s = std::str::from_utf8(&body).unwrap();
         assert!(s.starts_with(r#"{"type":"#), "{s}");

@@ -158,12 +158,13 @@ pub struct Grant<'a, C> {
     pub consent: Option<C>,
 }
 
-/// A refused request: the contract code and a static reason for logs (no request data).
+/// A refused request: the contract code and a static reason (no request data): the rule
+/// that failed, in words, for logs and the problem's `detail`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rejection {
     /// The contract code.
     pub code: Code,
-    /// A fixed, data-free explanation for logs and metrics.
+    /// A fixed, data-free sentence saying which rule failed.
     pub reason: &'static str,
     /// Why the token was refused, when row 4 refused it (typed, for callers that act on
     /// a cause, e.g. an unknown `kid` asks for fresh keys).
@@ -171,6 +172,15 @@ pub struct Rejection {
 }
 
 impl Rejection {
+    /// The problem's `detail`: which rule failed, in words. Never request data: a fixed
+    /// sentence, or for a refused token its [`TokenError::detail`].
+    pub fn detail(&self) -> std::borrow::Cow<'static, str> {
+        match self.token_error {
+            Some(e) => e.detail(),
+            None => std::borrow::Cow::Borrowed(self.reason),
+        }
+    }
+
     /// The token named a key id the verifier does not know (keys may have rotated).
     pub fn is_unknown_kid(&self) -> bool {
         self.token_error == Some(TokenError::UnknownKid)
@@ -250,16 +260,19 @@ fn calling_participant<'a>(
         .and_then(|tp| dir.participant_by_thumbprint(tp))
         .ok_or(reject(
             Code::ParticipantUnknown,
-            "client certificate not registered",
+            "the client certificate is not registered to a participant",
         ))?;
     // Row 3.
     if !participant.is_active() {
-        return Err(reject(Code::ParticipantInactive, "participant not active"));
+        return Err(reject(
+            Code::ParticipantInactive,
+            "the calling participant is not active (suspended, isolated or terminated)",
+        ));
     }
     if !participant.roles.contains(Role::User) {
         return Err(reject(
             Code::ParticipantInactive,
-            "participant lacks user role",
+            "the calling participant does not hold the user role",
         ));
     }
     Ok(participant)
@@ -274,25 +287,29 @@ fn verified_token<V: Verify + ?Sized>(
     facts: &Facts<'_>,
 ) -> Result<Arc<VerifiedToken>, Rejection> {
     // Row 4.
-    let raw = facts
-        .authorization
-        .ok_or(reject(Code::InvalidToken, "authorization header missing"))?;
-    let raw = bearer(raw).ok_or(reject(Code::InvalidToken, "not a bearer token"))?;
+    let raw = facts.authorization.ok_or(reject(
+        Code::InvalidToken,
+        "no Authorization header: this route needs a bearer token",
+    ))?;
+    let raw = bearer(raw).ok_or(reject(
+        Code::InvalidToken,
+        "the Authorization header is not one Bearer token",
+    ))?;
     let token = tokens
         .verify_token(raw, facts.now_unix)
         .map_err(token_rejected)?;
     // Row 5. `cert_thumbprint` is present: row 2 passed.
     let thumbprint = facts.cert_thumbprint.ok_or(reject(
         Code::ParticipantUnknown,
-        "client certificate not registered",
+        "the client certificate is not registered to a participant",
     ))?;
     check_binding(&token, participant.bin, thumbprint)
-        .map_err(|code| reject(code, "token client_id or cnf does not match the connection"))?;
+        .map_err(|code| reject(code, "the token's client_id or cnf.x5t#S256 does not match this connection's participant and certificate"))?;
     // Row 6.
     if !token.grants(permission) {
         return Err(reject(
             Code::InsufficientScope,
-            "token scope lacks permission",
+            "the token's scope does not grant this route's permission",
         ));
     }
     Ok(token)
@@ -309,14 +326,19 @@ fn consents_rows<C: ConsentView>(
 ) -> Result<C, Rejection> {
     // Row 7.
     if !facts.consent_state_fresh {
-        return Err(reject(Code::ConsentStateStale, "consent state stale"));
+        return Err(reject(Code::ConsentStateStale, "the hub has not heard from its consent source within its staleness bound; retry shortly"));
     }
     // Row 8.
-    let consent =
-        consents(&token.consent_id).ok_or(reject(Code::ConsentNotFound, "consent not found"))?;
+    let consent = consents(&token.consent_id).ok_or(reject(
+        Code::ConsentNotFound,
+        "no consent has the token's consent_id",
+    ))?;
     // Row 9.
     if consent.api_user() != api_user {
-        return Err(reject(Code::ConsentNotOwned, "consent of another api user"));
+        return Err(reject(
+            Code::ConsentNotOwned,
+            "the token's consent belongs to another API user",
+        ));
     }
     // Row 10.
     status_row(consent.status())?;
@@ -328,13 +350,16 @@ fn consents_rows<C: ConsentView>(
 fn status_row(status: ConsentStatus) -> Result<(), Rejection> {
     match status {
         ConsentStatus::Authorised => Ok(()),
-        ConsentStatus::Revoked => Err(reject(Code::ConsentRevoked, "consent revoked")),
-        ConsentStatus::Expired => Err(reject(Code::ConsentExpired, "consent status expired")),
+        ConsentStatus::Revoked => Err(reject(Code::ConsentRevoked, "the consent was revoked")),
+        ConsentStatus::Expired => Err(reject(Code::ConsentExpired, "the consent has expired")),
         ConsentStatus::AwaitingAuthorisation => Err(reject(
             Code::ConsentNotAuthorised,
-            "consent awaiting authorisation",
+            "the consent is awaiting the customer's authorisation",
         )),
-        ConsentStatus::Rejected => Err(reject(Code::ConsentNotAuthorised, "consent rejected")),
+        ConsentStatus::Rejected => Err(reject(
+            Code::ConsentNotAuthorised,
+            "the customer rejected the consent",
+        )),
     }
 }
 
@@ -350,20 +375,23 @@ fn consent_covers(
 ) -> Result<(), Rejection> {
     // Row 11.
     if consent.expires_at().is_some_and(|e| e <= now_unix) {
-        return Err(reject(Code::ConsentExpired, "consent past expires_at"));
+        return Err(reject(
+            Code::ConsentExpired,
+            "the consent is past its expires_at",
+        ));
     }
     // Row 12.
     if !provider_bin.is_some_and(|p| consent.covers_provider(p)) {
         return Err(reject(
             Code::ProviderNotInConsent,
-            "provider not covered by consent",
+            "the consent does not cover the provider in the path",
         ));
     }
     // Row 13.
     if !consent.permissions().contains(permission) {
         return Err(reject(
             Code::PermissionNotGranted,
-            "consent lacks permission",
+            "the consent does not grant this route's permission",
         ));
     }
     // Row 14.
@@ -371,7 +399,7 @@ fn consent_covers(
         if consent.accounts_restricted() && !consent.covers_account(account) {
             return Err(reject(
                 Code::AccountNotInConsent,
-                "account not covered by consent",
+                "the consent does not cover the account in the path",
             ));
         }
     }
@@ -382,21 +410,27 @@ fn consent_covers(
 /// provider role.
 #[inline]
 fn provider_rows(dir: &Directory, provider_bin: Option<Bin>) -> Result<&ProviderEntry, Rejection> {
-    let not_found = reject(Code::ProviderNotFound, "provider unknown");
+    let not_found = reject(Code::ProviderNotFound, "no provider has the id in the path");
     let provider_bin = provider_bin.ok_or(not_found)?;
     let provider = dir.provider(provider_bin).ok_or(not_found)?;
     let provider_participant = dir.participant(provider_bin).ok_or(not_found)?;
     if !provider_participant.roles.contains(Role::Provider) {
         return Err(reject(
             Code::ProviderNotFound,
-            "participant lacks provider role",
+            "the participant in the path does not hold the provider role",
         ));
     }
     if !provider_participant.is_active() {
-        return Err(reject(Code::ProviderUnavailable, "provider not active"));
+        return Err(reject(
+            Code::ProviderUnavailable,
+            "the provider is not active",
+        ));
     }
     if !provider.published {
-        return Err(reject(Code::ProviderUnavailable, "provider not published"));
+        return Err(reject(
+            Code::ProviderUnavailable,
+            "the provider's API is not published",
+        ));
     }
     Ok(provider)
 }

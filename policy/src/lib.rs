@@ -22,7 +22,7 @@ pub use directory::{
     Role, Roles,
 };
 pub use limits::{LimitKind, LimitSettings, Limited, Limiter, QuotaSettings, RateInfo};
-pub use route::{match_route, upstream_path, Dataset, Route, RouteId};
+pub use route::{match_route, parse_route, upstream_path, Dataset, Route, RouteError, RouteId};
 pub use token::{
     bearer, check_binding, Jwks, JwksError, TokenError, TokenSettings, TokenVerifier, VerifiedToken,
 };

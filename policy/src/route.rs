@@ -38,7 +38,8 @@
 //! * Open-data queries are passed through but must be well formed: only RFC 3986 query
 //!   characters (`pchar`, `/`, `?`) and `%` followed by two hex digits.
 //!
-//! [`match_route`] performs no heap allocation.
+//! [`match_route`] performs no heap allocation; [`parse_route`] is the same with the rule
+//! that failed ([`RouteError`], the problem's `detail`).
 
 use crate::code::Code;
 use consent_cache::{Bin, Permission};
@@ -177,6 +178,55 @@ impl Route<'_> {
     }
 }
 
+/// Why a request target matches no route: the code, and which rule failed in words (a
+/// fixed sentence: never the request's own text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteError {
+    /// `bad_request`, `route_not_found` or `method_not_allowed`.
+    pub code: Code,
+    /// The rule that failed, for the problem's `detail`.
+    pub detail: &'static str,
+}
+
+const fn bad(detail: &'static str) -> RouteError {
+    RouteError {
+        code: Code::BadRequest,
+        detail,
+    }
+}
+
+const NOT_FOUND: RouteError = RouteError {
+    code: Code::RouteNotFound,
+    detail: "no route of the hub's API has this path",
+};
+const UNKNOWN_DATASET: RouteError = RouteError {
+    code: Code::RouteNotFound,
+    detail: "dataset: one of exchange-rates, branches, atms, products",
+};
+const GET_ONLY: RouteError = RouteError {
+    code: Code::MethodNotAllowed,
+    detail: "this route allows GET only",
+};
+const PATH_START: RouteError = bad("the path must start with /");
+const DOT_DOT: RouteError = bad("the path must not contain '..' or a '.' segment");
+const EMPTY_SEGMENT: RouteError = bad("the path must not contain an empty segment (//)");
+const SEGMENT_BYTE: RouteError = bad(
+    "a path segment holds a character other than A-Z a-z 0-9 - . _ ~ ! $ & ' ( ) * + , = : @ (percent-encoding is not accepted in paths)",
+);
+const ACCOUNT_LEN: RouteError = bad("account_id: at most 64 characters");
+const NO_QUERY: RouteError = bad("this route takes no query parameters");
+const QUERY_BYTE: RouteError =
+    bad("the query holds a character not allowed by RFC 3986 or a broken percent-encoding");
+const QUERY_PAIR: RouteError = bad("every query parameter must be name=value with a value");
+const QUERY_NAME: RouteError = bad(
+    "unknown or repeated query parameter: transactions takes from, to, limit and cursor, each at most once",
+);
+const FROM_DATE: RouteError = bad("from: an RFC 3339 date (YYYY-MM-DD) or date-time");
+const TO_DATE: RouteError = bad("to: an RFC 3339 date (YYYY-MM-DD) or date-time");
+const LIMIT: RouteError = bad("limit: an integer from 1 to 500 (no sign, no leading zeros)");
+const CURSOR: RouteError = bad("cursor: 1 to 256 characters of A-Z a-z 0-9 - . _ ~");
+const FROM_AFTER_TO: RouteError = bad("from is after to");
+
 /// Upper bound on segments we remember; longer paths match no route.
 const MAX_SEGMENTS: usize = 6;
 
@@ -187,6 +237,15 @@ pub fn match_route<'a>(
     path: &'a str,
     query: Option<&'a str>,
 ) -> Result<Route<'a>, Code> {
+    parse_route(method, path, query).map_err(|e| e.code)
+}
+
+/// [`match_route`], with the rule that failed.
+pub fn parse_route<'a>(
+    method: &http::Method,
+    path: &'a str,
+    query: Option<&'a str>,
+) -> Result<Route<'a>, RouteError> {
     let segs = split_path(path)?;
     let route = match segs.as_slice() {
         ["v1", "providers", p, "accounts"] => Route {
@@ -207,24 +266,24 @@ pub fn match_route<'a>(
                 account: None,
                 dataset: Some(dataset),
             },
-            None => return Err(Code::RouteNotFound),
+            None => return Err(UNKNOWN_DATASET),
         },
-        _ => return Err(Code::RouteNotFound),
+        _ => return Err(NOT_FOUND),
     };
     if let Some(a) = route.account {
         if a.len() > MAX_ACCOUNT_ID_LEN {
-            return Err(Code::BadRequest);
+            return Err(ACCOUNT_LEN);
         }
     }
     if method != http::Method::GET {
-        return Err(Code::MethodNotAllowed);
+        return Err(GET_ONLY);
     }
     let query = query.unwrap_or("");
     match route.id {
         RouteId::Transactions => check_transactions_query(query)?,
         RouteId::Accounts | RouteId::Account | RouteId::Balances => {
             if !query.is_empty() {
-                return Err(Code::BadRequest);
+                return Err(NO_QUERY);
             }
         }
         RouteId::OpenData => check_open_query(query)?,
@@ -253,10 +312,10 @@ impl<'a> Segments<'a> {
     }
 }
 
-fn split_path(path: &str) -> Result<Segments<'_>, Code> {
-    let rest = path.strip_prefix('/').ok_or(Code::BadRequest)?;
+fn split_path(path: &str) -> Result<Segments<'_>, RouteError> {
+    let rest = path.strip_prefix('/').ok_or(PATH_START)?;
     if contains_dot_dot(rest.as_bytes()) {
-        return Err(Code::BadRequest);
+        return Err(DOT_DOT);
     }
     let mut segs = Segments {
         items: [""; MAX_SEGMENTS],
@@ -268,7 +327,7 @@ fn split_path(path: &str) -> Result<Segments<'_>, Code> {
     while let Some(seg) = iter.next() {
         if seg.is_empty() {
             if iter.peek().is_some() {
-                return Err(Code::BadRequest);
+                return Err(EMPTY_SEGMENT);
             }
             trailing_empty = true;
             break;
@@ -292,14 +351,14 @@ fn contains_dot_dot(b: &[u8]) -> bool {
     b.windows(2).any(|w| w == b"..")
 }
 
-fn check_segment(seg: &str) -> Result<(), Code> {
+fn check_segment(seg: &str) -> Result<(), RouteError> {
     if seg == "." {
-        return Err(Code::BadRequest);
+        return Err(DOT_DOT);
     }
     if seg.bytes().all(is_segment_byte) {
         Ok(())
     } else {
-        Err(Code::BadRequest)
+        Err(SEGMENT_BYTE)
     }
 }
 
@@ -346,7 +405,7 @@ const fn hex_val(b: u8) -> Option<u8> {
     }
 }
 
-fn check_open_query(q: &str) -> Result<(), Code> {
+fn check_open_query(q: &str) -> Result<(), RouteError> {
     let b = q.as_bytes();
     let mut i = 0;
     while let Some(&c) = b.get(i) {
@@ -356,18 +415,18 @@ fn check_open_query(q: &str) -> Result<(), Code> {
                 b.get(i + 2).copied().and_then(hex_val),
             ) {
                 (Some(_), Some(_)) => i += 3,
-                _ => return Err(Code::BadRequest),
+                _ => return Err(QUERY_BYTE),
             }
         } else if is_query_byte(c) {
             i += 1;
         } else {
-            return Err(Code::BadRequest);
+            return Err(QUERY_BYTE);
         }
     }
     Ok(())
 }
 
-fn check_transactions_query(q: &str) -> Result<(), Code> {
+fn check_transactions_query(q: &str) -> Result<(), RouteError> {
     if q.is_empty() {
         return Ok(());
     }
@@ -376,51 +435,51 @@ fn check_transactions_query(q: &str) -> Result<(), Code> {
     let mut seen_limit = false;
     let mut seen_cursor = false;
     for pair in q.split('&') {
-        let (name, value) = pair.split_once('=').ok_or(Code::BadRequest)?;
+        let (name, value) = pair.split_once('=').ok_or(QUERY_PAIR)?;
         if value.is_empty() {
-            return Err(Code::BadRequest);
+            return Err(QUERY_PAIR);
         }
         match name {
-            "from" if from.is_none() => from = Some(parse_query_date(value, DateBound::Start)?),
-            "to" if to.is_none() => to = Some(parse_query_date(value, DateBound::End)?),
+            "from" if from.is_none() => {
+                from = Some(parse_query_date(value, DateBound::Start).ok_or(FROM_DATE)?)
+            }
+            "to" if to.is_none() => {
+                to = Some(parse_query_date(value, DateBound::End).ok_or(TO_DATE)?)
+            }
             "limit" if !seen_limit => {
                 seen_limit = true;
-                parse_limit(value)?;
+                parse_limit(value).ok_or(LIMIT)?;
             }
             "cursor" if !seen_cursor => {
                 seen_cursor = true;
                 if value.len() > MAX_CURSOR_LEN || !value.bytes().all(is_unreserved) {
-                    return Err(Code::BadRequest);
+                    return Err(CURSOR);
                 }
             }
-            _ => return Err(Code::BadRequest),
+            _ => return Err(QUERY_NAME),
         }
     }
     if let (Some(f), Some(t)) = (from, to) {
         if f > t {
-            return Err(Code::BadRequest);
+            return Err(FROM_AFTER_TO);
         }
     }
     Ok(())
 }
 
-fn parse_limit(v: &str) -> Result<u32, Code> {
+fn parse_limit(v: &str) -> Option<u32> {
     let b = v.as_bytes();
     if b.is_empty() || b.len() > 3 || b.first() == Some(&b'0') {
-        return Err(Code::BadRequest);
+        return None;
     }
     let mut n: u32 = 0;
     for &c in b {
         if !c.is_ascii_digit() {
-            return Err(Code::BadRequest);
+            return None;
         }
         n = n * 10 + u32::from(c - b'0');
     }
-    if (1..=MAX_LIMIT).contains(&n) {
-        Ok(n)
-    } else {
-        Err(Code::BadRequest)
-    }
+    (1..=MAX_LIMIT).contains(&n).then_some(n)
 }
 
 #[derive(Clone, Copy)]
@@ -433,35 +492,25 @@ enum DateBound {
 /// `YYYY-MM-DDTHH:MM:SS.nnnnnnnnn+HH:MM` is 35 bytes.
 const MAX_DATE_LEN: usize = 40;
 
-fn parse_query_date(raw: &str, bound: DateBound) -> Result<i128, Code> {
+fn parse_query_date(raw: &str, bound: DateBound) -> Option<i128> {
     let mut buf = [0u8; MAX_DATE_LEN];
     let mut n = 0usize;
     let b = raw.as_bytes();
     let mut i = 0usize;
     while let Some(&c) = b.get(i) {
         let decoded = if c == b'%' {
-            let hi = b
-                .get(i + 1)
-                .copied()
-                .and_then(hex_val)
-                .ok_or(Code::BadRequest)?;
-            let lo = b
-                .get(i + 2)
-                .copied()
-                .and_then(hex_val)
-                .ok_or(Code::BadRequest)?;
+            let hi = b.get(i + 1).copied().and_then(hex_val)?;
+            let lo = b.get(i + 2).copied().and_then(hex_val)?;
             i += 3;
             hi * 16 + lo
         } else {
             i += 1;
             c
         };
-        let slot = buf.get_mut(n).ok_or(Code::BadRequest)?;
-        *slot = decoded;
+        *buf.get_mut(n)? = decoded;
         n += 1;
     }
-    let s = buf.get(..n).ok_or(Code::BadRequest)?;
-    parse_rfc3339(s, bound).ok_or(Code::BadRequest)
+    parse_rfc3339(buf.get(..n)?, bound)
 }
 
 const NANOS_PER_SEC: i128 = 1_000_000_000;
@@ -633,6 +682,55 @@ mod tests {
         let path: &'static str = Box::leak(path.to_owned().into_boxed_str());
         let query: Option<&'static str> = query.map(|q| &*Box::leak(q.to_owned().into_boxed_str()));
         match_route(&Method::GET, path, query)
+    }
+
+    fn detail(path: &str, query: Option<&str>) -> &'static str {
+        match parse_route(&Method::GET, path, query) {
+            Err(e) => e.detail,
+            Ok(_) => "matched",
+        }
+    }
+
+    #[test]
+    fn each_refusal_names_its_rule_and_never_echoes_the_request() {
+        let tx = format!("/v1/providers/{P}/accounts/KZ123/transactions");
+        let cases = [
+            (Some("limit=501"), "limit: an integer from 1 to 500"),
+            (Some("from=yesterday"), "from: an RFC 3339 date"),
+            (Some("to=2024-13-01"), "to: an RFC 3339 date"),
+            (Some("foo=1"), "unknown or repeated query parameter"),
+            (
+                Some("limit=5&limit=6"),
+                "unknown or repeated query parameter",
+            ),
+            (Some("limit"), "name=value"),
+            (Some("from=2024-02-02&to=2024-02-01"), "from is after to"),
+            (Some("cursor=a%20b"), "cursor: 1 to 256"),
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for (query, expected) in cases {
+            let d = detail(&tx, query);
+            assert!(d.starts_with(expected), "{query:?}: {d}");
+            assert!(!d.contains("yesterday") && !d.contains("501"), "{d}");
+            seen.insert(d);
+        }
+        assert_eq!(seen.len(), 7, "distinct rules, distinct details");
+        let accounts = format!("/v1/providers/{P}/accounts");
+        assert_eq!(detail(&accounts, Some("x=1")), NO_QUERY.detail);
+        assert_eq!(
+            detail("/v1/open-data/{P}/films", None),
+            UNKNOWN_DATASET.detail
+        );
+        assert_eq!(detail("/v1/nothing", None), NOT_FOUND.detail);
+        assert_eq!(detail("/v1//x", None), EMPTY_SEGMENT.detail);
+        assert_eq!(detail("/v1/a%2Fb", None), SEGMENT_BYTE.detail);
+        let long = format!("/v1/providers/{P}/accounts/{}", "A".repeat(65));
+        assert_eq!(detail(&long, None), ACCOUNT_LEN.detail);
+        let post = parse_route(&Method::POST, &accounts, None).unwrap_err();
+        assert_eq!(
+            (post.code, post.detail),
+            (Code::MethodNotAllowed, GET_ONLY.detail)
+        );
     }
 
     #[test]

@@ -583,6 +583,44 @@ impl TokenError {
     }
 }
 
+impl TokenError {
+    /// Which rule refused the token, in words, for the problem's `detail` (names of
+    /// claims and header members only, never their values).
+    pub fn detail(self) -> std::borrow::Cow<'static, str> {
+        use std::borrow::Cow::{Borrowed, Owned};
+        match self {
+            TokenError::TooLarge => Borrowed("the bearer token is larger than the hub accepts"),
+            TokenError::Malformed => {
+                Borrowed("the bearer token is not a compact JWS (three dot-separated base64url parts)")
+            }
+            TokenError::Base64(part) => Owned(format!("the token's {part} is not unpadded base64url")),
+            TokenError::UnsupportedAlg => {
+                Borrowed("the token's alg is not accepted (ES256, PS256 or EdDSA)")
+            }
+            TokenError::MissingKid => Borrowed("the token's header has no kid"),
+            TokenError::UnknownKid => Borrowed("the token's kid names no key of the hub's key set"),
+            TokenError::AlgKeyMismatch => {
+                Borrowed("the token's alg is not the algorithm of the key its kid names")
+            }
+            TokenError::BadTyp => Borrowed("the token's typ must be at+jwt (RFC 9068)"),
+            TokenError::BadSignature => Borrowed("the token's signature does not verify"),
+            TokenError::MissingClaim(c) => Owned(format!("the token has no {c} claim")),
+            TokenError::InvalidClaim(c) => {
+                Owned(format!("the token's {c} claim has the wrong type or form"))
+            }
+            TokenError::WrongIssuer => Borrowed("the token's iss is not the issuer the hub trusts"),
+            TokenError::WrongAudience => Borrowed("the token's aud does not name the hub's audience"),
+            TokenError::Expired => Borrowed("the token is past its exp (beyond the clock skew allowed)"),
+            TokenError::NotYetValid => Borrowed("the token's nbf is in the future"),
+            TokenError::IssuedInFuture => Borrowed("the token's iat is in the future"),
+            TokenError::Throttled(_) => Borrowed(
+                "too many failed token verifications on this connection or certificate; retry later",
+            ),
+            other => Owned(other.to_string()),
+        }
+    }
+}
+
 impl From<TokenError> for Code {
     fn from(e: TokenError) -> Code {
         e.code()

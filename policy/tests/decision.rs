@@ -464,8 +464,10 @@ fn rejections_carry_static_reasons_without_data() {
     for row in 2..=15 {
         let rej = failing_from(row).run().unwrap_err();
         assert!(!rej.reason.is_empty());
+        let detail = rej.detail();
         for secret in ["c-1", "c-missing", "A1", "A9", USER, "900101300123"] {
             assert!(!rej.reason.contains(secret), "row {row}: {}", rej.reason);
+            assert!(!detail.contains(secret), "row {row}: {detail}");
         }
     }
 }

@@ -306,7 +306,8 @@ impl Response {
 
     /// Asserts everything contract §6/§7 says about an error answer: the status, the code,
     /// `application/problem+json`, the exact body shape with the code's own `type` and
-    /// `title` (`detail`, if any, is not compared), the interaction id (header equal to the
+    /// `title` and a `detail` that holds no token (its words are not compared here), the
+    /// interaction id (header equal to the
     /// body, a UUID), `Date`, and the per-status headers (`WWW-Authenticate` on 401,
     /// `Retry-After` + `RateLimit-Policy`/`RateLimit` on 429, `Allow` on 405).
     #[track_caller]
@@ -330,9 +331,23 @@ impl Response {
         );
         let body = self.json();
         let obj = body.as_object().expect("problem body is an object");
-        for key in ["type", "title", "status", "code", "interaction_id"] {
+        for key in [
+            "type",
+            "title",
+            "status",
+            "code",
+            "interaction_id",
+            "detail",
+        ] {
             assert!(obj.contains_key(key), "problem lacks {key:?}: {body}");
         }
+        // Contract §6: `detail` says which rule failed, never a token.
+        let detail = body["detail"].as_str().unwrap_or("");
+        assert!(!detail.is_empty(), "empty detail: {body}");
+        assert!(
+            !detail.contains("eyJ") && !detail.contains("Bearer "),
+            "a token in the detail: {body}"
+        );
         for key in obj.keys() {
             assert!(
                 [

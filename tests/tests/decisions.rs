@@ -571,6 +571,61 @@ async fn time_issuer_and_audience_checks_are_invalid_token() {
     expect_invalid(cases).await;
 }
 
+/// Issue 13: each refusal's `detail` names its rule (the parameter, the claim), distinct
+/// rules get distinct details, and none repeats the request's token, customer or account.
+#[tokio::test]
+async fn problem_details_name_the_rule_and_never_the_request() {
+    let client = a_client();
+    let (token, acct) = (full_token(), account());
+    let tx = transactions_path(BANK_1, &acct, "");
+    let mut details = Vec::new();
+    let mut ask = |r: &Response, status: u16, code: &str, says: &str| {
+        r.assert_problem(status, code);
+        let d = r.json()["detail"].as_str().unwrap_or("").to_string();
+        assert!(
+            d.contains(says),
+            "{code} detail {d:?} does not name {says:?}"
+        );
+        details.push(d);
+    };
+    for (query, says) in [
+        ("limit=501", "limit"),
+        ("from=yesterday", "from"),
+        ("foo=1", "unknown or repeated query parameter"),
+    ] {
+        let r = client
+            .send(&Req::get(format!("{tx}?{query}")).bearer(&token))
+            .await;
+        ask(&r, 400, "bad_request", says);
+    }
+    let path = accounts_path(BANK_1);
+    let r = client.send(&Req::get(path.as_str())).await;
+    ask(&r, 401, "invalid_token", "Authorization");
+    let r = client.send(&Req::get(path.as_str()).bearer("abc")).await;
+    ask(&r, 401, "invalid_token", "compact JWS");
+    let mut wrong_aud = valid_claims();
+    wrong_aud["aud"] = json!("https://other-hub.example");
+    let wrong_aud = sign(&header(), &wrong_aud.to_string());
+    let r = client
+        .send(&Req::get(path.as_str()).bearer(&wrong_aud))
+        .await;
+    ask(&r, 401, "invalid_token", "aud");
+    let unique: std::collections::HashSet<&String> = details.iter().collect();
+    assert_eq!(unique.len(), details.len(), "{details:#?}");
+    let customer = hub().customer_of("c-authorised-full");
+    for d in &details {
+        for secret in [
+            &token,
+            &wrong_aud,
+            &acct,
+            &customer,
+            &"yesterday".to_string(),
+        ] {
+            assert!(!d.contains(secret.as_str()), "{d:?} repeats the request");
+        }
+    }
+}
+
 #[tokio::test]
 async fn each_missing_required_claim_is_invalid_token() {
     let mut cases = Vec::new();

@@ -91,12 +91,11 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Resp {
 #[derive(Serialize)]
 struct Problem<'a> {
     #[serde(rename = "type")]
-    kind: &'static str,
+    kind: String,
     title: &'a str,
     status: u16,
     code: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    detail: Option<&'a str>,
+    detail: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     attempts_left: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -195,11 +194,12 @@ fn problem_response(
     otp: Option<OtpState>,
 ) -> Resp {
     let body = Problem {
-        kind: "about:blank",
+        // The hub's scheme (policy::code): one URN per code, nothing to dereference.
+        kind: format!("urn:openapi-hub:problem:{code}"),
         title: status.canonical_reason().unwrap_or("Error"),
         status: status.as_u16(),
         code,
-        detail,
+        detail: detail.unwrap_or(code_detail(code)),
         attempts_left: otp.map(|o| o.attempts_left),
         codes_left: otp.map(|o| o.codes_left),
     };
@@ -211,6 +211,35 @@ fn problem_response(
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
     with_headers(r, "application/problem+json", "no-store")
+}
+
+/// The `detail` of a problem that has no more precise one: what its code means, in words
+/// (never request data).
+fn code_detail(code: &str) -> &'static str {
+    match code {
+        "route_not_found" => "no route of the sidecar's API has this path",
+        "method_not_allowed" => "this route does not allow this method (see Allow)",
+        "consent_not_found" => "no consent with this id is visible to the caller",
+        "authorisation_not_found" => "no authorisation session with this id",
+        "participant_not_found" => "no participant with this BIN",
+        "client_certificate_required" => "this route needs a client certificate of the platform CA",
+        "customer_session_required" => {
+            "this route needs a customer session (Bearer token from the login)"
+        }
+        "participant_unknown" => "the client certificate is not registered to a participant",
+        "participant_inactive" => "the calling participant is not active",
+        "operator_certificate_required" => "this route needs the operator's certificate",
+        "hub_certificate_required" => "this route needs the hub's certificate",
+        "otp_invalid" => "the one-time code is wrong",
+        "otp_expired" => "the one-time code has expired; ask for a new one",
+        "otp_attempts_exhausted" => "no attempts are left for this one-time code",
+        "otp_resend_limit" => "no more one-time codes may be sent for this authorisation",
+        "authorisation_sessions_exhausted" => {
+            "no more authorisation sessions may be opened for this consent"
+        }
+        "internal_error" => "a failure inside the trust sidecar",
+        _ => "see the code",
+    }
 }
 
 fn oauth_error(e: &OAuthError) -> Resp {

@@ -3,6 +3,7 @@
 //! upstream phases need, or refused with its code and what the hub had identified.
 
 use pingora::prelude::*;
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -105,6 +106,9 @@ pub(crate) struct Refused {
     pub(super) token: Option<Arc<VerifiedToken>>,
     /// The limit that refused a `429`.
     pub(super) limited: Option<Limited>,
+    /// Which rule failed, for the problem's `detail` (none: said by `limited`, or the
+    /// code's own).
+    pub(super) detail: Option<Cow<'static, str>>,
 }
 
 impl Refused {
@@ -116,6 +120,15 @@ impl Refused {
             provider: None,
             token: None,
             limited: None,
+            detail: None,
+        }
+    }
+
+    /// A refusal before anyone was identified, by the rule `detail` says.
+    pub(super) fn because(code: Code, detail: &'static str) -> Refused {
+        Refused {
+            detail: Some(Cow::Borrowed(detail)),
+            ..Refused::anonymous(code)
         }
     }
 }
@@ -130,6 +143,7 @@ impl Admitted {
             provider: Some(self.provider),
             token: self.token,
             limited: None,
+            detail: None,
         }
     }
 

@@ -15,7 +15,7 @@ use consent_cache::Consent;
 use policy::code::Code;
 use policy::decision::{decide, Facts, Grant, Rejection};
 use policy::limits::{Limited, RateInfo};
-use policy::route::{match_route, upstream_path, Route, RouteId};
+use policy::route::{parse_route, upstream_path, Route, RouteId};
 use policy::token::{Charge, Charged, TokenError, TokenVerifier};
 
 use super::ctx::{Admitted, Outcome, Refused, UpstreamCall};
@@ -65,14 +65,15 @@ fn evaluate(
     route_id: &mut Option<RouteId>,
 ) -> Result<Admitted, Refused> {
     let req = session.req_header();
-    check_sizes(req, snap).map_err(Refused::anonymous)?;
-    let raw =
-        std::str::from_utf8(req.raw_path()).map_err(|_| Refused::anonymous(Code::BadRequest))?;
+    check_sizes(req, snap)?;
+    let raw = std::str::from_utf8(req.raw_path())
+        .map_err(|_| Refused::because(Code::BadRequest, "the request target is not UTF-8"))?;
     let (path, query) = match raw.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (raw, None),
     };
-    let route = match_route(&req.method, path, query).map_err(Refused::anonymous)?;
+    let route =
+        parse_route(&req.method, path, query).map_err(|e| Refused::because(e.code, e.detail))?;
     *route_id = Some(route.id);
     // No customer data unrecorded: a consent route holds its journal record's place first.
     let journal = snap.journal_slot(route.id).map_err(Refused::anonymous)?;
@@ -141,17 +142,20 @@ fn decide_charged<'n>(
 
 /// The transport-level limits checked before routing: the header block (`431`) and a
 /// declared body (`413`; an unreadable `Content-Length` is `400`).
-fn check_sizes(req: &RequestHeader, snap: &Snapshot) -> Result<(), Code> {
+fn check_sizes(req: &RequestHeader, snap: &Snapshot) -> Result<(), Refused> {
     if header_bytes(req) > snap.max_header_bytes() {
-        return Err(Code::RequestHeaderFieldsTooLarge);
+        return Err(Refused::anonymous(Code::RequestHeaderFieldsTooLarge));
     }
     if let Some(cl) = req.headers.get(header::CONTENT_LENGTH) {
         let n: usize = std::str::from_utf8(cl.as_bytes())
             .ok()
             .and_then(|s| s.trim().parse().ok())
-            .ok_or(Code::BadRequest)?;
+            .ok_or(Refused::because(
+                Code::BadRequest,
+                "Content-Length is not a decimal number",
+            ))?;
         if n > snap.max_body_bytes() {
-            return Err(Code::PayloadTooLarge);
+            return Err(Refused::anonymous(Code::PayloadTooLarge));
         }
     }
     Ok(())
@@ -268,6 +272,7 @@ fn refused_by_policy(
     }
     Refused {
         limited,
+        detail: Some(rej.detail()),
         ..identify_refused(net, tokens, facts, &rej)
     }
 }
@@ -363,6 +368,7 @@ fn identify_refused(
         provider,
         token,
         limited: None,
+        detail: None,
     }
 }
 

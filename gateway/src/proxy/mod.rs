@@ -98,7 +98,15 @@ impl ProxyHttp for Hub {
         let Outcome::Refused(refused) = &ctx.outcome else {
             return Ok(false);
         };
-        write_problem(session, refused.code, &ctx.iid, refused.limited.as_ref()).await?;
+        let detail = refused.detail.as_deref();
+        write_problem(
+            session,
+            refused.code,
+            &ctx.iid,
+            refused.limited.as_ref(),
+            detail,
+        )
+        .await?;
         Ok(true)
     }
 
@@ -224,7 +232,7 @@ impl ProxyHttp for Hub {
         let code = failure_code(e);
         if let Some(code) = code {
             ctx.fail(code);
-            if let Ok((head, body)) = problem(code, &ctx.iid, ctx.limited()) {
+            if let Ok((head, body)) = problem(code, &ctx.iid, ctx.limited(), None) {
                 let _ = session
                     .as_downstream_mut()
                     .write_error_response(head, body)
@@ -259,7 +267,7 @@ impl ProxyHttp for Hub {
     fn malformed_request_response(&self, e: &Error) -> Option<(ResponseHeader, Bytes)> {
         let code = malformed_code(e);
         let iid = interaction_id(None);
-        let answer = problem(code, &iid, None).ok()?;
+        let answer = problem(code, &iid, None, None).ok()?;
         self.state
             .metrics
             .requests

@@ -23,22 +23,35 @@ enum Credentials {
 }
 
 /// The head and body of the problem answering `code`; `limited` says which limit refused
-/// a `429`.
+/// a `429` (or denied a `503 limits_unavailable`), `detail` which rule failed (the
+/// limit's numbers, or the code's own words, when `None`).
 pub(super) fn problem(
     code: Code,
     iid: &[u8; 36],
     limited: Option<&Limited>,
+    detail: Option<&str>,
 ) -> Result<(ResponseHeader, Bytes)> {
-    answer(code, iid, limited, Credentials::Sent)
+    answer(code, iid, (limited, detail), Credentials::Sent)
+}
+
+/// The problem's `detail`: the one given, else what the limit says, else none (the code's).
+fn detail_of(code: Code, limited: Option<&Limited>, detail: Option<&str>) -> Option<String> {
+    match (detail, limited) {
+        (Some(d), _) => Some(d.to_string()),
+        (None, Some(l)) if code == Code::LimitsUnavailable => Some(l.unavailable_detail()),
+        (None, Some(l)) => Some(l.detail()),
+        (None, None) => None,
+    }
 }
 
 fn answer(
     code: Code,
     iid: &[u8; 36],
-    limited: Option<&Limited>,
+    (limited, detail): (Option<&Limited>, Option<&str>),
     credentials: Credentials,
 ) -> Result<(ResponseHeader, Bytes)> {
-    let body = Bytes::from(problem_json(code, iid_str(iid), None));
+    let detail = detail_of(code, limited, detail);
+    let body = Bytes::from(problem_json(code, iid_str(iid), detail.as_deref()));
     let head = problem_head(code, iid, limited, body.len(), credentials)?;
     Ok((head, body))
 }
@@ -51,6 +64,7 @@ pub(super) async fn write_problem(
     code: Code,
     iid: &[u8; 36],
     limited: Option<&Limited>,
+    detail: Option<&str>,
 ) -> Result<()> {
     let credentials = if session
         .req_header()
@@ -68,7 +82,7 @@ pub(super) async fn write_problem(
     if !session.is_body_done() {
         session.set_keepalive(None);
     }
-    let (head, body) = answer(code, iid, limited, credentials)?;
+    let (head, body) = answer(code, iid, (limited, detail), credentials)?;
     session.write_response_header(Box::new(head), false).await?;
     session.write_response_body(Some(body), true).await?;
     Ok(())

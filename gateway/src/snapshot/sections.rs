@@ -216,7 +216,7 @@ fn process(src: &Source, cfg: &FileConfig) -> Result<ProcessSettings, ConfigErro
         tls_handshake_timeout,
         max_connections,
         audit_path,
-upgrade_sock,
+        upgrade_sock,
         audit_buffer,
         upstream_cert: src.resolve(cfg.upstream_tls.client_cert.get_ref()),
         upstream_key: src.resolve(cfg.upstream_tls.client_key.get_ref()),

@@ -202,6 +202,32 @@ impl Limited {
         Code::RateLimited
     }
 
+    /// Which limit refused, in words, for the problem's `detail` (its numbers only).
+    pub fn detail(&self) -> String {
+        match self.kind {
+            LimitKind::Monthly => format!(
+                "the monthly quota of {} calls per consent and endpoint is spent; it resets in {} s",
+                self.quota, self.retry_after_secs
+            ),
+            kind => format!(
+                "the {} rate limit ({} requests per {} s) refused the request; retry after {} s",
+                kind.name(),
+                self.quota,
+                self.window_secs,
+                self.retry_after_secs
+            ),
+        }
+    }
+
+    /// The `detail` of a `503 limits_unavailable` naming this limit.
+    pub fn unavailable_detail(&self) -> String {
+        format!(
+            "the shared rate-limit store is unavailable and the {} limit's failure policy denies; retry after {} s",
+            self.kind.name(),
+            self.retry_after_secs
+        )
+    }
+
     /// Appends the `RateLimit-Policy` and `RateLimit` values (`r=0`, `t` = `Retry-After`).
     pub fn write_headers(&self, policy: &mut String, ratelimit: &mut String) {
         write_policy(policy, self.kind, self.quota, self.window_secs);

@@ -118,7 +118,8 @@ pub struct ServerSection {
     /// Offer HTTP/2 by ALPN (HTTP/1.1 is always offered).
     #[serde(default = "defaults::http2")]
     pub http2: bool,
-    /// Seconds to keep serving after SIGTERM before closing listeners.
+    /// Seconds pingora waits after SIGTERM before stopping its services (its listeners
+    /// stop accepting at once; requests in flight go on), then `shutdown_timeout_secs`.
     #[serde(default = "defaults::grace_period_secs")]
     pub grace_period_secs: u64,
     /// Seconds in-flight requests get to finish at shutdown.

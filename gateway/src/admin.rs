@@ -1,5 +1,6 @@
 //! The admin listener (plain HTTP, loopback by default): `/metrics`, `/healthz`,
-//! `/readyz` and `POST /admin/reload`. Never exposes customer data or secrets.
+//! `/readyz`, `POST /admin/reload` and `/openapi.json` (the API users' OpenAPI document,
+//! `docs/openapi/hub.json`). Never exposes customer data or secrets.
 
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
@@ -10,6 +11,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::metrics::Metrics;
 use crate::state::State;
+
+/// The API users' OpenAPI 3.1 document (contract §2, §6, §7), built into the binary so that
+/// what is served is what this build implements.
+pub const OPENAPI_JSON: &str = include_str!("../../docs/openapi/hub.json");
 
 /// The admin application.
 pub struct Admin {
@@ -116,6 +121,11 @@ impl ServeHttp for Admin {
                     )
                 }
             }
+            (Method::GET, "/openapi.json") => reply(
+                StatusCode::OK,
+                "application/json",
+                OPENAPI_JSON.as_bytes().to_vec(),
+            ),
             (Method::POST, "/admin/reload") => match self.state.reload().await {
                 Ok(r) => json(
                     StatusCode::OK,
@@ -126,7 +136,7 @@ impl ServeHttp for Admin {
                     serde_json::json!({"status": "refused", "error": error.to_string()}),
                 ),
             },
-            (_, "/metrics" | "/healthz" | "/readyz" | "/admin/reload") => json(
+            (_, "/metrics" | "/healthz" | "/readyz" | "/admin/reload" | "/openapi.json") => json(
                 StatusCode::METHOD_NOT_ALLOWED,
                 serde_json::json!({"status": "method_not_allowed"}),
             ),

@@ -717,10 +717,8 @@ mod tests {
         assert_eq!(seen.len(), 7, "distinct rules, distinct details");
         let accounts = format!("/v1/providers/{P}/accounts");
         assert_eq!(detail(&accounts, Some("x=1")), NO_QUERY.detail);
-        assert_eq!(
-            detail("/v1/open-data/{P}/films", None),
-            UNKNOWN_DATASET.detail
-        );
+        let films = format!("/v1/open-data/{P}/films");
+        assert_eq!(detail(&films, None), UNKNOWN_DATASET.detail);
         assert_eq!(detail("/v1/nothing", None), NOT_FOUND.detail);
         assert_eq!(detail("/v1//x", None), EMPTY_SEGMENT.detail);
         assert_eq!(detail("/v1/a%2Fb", None), SEGMENT_BYTE.detail);

@@ -20,6 +20,8 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+use crate::openapi::{assert_conforms, Api};
+
 /// The name the hub's development server certificate carries.
 pub const HUB_SERVER_NAME: &str = "localhost";
 
@@ -412,6 +414,8 @@ pub struct Conn<S> {
     buf: Vec<u8>,
     /// Bytes read from the server so far.
     read_total: usize,
+    /// The document every answer to [`Conn::send`] and [`Conn::send_raw`] is held to.
+    api: Option<Api>,
 }
 
 /// An HTTP/1.1 connection over TLS.
@@ -465,6 +469,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             io,
             buf: Vec::new(),
             read_total: 0,
+            api: None,
         }
     }
 
@@ -472,6 +477,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// request, the connection closed before any byte of its response (RFC 9110 §9.2.2).
     pub fn bytes_read(&self) -> usize {
         self.read_total
+    }
+
+    /// Holds every answer to a request sent with [`Conn::send`] or [`Conn::send_raw`] to
+    /// `api`'s OpenAPI document (a mismatch panics); `None` checks nothing.
+    pub fn checked_against(mut self, api: Option<Api>) -> Conn<S> {
+        self.api = api;
+        self
     }
 
     /// The underlying stream.
@@ -491,15 +503,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     async fn send_raw_inner(&mut self, bytes: &[u8], head: bool) -> io::Result<Response> {
-        tokio::time::timeout(IO_TIMEOUT, async {
+        let response = tokio::time::timeout(IO_TIMEOUT, async {
             self.io.write_all(bytes).await?;
             self.io.flush().await?;
             let mut response = self.read_response(head).await?;
             response.authorization_sent = Some(has_authorization(bytes));
-            Ok(response)
+            Ok::<_, io::Error>(response)
         })
         .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no response in time"))?
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no response in time"))??;
+        if let Some(api) = self.api {
+            let (method, target) = request_line(bytes);
+            assert_conforms(api, &method, &target, &response);
+        }
+        Ok(response)
     }
 
     /// Reads one response (for a request already written).
@@ -621,6 +638,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 }
 
+/// The method and the request target of the HTTP/1.1 request in `bytes` (empty when its
+/// first line has none: such a request matches no route).
+fn request_line(bytes: &[u8]) -> (String, String) {
+    let line = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.trim_end().splitn(3, ' ');
+    let method = parts.next().unwrap_or_default().to_owned();
+    let target = parts.next().unwrap_or_default().to_owned();
+    (method, target)
+}
+
 /// Whether the HTTP/1.1 request in `bytes` has an `Authorization` field in its head.
 fn has_authorization(bytes: &[u8]) -> bool {
     let head = find(bytes, b"\r\n\r\n").map_or(bytes, |end| &bytes[..end]);
@@ -644,6 +672,8 @@ pub struct H2Conn {
     authority: String,
     /// The ALPN protocol the server chose.
     pub alpn: Option<Vec<u8>>,
+    /// The document every answer is held to (see [`Conn::checked_against`]).
+    api: Option<Api>,
 }
 
 impl H2Conn {
@@ -662,7 +692,14 @@ impl H2Conn {
             send,
             authority: format!("{HUB_SERVER_NAME}:{}", addr.port()),
             alpn,
+            api: None,
         })
+    }
+
+    /// Holds every answer to `api`'s OpenAPI document (see [`Conn::checked_against`]).
+    pub fn checked_against(mut self, api: Option<Api>) -> H2Conn {
+        self.api = api;
+        self
     }
 
     /// Sends a `GET` with the given headers on a new stream.
@@ -704,9 +741,13 @@ impl H2Conn {
                 ),
             })
         };
-        tokio::time::timeout(IO_TIMEOUT, fut)
+        let response = tokio::time::timeout(IO_TIMEOUT, fut)
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no h2 response in time"))?
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no h2 response in time"))??;
+        if let Some(api) = self.api {
+            assert_conforms(api, "GET", path, &response);
+        }
+        Ok(response)
     }
 }
 

@@ -28,6 +28,7 @@ use crate::http::{
     admin_request, connect_tls, connect_tls_from, tls_config, ClientCert, Conn, H2Conn, Req,
     Response, TlsConn, TlsVersions,
 };
+use crate::openapi::Api;
 
 /// The demo's first API user (active).
 pub const USER_A: &str = "100140000001";
@@ -288,11 +289,14 @@ impl Setup<'_> {
 }
 
 /// A client identity towards the hub plus the trust anchor for its server certificate.
+/// Every answer it receives is held to the hub's OpenAPI document unless [`Client::api`]
+/// names another server's (the trust sidecar, a sandbox bank).
 #[derive(Clone)]
 pub struct Client {
     addr: SocketAddr,
     h1: Arc<ClientConfig>,
     h2: Arc<ClientConfig>,
+    api: Option<Api>,
 }
 
 impl Client {
@@ -312,25 +316,40 @@ impl Client {
             addr,
             h1: tls_config(ca_pem, cert, &[b"http/1.1"], versions),
             h2: tls_config(ca_pem, cert, &[b"h2"], versions),
+            api: Some(Api::Hub),
         }
+    }
+
+    /// A client of the trust sidecar at `addr`: its answers are held to the sidecar's
+    /// OpenAPI document.
+    pub fn trust(addr: SocketAddr, ca_pem: &str, cert: Option<&ClientCert>) -> Client {
+        Client::new(addr, ca_pem, cert).api(Some(Api::Trust))
+    }
+
+    /// Holds this client's answers to `api`'s OpenAPI document instead of the hub's
+    /// (`None`: to none, for a server no document describes).
+    pub fn api(mut self, api: Option<Api>) -> Client {
+        self.api = api;
+        self
     }
 
     /// Opens an HTTP/1.1 connection (keep-alive: send several requests on it).
     pub async fn connect(&self) -> std::io::Result<TlsConn> {
-        Ok(Conn::new(connect_tls(self.addr, self.h1.clone()).await?))
+        let conn = Conn::new(connect_tls(self.addr, self.h1.clone()).await?);
+        Ok(conn.checked_against(self.api))
     }
 
     /// Opens an HTTP/1.1 connection from the local address `local` (e.g. 127.0.0.2: another
     /// client IP to the hub, which listens on 127.0.0.1).
     pub async fn connect_from(&self, local: IpAddr) -> std::io::Result<TlsConn> {
-        Ok(Conn::new(
-            connect_tls_from(local, self.addr, self.h1.clone()).await?,
-        ))
+        let conn = Conn::new(connect_tls_from(local, self.addr, self.h1.clone()).await?);
+        Ok(conn.checked_against(self.api))
     }
 
     /// Opens an HTTP/2 connection.
     pub async fn h2(&self) -> std::io::Result<H2Conn> {
-        H2Conn::connect(self.addr, self.h2.clone()).await
+        let conn = H2Conn::connect(self.addr, self.h2.clone()).await?;
+        Ok(conn.checked_against(self.api))
     }
 
     /// Sends one request on a fresh connection.

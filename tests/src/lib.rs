@@ -1,9 +1,11 @@
 //! End-to-end test support: runs the hub binary as a child process beside in-process
 //! sandbox banks (`hub`), and talks to it over real mTLS with a raw HTTP/1.1 client and an
-//! HTTP/2 client that assert the contract's problem+json answers (`http`).
+//! HTTP/2 client that assert the contract's problem+json answers (`http`), and hold every
+//! answer those clients receive to the OpenAPI documents (`openapi`).
 
 pub mod http;
 pub mod hub;
+pub mod openapi;
 
 pub use http::{is_uuid, ClientCert, Req, Response, TlsVersions};
 pub use hub::{
@@ -12,3 +14,4 @@ pub use hub::{
     replace_file, revoked_version, transactions_path, Client, Hub, Setup, ALL_PERMISSIONS, BANK_1,
     BANK_2, USER_A, USER_B, USER_SUSPENDED,
 };
+pub use openapi::Api;

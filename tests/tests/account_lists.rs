@@ -30,8 +30,9 @@ const ALLOWED: [&str; 2] = ["KZ-A", "KZ-B"];
 const MAX_LIST_BYTES: usize = 256 * 1024;
 
 /// A bank's account list with the consent's two accounts among two others, a count and a
-/// paging link that describe the whole list.
-const FULL_LIST: &str = r#"{"data":[{"account_id":"KZ-X","iban":"KZ00X","currency":"KZT"},{"account_id":"KZ-A","iban":"KZ00A","currency":"KZT"},{"account_id":"KZ-Y","iban":"KZ00Y","currency":"USD"},{"account_id":"KZ-B","iban":"KZ00B","currency":"EUR"}],"links":{"self":"/v1/accounts","next":"?cursor=c2"},"meta":{"total":4,"next_cursor":"c2"}}"#;
+/// paging link that describe the whole list (accounts of provider.json's shape, so that
+/// what passes the hub is what hub.json promises).
+const FULL_LIST: &str = r#"{"data":[{"account_id":"KZ-X","iban":"KZ00X","currency":"KZT","type":"current","name":"X","opened":"2020-01-01","status":"enabled"},{"account_id":"KZ-A","iban":"KZ00A","currency":"KZT","type":"card","name":"A","opened":"2020-01-02","status":"enabled"},{"account_id":"KZ-Y","iban":"KZ00Y","currency":"USD","type":"savings","name":"Y","opened":"2020-01-03","status":"blocked"},{"account_id":"KZ-B","iban":"KZ00B","currency":"EUR","type":"current","name":"B","opened":"2020-01-04","status":"enabled"}],"links":{"self":"/v1/accounts","next":"?cursor=c2"},"meta":{"total":4,"next_cursor":"c2"}}"#;
 
 /// One step of a scripted answer.
 #[derive(Clone)]
@@ -373,8 +374,10 @@ async fn a_list_sent_in_pieces_is_held_and_filtered() {
         assert_eq!(
             v,
             json!({"data":[
-                {"account_id":"KZ-A","iban":"KZ00A","currency":"KZT"},
-                {"account_id":"KZ-B","iban":"KZ00B","currency":"EUR"}],
+                {"account_id":"KZ-A","iban":"KZ00A","currency":"KZT","type":"card","name":"A",
+                 "opened":"2020-01-02","status":"enabled"},
+                {"account_id":"KZ-B","iban":"KZ00B","currency":"EUR","type":"current","name":"B",
+                 "opened":"2020-01-04","status":"enabled"}],
                 "meta":{"total":2}}),
             "{consent}"
         );

@@ -199,6 +199,7 @@ fn the_demo_runs_the_sidecar_and_the_hub_follows_it() {
             c["id"].as_str().expect("id")
         );
         let r = client_of(&m, addr_of(trust_url), &user)
+            .api(Some(Api::Trust))
             .send(
                 &Req::new("POST", "/oauth2/token")
                     .header("content-type", "application/x-www-form-urlencoded")

@@ -514,6 +514,7 @@ async fn provider_internal_headers_do_not_reach_the_api_user() {
         hub.ca_pem(),
         Some(&ClientCert::of(hub.pki.hub_client())),
     )
+    .api(Some(Api::Provider))
     .get("/v1/open-data/atms", None)
     .await;
     assert_eq!(direct.status, 200, "{}", direct.describe());
@@ -694,4 +695,27 @@ async fn duplicated_authorization_headers_are_refused() {
         accepted.is_empty(),
         "duplicated Authorization accepted: {accepted:?}"
     );
+}
+
+/// The admin listener serves the API users' OpenAPI document (`docs/openapi/hub.json`),
+/// the one every answer of these suites is held to, as JSON; other methods are `405`.
+#[tokio::test]
+async fn the_admin_listener_serves_the_openapi_document() {
+    let hub = hub();
+    let tcp = tokio::net::TcpStream::connect(hub.admin)
+        .await
+        .expect("admin listener");
+    let mut conn = e2e::http::Conn::new(tcp);
+    let r = conn
+        .send(&Req::get("/openapi.json"))
+        .await
+        .expect("an answer");
+    assert_eq!(r.status, 200, "{}", r.describe());
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let committed: Value =
+        serde_json::from_str(include_str!("../../docs/openapi/hub.json")).expect("JSON");
+    assert_eq!(r.json(), committed);
+    assert_eq!(r.json()["openapi"], "3.1.0");
+    let (status, _) = hub.admin("POST", "/openapi.json").await;
+    assert_eq!(status, 405);
 }

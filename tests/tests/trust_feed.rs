@@ -161,7 +161,7 @@ async fn journey_with(
     let ca = hub.pki.ca_cert_pem();
     // A customer the sandbox bank knows (USER_A's demo consent on BANK_1).
     let customer_id = hub.customer_of("c-authorised-full");
-    let operator = Client::new(
+    let operator = Client::trust(
         sidecar,
         ca,
         Some(&ClientCert::of(hub.pki.operator().expect("operator"))),
@@ -188,7 +188,7 @@ async fn journey_with(
         .await;
     assert_eq!(r.status, 201, "{}", r.text());
 
-    let api_user = Client::new(sidecar, ca, Some(&ClientCert::of(&user)));
+    let api_user = Client::trust(sidecar, ca, Some(&ClientCert::of(&user)));
     let mut body = json!({"customer": customer_id, "providers": [BANK_1],
                     "permissions": ["accounts", "balances", "transactions"], "purpose": "e2e"});
     if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
@@ -201,7 +201,7 @@ async fn journey_with(
     let consent = r.json()["id"].as_str().expect("id").to_string();
     assert_eq!(r.json()["status"], "awaiting_authorisation");
 
-    let customer = Client::new(sidecar, ca, None);
+    let customer = Client::trust(sidecar, ca, None);
     let r = customer
         .send(&json_req(
             "POST",
@@ -369,7 +369,7 @@ fn journey_revocation_staleness_and_restart_through_the_hub() {
             assert_eq!(r.status, 200, "{path}: {}", r.text());
         }
 
-        let api_user = Client::new(
+        let api_user = Client::trust(
             addr,
             hub.pki.ca_cert_pem(),
             Some(&ClientCert::of(hub.identity(USER_A))),
@@ -398,7 +398,7 @@ fn journey_revocation_staleness_and_restart_through_the_hub() {
 
         // Key rotation to a key the hub has never fetched (its refresh interval is an
         // hour): the unknown kid makes it fetch the JWKS, and the token is accepted.
-        let operator = Client::new(
+        let operator = Client::trust(
             addr,
             hub.pki.ca_cert_pem(),
             Some(&ClientCert::of(hub.pki.operator().expect("operator"))),
@@ -650,7 +650,7 @@ fn participant_changes_in_the_sidecar_apply_at_the_hub() {
         let before = [(503, "consent_state_stale"), (403, "consent_not_found")];
         until(&hub, &token, (200, ""), &before, Duration::from_secs(10)).await;
 
-        let operator = Client::new(
+        let operator = Client::trust(
             addr,
             hub.pki.ca_cert_pem(),
             Some(&ClientCert::of(hub.pki.operator().expect("operator"))),

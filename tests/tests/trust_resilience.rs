@@ -518,7 +518,7 @@ struct TrustConn {
 impl TrustConn {
     fn new(addr: SocketAddr, hub: &Hub, cert: Option<ClientCert>) -> TrustConn {
         TrustConn {
-            client: Client::new(addr, hub.ca_pem(), cert.as_ref()),
+            client: Client::trust(addr, hub.ca_pem(), cert.as_ref()),
             conn: None,
         }
     }

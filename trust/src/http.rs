@@ -31,6 +31,10 @@ use crate::wire::{ParticipantRecord, Role, NDJSON};
 /// Largest accepted request body.
 const MAX_BODY: usize = 64 * 1024;
 
+/// This API's OpenAPI 3.1 document (`docs/openapi/trust.json`), built into the binary so
+/// that what is served is what this build implements.
+pub const OPENAPI_JSON: &str = include_str!("../../docs/openapi/trust.json");
+
 /// Response body: a full buffer or a stream.
 pub type Body = BoxBody<Bytes, Infallible>;
 /// A response.
@@ -391,7 +395,7 @@ impl Call<'_> {
 /// not on the internal one, once there are two.
 fn served(exposure: Exposure, segs: &[&str]) -> bool {
     match segs {
-        ["healthz"] | [".well-known", ..] => true,
+        ["healthz"] | ["openapi.json"] | [".well-known", ..] => true,
         ["v1", "snapshot" | "feed" | "participants" | "admin", ..] => exposure != Exposure::Public,
         _ => exposure != Exposure::Internal,
     }
@@ -427,6 +431,15 @@ async fn route(app: &Arc<App>, peer: &Peer, req: Request<Incoming>) -> Result<Re
             Method::GET => Ok(json(
                 StatusCode::OK,
                 &serde_json::json!({"status": "ok", "version": app.db.head()}),
+            )),
+            _ => Ok(method_not_allowed("GET")),
+        },
+        // Public, like the metadata: no certificate needed to read what the API is.
+        ["openapi.json"] => match call.method {
+            Method::GET => Ok(with_headers(
+                Response::new(full(OPENAPI_JSON)),
+                "application/json",
+                "no-cache",
             )),
             _ => Ok(method_not_allowed("GET")),
         },

@@ -1,7 +1,9 @@
 //! Conformance details over real TLS: the RFC 8414 metadata carries every REQUIRED member
 //! (and validates with authlib's RFC 8414 validator: `metadata_validates_with_authlib`,
 //! ignored unless `pip install authlib` has run — `.ci/run` runs it); a malformed BIN on a
-//! registry route answers `422 invalid_field` naming `bin`, over HTTP/1.1 and HTTP/2.
+//! registry route answers `422 invalid_field` naming `bin`, over HTTP/1.1 and HTTP/2; the
+//! OpenAPI document (`docs/openapi/trust.json`) is served on both listeners to callers
+//! without a client certificate.
 
 mod common;
 
@@ -173,5 +175,41 @@ async fn a_malformed_bin_is_named_over_http1_and_http2() {
         (r.status, r.code()),
         (403, "operator_certificate_required".to_string())
     );
+    running.stop().await;
+}
+
+/// `GET /openapi.json` answers the committed document, as JSON, to a caller without a
+/// certificate, on the public and on the internal listener; other methods are `405`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_is_served_without_a_client_certificate() {
+    let f = Fixture::new();
+    let clock = ManualClock::new(now());
+    let mut config = f.config(&clock);
+    config.internal_listen = Some("127.0.0.1:0".parse().unwrap());
+    let running = trust::start(config, None).await.unwrap();
+    let committed: Value = serde_json::from_str(include_str!("../../docs/openapi/trust.json"))
+        .expect("the committed document is JSON");
+    let internal = running.internal_addr().expect("an internal listener");
+    for addr in [running.addr(), internal] {
+        let r = f.client(addr).get(None, "/openapi.json").await;
+        assert_eq!(
+            r.status,
+            200,
+            "{addr}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let ct = r.headers.get("content-type").and_then(|v| v.to_str().ok());
+        assert_eq!(ct, Some("application/json"), "{addr}");
+        assert_eq!(r.json(), committed, "{addr}");
+        assert_eq!(r.json()["openapi"], "3.1.0");
+        let post = f
+            .client(addr)
+            .send(None, "POST", "/openapi.json", &[], Vec::new())
+            .await;
+        assert_eq!(
+            (post.status, post.code()),
+            (405, "method_not_allowed".into())
+        );
+    }
     running.stop().await;
 }

@@ -131,7 +131,7 @@ impl Running {
     /// A client of trust replica `i` presenting `user`'s certificate.
     pub fn trust_as(&self, i: usize, user: &str) -> Client {
         let addr = addr_of(&self.cluster.trust_urls()[i]);
-        Client::new(addr, &self.ca_pem, Some(&self.users[user]))
+        Client::trust(addr, &self.ca_pem, Some(&self.users[user]))
     }
 
     /// Gateway `i`'s admin listener.

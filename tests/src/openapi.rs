@@ -408,7 +408,10 @@ mod tests {
         let mut bare = problem(401, "invalid_token");
         let text = String::from_utf8_lossy(&bare.body).replace(r#","detail":"d""#, "");
         bare.body = text.into_bytes();
-        assert!(check(Api::Hub, "GET", BALANCES, &bare).is_err(), "detail is required");
+        assert!(
+            check(Api::Hub, "GET", BALANCES, &bare).is_err(),
+            "detail is required"
+        );
         // A real code under the wrong status, and a code the hub never sends.
         assert!(check(Api::Hub, "GET", BALANCES, &problem(403, "invalid_token")).is_err());
         assert!(check(Api::Hub, "GET", BALANCES, &problem(401, "nope")).is_err());

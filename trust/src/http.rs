@@ -296,7 +296,35 @@ async fn read_json<T: DeserializeOwned>(
 }
 
 fn from_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
-    serde_json::from_slice(body).map_err(|e| Error::BadRequest(format!("JSON body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| Error::BadRequest(format!("JSON body: {}", without_values(&e.to_string()))))
+}
+
+/// A serde message with the request's own values taken out (`invalid type: string "…"`,
+/// ``integer `…` ``), field and variant names kept: a problem's `detail` never repeats a
+/// value, which could be a customer id or an account.
+fn without_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(i) = rest.find(['"', '`']) {
+        let quote = rest[i..].chars().next().unwrap_or('"');
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        let Some(end) = after.find(quote) else {
+            out.push_str(&rest[i..]);
+            return out;
+        };
+        let inner = &after[..end];
+        // A quoted string is always a value; in backticks, names are kept and
+        // numbers (values) are not.
+        let is_value = quote == '"' || inner.chars().any(|c| c.is_ascii_digit());
+        out.push(quote);
+        out.push_str(if is_value { "…" } else { inner });
+        out.push(quote);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The calling API user: an active participant with the `user` role.
@@ -709,7 +737,7 @@ fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, Error> {
         map.insert(k, value);
     }
     serde_json::from_value(serde_json::Value::Object(map))
-        .map_err(|e| Error::BadRequest(format!("query: {e}")))
+        .map_err(|e| Error::BadRequest(format!("query: {}", without_values(&e.to_string()))))
 }
 
 fn metadata(app: &App) -> Resp {
@@ -1039,6 +1067,43 @@ pub fn parse_feed_query(query: &str) -> Result<(u64, Option<String>), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bad_request_details_never_repeat_the_values_sent() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Body {
+            customer: String,
+            days: u32,
+            kind: Kind,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(rename_all = "lowercase")]
+        #[allow(dead_code)]
+        enum Kind {
+            A,
+        }
+        for body in [
+            r#"{"customer": 900101300123, "days": 1, "kind": "a"}"#,
+            r#"{"customer": "x", "days": "900101300123", "kind": "a"}"#,
+            r#"{"customer": "x", "days": 1, "kind": "900101300123"}"#,
+            r#"{"customer": "x", "days": 1, "kind": "a", "KZ900101300123": 1}"#,
+        ] {
+            let Err(Error::BadRequest(detail)) = from_json::<Body>(body.as_bytes()) else {
+                panic!("{body} must be refused");
+            };
+            assert!(!detail.contains("900101300123"), "{detail}");
+            assert!(detail.starts_with("JSON body: "), "{detail}");
+        }
+        // Names stay: the detail still says which member is wrong.
+        let Err(Error::BadRequest(d)) =
+            from_json::<Body>(br#"{"customer": "x", "days": 1, "kind": "a", "extra": 1}"#)
+        else {
+            panic!("an unknown member must be refused");
+        };
+        assert!(d.contains("`extra`"), "{d}");
+    }
 
     #[test]
     fn form_decoding() {

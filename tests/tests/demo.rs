@@ -241,7 +241,7 @@ fn events_of(log: &str, message: &str) -> Vec<Value> {
 }
 
 /// The configuration has no participants of its own: the start-up summary must not pass
-/// that off as the hub's (it counts the file's, and says the registry's follow); once the
+/// that off as the hub's (it counts the file's, and says the registry's arrive later); once the
 /// sidecar's snapshot is in force, the summary counts the registry's participants.
 fn start_up_summaries_say_what_is_loaded(log: &str) {
     let loaded = events_of(log, "configuration loaded");

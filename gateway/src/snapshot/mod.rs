@@ -149,7 +149,7 @@ impl Snapshot {
             ),
             Some(_) => format!(
                 "{participants} participants and {providers} providers from the file \
-                 (the trust registry's follow with the sidecar's first snapshot)"
+                 (the trust registry's participants and providers arrive with the sidecar's first snapshot)"
             ),
             None => format!("{participants} participants, {providers} providers"),
         };

@@ -490,7 +490,7 @@ async fn a_hub_on_the_trust_example_admits_a_token_from_the_sidecar_its_unit_run
         .expect("internal address");
 
     // The operator registers the API user (its thumbprint from the PKI step) and the bank.
-    let operator = Client::new(internal, &ca, Some(&client_cert(&pki, "operator")));
+    let operator = Client::trust(internal, &ca, Some(&client_cert(&pki, "operator")));
     let user_cert = client_cert(&pki, API_USER_FILE);
     let x5t = x5t_s256(&thumbprint_of_pem(user_cert.cert_pem.as_bytes()).expect("cert"));
     for (bin, record) in [
@@ -516,8 +516,8 @@ async fn a_hub_on_the_trust_example_admits_a_token_from_the_sidecar_its_unit_run
     let hub = start_hub(dir.path(), &config, admin).await;
 
     // A consent authorised by the customer, and a token from the sidecar's token endpoint.
-    let as_user = Client::new(public, &ca, Some(&user_cert));
-    let anon = Client::new(public, &ca, None);
+    let as_user = Client::trust(public, &ca, Some(&user_cert));
+    let anon = Client::trust(public, &ca, None);
     let customer = first_customer(&bank);
     let consent = authorised_consent(dir.path(), &as_user, &anon, &customer).await;
     let form = format!("grant_type=client_credentials&client_id={USER_A}&consent_id={consent}");

@@ -24,7 +24,7 @@ use crate::config::ConfigError;
 use crate::metrics::Metrics;
 use crate::plane::FeedStatus;
 use crate::proxy::Hub;
-use crate::snapshot::{self, sections, Publisher};
+use crate::snapshot::{self, sections, Publisher, UpgradeSock};
 use crate::state::State;
 use crate::tls::{ConnectionTrust, ListenerCounters};
 
@@ -103,7 +103,7 @@ pub fn run_as(config: &Path, start: Start) -> Result<(), RunError> {
         // finds no new process and ends in a graceful stop.
         upgrade_sock: process
             .upgrade_sock
-            .as_ref()
+            .path()
             .map_or_else(String::new, |p| p.display().to_string()),
         ..ServerConf::default()
     };
@@ -159,7 +159,7 @@ fn start_state(config: &Path, start: Start) -> Result<State, RunError> {
     let file = sections::load(config, None, &feed)?;
     let process = file.process.clone();
     check_listeners(&process, start)?;
-    check_upgrade_sock(process.upgrade_sock.as_deref(), start)?;
+    check_upgrade_sock(&process.upgrade_sock, start)?;
     let publisher = Publisher::new(file, feed);
     tracing::info!(summary = %publisher.current().summary(), "configuration loaded");
     let metrics = Metrics::new();
@@ -191,14 +191,18 @@ fn check_listeners(process: &snapshot::ProcessSettings, start: Start) -> Result<
 /// refused. The old process sends its sockets to whatever listens there on SIGQUIT, so a
 /// fresh start warns when other users could create that socket (a directory they can
 /// write); it may never be upgraded, so it does not refuse.
-fn check_upgrade_sock(sock: Option<&Path>, start: Start) -> Result<(), RunError> {
-    let Some(sock) = sock else {
-        return match start {
-            Start::Fresh => Ok(()),
-            Start::Upgrade => Err(RunError::Upgrade(
-                "no upgrade socket: the audit journal is standard output; set [server] upgrade_sock".into(),
-            )),
-        };
+fn check_upgrade_sock(sock: &UpgradeSock, start: Start) -> Result<(), RunError> {
+    let sock = match (sock, start) {
+        (UpgradeSock::At(p), _) => p,
+        (UpgradeSock::Unavailable { reason, .. }, Start::Upgrade) => {
+            return Err(RunError::Upgrade(format!("no upgrade socket: {reason}")))
+        }
+        (UpgradeSock::Unavailable { reason, warn }, Start::Fresh) => {
+            if *warn {
+                tracing::warn!(problem = %reason, "binary upgrades are unavailable");
+            }
+            return Ok(());
+        }
     };
     match (upgrade_sock_problem(sock, start), start) {
         (None, _) => Ok(()),
@@ -397,10 +401,10 @@ mod tests {
         assert!(problem.contains("mode 755"), "{problem}");
         assert_eq!(upgrade_sock_problem(&sock, Start::Fresh), None);
         assert!(matches!(
-            check_upgrade_sock(Some(&sock), Start::Upgrade),
+            check_upgrade_sock(&UpgradeSock::At(sock.clone()), Start::Upgrade),
             Err(RunError::Upgrade(_))
         ));
-        assert!(check_upgrade_sock(Some(&sock), Start::Fresh).is_ok());
+        assert!(check_upgrade_sock(&UpgradeSock::At(sock), Start::Fresh).is_ok());
         // Others may write: they could plant the socket the old process sends to.
         let writable = dir_with_mode(0o733);
         let sock = writable.path().join("upgrade.sock");
@@ -422,8 +426,18 @@ mod tests {
 
     #[test]
     fn an_upgrade_needs_a_socket_path() {
-        let err = check_upgrade_sock(None, Start::Upgrade).expect_err("refused");
-        assert!(err.to_string().contains("upgrade_sock"), "{err}");
-        assert!(check_upgrade_sock(None, Start::Fresh).is_ok());
+        for warn in [false, true] {
+            let none = UpgradeSock::Unavailable {
+                reason: "set server.upgrade_sock".into(),
+                warn,
+            };
+            let err = check_upgrade_sock(&none, Start::Upgrade).expect_err("refused");
+            assert!(
+                err.to_string()
+                    .contains("no upgrade socket: set server.upgrade_sock"),
+                "{err}"
+            );
+            assert!(check_upgrade_sock(&none, Start::Fresh).is_ok());
+        }
     }
 }

@@ -353,6 +353,25 @@ fn an_upgrade_socket_path_longer_than_a_unix_socket_holds_is_refused() {
     gateway::server::check(&cfg).expect("a 107-byte socket path is accepted");
 }
 
+#[test]
+fn a_journal_too_deep_for_the_default_upgrade_socket_only_makes_upgrades_unavailable() {
+    // The default socket is `<journal>.upgrade.sock`; a deep journal directory is no
+    // reason to refuse serving: the check accepts it and warns, naming the field.
+    let deep = format!("/var/lib/{}/audit.jsonl", "j".repeat(100));
+    let text = example().replace("path = \"audit.jsonl\"", &format!("path = \"{deep}\""));
+    let (_dir, cfg) = workspace_for(&text);
+    let checked = gateway::server::check_report(&cfg).expect("accepted");
+    let warned = checked
+        .warnings
+        .iter()
+        .any(|w| w.contains("server.upgrade_sock") && w.contains("at most 107"));
+    assert!(warned, "{:?}", checked.warnings);
+    // A journal in a short directory has its socket and no warning.
+    let (_dir, cfg) = workspace_for(&example());
+    let checked = gateway::server::check_report(&cfg).expect("accepted");
+    assert!(checked.warnings.is_empty(), "{:?}", checked.warnings);
+}
+
 /// The error for `text`, which must name `hub.toml:LINE: FIELD:` with LINE the line of
 /// `at` in `text`.
 fn refused_at(text: &str, at: &str, field: &str) -> String {

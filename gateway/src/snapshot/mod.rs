@@ -160,6 +160,31 @@ impl Snapshot {
     }
 }
 
+/// Where binary upgrades hand the listening sockets over (`[server] upgrade_sock`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum UpgradeSock {
+    /// The unix socket's absolute path.
+    At(PathBuf),
+    /// None: why (`gateway run --upgrade` is refused with it); `warn` when an operator
+    /// would not expect it (logged at start, listed by `gateway check`).
+    Unavailable {
+        /// Why there is no upgrade socket.
+        reason: String,
+        /// Whether to say so at start.
+        warn: bool,
+    },
+}
+
+impl UpgradeSock {
+    /// The socket's path, when there is one.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            Self::At(p) => Some(p),
+            Self::Unavailable { .. } => None,
+        }
+    }
+}
+
 /// Settings that only take effect at process start.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProcessSettings {
@@ -186,9 +211,8 @@ pub struct ProcessSettings {
     /// Audit journal destination.
     pub audit_path: PathBuf,
     /// Where a new process started with `--upgrade` receives the listening sockets
-    /// (`[server] upgrade_sock`, absolute); `None` when the journal is standard output and
-    /// no socket is configured (a binary upgrade is then refused).
-    pub upgrade_sock: Option<PathBuf>,
+    /// (`[server] upgrade_sock`, absolute), or why there is no such place.
+    pub upgrade_sock: UpgradeSock,
     /// Audit buffer.
     pub audit_buffer: usize,
     /// The hub's client certificate towards banks (read by the connector at start).
@@ -250,7 +274,10 @@ pub struct Checked {
 /// [`check`] with the file's warnings.
 pub fn check_report(path: &Path) -> Result<Checked, ConfigError> {
     let file = sections::load(path, None, &Arc::new(FeedStatus::new()))?;
-    let warnings = file.warnings.clone();
+    let mut warnings = file.warnings.clone();
+    if let UpgradeSock::Unavailable { reason, warn: true } = &file.process.upgrade_sock {
+        warnings.push(format!("{}: {reason}", path.display()));
+    }
     let summary = Publisher::new(file, Arc::new(FeedStatus::new()))
         .current()
         .summary();

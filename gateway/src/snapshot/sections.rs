@@ -29,7 +29,7 @@ use crate::tls;
 use crate::upstream::parse_base_url;
 
 use super::consents::ConsentFile;
-use super::{ProcessSettings, TlsMaterial};
+use super::{ProcessSettings, TlsMaterial, UpgradeSock};
 
 /// What one load of the configuration file contributes to a snapshot.
 pub struct FileInputs {
@@ -232,15 +232,24 @@ fn process(src: &Source, cfg: &FileConfig) -> Result<ProcessSettings, ConfigErro
 /// The longest unix socket path (`sun_path` holds 108 bytes with the terminating NUL).
 const MAX_UNIX_SOCKET_PATH: usize = 107;
 
-/// `[server] upgrade_sock`: as configured (resolved), else next to a file journal.
+/// `[server] upgrade_sock`: as configured (resolved), else next to a file journal. A
+/// configured path too long for a unix socket is refused; the default one only makes
+/// binary upgrades unavailable (said by `gateway check` and at start), since a deep
+/// journal directory is no reason to refuse serving.
 fn upgrade_sock(
     src: &Source,
     s: &ServerSection,
     audit_path: &Path,
-) -> Result<Option<PathBuf>, ConfigError> {
+) -> Result<UpgradeSock, ConfigError> {
     let path = match &s.upgrade_sock {
         Some(p) => src.resolve(p.get_ref()),
-        None if audit_path.as_os_str() == "-" => return Ok(None),
+        None if audit_path.as_os_str() == "-" => {
+            return Ok(UpgradeSock::Unavailable {
+                reason: "the audit journal is standard output and [server] upgrade_sock is not set"
+                    .into(),
+                warn: false,
+            })
+        }
         None => {
             let mut p = audit_path.as_os_str().to_owned();
             p.push(".upgrade.sock");
@@ -248,22 +257,23 @@ fn upgrade_sock(
         }
     };
     let len = path.as_os_str().len();
-    if len > MAX_UNIX_SOCKET_PATH {
-        let message = format!(
-            "{} is {len} bytes, a unix socket path holds at most {MAX_UNIX_SOCKET_PATH}{}",
-            path.display(),
-            if s.upgrade_sock.is_none() {
-                " (the default, next to the audit journal: set server.upgrade_sock)"
-            } else {
-                ""
-            }
-        );
-        return Err(match &s.upgrade_sock {
-            Some(p) => src.invalid(p, "server.upgrade_sock", message),
-            None => src.invalid_here("server.upgrade_sock", message),
-        });
+    if len <= MAX_UNIX_SOCKET_PATH {
+        return Ok(UpgradeSock::At(path));
     }
-    Ok(Some(path))
+    let message = format!(
+        "{} is {len} bytes, a unix socket path holds at most {MAX_UNIX_SOCKET_PATH}",
+        path.display()
+    );
+    match &s.upgrade_sock {
+        Some(p) => Err(src.invalid(p, "server.upgrade_sock", message)),
+        None => Ok(UpgradeSock::Unavailable {
+            reason: format!(
+                "server.upgrade_sock: the default, next to the audit journal, {message}; \
+                 set server.upgrade_sock to a shorter path to allow binary upgrades"
+            ),
+            warn: true,
+        }),
+    }
 }
 
 /// `[server] tls_handshake_timeout_secs` and `max_connections`: the API listener's limits.

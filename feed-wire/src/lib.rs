@@ -18,6 +18,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod rollup;
+
 use consent_cache::{Bin, Change, ConsentRecord};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;

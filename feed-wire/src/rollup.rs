@@ -249,7 +249,7 @@ mod tests {
             gateway: "gw-a".into(),
             epoch: "9f1c".into(),
             minutes: vec![MinuteRollup {
-                minute: 1_764_000_000 - 1_764_000_000 % 60,
+                minute: 1_764_000_000,
                 calls: vec![CallRow {
                     api_user: None,
                     provider: None,

@@ -18,7 +18,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod rollup;
+
+pub use api::{ApiSet, ProviderApi};
 
 use consent_cache::{Bin, Change, ConsentRecord};
 use serde::{Deserialize, Serialize};
@@ -105,6 +108,11 @@ pub struct ParticipantRecord {
     /// participant without the `provider` role.
     #[serde(default)]
     pub provider_urls: Vec<String>,
+    /// A provider's APIs that are not published on the hub (delisted by conformance
+    /// monitoring or pinned so by the operator): gateways refuse them with
+    /// `503 provider_unavailable`. Absent (empty) on the wire when every API is published.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub delisted: Vec<ProviderApi>,
     /// When the record last changed.
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
@@ -281,6 +289,7 @@ mod tests {
             status: ParticipantStatus::Active,
             thumbprints: vec!["abc".into()],
             provider_urls: vec!["https://127.0.0.1:1".into()],
+            delisted: Vec::new(),
             updated_at: OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap(),
         }
     }

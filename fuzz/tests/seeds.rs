@@ -201,6 +201,7 @@ fn participant() -> ParticipantRecord {
         status: ParticipantStatus::Active,
         thumbprints: vec![THUMBPRINT.into()],
         provider_urls: Vec::new(),
+        delisted: Vec::new(),
         updated_at: OffsetDateTime::from_unix_timestamp(NOW).unwrap(),
     }
 }

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use consent_cache::Bin;
-use feed_wire::{self as wire, ParticipantRecord};
+use feed_wire::{self as wire, ApiSet, ParticipantRecord};
 use policy::directory::{
     Directory, DirectoryBuilder, Participant, ParticipantStatus, ProviderEntry, Role, Roles,
 };
@@ -190,6 +190,8 @@ struct Candidate {
     from_registry: bool,
     /// The registry's provider URLs (provider role, non-empty), already checked.
     registry_urls: Option<Vec<String>>,
+    /// The provider's APIs the registry does not publish.
+    delisted: ApiSet,
 }
 
 fn decode_thumbprint(s: &str) -> Option<[u8; 32]> {
@@ -279,6 +281,7 @@ pub fn build(base: &FileBase, registry: Option<&Registry>, previous: Option<&Net
                 thumbprints: f.thumbprints.clone(),
                 from_registry: false,
                 registry_urls: None,
+                delisted: ApiSet::EMPTY,
             }),
     );
     one_owner_per_thumbprint(&mut candidates);
@@ -315,6 +318,7 @@ impl Builder<'_> {
                         .collect(),
                     from_registry: true,
                     registry_urls: None,
+                    delisted: ApiSet::EMPTY,
                 }
             }
         }
@@ -349,6 +353,7 @@ impl Builder<'_> {
             thumbprints,
             from_registry: true,
             registry_urls,
+            delisted: r.delisted.iter().copied().collect(),
         }
     }
 
@@ -419,6 +424,7 @@ impl Builder<'_> {
             if let Err(e) = dir.add_provider(ProviderEntry {
                 bin,
                 published,
+                delisted: c.delisted,
                 index,
             }) {
                 tracing::warn!(provider = %bin, error = %e, "provider left out of the directory");
@@ -536,6 +542,7 @@ mod tests {
             status: st,
             thumbprints: t.iter().map(|n| tps(*n)).collect(),
             provider_urls: Vec::new(),
+            delisted: Vec::new(),
             updated_at: OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap(),
         }
     }
@@ -673,10 +680,18 @@ mod tests {
         assert!(Arc::ptr_eq(&again.upstreams[e.index], up));
         // A changed one gets a new pool.
         r.provider_urls = vec!["https://127.0.0.1:9004".into()];
-        reg.upsert(r);
+        reg.upsert(r.clone());
         let changed = build(&base(), Some(&reg), Some(&again));
         let e = changed.directory.provider(bin("990340000011")).unwrap();
         assert_eq!(changed.upstreams[e.index].targets[0].addr.port(), 9004);
+        assert!(e.delisted.is_empty());
+        // The registry's delisted APIs reach the directory entry, and only those.
+        r.delisted = vec![wire::ProviderApi::Transactions];
+        reg.upsert(r);
+        let delisted = build(&base(), Some(&reg), Some(&changed));
+        let e = delisted.directory.provider(bin("990340000011")).unwrap();
+        assert!(e.published && e.delisted.contains(wire::ProviderApi::Transactions));
+        assert_eq!(e.delisted.iter().count(), 1);
     }
 
     #[test]

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use consent_cache::{Bin, ConsentStatus, Permission, Permissions};
 
 use crate::code::Code;
-use crate::directory::{Directory, Participant, ProviderEntry, Role};
+use crate::directory::{Directory, Participant, ProviderApi, ProviderEntry, Role};
 use crate::limits::Limited;
 use crate::route::Route;
 use crate::token::{bearer, check_binding, TokenError, VerifiedToken, Verify};
@@ -239,7 +239,7 @@ pub fn decide<'a, C: ConsentView, V: Verify + ?Sized>(
             (Some(token), Some(consent))
         }
     };
-    let provider = provider_rows(dir, provider_bin)?;
+    let provider = provider_rows(dir, provider_bin, route.api())?;
     Ok(Grant {
         api_user: participant,
         provider,
@@ -409,7 +409,11 @@ fn consent_covers(
 /// Row 15: the route's provider is a published entry of an active participant with the
 /// provider role.
 #[inline]
-fn provider_rows(dir: &Directory, provider_bin: Option<Bin>) -> Result<&ProviderEntry, Rejection> {
+fn provider_rows(
+    dir: &Directory,
+    provider_bin: Option<Bin>,
+    api: ProviderApi,
+) -> Result<&ProviderEntry, Rejection> {
     let not_found = reject(Code::ProviderNotFound, "no provider has the id in the path");
     let provider_bin = provider_bin.ok_or(not_found)?;
     let provider = dir.provider(provider_bin).ok_or(not_found)?;
@@ -430,6 +434,12 @@ fn provider_rows(dir: &Directory, provider_bin: Option<Bin>) -> Result<&Provider
         return Err(reject(
             Code::ProviderUnavailable,
             "the provider's API is not published",
+        ));
+    }
+    if provider.delisted.contains(api) {
+        return Err(reject(
+            Code::ProviderUnavailable,
+            "the provider's API is delisted (conformance monitoring or the operator)",
         ));
     }
     Ok(provider)

@@ -3,6 +3,7 @@
 //! gateway can route to. Built once per configuration snapshot, then read-only.
 
 use consent_cache::Bin;
+pub use feed_wire::{ApiSet, ProviderApi};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -118,6 +119,9 @@ pub struct ProviderEntry {
     pub bin: Bin,
     /// Whether its APIs are published on the hub (unpublished: `provider_unavailable`).
     pub published: bool,
+    /// Its APIs the registry does not publish (delisted by conformance monitoring or
+    /// pinned so by the operator): `provider_unavailable` on those routes only.
+    pub delisted: ApiSet,
     /// Index into the gateway's upstream table.
     pub index: usize,
 }
@@ -282,6 +286,7 @@ mod tests {
         b.add_provider(ProviderEntry {
             bin: bin("100000000002"),
             published: true,
+            delisted: ApiSet::EMPTY,
             index: 0,
         })
         .unwrap();
@@ -332,6 +337,7 @@ mod tests {
         b.add_provider(ProviderEntry {
             bin: bin("100000000001"),
             published: true,
+            delisted: ApiSet::EMPTY,
             index: 0,
         })
         .unwrap();
@@ -339,6 +345,7 @@ mod tests {
             b.add_provider(ProviderEntry {
                 bin: bin("100000000001"),
                 published: false,
+                delisted: ApiSet::EMPTY,
                 index: 1
             })
             .unwrap_err(),
@@ -353,6 +360,7 @@ mod tests {
         b.add_provider(ProviderEntry {
             bin: bin("100000000009"),
             published: true,
+            delisted: ApiSet::EMPTY,
             index: 0,
         })
         .unwrap();

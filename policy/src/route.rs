@@ -43,6 +43,7 @@
 
 use crate::code::Code;
 use consent_cache::{Bin, Permission};
+use feed_wire::ProviderApi;
 
 /// Maximum length of the `{account_id}` segment.
 pub const MAX_ACCOUNT_ID_LEN: usize = 64;
@@ -145,6 +146,16 @@ impl Dataset {
         }
     }
 
+    /// Its provider API.
+    pub const fn api(self) -> ProviderApi {
+        match self {
+            Dataset::ExchangeRates => ProviderApi::ExchangeRates,
+            Dataset::Branches => ProviderApi::Branches,
+            Dataset::Atms => ProviderApi::Atms,
+            Dataset::Products => ProviderApi::Products,
+        }
+    }
+
     /// Parses a path segment (exact, case-sensitive).
     pub fn parse(s: &str) -> Option<Dataset> {
         match s {
@@ -175,6 +186,20 @@ impl Route<'_> {
     /// The provider segment as a BIN, if it is one.
     pub fn provider_bin(&self) -> Option<Bin> {
         Bin::parse(self.provider).ok()
+    }
+
+    /// The provider API the route calls (the unit of conformance and publication).
+    pub fn api(&self) -> ProviderApi {
+        match (self.id, self.dataset) {
+            (RouteId::Accounts, _) => ProviderApi::Accounts,
+            (RouteId::Account, _) => ProviderApi::Account,
+            (RouteId::Balances, _) => ProviderApi::Balances,
+            (RouteId::Transactions, _) => ProviderApi::Transactions,
+            (RouteId::OpenData, Some(d)) => d.api(),
+            // The matcher never builds an open-data route without its dataset; the
+            // first dataset stands in rather than a panic on the request path.
+            (RouteId::OpenData, None) => ProviderApi::ExchangeRates,
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use policy::directory::{ApiSet, ProviderApi};
 use policy::{
     decide, match_route, Bin, Code, ConsentStatus, ConsentView, Directory, DirectoryBuilder, Facts,
     Grant, Participant, ParticipantStatus, Permission, Permissions, ProviderEntry, Rejection,
@@ -25,6 +26,8 @@ const P_NO_ROLE: &str = "200000000004";
 const P_NO_ENTRY: &str = "200000000005";
 const P_UNKNOWN_IN_CONSENT: &str = "200000000006";
 const P_UNKNOWN: &str = "299999999999";
+/// Published, with its balances and ATM-list APIs delisted.
+const P_DELISTED_APIS: &str = "200000000007";
 
 const TP_INACTIVE: [u8; 32] = [0x02; 32];
 const TP_NO_USER_ROLE: [u8; 32] = [0x03; 32];
@@ -114,6 +117,8 @@ fn directory() -> Directory {
         .unwrap();
     d.add_participant(participant(P_NO_ENTRY, Roles::PROVIDER, Active), [])
         .unwrap();
+    d.add_participant(participant(P_DELISTED_APIS, Roles::PROVIDER, Active), [])
+        .unwrap();
     for (i, (b, published)) in [
         (P, true),
         (P_UNPUBLISHED, false),
@@ -126,10 +131,20 @@ fn directory() -> Directory {
         d.add_provider(ProviderEntry {
             bin: bin(b),
             published,
+            delisted: ApiSet::EMPTY,
             index: i,
         })
         .unwrap();
     }
+    d.add_provider(ProviderEntry {
+        bin: bin(P_DELISTED_APIS),
+        published: true,
+        delisted: [ProviderApi::Balances, ProviderApi::Atms]
+            .into_iter()
+            .collect(),
+        index: 4,
+    })
+    .unwrap();
     d.build().unwrap()
 }
 
@@ -164,6 +179,7 @@ fn consent(id: &str) -> TestConsent {
             P_NO_ROLE,
             P_NO_ENTRY,
             P_UNKNOWN_IN_CONSENT,
+            P_DELISTED_APIS,
         ]
         .iter()
         .map(|b| bin(b))
@@ -457,6 +473,24 @@ fn row_15_provider_not_found_or_unavailable() {
         r.path = balances(provider, "A1");
         assert_eq!(r.code(), Some(code), "{provider}");
     }
+}
+
+#[test]
+fn row_15_a_delisted_api_is_unavailable_and_the_provider_s_other_apis_serve() {
+    let mut r = Req::new(&balances(P_DELISTED_APIS, "A1"));
+    assert_eq!(r.code(), Some(Code::ProviderUnavailable));
+    let rej = r.run().unwrap_err();
+    assert!(rej.reason.contains("delisted"), "{}", rej.reason);
+    r.path = format!("/v1/providers/{P_DELISTED_APIS}/accounts");
+    assert_eq!(r.code(), None, "accounts is still published");
+    assert_eq!(
+        open_data(P_DELISTED_APIS).code(),
+        Some(Code::ProviderUnavailable),
+        "atms is delisted"
+    );
+    let mut branches = Req::new(&format!("/v1/open-data/{P_DELISTED_APIS}/branches"));
+    branches.auth = None;
+    assert_eq!(branches.code(), None, "branches is still published");
 }
 
 #[test]

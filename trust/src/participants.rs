@@ -329,6 +329,12 @@ pub fn upsert(
         status,
         thumbprints: input.thumbprints,
         provider_urls: input.provider_urls,
+        // Which APIs are delisted is conformance monitoring's and the operator's pins'
+        // business, never changed by re-registering the participant.
+        delisted: existing
+            .as_ref()
+            .map(|(old, _)| old.delisted.clone())
+            .unwrap_or_default(),
         updated_at: to_datetime(tx.now()),
     };
     if let Some((old, _)) = &existing {

@@ -104,6 +104,7 @@ pub fn directory() -> Directory {
     d.add_provider(ProviderEntry {
         bin: bin(PROVIDER),
         published: true,
+        delisted: policy::directory::ApiSet::EMPTY,
         index: 0,
     })
     .expect("provider entry");

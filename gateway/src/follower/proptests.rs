@@ -90,6 +90,7 @@ impl Member {
             status,
             thumbprints: vec![format!("tp-{n}-{thumb}")],
             provider_urls: vec![],
+            delisted: Vec::new(),
             updated_at: at(1_800_000_000),
         };
         Member { record, readable }

@@ -466,6 +466,7 @@ async fn a_registry_change_republishes_the_directory_and_keeps_the_rest() {
         status: WireStatus::Active,
         thumbprints: Vec::new(),
         provider_urls: Vec::new(),
+        delisted: Vec::new(),
         updated_at: time::OffsetDateTime::UNIX_EPOCH,
     });
     let registry = Arc::new(registry);

@@ -176,6 +176,7 @@ pub fn one_user_one_provider() -> Directory {
     d.add_provider(ProviderEntry {
         bin: bin(PROVIDER),
         published: true,
+        delisted: policy::directory::ApiSet::EMPTY,
         index: 0,
     })
     .unwrap();

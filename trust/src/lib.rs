@@ -20,6 +20,7 @@ pub mod consents;
 pub mod db;
 pub mod error;
 pub mod feed;
+pub mod grade;
 pub mod history;
 pub mod http;
 pub mod keys;

@@ -15,7 +15,8 @@ use crate::db::{Sql, StoreError, Tx};
 use crate::error::Error;
 use crate::history::HistoryEntry;
 use crate::wire::{
-    FeedLine, ParticipantChange, ParticipantOp, ParticipantRecord, ParticipantStatus, Role,
+    FeedLine, ParticipantChange, ParticipantOp, ParticipantRecord, ParticipantStatus,
+    ProviderApi, Role,
 };
 
 /// Longest accepted participant name, in characters.
@@ -419,6 +420,39 @@ pub fn set_status(
         record.status = status;
         record.updated_at = to_datetime(tx.now());
         write(tx, &record, Some(from), actor, false)?;
+    }
+    let view =
+        view(tx, bin)?.ok_or_else(|| StoreError::Corrupt(format!("participant {bin} vanished")))?;
+    let head = tx.head()?;
+    Ok(Written {
+        view,
+        created: false,
+        directory: Arc::new(Directory::load(tx, head)?),
+    })
+}
+
+/// Makes `delisted` the provider's unpublished APIs (conformance monitoring or an
+/// operator's pin), publishing the change on the feed when it is one. Refuses a
+/// participant that is not a provider.
+pub fn set_delisted(
+    tx: &mut Tx<'_>,
+    bin: Bin,
+    mut delisted: Vec<ProviderApi>,
+    actor: &str,
+) -> Result<Written, Error> {
+    tx.head()?; // decides from what it reads (portable SQL rule 7)
+    let Some((mut record, _)) = load(tx, bin)? else {
+        return Err(Error::NotFound("participant_not_found"));
+    };
+    if !record.has_role(Role::Provider) {
+        return Err(Error::NotFound("provider_not_found"));
+    }
+    delisted.sort_unstable();
+    delisted.dedup();
+    if record.delisted != delisted {
+        record.delisted = delisted;
+        record.updated_at = to_datetime(tx.now());
+        write(tx, &record, Some(record.status), actor, false)?;
     }
     let view =
         view(tx, bin)?.ok_or_else(|| StoreError::Corrupt(format!("participant {bin} vanished")))?;

@@ -2,6 +2,7 @@
 //! consent route and each open-data dataset. Conformance monitoring grades each one, and
 //! the registry publishes a provider's API or not (`ParticipantRecord::delisted`).
 
+use consent_cache::Permission;
 use serde::{Deserialize, Serialize};
 
 /// One provider API.
@@ -60,9 +61,43 @@ impl ProviderApi {
         }
     }
 
-    /// Parses a wire name (exact).
+    /// Parses a wire name (exact), or an open-data set's bare name (`atms`).
     pub fn parse(s: &str) -> Option<ProviderApi> {
-        Self::ALL.into_iter().find(|a| a.as_str() == s)
+        Self::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s || a.dataset() == Some(s))
+    }
+
+    /// The consent permission the API needs (`None`: open data).
+    pub const fn permission(self) -> Option<Permission> {
+        match self {
+            ProviderApi::Accounts | ProviderApi::Account => Some(Permission::Accounts),
+            ProviderApi::Balances => Some(Permission::Balances),
+            ProviderApi::Transactions => Some(Permission::Transactions),
+            _ => None,
+        }
+    }
+
+    /// The open-data set's path segment, for the open-data APIs.
+    pub const fn dataset(self) -> Option<&'static str> {
+        match self {
+            ProviderApi::ExchangeRates => Some("exchange-rates"),
+            ProviderApi::Branches => Some("branches"),
+            ProviderApi::Atms => Some("atms"),
+            ProviderApi::Products => Some("products"),
+            _ => None,
+        }
+    }
+
+    /// The provider-side path template (`docs/openapi/provider.json`).
+    pub const fn template(self) -> &'static str {
+        match self {
+            ProviderApi::Accounts => "/v1/accounts",
+            ProviderApi::Account => "/v1/accounts/{account_id}",
+            ProviderApi::Balances => "/v1/accounts/{account_id}/balances",
+            ProviderApi::Transactions => "/v1/accounts/{account_id}/transactions",
+            _ => "/v1/open-data/{dataset}",
+        }
     }
 
     /// Its bit in an [`ApiSet`].
@@ -130,6 +165,7 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", api.as_str()));
         }
         assert_eq!(ProviderApi::parse("Accounts"), None);
+        assert_eq!(ProviderApi::parse("atms"), Some(ProviderApi::Atms));
         let set: ApiSet = [ProviderApi::Balances, ProviderApi::Atms]
             .into_iter()
             .collect();

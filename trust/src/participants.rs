@@ -15,8 +15,8 @@ use crate::db::{Sql, StoreError, Tx};
 use crate::error::Error;
 use crate::history::HistoryEntry;
 use crate::wire::{
-    FeedLine, ParticipantChange, ParticipantOp, ParticipantRecord, ParticipantStatus,
-    ProviderApi, Role,
+    FeedLine, ParticipantChange, ParticipantOp, ParticipantRecord, ParticipantStatus, ProviderApi,
+    Role,
 };
 
 /// Longest accepted participant name, in characters.

@@ -171,6 +171,48 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         expires_at    BIGINT NOT NULL
     );
     "#,
+    // 3: provider oversight (SQLite migration 3).
+    r#"
+    CREATE TABLE probe_subjects (
+        provider   TEXT PRIMARY KEY,
+        subject    TEXT NOT NULL,
+        actor      TEXT NOT NULL,
+        updated_at BIGINT NOT NULL
+    );
+
+    CREATE TABLE oversight_apis (
+        provider   TEXT NOT NULL,
+        api        TEXT NOT NULL,
+        state      TEXT NOT NULL,
+        updated_at BIGINT NOT NULL,
+        PRIMARY KEY (provider, api)
+    );
+
+    CREATE TABLE oversight_events (
+        seq        BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        provider   TEXT NOT NULL,
+        api        TEXT NOT NULL,
+        at         BIGINT NOT NULL,
+        actor      TEXT NOT NULL,
+        from_grade TEXT NOT NULL,
+        to_grade   TEXT NOT NULL,
+        listed     BIGINT NOT NULL,
+        evidence   TEXT NOT NULL
+    );
+    CREATE INDEX oversight_events_by_provider ON oversight_events(provider, seq);
+
+    CREATE TABLE probe_results (
+        seq        BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        provider   TEXT NOT NULL,
+        api        TEXT NOT NULL,
+        at         BIGINT NOT NULL,
+        passed     BIGINT NOT NULL,
+        latency_us BIGINT NOT NULL,
+        report     TEXT NOT NULL
+    );
+    CREATE INDEX probe_results_by_provider ON probe_results(provider, api, seq);
+    CREATE INDEX probe_results_by_time ON probe_results(at);
+    "#,
 ];
 
 /// The newest schema version this binary knows.

@@ -132,6 +132,48 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         expires_at    INTEGER NOT NULL
     ) STRICT;
     "#,
+    // 3: provider oversight: test subjects, graded APIs, their events, probe results.
+    r#"
+    CREATE TABLE probe_subjects (
+        provider   TEXT PRIMARY KEY,       -- BIN
+        subject    TEXT NOT NULL,          -- the test customer and consent, as JSON
+        actor      TEXT NOT NULL,
+        updated_at INTEGER NOT NULL
+    ) STRICT;
+
+    CREATE TABLE oversight_apis (
+        provider   TEXT NOT NULL,
+        api        TEXT NOT NULL,          -- feed_wire::ProviderApi
+        state      TEXT NOT NULL,          -- grade::ApiState as JSON
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (provider, api)
+    ) STRICT;
+
+    CREATE TABLE oversight_events (
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+        provider   TEXT NOT NULL,
+        api        TEXT NOT NULL,
+        at         INTEGER NOT NULL,
+        actor      TEXT NOT NULL,          -- "probe" or the operator
+        from_grade TEXT NOT NULL,
+        to_grade   TEXT NOT NULL,
+        listed     INTEGER NOT NULL,       -- 1: published after the event
+        evidence   TEXT NOT NULL           -- JSON: the probe's failing rules, the pin's reason
+    ) STRICT;
+    CREATE INDEX oversight_events_by_provider ON oversight_events(provider, seq);
+
+    CREATE TABLE probe_results (
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+        provider   TEXT NOT NULL,
+        api        TEXT NOT NULL,
+        at         INTEGER NOT NULL,
+        passed     INTEGER NOT NULL,
+        latency_us INTEGER NOT NULL,       -- the slowest call of the probe
+        report     TEXT NOT NULL           -- conformance::ApiReport as JSON
+    ) STRICT;
+    CREATE INDEX probe_results_by_provider ON probe_results(provider, api, seq);
+    CREATE INDEX probe_results_by_time ON probe_results(at);
+    "#,
 ];
 
 /// The newest schema version this binary knows.

@@ -243,7 +243,7 @@ impl App {
         }
     }
 
-    fn swap_directory(&self, new: Arc<Directory>) {
+    pub(crate) fn swap_directory(&self, new: Arc<Directory>) {
         let mut guard = match self.directory.write() {
             Ok(g) => g,
             Err(p) => p.into_inner(),

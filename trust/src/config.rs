@@ -84,6 +84,8 @@ pub struct Config {
     /// Changes kept in the feed history (default 1,000,000); older ones are pruned and
     /// a gateway behind them reloads the snapshot.
     pub feed_retention: u64,
+    /// Provider conformance probing (off when `None`).
+    pub probe: Option<crate::prober::ProbeConfig>,
     /// The clock.
     pub clock: Arc<dyn Clock>,
 }
@@ -128,6 +130,7 @@ impl Config {
             heartbeat: Duration::from_secs(5),
             housekeeping: Duration::from_secs(1),
             feed_retention: 1_000_000,
+            probe: None,
             clock: Arc::new(SystemClock),
         }
     }

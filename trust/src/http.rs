@@ -226,6 +226,7 @@ fn code_detail(code: &str) -> &'static str {
         "consent_not_found" => "no consent with this id is visible to the caller",
         "authorisation_not_found" => "no authorisation session with this id",
         "participant_not_found" => "no participant with this BIN",
+        "provider_not_found" => "no participant with the provider role has this BIN",
         "client_certificate_required" => "this route needs a client certificate of the platform CA",
         "customer_session_required" => {
             "this route needs a customer session (Bearer token from the login)"
@@ -480,6 +481,7 @@ async fn route(app: &Arc<App>, peer: &Peer, req: Request<Incoming>) -> Result<Re
         ["v1", "customer", rest @ ..] => customer_routes(call, rest).await,
         ["v1", "participants", rest @ ..] => participant_routes(call, rest).await,
         ["v1", "admin", "keys", rest @ ..] => key_routes(call, rest).await,
+        ["v1", "admin", "oversight", rest @ ..] => oversight_routes(call, rest).await,
         ["v1", "snapshot"] => match call.method {
             Method::GET => {
                 hub(app, peer)?;
@@ -600,6 +602,59 @@ async fn participant_routes(call: Call<'_>, rest: &[&str]) -> Result<Resp, Error
                 ok(&app.set_participant_status(actor, bin, input.status).await?)
             }
             _ => Ok(method_not_allowed("PUT")),
+        },
+        _ => Err(Error::NotFound("route_not_found")),
+    }
+}
+
+/// `/v1/admin/oversight/…`: providers' conformance grades, history, test subjects and
+/// the operator's pins (issue 14 point 6).
+async fn oversight_routes(call: Call<'_>, rest: &[&str]) -> Result<Resp, Error> {
+    let app = call.app;
+    match rest {
+        [] => match call.method {
+            Method::GET => {
+                call.operator()?;
+                ok(&serde_json::json!({ "apis": app.oversight().await? }))
+            }
+            _ => Ok(method_not_allowed("GET")),
+        },
+        [bin] => match call.method {
+            Method::GET => {
+                call.operator()?;
+                ok(&app.provider_oversight(parse_bin(bin)?).await?)
+            }
+            _ => Ok(method_not_allowed("GET")),
+        },
+        [bin, "subject"] => match call.method {
+            Method::PUT => {
+                let actor = call.operator()?;
+                let body = read_body(call.req, call.peer.body_read_timeout).await?;
+                let bin = parse_bin(bin)?;
+                app.put_probe_subject(actor, bin, from_json(&body)?).await?;
+                Ok(json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "provider": bin }),
+                ))
+            }
+            _ => Ok(method_not_allowed("PUT")),
+        },
+        [bin, "pin"] => match call.method {
+            Method::PUT => {
+                let actor = call.operator()?;
+                let body = read_body(call.req, call.peer.body_read_timeout).await?;
+                let bin = parse_bin(bin)?;
+                let input: crate::oversight::PinInput = from_json(&body)?;
+                let apis = app.pin_provider(actor, bin, Some(input), None).await?;
+                ok(&serde_json::json!({ "apis": apis }))
+            }
+            Method::DELETE => {
+                let actor = call.operator()?;
+                let bin = parse_bin(bin)?;
+                let apis = app.pin_provider(actor, bin, None, None).await?;
+                ok(&serde_json::json!({ "apis": apis }))
+            }
+            _ => Ok(method_not_allowed("PUT, DELETE")),
         },
         _ => Err(Error::NotFound("route_not_found")),
     }

@@ -29,7 +29,9 @@ pub mod login;
 pub mod notify;
 pub mod oidc;
 pub mod otp;
+pub mod oversight;
 pub mod participants;
+pub mod prober;
 pub mod server;
 
 pub use config::Config;

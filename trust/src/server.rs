@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +28,7 @@ use crate::listener::{self, stopped, Exposure, ListenerLimits, Serving};
 use crate::notify::{FileNotifier, Notifier};
 use crate::oidc;
 use crate::participants::decode_thumbprint;
+use crate::prober;
 
 /// Housekeeping runs pruning once per this many ticks.
 const PRUNE_EVERY_TICKS: u64 = 60;
@@ -283,7 +285,30 @@ pub async fn start(
         internal.map(|(l, _)| l),
         &shutdown_rx,
     );
-    tasks.extend(background(&app, config.housekeeping, &shutdown_rx));
+    let leading = Arc::new(AtomicBool::new(false));
+    tasks.extend(background(
+        &app,
+        config.housekeeping,
+        &leading,
+        &shutdown_rx,
+    ));
+    if let Some(probe) = config.probe.clone() {
+        let notifier = probe
+            .outbox
+            .clone()
+            .map(|p| Arc::new(prober::FileOutbox::new(p)) as Arc<dyn prober::ProviderNotifier>);
+        tracing::info!(
+            interval_ms = probe.interval.as_millis() as u64,
+            "provider probing on (on the housekeeping leader)"
+        );
+        tasks.push(tokio::spawn(prober::run(
+            app.clone(),
+            probe,
+            leading,
+            notifier,
+            shutdown_rx.clone(),
+        )));
+    }
     tracing::info!(%addr, internal = ?internal_addr, url = %app.settings.public_url, store_id = %app.db.store_id(), head = app.db.head(), "trust sidecar listening");
     Ok(Running {
         addr,
@@ -334,11 +359,17 @@ fn serve(
 fn background(
     app: &Arc<App>,
     every: Duration,
+    leading: &Arc<AtomicBool>,
     shutdown: &watch::Receiver<bool>,
 ) -> [JoinHandle<()>; 2] {
     let mut stop = shutdown.clone();
     [
-        tokio::spawn(housekeeping(app.clone(), every, shutdown.clone())),
+        tokio::spawn(housekeeping(
+            app.clone(),
+            every,
+            leading.clone(),
+            shutdown.clone(),
+        )),
         tokio::spawn(
             app.clone()
                 .follow_store(KEYS_REFRESH, async move { stopped(&mut stop).await }),
@@ -480,7 +511,7 @@ async fn activate_keys(app: &Arc<App>, imported: &[(Alg, Vec<u8>)]) -> Result<()
 /// Whether this replica leads housekeeping: keeps the leadership it holds while the
 /// store says it is held, else tries to take it (SQLite: always granted; PostgreSQL: an
 /// advisory lock, so exactly one replica runs housekeeping).
-async fn leading(app: &Arc<App>, lead: &mut Option<Box<dyn Leadership>>) -> bool {
+async fn leads(app: &Arc<App>, lead: &mut Option<Box<dyn Leadership>>) -> bool {
     if lead.as_ref().is_some_and(|l| l.held()) {
         return true;
     }
@@ -522,7 +553,13 @@ async fn housekeeping_round(app: &Arc<App>, prune: bool) {
     }
 }
 
-async fn housekeeping(app: Arc<App>, every: Duration, mut shutdown: watch::Receiver<bool>) {
+/// Housekeeping until shutdown; `leading` tells the prober whether this replica leads.
+async fn housekeeping(
+    app: Arc<App>,
+    every: Duration,
+    leading: Arc<AtomicBool>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut n: u64 = 0;
@@ -537,7 +574,9 @@ async fn housekeeping(app: Arc<App>, every: Duration, mut shutdown: watch::Recei
             app.addresses.forget_idle();
         }
         // Leadership is checked every round: lost with its connection, it stops here.
-        if leading(&app, &mut lead).await {
+        let leads = leads(&app, &mut lead).await;
+        leading.store(leads, Ordering::Release);
+        if leads {
             housekeeping_round(&app, n == 0).await;
         }
         n = (n + 1) % PRUNE_EVERY_TICKS;

@@ -71,8 +71,8 @@ fn a_fresh_file_gets_the_schema_the_sidecar_always_had() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.db");
     drop(Db::open(&path).unwrap());
-    assert_eq!(user_version(&path), 2);
-    assert_eq!(SCHEMA_VERSION, 2);
+    assert_eq!(user_version(&path), 3);
+    assert_eq!(SCHEMA_VERSION, 3);
     assert_eq!(
         tables(&path),
         [
@@ -83,9 +83,13 @@ fn a_fresh_file_gets_the_schema_the_sidecar_always_had() {
             "customer_logins",
             "customer_sessions",
             "meta",
+            "oversight_apis",
+            "oversight_events",
             "participant_history",
             "participant_thumbprints",
             "participants",
+            "probe_results",
+            "probe_subjects",
             "rate_events",
             "signing_keys",
         ]
@@ -152,8 +156,9 @@ fn a_database_written_by_an_earlier_release_opens_unchanged() {
     assert_eq!(lines.len(), 3);
     assert_eq!(lines[0].text(1).unwrap(), "{\"n\":4}");
     drop(db);
-    assert_eq!(user_version(&path), 2);
+    assert_eq!(user_version(&path), 3);
     assert!(tables(&path).contains(&"rate_events".to_owned()));
+    assert!(tables(&path).contains(&"oversight_apis".to_owned()));
 }
 
 #[test]

@@ -116,6 +116,58 @@ struct Serve {
     abuse: AbuseFlags,
     #[command(flatten)]
     oidc: OidcFlags,
+    #[command(flatten)]
+    probe: ProbeFlags,
+}
+
+/// Provider conformance probing (docs/oversight.md): on when the hub's client identity
+/// towards banks is given.
+#[derive(clap::Args)]
+struct ProbeFlags {
+    /// The hub's client certificate towards banks (PEM); turns probing on.
+    #[arg(long, requires_all = ["probe_client_key", "probe_ca"])]
+    probe_client_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long)]
+    probe_client_key: Option<PathBuf>,
+    /// The CA that verifies the banks' certificates (PEM).
+    #[arg(long)]
+    probe_ca: Option<PathBuf>,
+    /// Between two probe rounds, in milliseconds (jittered ±10 %).
+    #[arg(long, default_value_t = 45_000, value_parser = clap::value_parser!(u64).range(100..=86_400_000))]
+    probe_interval_ms: u64,
+    /// K: consecutive failing probes that delist a provider API.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    probe_fail_after: u32,
+    /// M: consecutive passing probes that relist it.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    probe_pass_after: u32,
+    /// Development notifier of providers: their APIs' changes appended as JSON lines.
+    #[arg(long)]
+    provider_outbox: Option<PathBuf>,
+}
+
+impl ProbeFlags {
+    fn config(&self) -> Option<trust::prober::ProbeConfig> {
+        let (Some(cert), Some(key), Some(ca)) = (
+            self.probe_client_cert.clone(),
+            self.probe_client_key.clone(),
+            self.probe_ca.clone(),
+        ) else {
+            return None;
+        };
+        Some(trust::prober::ProbeConfig {
+            interval: Duration::from_millis(self.probe_interval_ms),
+            client_cert: cert,
+            client_key: key,
+            ca,
+            hysteresis: trust::grade::Hysteresis {
+                fail_after: self.probe_fail_after,
+                pass_after: self.probe_pass_after,
+            },
+            outbox: self.provider_outbox.clone(),
+        })
+    }
 }
 
 /// The PostgreSQL database (several replicas on one database; `docs/postgres.md`).
@@ -346,6 +398,7 @@ fn config(a: Serve) -> Result<Config, String> {
         address_burst: b.address_burst,
     };
     config.oidc = a.oidc.config()?;
+    config.probe = a.probe.config();
     Ok(config)
 }
 

@@ -171,7 +171,48 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         expires_at    BIGINT NOT NULL
     );
     "#,
-    // 3: provider oversight (SQLite migration 3).
+    // 3: traffic rollups pushed by the gateways (SQLite migration 3).
+    r#"
+    CREATE TABLE rollup_minutes (
+        gateway     TEXT NOT NULL,         -- the gateway's configured name
+        epoch       TEXT NOT NULL,         -- the gateway process's id (hex)
+        minute      BIGINT NOT NULL,       -- the minute's start, unix seconds (UTC)
+        received_at BIGINT NOT NULL,
+        PRIMARY KEY (gateway, epoch, minute)
+    );
+
+    CREATE TABLE rollup_calls (
+        gateway  TEXT NOT NULL,
+        epoch    TEXT NOT NULL,
+        minute   BIGINT NOT NULL,
+        api_user TEXT,                     -- BIN; NULL: caller not identified
+        provider TEXT,                     -- BIN; NULL: no provider in the path
+        route    TEXT NOT NULL,            -- contract route template, or '-'
+        outcome  TEXT NOT NULL,            -- feed_wire::rollup::Outcome
+        calls    BIGINT NOT NULL,
+        lines    BIGINT NOT NULL          -- transaction lines returned
+    );
+    -- The SLA report reads by time, all providers or one; usage reads by API user.
+    CREATE INDEX rollup_calls_by_minute ON rollup_calls(minute);
+    CREATE INDEX rollup_calls_by_provider ON rollup_calls(provider, minute);
+    CREATE INDEX rollup_calls_by_api_user ON rollup_calls(api_user, minute);
+
+    -- Latency histograms: one row per non-empty bucket (feed_wire::rollup::BUCKET_BOUNDS_US).
+    CREATE TABLE rollup_latency (
+        gateway  TEXT NOT NULL,
+        epoch    TEXT NOT NULL,
+        minute   BIGINT NOT NULL,
+        provider TEXT NOT NULL,
+        route    TEXT NOT NULL,
+        kind     TEXT NOT NULL,            -- bank | hub
+        bucket   BIGINT NOT NULL,          -- 0 .. BUCKETS - 1
+        count    BIGINT NOT NULL,
+        PRIMARY KEY (gateway, epoch, minute, provider, route, kind, bucket)
+    );
+    CREATE INDEX rollup_latency_by_minute ON rollup_latency(minute);
+    CREATE INDEX rollup_latency_by_provider ON rollup_latency(provider, minute);
+    "#,
+    // 4: provider oversight (SQLite migration 4).
     r#"
     CREATE TABLE probe_subjects (
         provider   TEXT PRIMARY KEY,

@@ -132,7 +132,50 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         expires_at    INTEGER NOT NULL
     ) STRICT;
     "#,
-    // 3: provider oversight: test subjects, graded APIs, their events, probe results.
+    // 3: traffic rollups pushed by the gateways (`POST /v1/rollups`, feed_wire::rollup):
+    // SLA accounting per provider and usage per API user. A minute is held once per
+    // (gateway, epoch, minute); its calls and latency rows are written with it or not at all.
+    r#"
+    CREATE TABLE rollup_minutes (
+        gateway     TEXT NOT NULL,         -- the gateway's configured name
+        epoch       TEXT NOT NULL,         -- the gateway process's id (hex)
+        minute      INTEGER NOT NULL,      -- the minute's start, unix seconds (UTC)
+        received_at INTEGER NOT NULL,
+        PRIMARY KEY (gateway, epoch, minute)
+    ) STRICT;
+
+    CREATE TABLE rollup_calls (
+        gateway  TEXT NOT NULL,
+        epoch    TEXT NOT NULL,
+        minute   INTEGER NOT NULL,
+        api_user TEXT,                     -- BIN; NULL: caller not identified
+        provider TEXT,                     -- BIN; NULL: no provider in the path
+        route    TEXT NOT NULL,            -- contract route template, or '-'
+        outcome  TEXT NOT NULL,            -- feed_wire::rollup::Outcome
+        calls    INTEGER NOT NULL,
+        lines    INTEGER NOT NULL          -- transaction lines returned
+    ) STRICT;
+    -- The SLA report reads by time, all providers or one; usage reads by API user.
+    CREATE INDEX rollup_calls_by_minute ON rollup_calls(minute);
+    CREATE INDEX rollup_calls_by_provider ON rollup_calls(provider, minute);
+    CREATE INDEX rollup_calls_by_api_user ON rollup_calls(api_user, minute);
+
+    -- Latency histograms: one row per non-empty bucket (feed_wire::rollup::BUCKET_BOUNDS_US).
+    CREATE TABLE rollup_latency (
+        gateway  TEXT NOT NULL,
+        epoch    TEXT NOT NULL,
+        minute   INTEGER NOT NULL,
+        provider TEXT NOT NULL,
+        route    TEXT NOT NULL,
+        kind     TEXT NOT NULL,            -- bank | hub
+        bucket   INTEGER NOT NULL,         -- 0 .. BUCKETS - 1
+        count    INTEGER NOT NULL,
+        PRIMARY KEY (gateway, epoch, minute, provider, route, kind, bucket)
+    ) STRICT;
+    CREATE INDEX rollup_latency_by_minute ON rollup_latency(minute);
+    CREATE INDEX rollup_latency_by_provider ON rollup_latency(provider, minute);
+    "#,
+    // 4: provider oversight: test subjects, graded APIs, their events, probe results.
     r#"
     CREATE TABLE probe_subjects (
         provider   TEXT PRIMARY KEY,       -- BIN

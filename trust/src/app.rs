@@ -23,6 +23,9 @@ use crate::notify::{Notifier, OtpMessage};
 use crate::oidc::{self, LoginError};
 use crate::otp;
 use crate::participants::{self, Directory, ParticipantInput, ParticipantView};
+use crate::rollups::{self, Stored};
+use crate::sla;
+use crate::wire::rollup::RollupBatch;
 use crate::wire::{ParticipantRecord, ParticipantStatus, Role};
 
 /// Settings the operations need, resolved at start.
@@ -52,6 +55,8 @@ pub struct Settings {
     pub heartbeat: std::time::Duration,
     /// Changes kept in the feed history.
     pub feed_retention: u64,
+    /// SLA targets and the reports' time zone.
+    pub sla: crate::sla::SlaSettings,
 }
 
 /// Shared state of a running sidecar.
@@ -950,6 +955,34 @@ impl App {
     pub async fn participants(self: &Arc<Self>) -> Result<Vec<ParticipantRecord>, Error> {
         let app = self.clone();
         blocking(move || app.db.read(|c| participants::all(c).map_err(Error::from))).await
+    }
+
+    // ---- rollups and SLA ----
+
+    /// `POST /v1/rollups`: stores a validated batch in one transaction.
+    pub async fn store_rollups(self: &Arc<Self>, batch: RollupBatch) -> Result<Stored, Error> {
+        let app = self.clone();
+        blocking(move || {
+            let now = app.now();
+            app.db.write(now, |tx| {
+                rollups::store(tx, &batch, now).map_err(Error::from)
+            })
+        })
+        .await
+    }
+
+    /// `GET /v1/admin/sla`: the report, read in one consistent view.
+    pub async fn sla_report(
+        self: &Arc<Self>,
+        query: sla::ReportQuery,
+    ) -> Result<sla::Report, Error> {
+        let app = self.clone();
+        blocking(move || {
+            let settings = &app.settings.sla;
+            let days = app.db.read(|sql| sla::read(sql, &query, settings))?;
+            Ok(sla::report(&days, &query, settings))
+        })
+        .await
     }
 
     // ---- housekeeping ----

@@ -12,6 +12,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::keys::Alg;
 use crate::listener::ListenerLimits;
 use crate::oidc::OidcConfig;
+use crate::sla::SlaSettings;
 
 /// Everything `trust serve` needs.
 #[derive(Debug, Clone)]
@@ -86,6 +87,8 @@ pub struct Config {
     pub feed_retention: u64,
     /// Provider conformance probing (off when `None`).
     pub probe: Option<crate::prober::ProbeConfig>,
+    /// SLA targets and the reports' time zone (`[sla]` of the configuration file).
+    pub sla: SlaSettings,
     /// The clock.
     pub clock: Arc<dyn Clock>,
 }
@@ -131,6 +134,7 @@ impl Config {
             housekeeping: Duration::from_secs(1),
             feed_retention: 1_000_000,
             probe: None,
+            sla: SlaSettings::default(),
             clock: Arc::new(SystemClock),
         }
     }

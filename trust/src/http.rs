@@ -26,6 +26,9 @@ use crate::feed::{self, FeedRefusal};
 use crate::listener::Exposure;
 use crate::login;
 use crate::participants::{self, ParticipantInput, StatusInput};
+use crate::rollups;
+use crate::sla;
+use crate::wire::rollup::RollupBatch;
 use crate::wire::{ParticipantRecord, Role, NDJSON};
 
 /// Largest accepted request body.
@@ -280,11 +283,20 @@ fn method_not_allowed(allow: &'static str) -> Resp {
 /// Reads a body of at most [`MAX_BODY`] bytes that arrives within `timeout` (a slow
 /// sender would otherwise hold the connection and its task).
 async fn read_body(req: Request<Incoming>, timeout: Duration) -> Result<Bytes, Error> {
-    let collect = Limited::new(req.into_body(), MAX_BODY).collect();
+    read_body_up_to(req, timeout, MAX_BODY).await
+}
+
+/// [`read_body`] with another bound (`413 payload_too_large` past it).
+async fn read_body_up_to(
+    req: Request<Incoming>,
+    timeout: Duration,
+    max: usize,
+) -> Result<Bytes, Error> {
+    let collect = Limited::new(req.into_body(), max).collect();
     match tokio::time::timeout(timeout, collect).await {
         Err(_) => Err(Error::Timeout),
         Ok(Ok(c)) => Ok(c.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Error::TooLarge(MAX_BODY)),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Error::TooLarge(max)),
         Ok(Err(e)) => Err(Error::BadRequest(format!("reading the body: {e}"))),
     }
 }
@@ -317,8 +329,11 @@ fn without_values(message: &str) -> String {
         };
         let inner = &after[..end];
         // A quoted string is always a value; in backticks, names are kept and
-        // numbers (values) are not.
-        let is_value = quote == '"' || inner.chars().any(|c| c.is_ascii_digit());
+        // numbers (values) are not, nor the variant a request named that does not exist
+        // (serde's `unknown variant `…`, expected one of …`: the value sent).
+        let is_value = quote == '"'
+            || inner.chars().any(|c| c.is_ascii_digit())
+            || out.ends_with("unknown variant ");
         out.push(quote);
         out.push_str(if is_value { "…" } else { inner });
         out.push(quote);
@@ -425,7 +440,9 @@ impl Call<'_> {
 fn served(exposure: Exposure, segs: &[&str]) -> bool {
     match segs {
         ["healthz"] | ["openapi.json"] | [".well-known", ..] => true,
-        ["v1", "snapshot" | "feed" | "participants" | "admin", ..] => exposure != Exposure::Public,
+        ["v1", "snapshot" | "feed" | "rollups" | "participants" | "admin", ..] => {
+            exposure != Exposure::Public
+        }
         _ => exposure != Exposure::Internal,
     }
 }
@@ -482,6 +499,20 @@ async fn route(app: &Arc<App>, peer: &Peer, req: Request<Incoming>) -> Result<Re
         ["v1", "participants", rest @ ..] => participant_routes(call, rest).await,
         ["v1", "admin", "keys", rest @ ..] => key_routes(call, rest).await,
         ["v1", "admin", "oversight", rest @ ..] => oversight_routes(call, rest).await,
+        ["v1", "admin", "sla"] => match call.method {
+            Method::GET => {
+                call.operator()?;
+                sla_report(call.app, &call.req).await
+            }
+            _ => Ok(method_not_allowed("GET")),
+        },
+        ["v1", "rollups"] => match call.method {
+            Method::POST => {
+                hub(app, peer)?;
+                push_rollups(app, call.req, peer.body_read_timeout).await
+            }
+            _ => Ok(method_not_allowed("POST")),
+        },
         ["v1", "snapshot"] => match call.method {
             Method::GET => {
                 hub(app, peer)?;
@@ -680,6 +711,57 @@ async fn key_routes(call: Call<'_>, rest: &[&str]) -> Result<Resp, Error> {
         },
         _ => Err(Error::NotFound("route_not_found")),
     }
+}
+
+/// `POST /v1/rollups`: a gateway's closed minutes, stored once each (`rollups`).
+async fn push_rollups(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    timeout: Duration,
+) -> Result<Resp, Error> {
+    let body = read_body_up_to(req, timeout, rollups::MAX_BATCH_BYTES).await?;
+    let mut batch: RollupBatch = from_json(&body)?;
+    rollups::validate(&mut batch, app.now())?;
+    ok(&app.store_rollups(batch).await?)
+}
+
+/// Whether the `Accept` header asks for CSV (`text/csv` among its media ranges, with a
+/// non-zero weight); anything else is answered with JSON.
+fn wants_csv(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|range| {
+            let mut parts = range.split(';').map(str::trim);
+            let csv = parts
+                .next()
+                .is_some_and(|m| m.eq_ignore_ascii_case("text/csv"));
+            let refused = parts.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            csv && !refused
+        })
+}
+
+/// `GET /v1/admin/sla?from=…&to=…[&period=day|month][&provider=…]`: JSON, or CSV when
+/// asked for (`Accept: text/csv`).
+async fn sla_report(app: &Arc<App>, req: &Request<Incoming>) -> Result<Resp, Error> {
+    let query = sla::ReportQuery::parse(query_strings(req.uri().query().unwrap_or(""))?)?;
+    let report = app.sla_report(query).await?;
+    let mut r = if wants_csv(req) {
+        let mut r = Response::new(full(sla::to_csv(&report)?));
+        *r.status_mut() = StatusCode::OK;
+        with_headers(r, "text/csv; charset=utf-8", "no-store")
+    } else {
+        json(StatusCode::OK, &report)
+    };
+    r.headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("accept"));
+    Ok(r)
 }
 
 /// A 200 JSON answer.
@@ -1151,6 +1233,13 @@ mod tests {
             assert!(!detail.contains("900101300123"), "{detail}");
             assert!(detail.starts_with("JSON body: "), "{detail}");
         }
+        // An enum value that is no variant is a value too (found by the rollup tests).
+        let Err(Error::BadRequest(d)) =
+            from_json::<Body>(br#"{"customer": "x", "days": 1, "kind": "secret"}"#)
+        else {
+            panic!("an unknown variant must be refused");
+        };
+        assert!(!d.contains("secret") && d.contains("expected `a`"), "{d}");
         // Names stay: the detail still says which member is wrong.
         let Err(Error::BadRequest(d)) =
             from_json::<Body>(br#"{"customer": "x", "days": 1, "kind": "a", "extra": 1}"#)

@@ -2,7 +2,8 @@
 //! customers authorise them with a one-time code, anyone entitled revokes them), the
 //! OAuth 2.0 authorization server issuing contract §4 tokens bound to the client
 //! certificate (RFC 8705), the participant registry for the operator, and the change
-//! feed that gateways follow (`GET /v1/snapshot`, `GET /v1/feed`).
+//! feed that gateways follow (`GET /v1/snapshot`, `GET /v1/feed`), and the SLA accounting
+//! of providers from the rollups gateways push (`POST /v1/rollups`, `GET /v1/admin/sla`).
 //!
 //! The wire formats gateways consume live in the `feed-wire` crate (re-exported here as
 //! [`wire`]); gateways depend on that crate alone. See `trust/README.md` for the API.
@@ -16,6 +17,7 @@ pub mod app;
 pub mod authorisation;
 pub mod clock;
 pub mod config;
+pub mod config_file;
 pub mod consents;
 pub mod db;
 pub mod error;
@@ -32,7 +34,9 @@ pub mod otp;
 pub mod oversight;
 pub mod participants;
 pub mod prober;
+pub mod rollups;
 pub mod server;
+pub mod sla;
 
 pub use config::Config;
 pub use server::{start, Running, StartError};

@@ -488,6 +488,7 @@ fn settings(
         hubs,
         heartbeat: config.heartbeat,
         feed_retention: config.feed_retention,
+        sla: config.sla.clone(),
     }
 }
 

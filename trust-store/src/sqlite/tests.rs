@@ -71,8 +71,8 @@ fn a_fresh_file_gets_the_schema_the_sidecar_always_had() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.db");
     drop(Db::open(&path).unwrap());
-    assert_eq!(user_version(&path), 3);
-    assert_eq!(SCHEMA_VERSION, 3);
+    assert_eq!(user_version(&path), 4);
+    assert_eq!(SCHEMA_VERSION, 4);
     assert_eq!(
         tables(&path),
         [
@@ -91,6 +91,9 @@ fn a_fresh_file_gets_the_schema_the_sidecar_always_had() {
             "probe_results",
             "probe_subjects",
             "rate_events",
+            "rollup_calls",
+            "rollup_latency",
+            "rollup_minutes",
             "signing_keys",
         ]
     );
@@ -156,7 +159,7 @@ fn a_database_written_by_an_earlier_release_opens_unchanged() {
     assert_eq!(lines.len(), 3);
     assert_eq!(lines[0].text(1).unwrap(), "{\"n\":4}");
     drop(db);
-    assert_eq!(user_version(&path), 3);
+    assert_eq!(user_version(&path), 4);
     assert!(tables(&path).contains(&"rate_events".to_owned()));
     assert!(tables(&path).contains(&"oversight_apis".to_owned()));
 }

@@ -1,5 +1,6 @@
-//! The `trust` binary: runs the trust sidecar (`trust serve …`); `trust --version`,
-//! `--log-format json|text` (docs/ops/logging.md).
+//! The `trust` binary: runs the trust sidecar (`trust serve …`); checks its configuration
+//! file (`trust check --config FILE`); `trust --version`, `--log-format json|text`
+//! (docs/ops/logging.md).
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -30,7 +31,17 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serves the API over HTTPS until SIGINT or SIGTERM.
-    Serve(Serve),
+    Serve(Box<Serve>),
+    /// Checks a configuration file (`--config`) and exits: 0 when it is valid, 2 with
+    /// `file:line: field: message` when not.
+    Check(Check),
+}
+
+#[derive(Parser)]
+struct Check {
+    /// The configuration file (TOML; conf/trust.example.toml).
+    #[arg(long)]
+    config: PathBuf,
 }
 
 #[derive(Parser)]
@@ -38,6 +49,9 @@ struct Serve {
     /// Listener address (port 0: an ephemeral port, printed on stdout).
     #[arg(long, default_value = "127.0.0.1:9443")]
     listen: SocketAddr,
+    /// Configuration file (TOML: SLA targets and the reports' time zone; docs/sla.md).
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// SQLite database file (created if missing); or use `--postgres-url`.
     #[arg(
         long,
@@ -343,7 +357,10 @@ fn parse_alg(s: &str) -> Result<Alg, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     hub_log::init(cli.log.log_format, "info");
-    let Command::Serve(args) = cli.command;
+    let args = match cli.command {
+        Command::Serve(args) => *args,
+        Command::Check(c) => return check(&c.config),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -357,7 +374,27 @@ fn main() -> ExitCode {
     runtime.block_on(serve(args))
 }
 
-/// The sidecar's configuration from the flags (the ready file aside).
+/// `trust check --config FILE`.
+fn check(path: &std::path::Path) -> ExitCode {
+    match trust::config_file::load(path) {
+        Ok(s) => {
+            println!(
+                "{}: ok (SLA: time zone {}, {} provider override(s))",
+                path.display(),
+                s.sla.time_zone_name,
+                s.sla.providers.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("trust: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The sidecar's configuration from the flags and the configuration file (the ready
+/// file aside).
 fn config(a: Serve) -> Result<Config, String> {
     let postgres = a.postgres.settings()?;
     let db = a.db.unwrap_or_default();
@@ -399,6 +436,11 @@ fn config(a: Serve) -> Result<Config, String> {
     };
     config.oidc = a.oidc.config()?;
     config.probe = a.probe.config();
+    if let Some(path) = &a.config {
+        config.sla = trust::config_file::load(path)
+            .map_err(|e| e.to_string())?
+            .sla;
+    }
     Ok(config)
 }
 

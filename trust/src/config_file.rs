@@ -1,0 +1,285 @@
+//! The sidecar's configuration file (`trust serve --config FILE`, `trust check --config
+//! FILE`; `conf/trust.example.toml`): TOML read strictly, then compiled into the
+//! settings it fills. Today it holds `[sla]` (`docs/sla.md`); the command-line flags
+//! keep everything else. Every error names the file, the line and the field.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use consent_cache::Bin;
+use jiff::tz::TimeZone;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::sla::{SlaSettings, Targets};
+
+/// A configuration file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// The file could not be read.
+    #[error("{}: cannot read: {source}", file.display())]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file or a value in it is invalid.
+    #[error("{}:{line}: {field}: {message}", file.display())]
+    Invalid {
+        /// The file.
+        file: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// The field (dotted path).
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    sla: Option<SlaFile>,
+}
+
+/// `[sla]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SlaFile {
+    time_zone: Option<Spanned<String>>,
+    availability_percent: Option<Spanned<f64>>,
+    bank_p95_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    providers: Vec<ProviderFile>,
+}
+
+/// `[[sla.providers]]`: one provider's targets (the others keep `[sla]`'s).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProviderFile {
+    bin: Spanned<String>,
+    availability_percent: Option<Spanned<f64>>,
+    bank_p95_ms: Option<Spanned<u64>>,
+}
+
+/// What the file configures.
+#[derive(Debug, Clone, Default)]
+pub struct FileSettings {
+    /// `[sla]` (the defaults when absent).
+    pub sla: SlaSettings,
+}
+
+/// The file's text, for line numbers.
+struct Source<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        let end = offset.min(self.text.len());
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
+    }
+
+    fn invalid<T>(&self, at: &Spanned<T>, field: &str, message: impl Into<String>) -> FileError {
+        FileError::Invalid {
+            file: self.path.to_owned(),
+            line: self.line_of(at.span().start),
+            field: field.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Reads and compiles a configuration file.
+pub fn load(path: &Path) -> Result<FileSettings, FileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| FileError::Read {
+        file: path.to_owned(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+/// Compiles the text of a configuration file (`path` names it in errors).
+pub fn parse(path: &Path, text: &str) -> Result<FileSettings, FileError> {
+    let src = Source { path, text };
+    let file: FileConfig = toml::from_str(text).map_err(|e| {
+        let line = src.line_of(e.span().map_or(0, |s| s.start));
+        let field = text
+            .lines()
+            .nth(line.saturating_sub(1))
+            .and_then(|l| l.split('=').next())
+            .map(|k| k.trim().trim_matches(['[', ']']).to_owned())
+            .filter(|k| !k.is_empty())
+            .unwrap_or_else(|| "-".into());
+        FileError::Invalid {
+            file: path.to_owned(),
+            line,
+            field,
+            message: e.message().trim().to_owned(),
+        }
+    })?;
+    let sla = match file.sla {
+        Some(s) => compile_sla(&src, s)?,
+        None => SlaSettings::default(),
+    };
+    Ok(FileSettings { sla })
+}
+
+fn compile_sla(src: &Source<'_>, s: SlaFile) -> Result<SlaSettings, FileError> {
+    let mut out = SlaSettings::default();
+    if let Some(name) = &s.time_zone {
+        out.time_zone = TimeZone::get(name.get_ref()).map_err(|_| {
+            src.invalid(
+                name,
+                "sla.time_zone",
+                "not a time zone of the tz database (e.g. \"Asia/Almaty\", \"UTC\")",
+            )
+        })?;
+        out.time_zone_name = name.get_ref().clone();
+    }
+    out.default = targets(
+        src,
+        Targets::default(),
+        s.availability_percent.as_ref(),
+        s.bank_p95_ms.as_ref(),
+        "sla",
+    )?;
+    let mut providers = HashMap::new();
+    for (i, p) in s.providers.iter().enumerate() {
+        let field = format!("sla.providers[{i}]");
+        let bin = Bin::parse(p.bin.get_ref()).map_err(|_| {
+            src.invalid(&p.bin, &format!("{field}.bin"), "a BIN: exactly 12 digits")
+        })?;
+        let t = targets(
+            src,
+            out.default,
+            p.availability_percent.as_ref(),
+            p.bank_p95_ms.as_ref(),
+            &field,
+        )?;
+        if providers.insert(bin, t).is_some() {
+            return Err(src.invalid(
+                &p.bin,
+                &format!("{field}.bin"),
+                "this provider already has an entry",
+            ));
+        }
+    }
+    out.providers = providers;
+    Ok(out)
+}
+
+/// Targets from `base` with the values given; the availability in (0, 100] with at most
+/// four decimals, the p95 one of the histograms' bucket bounds.
+fn targets(
+    src: &Source<'_>,
+    base: Targets,
+    availability: Option<&Spanned<f64>>,
+    p95: Option<&Spanned<u64>>,
+    at: &str,
+) -> Result<Targets, FileError> {
+    let mut t = base;
+    if let Some(a) = availability {
+        let ppm = a.get_ref() * 10_000.0;
+        let exact = (ppm - ppm.round()).abs() < 1e-6;
+        if !(a.get_ref().is_finite() && *a.get_ref() > 0.0 && *a.get_ref() <= 100.0 && exact) {
+            return Err(src.invalid(
+                a,
+                &format!("{at}.availability_percent"),
+                "a percentage above 0 and at most 100, at most four decimals",
+            ));
+        }
+        // In range and whole by the checks above.
+        t.availability_ppm = ppm.round() as u32;
+    }
+    if let Some(ms) = p95 {
+        if !Targets::is_bucket_bound_ms(*ms.get_ref()) {
+            return Err(src.invalid(
+                ms,
+                &format!("{at}.bank_p95_ms"),
+                "one of the latency buckets' bounds (1, 2, 5, 10, 20, 50, 100, 150, 200, 250, \
+                 300, 500, 750, 1000, 2000, 5000, 10000, 30000 ms): a quantile is known to \
+                 its bucket only",
+            ));
+        }
+        t.bank_p95_ms = *ms.get_ref();
+    }
+    Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> (usize, String, String) {
+        match parse(Path::new("trust.toml"), text) {
+            Err(FileError::Invalid {
+                line,
+                field,
+                message,
+                ..
+            }) => (line, field, message),
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_and_overrides() {
+        let s = parse(Path::new("t.toml"), "").unwrap().sla;
+        assert_eq!(s.default, Targets::default());
+        assert_eq!(s.time_zone_name, "UTC");
+        let s = parse(
+            Path::new("t.toml"),
+            "[sla]\ntime_zone = \"Asia/Almaty\"\navailability_percent = 99.9\n\n\
+             [[sla.providers]]\nbin = \"990340000011\"\nbank_p95_ms = 250\n",
+        )
+        .unwrap()
+        .sla;
+        assert_eq!(s.default.availability_ppm, 999_000);
+        let bank = Bin::parse("990340000011").unwrap();
+        assert_eq!(
+            s.targets(bank),
+            Targets {
+                availability_ppm: 999_000,
+                bank_p95_ms: 250
+            }
+        );
+        assert_eq!(
+            s.targets(Bin::parse("990340000012").unwrap()).bank_p95_ms,
+            500
+        );
+    }
+
+    #[test]
+    fn errors_name_the_line_and_the_field() {
+        let (line, field, _) = err("[sla]\n\ntime_zone = \"Mars/Olympus\"\n");
+        assert_eq!((line, field.as_str()), (3, "sla.time_zone"));
+        let (line, field, _) = err("[sla]\navailability_percent = 100.5\n");
+        assert_eq!((line, field.as_str()), (2, "sla.availability_percent"));
+        let (line, field, m) = err(
+            "[sla]\n[[sla.providers]]\nbin = \"990340000011\"\n\n[[sla.providers]]\nbin = \"990340000011\"\nbank_p95_ms = 400\n",
+        );
+        assert_eq!(
+            (line, field.as_str()),
+            (7, "sla.providers[1].bank_p95_ms"),
+            "{m}"
+        );
+        let (line, field, _) = err("[sla]\n[[sla.providers]]\nbin = \"99034\"\n");
+        assert_eq!((line, field.as_str()), (3, "sla.providers[0].bin"));
+        let (line, field, m) = err("[sla]\nbank_p95 = 500\n");
+        assert_eq!((line, field.as_str()), (2, "bank_p95"), "{m}");
+        let (line, _, m) = err(
+            "[sla]\n[[sla.providers]]\nbin = \"990340000011\"\n[[sla.providers]]\nbin = \"990340000011\"\n",
+        );
+        assert_eq!(line, 5, "{m}");
+    }
+}

@@ -22,7 +22,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use consent_cache::Bin;
+use feed_wire::rollup::Outcome;
 use policy::token::VerifiedToken;
+
+use crate::rollup::Aggregator;
 
 use writer::Shared;
 
@@ -51,6 +54,11 @@ pub struct AuditRecord {
     pub latency_us: u64,
     /// Time waiting for the provider in microseconds (0 when not called).
     pub upstream_latency_us: u64,
+    /// How the call ended, as the traffic rollups count it (`feed_wire::rollup`).
+    pub outcome: Outcome,
+    /// The bank's time in microseconds: from the call to the provider to the last byte
+    /// of its answer, or to the failure (0 when the provider was not called).
+    pub bank_us: u64,
 }
 
 /// Why the journal could not be opened.
@@ -177,16 +185,18 @@ impl AuditLog {
     /// Refuses a journal another process writes ([`Takeover::Refuse`]).
     #[cfg(test)]
     pub fn open(path: &Path, buffer: usize) -> Result<AuditLog, AuditError> {
-        AuditLog::open_with(path, buffer, Takeover::Refuse)
+        AuditLog::open_with(path, buffer, Takeover::Refuse, None)
     }
 
     /// As [`AuditLog::open`], with the choice of what to do when another process holds
     /// the journal. Waiting happens on the writer thread: the hub serves meanwhile, and
-    /// its records wait in the queue.
+    /// its records wait in the queue. With `rollups`, the writer also counts every record
+    /// it seals into the traffic rollups (off the request path, exactly as journalled).
     pub fn open_with(
         path: &Path,
         buffer: usize,
         takeover: Takeover,
+        rollups: Option<Aggregator>,
     ) -> Result<AuditLog, AuditError> {
         let failed = |source| AuditError::Open {
             path: path.display().to_string(),
@@ -209,7 +219,7 @@ impl AuditLog {
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || {
-                start.into_writer(rx, thread_shared).run();
+                start.into_writer(rx, thread_shared, rollups).run();
                 let _ = done_tx.send(());
             })
             .map_err(failed)?;

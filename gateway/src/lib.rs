@@ -19,6 +19,7 @@ pub(crate) mod metrics;
 pub(crate) mod network;
 pub(crate) mod plane;
 pub(crate) mod proxy;
+pub(crate) mod rollup;
 pub mod server;
 pub(crate) mod snapshot;
 pub(crate) mod state;

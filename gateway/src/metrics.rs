@@ -75,6 +75,14 @@ pub struct Metrics {
     pub certificate_expiry: IntGaugeVec,
     /// Each provider's SLA (`timeout_ms`) in seconds, by provider (at scrape).
     pub provider_timeout: GaugeVec,
+    /// `[rollups]`: closed minutes not yet acknowledged by the control plane.
+    pub rollup_pending: IntGauge,
+    /// `[rollups]`: pushes by result (`ok`, `failed`, `rejected`).
+    pub rollup_pushes: IntCounterVec,
+    /// `[rollups]`: minutes given up, by reason (`bound`: the oldest beyond
+    /// `max_pending_minutes`; `rejected`: refused by the control plane as invalid;
+    /// `not_spooled`: left unacknowledged at shutdown and not written to the spool).
+    pub rollup_dropped: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -157,6 +165,9 @@ impl Metrics {
             connections_closed: counters(&r, "downstream_connections_closed_total", "API connections closed by the hub: over max_connections at accept, handshake timeout, client certificate refused after a change of trust", &["reason"]),
             certificate_expiry: registered(&r, must(IntGaugeVec::new(Opts::new("certificate_expiry_timestamp_seconds", "notAfter (Unix time) of the hub's own certificates, by certificate; for a chain or a CA bundle the earliest"), &["certificate"]))),
             provider_timeout: registered(&r, must(GaugeVec::new(Opts::new("provider_timeout_seconds", "Each provider's SLA: how long the hub waits for its answer (timeout_ms), in seconds"), &["provider"]))),
+            rollup_pending: gauge(&r, "rollup_minutes_pending", "Closed rollup minutes not yet acknowledged by the control plane"),
+            rollup_pushes: counters(&r, "rollup_pushes_total", "Rollup pushes to the control plane by result", &["result"]),
+            rollup_dropped: counters(&r, "rollup_minutes_dropped_total", "Rollup minutes given up, by reason (bound, rejected, not_spooled)", &["reason"]),
             registry: r,
         }
     }

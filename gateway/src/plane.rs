@@ -14,7 +14,7 @@ use crate::network::Registry;
 use crate::tls::{self, TlsError};
 
 /// One trust sidecar endpoint: an `https://host[:port][/prefix]` base URL, parsed.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     /// Base URL as configured.
     pub url: String,
@@ -55,6 +55,30 @@ impl Endpoint {
         })
     }
 
+    /// An HTTP/1.1 connection to the endpoint over the hub's mTLS (`tls`: its client
+    /// identity, the sidecars' CAs); a spawned task drives it while the sender lives.
+    pub(crate) async fn connect<B>(
+        &self,
+        tls: &Arc<ClientConfig>,
+    ) -> Result<hyper::client::conn::http1::SendRequest<B>, ConnectError>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port)).await?;
+        let _ = tcp.set_nodelay(true);
+        let tls = tokio_rustls::TlsConnector::from(tls.clone())
+            .connect(self.server_name.clone(), tcp)
+            .await?;
+        let io = hyper_util::rt::TokioIo::new(tls);
+        let (sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
     /// `host:port`, how the status and logs name the endpoint.
     pub fn name(&self) -> String {
         if self.host.contains(':') {
@@ -86,6 +110,17 @@ pub struct TrustPlane {
     /// The earliest `notAfter` of the `[trust] ca` bundles (seconds since the epoch), for
     /// `hub_certificate_expiry_timestamp_seconds{certificate="trust_ca"}`.
     pub ca_not_after: Option<i64>,
+}
+
+/// Why a connection to an endpoint could not be made.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnectError {
+    /// TCP or TLS.
+    #[error("connect: {0}")]
+    Io(#[from] std::io::Error),
+    /// The HTTP/1.1 handshake.
+    #[error("http: {0}")]
+    Http(#[from] hyper::Error),
 }
 
 /// Why a `[trust]` section was refused.

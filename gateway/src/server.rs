@@ -24,6 +24,7 @@ use crate::config::ConfigError;
 use crate::metrics::Metrics;
 use crate::plane::FeedStatus;
 use crate::proxy::Hub;
+use crate::rollup::Rollups;
 use crate::snapshot::{self, sections, Publisher, UpgradeSock};
 use crate::state::State;
 use crate::tls::{ConnectionTrust, ListenerCounters};
@@ -126,7 +127,12 @@ pub fn run_as(config: &Path, start: Start) -> Result<(), RunError> {
 
     tracing::info!("shut down; flushing the audit journal");
     // A sink that blocks (a pipe nobody reads) must not hold the process forever.
-    state.close_journal(Duration::from_secs(process.shutdown_timeout_secs.max(1)));
+    let wait = Duration::from_secs(process.shutdown_timeout_secs.max(1));
+    state.close_journal(wait);
+    // The journal's writer closed every minute: a last push, then the spool.
+    if let Some(rollups) = &state.rollups {
+        rollups.finish(state.trust_plane(), wait);
+    }
     Ok(())
 }
 
@@ -142,6 +148,14 @@ fn add_services(server: &mut Server, state: &Arc<State>) -> Result<(), RunError>
             state: state.clone(),
         },
     ));
+    if state.rollups.is_some() {
+        server.add_service(pingora::services::background::background_service(
+            "rollups",
+            RollupPusher {
+                state: state.clone(),
+            },
+        ));
+    }
     if let Some(plane) = state.trust_plane() {
         tracing::info!(url = %plane.url, "consents follow the trust sidecar");
         server.add_service(pingora::services::background::background_service(
@@ -168,8 +182,15 @@ fn start_state(config: &Path, start: Start) -> Result<State, RunError> {
         Start::Fresh => Takeover::Refuse,
         Start::Upgrade => Takeover::Wait,
     };
-    let audit = AuditLog::open_with(&process.audit_path, process.audit_buffer, takeover)?;
-    Ok(State::new(publisher, metrics, audit, config.to_path_buf()))
+    let rollups = process
+        .rollups
+        .clone()
+        .map(|settings| Arc::new(Rollups::start(settings, &metrics)));
+    let counter = rollups.as_ref().map(|r| r.aggregator());
+    let audit = AuditLog::open_with(&process.audit_path, process.audit_buffer, takeover, counter)?;
+    let mut state = State::new(publisher, metrics, audit, config.to_path_buf());
+    state.rollups = rollups;
+    Ok(state)
 }
 
 /// Pingora retries a busy port for 30 s and then panics; find out now, and say so. In an
@@ -307,6 +328,25 @@ fn upstream_ca_bundle(files: &[std::path::PathBuf]) -> Result<Vec<Vec<u8>>, RunE
     let ders = crate::tls::ca_ders(&pems)
         .map_err(|e| RunError::Listener(format!("upstream_tls.ca: {e}")))?;
     Ok(ders.into_iter().map(|c| c.as_ref().to_vec()).collect())
+}
+
+/// `[rollups]`: pushes closed minutes to the control plane until shutdown (the last
+/// push and the spool happen after the journal is closed, in `run_as`).
+struct RollupPusher {
+    state: Arc<State>,
+}
+
+#[async_trait]
+impl BackgroundService for RollupPusher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(rollups) = &self.state.rollups else {
+            return;
+        };
+        let stop = async move {
+            let _ = shutdown.changed().await;
+        };
+        rollups.run(|| self.state.trust_plane(), stop).await;
+    }
 }
 
 /// Background duties: SIGHUP reloads, SIGUSR1 reopens the journal, the consent file's

@@ -18,6 +18,7 @@ use crate::config::ConfigError;
 use crate::metrics::Metrics;
 use crate::network::Registry;
 use crate::plane::TrustPlane;
+use crate::rollup::Rollups;
 use crate::snapshot::{
     sections, Backoff, Change, ConsentFile, ProcessSettings, PublishError, Published, Publisher,
     Snapshot,
@@ -42,6 +43,8 @@ pub struct State {
     /// Process settings in force (changes need a restart).
     pub(crate) process: ProcessSettings,
     journal: Journal,
+    /// `[rollups]`: this process's traffic rollups (counted by the journal's writer).
+    pub(crate) rollups: Option<Arc<Rollups>>,
 }
 
 /// A reload that took effect.
@@ -91,6 +94,7 @@ impl State {
             generation: AtomicU64::new(1),
             ready: AtomicBool::new(false),
             journal,
+            rollups: None,
         }
     }
 

@@ -100,6 +100,16 @@ pub fn closed_port() -> u16 {
     free_port()
 }
 
+/// A two-worker runtime for what a test runs in-process beside the hub (a sidecar, a
+/// receiver), so that it keeps serving while the test thread blocks.
+pub fn peers_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 /// Polls `f` every 20 ms until it yields `Some` or `timeout` passes.
 pub fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
@@ -214,6 +224,22 @@ impl Setup<'_> {
             .iter_mut()
             .find(|p| p.bin.get_ref() == bin)
             .unwrap_or_else(|| panic!("no [[participants]] with bin {bin}"))
+    }
+
+    /// A trust sidecar's configuration on this world's development PKI (the hub's server
+    /// identity, the platform CA), its database in the hub's directory, listening on an
+    /// ephemeral loopback port, the hub's client certificate allowed to read the feed.
+    pub fn trust_config(&self) -> trust::Config {
+        let pki = &self.prepared.pki;
+        let mut c = trust::Config::new(
+            "127.0.0.1:0".parse().expect("addr"),
+            self.prepared.dir.join("trust.db"),
+            pki.hub_server().cert_path.clone(),
+            pki.hub_server().key_path.clone(),
+            pki.ca_cert_path().to_owned(),
+        );
+        c.hub_certs = vec![pki.hub_client().cert_path.clone()];
+        c
     }
 
     /// The `[server]` section.

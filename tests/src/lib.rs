@@ -6,12 +6,13 @@
 pub mod http;
 pub mod hub;
 pub mod openapi;
+pub mod receiver;
 
 pub use http::{is_uuid, ClientCert, Req, Response, TlsVersions};
 pub use hub::{
     account_path, accounts_path, assert_no_late_allow, audit_verify, balances_path, bin,
-    closed_port, feed_version, free_port, line_of, metric, now_unix, open_data_path, poll_until,
-    replace_file, revoked_version, transactions_path, Client, Hub, Setup, ALL_PERMISSIONS, BANK_1,
-    BANK_2, USER_A, USER_B, USER_SUSPENDED,
+    closed_port, feed_version, free_port, line_of, metric, now_unix, open_data_path, peers_runtime,
+    poll_until, replace_file, revoked_version, transactions_path, Client, Hub, Setup,
+    ALL_PERMISSIONS, BANK_1, BANK_2, USER_A, USER_B, USER_SUSPENDED,
 };
 pub use openapi::Api;

@@ -34,15 +34,8 @@ fn with_sidecar(setup: &mut Setup<'_>, rt: &tokio::runtime::Handle, slot: &Slot)
     let pki = &setup.prepared.pki;
     let dir = &setup.prepared.dir;
     let outbox = dir.join("otp_outbox");
-    let mut c = trust::Config::new(
-        "127.0.0.1:0".parse().expect("addr"),
-        dir.join("trust.db"),
-        pki.hub_server().cert_path.clone(),
-        pki.hub_server().key_path.clone(),
-        pki.ca_cert_path().to_owned(),
-    );
+    let mut c = setup.trust_config();
     c.operator_certs = vec![pki.operator().expect("operator").cert_path.clone()];
-    c.hub_certs = vec![pki.hub_client().cert_path.clone()];
     c.issuer = Some(setup.config.tokens.issuer.get_ref().clone());
     c.audience = setup.config.tokens.audience.get_ref().clone();
     c.otp_outbox = Some(outbox.clone());

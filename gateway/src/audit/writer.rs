@@ -18,6 +18,7 @@ use std::time::Duration;
 use super::chain::{self, Hash, GENESIS};
 use super::lock::JournalLock;
 use super::{AuditRecord, Takeover};
+use crate::rollup::{Aggregator, Counted};
 
 /// How long a record may wait in the queue before it is written.
 pub(super) const FLUSH_EVERY: Duration = Duration::from_millis(20);
@@ -152,9 +153,14 @@ impl Start {
     }
 
     /// The writer, once the journal is this process's (on the writer thread: may block).
-    pub(super) fn into_writer(self, rx: Receiver<AuditRecord>, shared: Arc<Shared>) -> Writer {
+    pub(super) fn into_writer(
+        self,
+        rx: Receiver<AuditRecord>,
+        shared: Arc<Shared>,
+        rollups: Option<Aggregator>,
+    ) -> Writer {
         match self {
-            Start::Ready { sink, prev, lock } => Writer::new(rx, sink, shared, prev, lock),
+            Start::Ready { sink, prev, lock } => Writer::new(rx, sink, shared, prev, lock, rollups),
             Start::Wait { path, lock } => {
                 let waited = std::time::Instant::now();
                 // Blocks until the other process closes the journal or exits (the kernel
@@ -170,7 +176,7 @@ impl Start {
                     chain_from = %chain::hex(&prev),
                     "audit journal taken over from the previous process"
                 );
-                Writer::new(rx, sink, shared, prev, Some(lock))
+                Writer::new(rx, sink, shared, prev, Some(lock), rollups)
             }
         }
     }
@@ -243,6 +249,14 @@ struct Line<'a> {
     upstream_status: u16,
     latency_us: u64,
     upstream_latency_us: u64,
+    /// How the call ended (the rollups' outcome: `refused`, `success`, `timeout`, …).
+    outcome: &'static str,
+    /// The bank's time to the last byte (or the failure), µs; the hub's is the rest.
+    bank_us: u64,
+    /// The minute the rollups counted the record in, when not its own (a request that
+    /// outlasted its minute's closing; see `rollup`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rollup_minute: Option<i64>,
     prev: &'a str,
 }
 
@@ -253,6 +267,18 @@ struct Gap<'a> {
     event: &'static str,
     count: u64,
     prev: &'a str,
+}
+
+/// What the rollups count of a record.
+fn counted(r: &AuditRecord) -> Counted {
+    Counted {
+        api_user: r.api_user,
+        provider: r.provider,
+        route: r.route,
+        outcome: r.outcome,
+        latency_us: r.latency_us,
+        bank_us: r.bank_us,
+    }
 }
 
 fn hex64(h: &Hash) -> [u8; 64] {
@@ -281,6 +307,8 @@ pub(super) struct Writer {
     failing: bool,
     /// This process's hold on the journal, released when the writer ends.
     _lock: Option<JournalLock>,
+    /// The traffic rollups, counted from the records as they are sealed.
+    rollups: Option<Aggregator>,
 }
 
 impl Writer {
@@ -290,6 +318,7 @@ impl Writer {
         shared: Arc<Shared>,
         prev: Hash,
         lock: Option<JournalLock>,
+        rollups: Option<Aggregator>,
     ) -> Writer {
         Writer {
             rx,
@@ -300,6 +329,7 @@ impl Writer {
             gaps_marked: 0,
             failing: false,
             _lock: lock,
+            rollups,
         }
     }
 
@@ -314,10 +344,17 @@ impl Writer {
             }
             let queue_empty = self.fill();
             self.flush();
+            if let Some(r) = self.rollups.as_mut() {
+                r.close_due(std::time::SystemTime::now());
+            }
             if stopping && queue_empty && self.pending.buf.is_empty() {
                 break;
             }
             std::thread::sleep(FLUSH_EVERY);
+        }
+        // The process counts nothing more: its partial minute is closed too.
+        if let Some(r) = self.rollups.as_mut() {
+            r.close_all();
         }
         tracing::info!(last_hash = self.prev_hex(), "audit journal closed");
     }
@@ -360,6 +397,7 @@ impl Writer {
 
     fn seal_record(&mut self, r: &AuditRecord) {
         let prev = self.prev;
+        let minute = self.rollups.as_ref().map(|a| a.minute_of(r.time));
         let line = Line {
             time: rfc3339(r.time),
             interaction_id: std::str::from_utf8(&r.interaction_id).unwrap_or("-"),
@@ -373,9 +411,17 @@ impl Writer {
             upstream_status: r.upstream_status,
             latency_us: r.latency_us,
             upstream_latency_us: r.upstream_latency_us,
+            outcome: r.outcome.as_str(),
+            bank_us: r.bank_us,
+            rollup_minute: minute.and_then(|m| m.moved()),
             prev: std::str::from_utf8(&prev).unwrap_or_default(),
         };
-        if !self.seal(&line, true) {
+        if self.seal(&line, true) {
+            // Counted exactly as journalled: the rollups reconcile with the journal.
+            if let (Some(a), Some(m)) = (self.rollups.as_mut(), minute) {
+                a.count(m, &counted(r));
+            }
+        } else {
             // Cannot happen for these plain fields; the record's place is given back
             // and it is counted as dropped, so a gap marks it.
             self.shared.used.fetch_sub(1, Ordering::AcqRel);

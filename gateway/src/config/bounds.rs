@@ -65,6 +65,9 @@ pub const RANGES: &[Range] = &[
     range("trust.jwks_refresh_secs", 1, 86_400, "seconds"),
     range("trust.heartbeat_secs", 1, 300, "seconds"),
     range("audit.buffer", 1, 16 * 1024 * 1024, "records"),
+    range("rollups.push_interval_ms", 100, 600_000, "milliseconds"),
+    range("rollups.max_pending_minutes", 1, 525_600, "minutes"),
+    range("rollups.close_after_secs", 0, 3_600, "seconds"),
     range("providers.connect_timeout_ms", 1, 60_000, "milliseconds"),
     range("providers.timeout_ms", 1, 600_000, "milliseconds"),
     range("providers.eject_after_failures", 1, 1_000, "failures"),
@@ -127,7 +130,7 @@ mod tests {
 
     #[test]
     fn every_default_is_within_its_range() {
-        let defaults: [(&str, u64); 20] = [
+        let defaults: [(&str, u64); 23] = [
             ("server.max_header_bytes", defaults::MAX_HEADER_BYTES as u64),
             ("server.max_body_bytes", defaults::MAX_BODY_BYTES as u64),
             ("server.grace_period_secs", defaults::GRACE_PERIOD_SECS),
@@ -163,6 +166,18 @@ mod tests {
             ("trust.jwks_refresh_secs", defaults::JWKS_REFRESH_SECS),
             ("trust.heartbeat_secs", defaults::HEARTBEAT_SECS),
             ("audit.buffer", defaults::AUDIT_BUFFER as u64),
+            (
+                "rollups.push_interval_ms",
+                defaults::ROLLUP_PUSH_INTERVAL_MS,
+            ),
+            (
+                "rollups.max_pending_minutes",
+                defaults::ROLLUP_MAX_PENDING_MINUTES as u64,
+            ),
+            (
+                "rollups.close_after_secs",
+                defaults::ROLLUP_CLOSE_AFTER_SECS,
+            ),
             ("providers.connect_timeout_ms", defaults::CONNECT_TIMEOUT_MS),
             ("providers.timeout_ms", defaults::TIMEOUT_MS),
             (

@@ -40,6 +40,7 @@ impl FileConfig {
             consents: ConsentSection::default(),
             trust: None,
             audit: AuditSection::default(),
+            rollups: None,
             limits: LimitSettings::default(),
             participants: Vec::new(),
             providers: Vec::new(),

@@ -49,6 +49,12 @@ pub const HEARTBEAT_SECS: u64 = 5;
 pub const AUDIT_PATH: &str = "-";
 /// `[audit] buffer`.
 pub const AUDIT_BUFFER: usize = 65_536;
+/// `[rollups] push_interval_ms`.
+pub const ROLLUP_PUSH_INTERVAL_MS: u64 = 10_000;
+/// `[rollups] max_pending_minutes`: a day of minutes kept while the control plane is away.
+pub const ROLLUP_MAX_PENDING_MINUTES: usize = 1_440;
+/// `[rollups] close_after_secs`: longer than the default SLA with room for the body.
+pub const ROLLUP_CLOSE_AFTER_SECS: u64 = 30;
 /// `[[providers]] published`.
 pub const PUBLISHED: bool = true;
 /// `[[providers]] connect_timeout_ms`.
@@ -127,6 +133,15 @@ pub(super) fn audit_path() -> PathBuf {
 }
 pub(super) fn audit_buffer() -> usize {
     AUDIT_BUFFER
+}
+pub(super) fn rollup_push_interval_ms() -> u64 {
+    ROLLUP_PUSH_INTERVAL_MS
+}
+pub(super) fn rollup_max_pending_minutes() -> usize {
+    ROLLUP_MAX_PENDING_MINUTES
+}
+pub(super) fn rollup_close_after_secs() -> u64 {
+    ROLLUP_CLOSE_AFTER_SECS
 }
 pub(super) fn published() -> bool {
     PUBLISHED

@@ -81,6 +81,9 @@ pub struct FileConfig {
     /// The audit journal.
     #[serde(default)]
     pub audit: AuditSection,
+    /// Traffic rollups pushed to the control plane (`[trust]` mode only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollups: Option<RollupSection>,
     /// Rate limits.
     #[serde(default)]
     pub limits: policy::limits::LimitSettings,
@@ -265,6 +268,45 @@ pub struct TrustSection {
     /// moves on to the next endpoint.
     #[serde(default = "defaults::heartbeat_secs")]
     pub heartbeat_secs: u64,
+}
+
+/// `[rollups]`: the per-minute traffic rollups (calls by API user × provider × route ×
+/// outcome, latency histograms) pushed to the control plane for SLA accounting and usage.
+/// Present: on. Needs `[trust]` (pushed over its mTLS identity).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollupSection {
+    /// The gateway's name in the rollups, stable across restarts and unique among the
+    /// gateways (letters, digits, `.`, `-`, `_`; at most 64). Default: the host name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Spanned<String>>,
+    /// How often closed minutes are pushed, in milliseconds.
+    #[serde(default = "defaults::rollup_push_interval_ms")]
+    pub push_interval_ms: u64,
+    /// Closed minutes kept while the control plane does not acknowledge them; beyond it
+    /// the oldest is dropped and counted (`hub_rollup_minutes_dropped_total{reason="bound"}`).
+    #[serde(default = "defaults::rollup_max_pending_minutes")]
+    pub max_pending_minutes: usize,
+    /// Seconds after its end a minute is closed and pushed: requests still running then
+    /// are counted in a later minute (their journal line says which).
+    #[serde(default = "defaults::rollup_close_after_secs")]
+    pub close_after_secs: u64,
+    /// Where to push instead of the `[trust]` endpoints (an https base URL; the same
+    /// client identity and CAs as `[trust]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<Spanned<String>>,
+}
+
+impl Default for RollupSection {
+    fn default() -> Self {
+        RollupSection {
+            gateway: None,
+            push_interval_ms: defaults::rollup_push_interval_ms(),
+            max_pending_minutes: defaults::rollup_max_pending_minutes(),
+            close_after_secs: defaults::rollup_close_after_secs(),
+            url: None,
+        }
+    }
 }
 
 /// `[audit]`

@@ -6,14 +6,11 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
 use super::endpoints::Stall;
 use super::protocol::Fault;
-use crate::plane::{Endpoint, TrustPlane};
+use crate::plane::{ConnectError, Endpoint, TrustPlane};
 
 /// TCP + TLS + response headers, at most (see [`connect_timeout`]).
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -43,6 +40,15 @@ pub(super) enum ClientError {
     Protocol(#[from] Fault),
 }
 
+impl From<ConnectError> for ClientError {
+    fn from(e: ConnectError) -> ClientError {
+        match e {
+            ConnectError::Io(e) => ClientError::Io(e),
+            ConnectError::Http(e) => ClientError::Http(e),
+        }
+    }
+}
+
 /// The client half of an HTTP/1.1 connection; kept as long as its response body is read.
 pub(super) type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
 
@@ -61,15 +67,7 @@ pub(super) async fn get(
     path_and_query: &str,
 ) -> Result<(Sender, http::Response<Incoming>), ClientError> {
     let connect = async {
-        let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port)).await?;
-        let _ = tcp.set_nodelay(true);
-        let tls = TlsConnector::from(plane.tls.clone())
-            .connect(endpoint.server_name.clone(), tcp)
-            .await?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let mut sender: Sender = endpoint.connect(&plane.tls).await?;
         let req = http::Request::get(format!("{}{}", endpoint.prefix, path_and_query))
             .header(http::header::HOST, endpoint.authority.as_str())
             .body(Empty::<Bytes>::new())?;

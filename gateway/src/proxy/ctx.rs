@@ -18,6 +18,7 @@ use super::rescue::is_upstream_failure;
 use crate::audit::AuditRecord;
 use crate::network::Network;
 use crate::upstream::Upstream;
+use feed_wire::rollup::Outcome as RollupOutcome;
 
 /// Per-request state.
 pub(crate) struct Ctx {
@@ -90,6 +91,24 @@ pub(crate) struct UpstreamCall {
     pub(super) status: u16,
     /// Time to the provider's response header, in microseconds (0 when it did not answer).
     pub(super) micros: u64,
+    /// The bank's time: to the last byte of its answer, or to the failure that ended the
+    /// call, in microseconds (`None` until then).
+    pub(super) bank_us: Option<u64>,
+}
+
+impl UpstreamCall {
+    /// The call ended (last byte received, or failed): the bank's time stops here, once.
+    pub(super) fn ended(&mut self) {
+        if self.bank_us.is_none() {
+            self.bank_us = self.start.map(|t0| t0.elapsed().as_micros() as u64);
+        }
+    }
+
+    /// The bank's time as journalled: to the last byte or failure, else to the answer's
+    /// head (an answer whose end was not seen), else 0 (never called).
+    fn bank_us(&self) -> u64 {
+        self.bank_us.unwrap_or(self.micros)
+    }
 }
 
 /// A request the hub answered itself: its code, and what the rows passed before the
@@ -234,6 +253,7 @@ impl Ctx {
                 if is_upstream_failure(code) {
                     a.report_upstream(false);
                 }
+                a.call.ended();
                 a.failed = Some(code);
             }
             Outcome::Refused(r) => r.code = code,
@@ -241,10 +261,36 @@ impl Ctx {
         }
     }
 
+    /// How the request ended, as the rollups count it: refused by the hub (rows 1–16, or
+    /// a failure of the hub's own after admission, or a client gone before the provider
+    /// answered), else by the provider's side — its failure (rows 17–19: a timeout, an
+    /// unreachable provider, an answer that is not HTTP) or its status class. Row 15's
+    /// `provider_unavailable` (unpublished, inactive) is thus `refused`, row 18's (the hub
+    /// tried the provider) `unreachable`.
+    pub(super) fn rollup_outcome(&self) -> RollupOutcome {
+        let Outcome::Admitted(a) = &self.outcome else {
+            return RollupOutcome::Refused;
+        };
+        match a.failed {
+            Some(Code::ProviderTimeout) => RollupOutcome::Timeout,
+            Some(Code::ProviderUnavailable) => RollupOutcome::Unreachable,
+            Some(Code::ProviderBadResponse) => RollupOutcome::BadResponse,
+            Some(_) => RollupOutcome::Refused,
+            None => match a.call.status {
+                100..=399 => RollupOutcome::Success,
+                400..=499 => RollupOutcome::ClientError,
+                500..=599 => RollupOutcome::ServerError,
+                // No answer and no failure: the API user went away first.
+                _ => RollupOutcome::Refused,
+            },
+        }
+    }
+
     /// The journal's record of the request; `written` is the status of the response head
     /// sent, if any. Moves the token out (the request is over).
     pub(super) fn audit_record(&mut self, written: Option<u16>, elapsed: Duration) -> AuditRecord {
         let answered = self.answered();
+        let outcome = self.rollup_outcome();
         let (api_user, provider, token, call) = match &mut self.outcome {
             Outcome::Pending => (None, None, None, None),
             Outcome::Admitted(a) => (
@@ -267,6 +313,8 @@ impl Ctx {
             upstream_status: call.map_or(0, |c| c.status),
             latency_us: elapsed.as_micros() as u64,
             upstream_latency_us: call.map_or(0, |c| c.micros),
+            outcome,
+            bank_us: call.map_or(0, UpstreamCall::bank_us),
         }
     }
 }

@@ -209,6 +209,22 @@ impl ProxyHttp for Hub {
         Ok(())
     }
 
+    /// Notes when the provider's answer ended: the bank's time runs to its last byte.
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        if end_of_stream {
+            if let Outcome::Admitted(a) = &mut ctx.outcome {
+                a.call.ended();
+            }
+        }
+        Ok(None)
+    }
+
     /// Filters a restricted consent's account list (contract §3); every other answer
     /// streams through untouched.
     fn response_body_filter(
@@ -285,6 +301,8 @@ impl ProxyHttp for Hub {
             upstream_status: 0,
             latency_us: 0,
             upstream_latency_us: 0,
+            outcome: feed_wire::rollup::Outcome::Refused,
+            bank_us: 0,
         });
         Some(answer)
     }

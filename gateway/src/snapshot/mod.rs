@@ -15,6 +15,7 @@
 pub mod consents;
 mod publish;
 mod references;
+mod rollups;
 pub mod sections;
 #[cfg(test)]
 mod tests;
@@ -215,6 +216,8 @@ pub struct ProcessSettings {
     pub upgrade_sock: UpgradeSock,
     /// Audit buffer.
     pub audit_buffer: usize,
+    /// `[rollups]`, when on.
+    pub rollups: Option<crate::rollup::RollupSettings>,
     /// The hub's client certificate towards banks (read by the connector at start).
     pub upstream_cert: PathBuf,
     /// Its key.

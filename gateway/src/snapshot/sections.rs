@@ -204,6 +204,7 @@ fn process(src: &Source, cfg: &FileConfig) -> Result<ProcessSettings, ConfigErro
         src.resolve(&cfg.audit.path)
     };
     let upgrade_sock = upgrade_sock(src, s, &audit_path)?;
+    let rollups = super::rollups::compile(src, cfg, &audit_path)?;
     Ok(ProcessSettings {
         listen,
         admin_listen,
@@ -218,6 +219,7 @@ fn process(src: &Source, cfg: &FileConfig) -> Result<ProcessSettings, ConfigErro
         audit_path,
         upgrade_sock,
         audit_buffer,
+        rollups,
         upstream_cert: src.resolve(cfg.upstream_tls.client_cert.get_ref()),
         upstream_key: src.resolve(cfg.upstream_tls.client_key.get_ref()),
         upstream_ca: cfg

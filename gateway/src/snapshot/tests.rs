@@ -487,3 +487,74 @@ async fn a_registry_change_republishes_the_directory_and_keeps_the_rest() {
         .registry()
         .is_some_and(|r| Arc::ptr_eq(&r, &registry)));
 }
+
+/// `[rollups]`: refused without `[trust]` at its line; with it, compiled with its
+/// defaults, the spool next to the journal; a bad name, a bound, a URL refused by field.
+#[test]
+fn rollups_need_trust_and_name_their_fields() {
+    use crate::config::RollupSection;
+    let w = world();
+    let (f, at_line, message) = refused(w.load(|c| c.rollups = Some(RollupSection::default())));
+    assert_eq!(f, "rollups");
+    assert!(at_line, "the error points at [rollups]");
+    assert!(message.contains("[trust]"), "{message}");
+
+    let ca = vec![w.config.tls.client_ca[0].get_ref().clone()];
+    let with = |r: RollupSection| {
+        let ca = ca.clone();
+        w.load(move |c| {
+            c.consents = Default::default();
+            c.trust = Some(TrustSection::new("https://127.0.0.1:1", &ca));
+            c.audit.path = "audit.jsonl".into();
+            c.rollups = Some(r);
+        })
+    };
+    let named = RollupSection {
+        gateway: Some(at("gw-1".into())),
+        ..RollupSection::default()
+    };
+    let inputs = with(named.clone()).expect("accepted with [trust]");
+    let r = inputs.process.rollups.expect("on");
+    assert_eq!(r.gateway, "gw-1");
+    assert_eq!(r.push_interval, Duration::from_secs(10));
+    assert_eq!(r.close_after, Duration::from_secs(30));
+    assert_eq!(r.max_pending_minutes, 1_440);
+    assert!(r.endpoints.is_empty(), "the [trust] endpoints by default");
+    assert_eq!(r.spool, Some(w.path("audit.jsonl.rollups")));
+
+    let cases: [(RollupSection, &str); 4] = [
+        (
+            RollupSection {
+                gateway: Some(at("a b".into())),
+                ..named.clone()
+            },
+            "rollups.gateway",
+        ),
+        (
+            RollupSection {
+                push_interval_ms: 10,
+                ..named.clone()
+            },
+            "rollups.push_interval_ms",
+        ),
+        (
+            RollupSection {
+                max_pending_minutes: 0,
+                ..named.clone()
+            },
+            "rollups.max_pending_minutes",
+        ),
+        (
+            RollupSection {
+                url: Some(at("http://127.0.0.1:1".into())),
+                ..named.clone()
+            },
+            "rollups.url",
+        ),
+    ];
+    for (section, field) in cases {
+        let (f, at_line, _) = refused(with(section));
+        assert_eq!(f, field);
+        assert!(at_line, "{field} at its line");
+    }
+}

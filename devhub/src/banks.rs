@@ -1,16 +1,28 @@
 //! The demo's sandbox banks: one per entry of `PROVIDERS`, on an ephemeral loopback port,
 //! accepting only the hub's client certificate, with deterministic data (the seed of
 //! bank `i` is [`bank_seed`]`(i)`, so another process generates the same customers and
-//! accounts with [`bank_data`]).
+//! accounts with [`bank_data`]), and a fault control listener on another ephemeral port
+//! (the manifest's `faults_url`), told the SLA the hub holds the bank to.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use sandbox::bank::{BankConfig, BankHandle};
 use sandbox::data::BankData;
 
+use crate::hubconfig::PROVIDER_TIMEOUT_MS;
 use crate::identities::{Identities, PROVIDERS};
 use crate::DemoError;
+
+/// An ephemeral loopback port.
+pub(crate) const LOOPBACK_ANY: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
+/// The SLA the hub holds every demo bank to (`[[providers]] timeout_ms`).
+pub(crate) fn provider_sla() -> Duration {
+    Duration::from_millis(PROVIDER_TIMEOUT_MS)
+}
 
 /// The data seed of the `i`-th bank.
 pub(crate) fn bank_seed(i: usize) -> u64 {
@@ -31,13 +43,15 @@ fn bank_config(ids: &Identities, i: usize, customers: usize) -> Result<BankConfi
     Ok(BankConfig {
         bin: *bin,
         name: name.to_string(),
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        listen: LOOPBACK_ANY,
         server_cert_chain_pem: id.chain_pem().into_bytes(),
         server_key_pem: id.key_pem.clone().into_bytes(),
         client_ca_pem: pki.ca_cert_pem().as_bytes().to_vec(),
         customers,
         seed: bank_seed(i),
         allowed_client_thumbprints: Some(vec![pki.hub_client().thumbprint]),
+        sla: provider_sla(),
+        faults_listen: Some(LOOPBACK_ANY),
     })
 }
 

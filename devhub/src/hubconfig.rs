@@ -17,6 +17,10 @@ use sandbox::pki::DevPki;
 use crate::identities::{API_USERS, AUDIENCE, ISSUER, PROVIDERS};
 use crate::DemoError;
 
+/// Every demo provider's SLA, `[[providers]] timeout_ms` (the gateway's default, written
+/// out so that the banks are told the same: their `slow` fault mode is measured against it).
+pub(crate) const PROVIDER_TIMEOUT_MS: u64 = gateway::config::defaults::TIMEOUT_MS;
+
 /// How the hub follows the trust sidecars (when it does).
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct TrustTuning {
@@ -138,6 +142,7 @@ fn add_participants(cfg: &mut FileConfig, c: &HubConfig<'_>) {
         }
         let mut p = ProviderSection::new(bin, &[format!("https://{addr}")]);
         p.sni = Some("localhost".into());
+        p.timeout_ms = PROVIDER_TIMEOUT_MS;
         cfg.providers.push(p);
     }
 }

@@ -50,7 +50,7 @@ pub use manifest::curl_lines;
 
 use hubconfig::{HubConfig, TrustTuning};
 use identities::{abs, identities, Identities};
-use manifest::{ManifestInputs, TrustInfo};
+use manifest::{BankUrls, ManifestInputs, TrustInfo};
 
 /// `devhub` options (what `scripts/demo` passes on).
 #[derive(Debug, clap::Parser)]
@@ -325,6 +325,15 @@ impl World {
             .map(|b| format!("https://{}", b.addr()))
             .collect()
     }
+
+    /// The banks' fault control routes, in `PROVIDERS` order.
+    fn faults_urls(&self) -> Vec<String> {
+        // Every demo bank runs one (`banks::bank_config`).
+        self.banks
+            .iter()
+            .map(|b| b.faults_url().unwrap_or_default())
+            .collect()
+    }
 }
 
 /// The runtime of the banks; the trust sidecar, when it runs, gets a second worker.
@@ -432,7 +441,10 @@ fn demo_manifest(
         ids: &world.ids,
         gateway_url: format!("https://127.0.0.1:{}", args.port),
         admin_url: format!("http://127.0.0.1:{}", args.admin_port),
-        provider_urls: &world.bank_urls(),
+        banks: BankUrls {
+            api: &world.bank_urls(),
+            faults: &world.faults_urls(),
+        },
         config: &paths.config,
         audit: &paths.audit,
         trust: trust_url.map(|url| TrustInfo {
@@ -478,7 +490,12 @@ pub fn run(args: DemoArgs) -> Result<(), DemoError> {
 /// `--banks-only`: the banks and the sidecar until Ctrl-C.
 fn run_banks_only(prepared: Prepared) -> Result<(), DemoError> {
     for b in &prepared.banks {
-        println!("bank {} listening on https://{}", b.bin(), b.addr());
+        println!(
+            "bank {} listening on https://{} (faults: {})",
+            b.bin(),
+            b.addr(),
+            b.faults_url().unwrap_or_default()
+        );
     }
     if let Some(url) = prepared.manifest_json["trust_url"].as_str() {
         println!("trust sidecar listening on {url}");

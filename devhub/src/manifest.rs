@@ -27,8 +27,8 @@ pub(crate) struct ManifestInputs<'a> {
     pub gateway_url: String,
     /// `admin_url`: the (first) hub's admin listener.
     pub admin_url: String,
-    /// Each provider's bank base URL, in `PROVIDERS` order.
-    pub provider_urls: &'a [String],
+    /// The banks' URLs.
+    pub banks: BankUrls<'a>,
     /// `config`: the (first) hub's configuration file.
     pub config: &'a Path,
     /// `audit_log`: the (first) hub's audit journal.
@@ -37,6 +37,23 @@ pub(crate) struct ManifestInputs<'a> {
     pub trust: Option<TrustInfo>,
     /// The consents with their tokens.
     pub consents: Vec<Value>,
+}
+
+/// The banks' URLs, in `PROVIDERS` order: the API (`url`) and the fault control route
+/// (`faults_url`).
+#[derive(Clone, Copy)]
+pub(crate) struct BankUrls<'a> {
+    pub api: &'a [String],
+    pub faults: &'a [String],
+}
+
+/// The manifest's `providers`: id, name, the bank's URL and its `faults_url`.
+fn providers_json(banks: BankUrls<'_>) -> Vec<Value> {
+    PROVIDERS
+        .iter()
+        .zip(banks.api.iter().zip(banks.faults))
+        .map(|(p, (url, faults))| json!({"id": p.0, "name": p.1, "url": url, "faults_url": faults}))
+        .collect()
 }
 
 /// The contract §9 manifest.
@@ -56,7 +73,7 @@ pub(crate) fn manifest_json(m: ManifestInputs<'_>) -> Value {
             let id = pki.api_user(ids.users[i])?;
             Some(json!({"id": u.0, "name": u.1, "status": u.2, "cert": abs(&id.cert_path), "key": abs(&id.key_path), "x5t#S256": id.x5t_s256}))
         }).collect::<Vec<_>>(),
-        "providers": PROVIDERS.iter().zip(m.provider_urls).map(|(p, url)| json!({"id": p.0, "name": p.1, "url": url})).collect::<Vec<_>>(),
+        "providers": providers_json(m.banks),
         "hub_client_cert": abs(&pki.hub_client().cert_path),
         "hub_client_key": abs(&pki.hub_client().key_path),
         "untrusted_client": {"cert": abs(&pki.untrusted_client().cert_path), "key": abs(&pki.untrusted_client().key_path)},
@@ -115,8 +132,24 @@ pub fn curl_lines(m: &Value) -> String {
             s(m, "gateway_url")
         );
     }
+    out.push_str(&faults_lines(m));
     out.push_str(&journey_lines(m));
     out
+}
+
+/// Breaking the first bank through its `faults_url` with the hub's client certificate
+/// ("" without one).
+fn faults_lines(m: &Value) -> String {
+    let Some(url) = m["providers"][0]["faults_url"].as_str() else {
+        return String::new();
+    };
+    let hub_identity = json!({"cert": s(m, "hub_client_cert"), "key": s(m, "hub_client_key")});
+    let hub = curl_as(s(m, "ca_cert"), &hub_identity);
+    format!(
+        "# break the first bank (modes ok, schema, slow, error, down; docs/demo.md), then mend it\n\
+         {hub} -H 'content-type: application/json' -d '{{\"mode\":\"error\"}}' {url}\n\
+         {hub} -H 'content-type: application/json' -d '{{\"mode\":\"ok\"}}' {url}\n"
+    )
 }
 
 /// Accounts, balances and transactions of the first three consents.

@@ -2,7 +2,11 @@
 //! and HTTP/2 by ALPN) that require the hub's client certificate, serve the provider
 //! API of contract §3 from [`BankData`], check the hub's `x-hub-*` headers the way a
 //! real bank would, and can be switched at runtime into failure modes
-//! ([`Behaviour`]) for the hub's timeout, reset and bad-response tests.
+//! ([`Behaviour`]) for the hub's timeout, reset and bad-response tests. With
+//! [`BankConfig::faults_listen`] it also runs a control listener of its own
+//! (`GET`/`POST /faults`, only for the hub's pinned certificate) that switches the
+//! [`FaultMode`] a provider monitor must notice: schema-breaking answers, answers slower
+//! than twice the SLA, `500`s, a refused API port (module `control`).
 //!
 //! Routes (all `GET`; bodies as documented in [`crate::data`]):
 //!
@@ -37,9 +41,13 @@
 //! `x-fapi-interaction-id`.
 
 mod conn;
+mod control;
+mod faults;
 mod routes;
 mod tls;
 
+pub use control::{faults_url, FAULTS_PATH};
+pub use faults::{slow_delay, FaultMode, DEFAULT_SLA};
 pub use routes::{DEFAULT_LIMIT, MAX_LIMIT};
 pub use tls::thumbprint;
 
@@ -47,6 +55,7 @@ use crate::data::BankData;
 use bytes::Bytes;
 use conn::{Abort, CloseOnDrop, ConnCtl, ConnIo};
 use consent_cache::Bin;
+use faults::{mode_is, Faults};
 use http::{HeaderMap, Method, Request, Uri, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -72,7 +81,7 @@ pub const RECENT_REQUESTS: usize = 256;
 pub const DEFAULT_CUSTOMERS: usize = 100;
 
 /// Longest a TLS handshake may take before the connection is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Configuration of one sandbox bank.
 #[derive(Clone)]
@@ -96,6 +105,13 @@ pub struct BankConfig {
     pub customers: usize,
     /// Seed of the synthetic data.
     pub seed: u64,
+    /// The provider's SLA (the hub's `timeout_ms` for this bank): the `slow` fault mode
+    /// answers after [`slow_delay`] of it. Default [`DEFAULT_SLA`].
+    pub sla: Duration,
+    /// Where the fault control listener listens (`127.0.0.1:0` in tests; read
+    /// [`BankHandle::faults_url`]); `None` (the default): no control listener. It admits
+    /// only the certificates of `allowed_client_thumbprints`, which must then be set.
+    pub faults_listen: Option<SocketAddr>,
 }
 
 impl BankConfig {
@@ -118,6 +134,8 @@ impl BankConfig {
             allowed_client_thumbprints: None,
             customers: DEFAULT_CUSTOMERS,
             seed: bin.get(),
+            sla: DEFAULT_SLA,
+            faults_listen: None,
         }
     }
 }
@@ -131,6 +149,8 @@ impl fmt::Debug for BankConfig {
             .field("listen", &self.listen)
             .field("customers", &self.customers)
             .field("seed", &self.seed)
+            .field("sla", &self.sla)
+            .field("faults_listen", &self.faults_listen)
             .field(
                 "allowed_client_thumbprints",
                 &self.allowed_client_thumbprints.as_ref().map(Vec::len),
@@ -169,6 +189,10 @@ pub enum BankError {
     /// The TLS configuration was rejected (e.g. key does not match certificate).
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
+    /// A fault control listener was asked for without pinned client certificates: it
+    /// would admit any certificate of the CA (API users' too), not only the hub's.
+    #[error("the fault control listener needs allowed_client_thumbprints (the hub's certificate)")]
+    FaultsUnpinned,
     /// The listening socket could not be opened.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -304,6 +328,7 @@ struct Shared {
     accepted: AtomicU64,
     open: watch::Sender<usize>,
     http: auto::Builder<TokioExecutor>,
+    faults: Faults,
 }
 
 /// Counts a connection as open from accept until its task ends (or is aborted).
@@ -345,9 +370,11 @@ impl Shared {
 /// A running sandbox bank. Dropping the handle stops the bank too (without waiting).
 pub struct BankHandle {
     addr: SocketAddr,
+    faults_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
+    control_task: Option<JoinHandle<()>>,
 }
 
 impl fmt::Debug for BankHandle {
@@ -356,6 +383,7 @@ impl fmt::Debug for BankHandle {
             .field("name", &self.shared.name)
             .field("bin", &self.shared.data.bank())
             .field("addr", &self.addr)
+            .field("faults_addr", &self.faults_addr)
             .finish_non_exhaustive()
     }
 }
@@ -369,6 +397,28 @@ impl BankHandle {
     /// `https://{addr}`, the base URL the hub forwards to.
     pub fn url(&self) -> String {
         format!("https://{}", self.addr)
+    }
+
+    /// The control listener's address, when the bank runs one.
+    pub fn faults_addr(&self) -> Option<SocketAddr> {
+        self.faults_addr
+    }
+
+    /// `https://{faults_addr}/faults`, the manifest's `faults_url`, when the bank runs a
+    /// control listener.
+    pub fn faults_url(&self) -> Option<String> {
+        self.faults_addr.map(faults_url)
+    }
+
+    /// The fault mode in force.
+    pub fn fault_mode(&self) -> FaultMode {
+        self.shared.faults.mode()
+    }
+
+    /// Switches the fault mode, as `POST /faults` does, and waits (at most 5 s) until the
+    /// API port follows (closed for `down`, listening otherwise); `false` if it did not.
+    pub async fn set_fault_mode(&self, mode: FaultMode) -> bool {
+        self.shared.faults.switch(mode).await
     }
 
     /// The bank's BIN.
@@ -453,7 +503,10 @@ impl BankHandle {
     /// task has ended.
     pub async fn shutdown(mut self) {
         self.stop();
-        if let Some(task) = self.task.take() {
+        for task in [self.task.take(), self.control_task.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = task.await;
         }
     }
@@ -487,25 +540,70 @@ pub async fn start(cfg: BankConfig) -> Result<BankHandle, BankError> {
 /// ```
 pub fn start_on(rt: &tokio::runtime::Handle, cfg: BankConfig) -> Result<BankHandle, BankError> {
     let tls = tls::server_config(&cfg)?;
-    let bind_err = |source| BankError::Bind {
-        addr: cfg.listen,
-        source,
-    };
-    let std_listener = std::net::TcpListener::bind(cfg.listen).map_err(bind_err)?;
+    if cfg.faults_listen.is_some()
+        && cfg
+            .allowed_client_thumbprints
+            .as_ref()
+            .is_none_or(Vec::is_empty)
+    {
+        return Err(BankError::FaultsUnpinned);
+    }
+    let (listener, addr) = bind(rt, cfg.listen)?;
+    let control = cfg.faults_listen.map(|a| bind(rt, a)).transpose()?;
+    let faults_addr = control.as_ref().map(|(_, a)| *a);
+    let shared = Arc::new(shared_state(&cfg));
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    // The control listener uses the API's TLS configuration as is: the same server
+    // identity, and the same verifier pinned to the hub's certificate.
+    let acceptor = TlsAcceptor::from(tls);
+    let control_task = control.map(|(l, _)| {
+        rt.spawn(control::control_loop(
+            l,
+            acceptor.clone(),
+            shared.clone(),
+            shutdown_rx.clone(),
+        ))
+    });
+    let task = rt.spawn(accept_loop(listener, acceptor, shared.clone(), shutdown_rx));
+    tracing::info!(bank = %shared.name, bin = %cfg.bin, %addr, faults = ?faults_addr, "sandbox bank listening");
+    Ok(BankHandle {
+        addr,
+        faults_addr,
+        shared,
+        shutdown,
+        task: Some(task),
+        control_task,
+    })
+}
+
+/// A listening socket on `addr`, registered with `rt`'s reactor, and its bound address
+/// (the real port when `addr`'s is 0).
+fn bind(
+    rt: &tokio::runtime::Handle,
+    addr: SocketAddr,
+) -> Result<(TcpListener, SocketAddr), BankError> {
+    let bind_err = |source| BankError::Bind { addr, source };
+    let std_listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
     std_listener.set_nonblocking(true).map_err(bind_err)?;
-    let listener = {
-        let _guard = rt.enter();
-        TcpListener::from_std(std_listener).map_err(bind_err)?
-    };
-    let addr = listener.local_addr().map_err(bind_err)?;
+    let bound = std_listener.local_addr().map_err(bind_err)?;
+    let _guard = rt.enter();
+    Ok((
+        TcpListener::from_std(std_listener).map_err(bind_err)?,
+        bound,
+    ))
+}
+
+/// The state every connection shares: the data (generated here), its prepared answers,
+/// the switches and counters.
+fn shared_state(cfg: &BankConfig) -> Shared {
     let data = Arc::new(BankData::generate(cfg.bin, cfg.seed, cfg.customers));
     let mut http = auto::Builder::new(TokioExecutor::new());
     http.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30));
     http.http2().timer(TokioTimer::new());
-    let shared = Arc::new(Shared {
-        name: cfg.name,
+    Shared {
+        name: cfg.name.clone(),
         prepared: Prepared::new(&data),
         data,
         behaviour: AtomicU64::new(Behaviour::Normal.encode()),
@@ -516,38 +614,64 @@ pub fn start_on(rt: &tokio::runtime::Handle, cfg: BankConfig) -> Result<BankHand
         accepted: AtomicU64::new(0),
         open: watch::Sender::new(0),
         http,
-    });
-    let (shutdown, shutdown_rx) = watch::channel(false);
-    let task = rt.spawn(accept_loop(
-        listener,
-        TlsAcceptor::from(tls),
-        shared.clone(),
-        shutdown_rx,
-    ));
-    tracing::info!(bank = %shared.name, bin = %cfg.bin, %addr, "sandbox bank listening");
-    Ok(BankHandle {
-        addr,
-        shared,
-        shutdown,
-        task: Some(task),
-    })
+        faults: Faults::new(cfg.sla),
+    }
 }
 
 /// Completes once the bank is asked to stop (or its handle is gone).
-async fn stopped(rx: &mut watch::Receiver<bool>) {
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns must not live across another await (it is not Send).
     let _ = rx.wait_for(|stop| *stop).await.map(|_| ());
 }
 
+/// Why the API port stopped serving.
+enum Pause {
+    /// The bank stops.
+    Stop,
+    /// The fault mode `down`: the port closes until the mode changes.
+    Down,
+}
+
+/// Serves the API port; in the fault mode `down`, closes it (and every connection) and
+/// listens again on the same address once the mode changes.
 async fn accept_loop(
-    listener: TcpListener,
+    mut listener: TcpListener,
     acceptor: TlsAcceptor,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let Ok(addr) = listener.local_addr() else {
+        return;
+    };
+    let mut modes = shared.faults.subscribe();
+    loop {
+        let pause = serve_api(listener, &acceptor, &shared, &mut shutdown, &mut modes).await;
+        if let Pause::Stop = pause {
+            return;
+        }
+        shared.faults.set_listening(false);
+        tracing::info!(bank = %shared.name, %addr, "sandbox bank: API port closed (fault mode down)");
+        match listen_again(addr, &mut shutdown, &mut modes).await {
+            Some(l) => listener = l,
+            None => return,
+        }
+        shared.faults.set_listening(true);
+        tracing::info!(bank = %shared.name, %addr, "sandbox bank: API port listening again");
+    }
+}
+
+/// Accepts API connections until the bank stops or goes `down`; then closes the listener
+/// first (new connections are refused from then on) and the open connections after.
+async fn serve_api(
+    listener: TcpListener,
+    acceptor: &TlsAcceptor,
+    shared: &Arc<Shared>,
+    shutdown: &mut watch::Receiver<bool>,
+    modes: &mut watch::Receiver<FaultMode>,
+) -> Pause {
     let mut conns = JoinSet::new();
     let conn_shutdown = shutdown.clone();
-    loop {
+    let pause = loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, _peer)) => {
@@ -565,11 +689,38 @@ async fn accept_loop(
                 }
             },
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            _ = stopped(&mut shutdown) => break,
+            _ = mode_is(modes, |m| m == FaultMode::Down) => break Pause::Down,
+            _ = stopped(shutdown) => break Pause::Stop,
         }
-    }
+    };
     drop(listener);
     conns.shutdown().await;
+    pause
+}
+
+/// Waits until the mode leaves `down`, then binds `addr` again (retrying while another
+/// socket holds it); `None` when the bank stops first.
+async fn listen_again(
+    addr: SocketAddr,
+    shutdown: &mut watch::Receiver<bool>,
+    modes: &mut watch::Receiver<FaultMode>,
+) -> Option<TcpListener> {
+    loop {
+        tokio::select! {
+            _ = mode_is(modes, |m| m != FaultMode::Down) => {}
+            _ = stopped(shutdown) => return None,
+        }
+        match TcpListener::bind(addr).await {
+            Ok(l) => return Some(l),
+            Err(e) => {
+                tracing::warn!(error = %e, %addr, "sandbox bank: cannot listen again yet");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    _ = stopped(shutdown) => return None,
+                }
+            }
+        }
+    }
 }
 
 async fn serve_connection(
@@ -623,7 +774,7 @@ async fn serve_connection(
     ctl.finish().await;
 }
 
-/// Applies the behaviour, then routes.
+/// Applies the behaviour, then the fault mode, then routes.
 async fn answer(shared: &Shared, ctl: &ConnCtl, req: Request<Incoming>) -> Resp {
     shared.requests.fetch_add(1, Ordering::SeqCst);
     shared.record(&req);
@@ -653,6 +804,19 @@ async fn answer(shared: &Shared, ctl: &ConnCtl, req: Request<Incoming>) -> Resp 
             return routes::forced_status(code, req.headers().get("x-fapi-interaction-id"));
         }
     }
+    let fault = shared.faults.mode();
+    match fault {
+        FaultMode::Slow => {
+            tokio::select! {
+                _ = tokio::time::sleep(shared.faults.slow_delay()) => {}
+                _ = ctl.closed() => return unanswered(),
+            }
+        }
+        FaultMode::Error => {
+            return faults::error_answer(req.headers().get("x-fapi-interaction-id"));
+        }
+        FaultMode::Ok | FaultMode::Schema | FaultMode::Down => {}
+    }
     let mut forwarded_authorization = false;
     let resp = routes::handle(
         &shared.data,
@@ -666,6 +830,9 @@ async fn answer(shared: &Shared, ctl: &ConnCtl, req: Request<Incoming>) -> Resp 
             .authorization_forwarded
             .fetch_add(1, Ordering::SeqCst);
         tracing::warn!(bank = %shared.name, "sandbox bank: Authorization header reached the bank");
+    }
+    if fault == FaultMode::Schema {
+        return faults::break_schema(resp).await;
     }
     resp
 }

@@ -2,9 +2,11 @@
 //! the sandbox banks, the trust sidecar and the hub; the manifest names the sidecar
 //! (`trust_url`, `otp_outbox`) and lists the consents the sidecar holds, in every
 //! status; the manifest's pre-minted tokens and the sidecar's own tokens both verify at
-//! the hub; participants come from the sidecar's registry. The demo runs as a real
-//! child process on free ports.
+//! the hub; participants come from the sidecar's registry; each provider's `faults_url`
+//! breaks its bank and mends it (issue 14). The demo runs as a real child process on free
+//! ports.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -56,8 +58,15 @@ fn addr_of(url: &str) -> std::net::SocketAddr {
         .expect("an ip:port URL")
 }
 
-#[test]
-fn the_demo_runs_the_sidecar_and_the_hub_follows_it() {
+/// The demo's ports: the hub's API, its admin listener, the trust sidecar.
+struct Ports {
+    port: u16,
+    admin: u16,
+    trust: u16,
+}
+
+/// Starts the demo on free ports (20 customers per bank, one gateway thread).
+fn spawn_demo() -> (Demo, Ports) {
     let dir = tempfile::Builder::new()
         .prefix("demo-e2e-")
         .tempdir()
@@ -85,32 +94,52 @@ fn the_demo_runs_the_sidecar_and_the_hub_follows_it() {
         .stderr(log)
         .spawn()
         .expect("spawn the demo");
-    let mut demo = Demo { child, dir };
-    let admin_addr = std::net::SocketAddr::from(([127, 0, 0, 1], admin));
+    let ports = Ports {
+        port,
+        admin,
+        trust: trust_port,
+    };
+    (Demo { child, dir }, ports)
+}
 
-    let rt = tokio::runtime::Builder::new_current_thread()
+/// Waits until the demo's admin listener says it is ready; its manifest.
+async fn ready_manifest(demo: &mut Demo, admin: u16) -> Value {
+    let admin_addr = std::net::SocketAddr::from(([127, 0, 0, 1], admin));
+    let t0 = Instant::now();
+    loop {
+        if let Ok((200, _)) = admin_request(admin_addr, "GET", "/readyz").await {
+            break;
+        }
+        if let Ok(Some(status)) = demo.child.try_wait() {
+            panic!("the demo exited ({status}):\n{}", demo.log());
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "not ready:\n{}",
+            demo.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    serde_json::from_str(&read(&demo.dir.join("manifest.json"))).expect("manifest")
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .expect("runtime");
-    rt.block_on(async {
-        // Ready: the admin listener says so.
-        let t0 = Instant::now();
-        loop {
-            if let Ok((200, _)) = admin_request(admin_addr, "GET", "/readyz").await {
-                break;
-            }
-            if let Ok(Some(status)) = demo.child.try_wait() {
-                panic!("the demo exited ({status}):\n{}", demo.log());
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(90),
-                "not ready:\n{}",
-                demo.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let m: Value =
-            serde_json::from_str(&read(&demo.dir.join("manifest.json"))).expect("manifest");
+        .expect("runtime")
+}
+
+#[test]
+fn the_demo_runs_the_sidecar_and_the_hub_follows_it() {
+    let (mut demo, ports) = spawn_demo();
+    let Ports {
+        port,
+        admin,
+        trust: trust_port,
+    } = ports;
+    runtime().block_on(async {
+        let m = ready_manifest(&mut demo, admin).await;
 
         // The manifest names the sidecar, and the consents it holds, in every status.
         let trust_url = m["trust_url"].as_str().expect("trust_url");
@@ -230,6 +259,86 @@ fn the_demo_runs_the_sidecar_and_the_hub_follows_it() {
         );
     });
     start_up_summaries_say_what_is_loaded(&demo.log());
+}
+
+/// Each provider's `faults_url` (contract §9) switches its sandbox bank, with the hub's
+/// client certificate from the manifest: in `error`, a call through the hub answers the
+/// bank's `500` (a provider's error answer passes through, docs/contract-deviations.md);
+/// back in `ok`, `200` again.
+#[test]
+fn a_providers_faults_url_breaks_its_bank_and_mends_it() {
+    let (mut demo, ports) = spawn_demo();
+    runtime().block_on(async {
+        let m = ready_manifest(&mut demo, ports.admin).await;
+        let providers = m["providers"].as_array().expect("providers");
+        assert_eq!(providers.len(), 2);
+        for p in providers {
+            let faults = p["faults_url"].as_str().unwrap_or_default();
+            assert!(
+                faults.starts_with("https://127.0.0.1:")
+                    && faults.ends_with("/faults")
+                    && !faults.starts_with(p["url"].as_str().unwrap_or("-")),
+                "{p}"
+            );
+        }
+        let c = m["consents"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["id"] == "c-authorised-full"))
+            .expect("c-authorised-full")
+            .clone();
+        let provider = c["providers"][0].as_str().expect("provider");
+        let user = m["api_users"]
+            .as_array()
+            .and_then(|us| us.iter().find(|u| u["id"] == c["api_user"]))
+            .expect("its API user")
+            .clone();
+        let hub = client_of(&m, SocketAddr::from(([127, 0, 0, 1], ports.port)), &user);
+        let token = c["token"].as_str().expect("token");
+        let path = accounts_path(provider);
+        let accounts = || hub.get(&path, Some(token));
+        // 200 once the hub has the sidecar's consent state.
+        let t0 = Instant::now();
+        while accounts().await.status != 200 {
+            assert!(t0.elapsed() < Duration::from_secs(15), "{}", demo.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        let bank = providers
+            .iter()
+            .find(|p| p["id"] == provider)
+            .expect("the consent's provider");
+        let faults_url = bank["faults_url"].as_str().expect("faults_url");
+        let control = faults_client(&m, faults_url);
+        let r = control.send(&switch_to("error")).await;
+        assert_eq!((r.status, r.json()["mode"].as_str()), (200, Some("error")));
+        // The hub's client holds this answer to docs/openapi/hub.json as well.
+        let r = accounts().await;
+        assert_eq!(r.status, 500, "{}", r.describe());
+        assert_eq!(r.json()["error"], "internal_error", "{}", r.describe());
+        assert!(is_uuid(r.interaction_id()), "{}", r.describe());
+
+        let r = control.send(&switch_to("ok")).await;
+        assert_eq!((r.status, r.json()["mode"].as_str()), (200, Some("ok")));
+        accounts().await.ok_json();
+    });
+}
+
+/// A plain client (no document describes the development route) of a bank's control
+/// route, with the hub's client certificate as the manifest names it.
+fn faults_client(m: &Value, faults_url: &str) -> Client {
+    let hub = ClientCert {
+        cert_pem: read(Path::new(m["hub_client_cert"].as_str().expect("hub cert"))),
+        key_pem: read(Path::new(m["hub_client_key"].as_str().expect("hub key"))),
+    };
+    let addr = addr_of(faults_url.strip_suffix("/faults").expect("…/faults"));
+    let ca = read(Path::new(m["ca_cert"].as_str().expect("ca")));
+    Client::new(addr, &ca, Some(&hub)).api(None)
+}
+
+fn switch_to(mode: &str) -> Req {
+    Req::new("POST", "/faults")
+        .header("content-type", "application/json")
+        .body(format!(r#"{{"mode":"{mode}"}}"#))
 }
 
 /// The log's events (JSON lines: standard error is a file) with `message`.

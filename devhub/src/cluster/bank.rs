@@ -2,8 +2,10 @@
 //! the cluster binary re-executing itself). The cluster writes one spec per bank (JSON:
 //! the BIN, the name, the data seed and customer count, and the paths of its certificate
 //! chain, its key, the CA and the hub's client certificate — paths only, never key
-//! material); the bank process listens on an ephemeral loopback port, writes
-//! `{"addr": "127.0.0.1:PORT"}` to its ready file, and serves until SIGTERM or SIGINT.
+//! material) and the SLA the gateways hold it to; the bank process listens on an
+//! ephemeral loopback port, and its fault control listener on another, writes
+//! `{"addr": "127.0.0.1:PORT", "faults_addr": "127.0.0.1:PORT"}` to its ready file, and
+//! serves until SIGTERM or SIGINT.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::procs::{wait_for, Piece, Reaper};
 use super::ClusterError;
-use crate::banks::bank_seed;
+use crate::banks::{bank_seed, provider_sla, LOOPBACK_ANY};
 use crate::identities::{Identities, PROVIDERS};
 
 /// What a bank process serves.
@@ -38,7 +40,10 @@ pub struct BankSpec {
     pub customers: usize,
     /// The data seed.
     pub seed: u64,
-    /// Where the bound address is written once listening.
+    /// The provider's SLA in milliseconds (the gateways' `timeout_ms`): the `slow` fault
+    /// mode answers after 2.5 times it.
+    pub sla_ms: u64,
+    /// Where the bound addresses are written once listening.
     pub ready_file: PathBuf,
 }
 
@@ -69,6 +74,7 @@ impl BankSpec {
             hub_client_cert: ids.pki.hub_client().cert_path.clone(),
             customers,
             seed: bank_seed(i),
+            sla_ms: u64::try_from(provider_sla().as_millis()).unwrap_or(u64::MAX),
             ready_file: dir.join(format!("bank-{}.ready", i + 1)),
         })
     }
@@ -82,13 +88,15 @@ impl BankSpec {
         Ok(BankConfig {
             bin,
             name: self.name.clone(),
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            listen: LOOPBACK_ANY,
             server_cert_chain_pem: read(&self.chain)?,
             server_key_pem: read(&self.key)?,
             client_ca_pem: read(&self.client_ca)?,
             customers: self.customers,
             seed: self.seed,
             allowed_client_thumbprints: Some(vec![hub]),
+            sla: Duration::from_millis(self.sla_ms),
+            faults_listen: Some(LOOPBACK_ANY),
         })
     }
 }
@@ -107,9 +115,13 @@ pub fn run_bank(spec: &Path) -> Result<(), ClusterError> {
         .map_err(ClusterError::io(&spec.ready_file))?;
     let bank = sandbox::bank::start_on(runtime.handle(), config)
         .map_err(|e| ClusterError::Setup(e.to_string()))?;
-    let line = serde_json::json!({ "addr": bank.addr().to_string() }).to_string();
+    let line = serde_json::json!({
+        "addr": bank.addr().to_string(),
+        "faults_addr": bank.faults_addr().map(|a| a.to_string()),
+    })
+    .to_string();
     write_atomically(&spec.ready_file, &line)?;
-    tracing::info!(bin = %spec.bin, addr = %bank.addr(), "sandbox bank listening");
+    tracing::info!(bin = %spec.bin, addr = %bank.addr(), faults = ?bank.faults_addr(), "sandbox bank listening");
     runtime.block_on(super::cli::stop_signal());
     tracing::info!(bin = %spec.bin, "sandbox bank stopping");
     bank.stop();
@@ -127,6 +139,13 @@ pub(crate) fn write_atomically(path: &Path, text: &str) -> Result<(), ClusterErr
     std::fs::rename(&tmp, path).map_err(ClusterError::io(path))
 }
 
+/// Where a bank process listens: its API and its fault control listener.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BankAddrs {
+    pub api: SocketAddr,
+    pub faults: SocketAddr,
+}
+
 /// Starts one bank process per provider and waits until each listens: the pieces and
 /// their addresses, in `PROVIDERS` order.
 pub(crate) fn start_banks(
@@ -136,7 +155,7 @@ pub(crate) fn start_banks(
     dirs: &super::Dirs,
     reaper: &mut Reaper,
     timeout: Duration,
-) -> Result<(Vec<Piece>, Vec<SocketAddr>), ClusterError> {
+) -> Result<(Vec<Piece>, Vec<BankAddrs>), ClusterError> {
     let mut pieces = Vec::new();
     let mut ready = Vec::new();
     for i in 0..ids.providers.len() {
@@ -156,11 +175,15 @@ pub(crate) fn start_banks(
     let mut addrs = Vec::new();
     for (piece, file) in pieces.iter_mut().zip(&ready) {
         let line = wait_ready_file(piece, file, timeout)?;
-        let addr = serde_json::from_str::<serde_json::Value>(&line)
-            .ok()
-            .and_then(|v| v["addr"].as_str()?.parse().ok())
-            .ok_or_else(|| ClusterError::Setup(format!("{}: unreadable ready file", piece.name)))?;
-        addrs.push(addr);
+        let ready = serde_json::from_str::<serde_json::Value>(&line).ok();
+        let addr = |key: &str| ready.as_ref()?[key].as_str()?.parse().ok();
+        let (Some(api), Some(faults)) = (addr("addr"), addr("faults_addr")) else {
+            return Err(ClusterError::Setup(format!(
+                "{}: unreadable ready file",
+                piece.name
+            )));
+        };
+        addrs.push(BankAddrs { api, faults });
     }
     Ok((pieces, addrs))
 }

@@ -37,7 +37,7 @@ pub use procs::signal;
 
 use crate::consents::{demo_consents, CUSTOMERS_USED};
 use crate::identities::{identities, Identities};
-use crate::manifest::{self, ManifestInputs, TrustInfo};
+use crate::manifest::{self, BankUrls, ManifestInputs, TrustInfo};
 use crate::DemoError;
 use gateways::GatewaySpec;
 use postgres::Database;
@@ -337,7 +337,15 @@ impl Cluster {
             o.ready_timeout,
         )?;
         self.banks = banks;
-        let bank_urls: Vec<String> = bank_addrs.iter().map(|a| format!("https://{a}")).collect();
+        let bank_urls: Vec<String> = bank_addrs
+            .iter()
+            .map(|a| format!("https://{}", a.api))
+            .collect();
+        let faults_urls: Vec<String> = bank_addrs
+            .iter()
+            .map(|a| sandbox::bank::faults_url(a.faults))
+            .collect();
+        let bank_addrs: Vec<SocketAddr> = bank_addrs.iter().map(|a| a.api).collect();
         let mut consents = self.seed(ids, &bank_urls)?;
         let head = consents
             .iter()
@@ -356,7 +364,11 @@ impl Cluster {
         for (spec, piece) in &mut self.gateways {
             spec.wait_ready(piece, head, o.ready_timeout)?;
         }
-        self.manifest = self.make_manifest(ids, &bank_urls, std::mem::take(&mut consents));
+        let urls = BankUrls {
+            api: &bank_urls,
+            faults: &faults_urls,
+        };
+        self.manifest = self.make_manifest(ids, urls, std::mem::take(&mut consents));
         self.write_manifest()
     }
 
@@ -419,13 +431,13 @@ impl Cluster {
 
     /// The demo's manifest fields (naming the first gateway and replica) and the
     /// cluster's: every URL, the pids, the database.
-    fn make_manifest(&self, ids: &Identities, bank_urls: &[String], consents: Vec<Value>) -> Value {
+    fn make_manifest(&self, ids: &Identities, banks: BankUrls<'_>, consents: Vec<Value>) -> Value {
         let first = &self.gateways[0].0;
         let mut m = manifest::manifest_json(ManifestInputs {
             ids,
             gateway_url: format!("https://{}", first.api),
             admin_url: format!("http://{}", first.admin),
-            provider_urls: bank_urls,
+            banks,
             config: &first.config,
             audit: &first.audit,
             trust: Some(TrustInfo {

@@ -82,7 +82,7 @@ fn respond(
 }
 
 /// An error response `{"error": code, "message": message}`.
-fn error(
+pub(crate) fn error(
     status: StatusCode,
     code: &str,
     message: &str,

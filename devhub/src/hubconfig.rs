@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use gateway::config::{
     at, AuditSection, ConsentSection, FileConfig, HubFiles, ParticipantSection, ProviderSection,
-    TrustSection,
+    RollupSection, TrustSection,
 };
 use policy::directory::{ParticipantStatus, Role};
 use policy::limits::{LimitSettings, QuotaSettings};
@@ -53,6 +53,8 @@ pub(crate) struct HubConfig<'a> {
     pub bank_addrs: Vec<SocketAddr>,
     /// Stop at once on SIGTERM (no grace period; the cluster's gateways).
     pub quick_stop: bool,
+    /// The gateway's name in its rollups (with the sidecar; default: the host name).
+    pub gateway_name: Option<&'a str>,
 }
 
 /// The `[trust]` section following `urls` (verified with `ca`), keys from their JWKS.
@@ -110,6 +112,12 @@ pub(crate) fn hub_config(c: &HubConfig<'_>) -> Result<FileConfig, DemoError> {
         cfg.consents = ConsentSection::file(c.consents.to_path_buf());
     } else {
         cfg.trust = Some(trust_section(c.trust_urls, &ca, c.trust_tuning));
+        // SLA and usage accounting, pushed every second so a test sees it within seconds.
+        cfg.rollups = Some(RollupSection {
+            gateway: c.gateway_name.map(|n| at(n.to_string())),
+            push_interval_ms: 1000,
+            ..RollupSection::default()
+        });
     }
     cfg.audit = AuditSection::file(c.audit.to_path_buf());
     if let Some(l) = &c.limits {

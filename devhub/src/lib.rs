@@ -38,6 +38,7 @@ mod seed;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use consent_cache::ConsentRecord;
 use sandbox::bank::BankHandle;
@@ -96,6 +97,10 @@ pub struct DemoArgs {
     /// Port of the trust sidecar (127.0.0.1; 0 = any free port).
     #[arg(long, default_value_t = 8444)]
     pub trust_port: u16,
+    /// Between two conformance probe rounds of the banks by the sidecar, in milliseconds
+    /// (docs/oversight.md); tests run them fast.
+    #[arg(long, default_value_t = 45_000, value_parser = clap::value_parser!(u64).range(100..=86_400_000))]
+    pub probe_interval_ms: u64,
     /// `--log-format json|text`.
     #[command(flatten)]
     pub log: hub_log::LogArgs,
@@ -119,6 +124,7 @@ impl Default for DemoArgs {
             dir: None,
             customers: 200,
             threads: None,
+            probe_interval_ms: 45_000,
             prepare_only: false,
             banks_only: false,
             rate_limit: None,
@@ -237,7 +243,7 @@ pub fn prepare(args: &DemoArgs) -> Result<Prepared, DemoError> {
     let running = if with_trust {
         Some(seed_trust(
             &world,
-            args.trust_port,
+            (args.trust_port, args.probe_interval_ms),
             records,
             &mut manifest_consents,
         )?)
@@ -280,6 +286,7 @@ struct Paths {
     audit: PathBuf,
     trust_db: PathBuf,
     otp_outbox: PathBuf,
+    provider_outbox: PathBuf,
 }
 
 impl Paths {
@@ -302,6 +309,7 @@ impl Paths {
             audit: dir.join("audit.jsonl"),
             trust_db: dir.join("trust.db"),
             otp_outbox: dir.join("otp_outbox"),
+            provider_outbox: dir.join("provider_outbox"),
             dir,
         })
     }
@@ -351,21 +359,27 @@ fn demo_runtime(with_trust: bool, dir: &Path) -> Result<tokio::runtime::Runtime,
 /// expired by it).
 fn seed_trust(
     world: &World,
-    port: u16,
+    (port, probe_interval_ms): (u16, u64),
     records: Vec<ConsentRecord>,
     manifest_consents: &mut [serde_json::Value],
 ) -> Result<trust::Running, DemoError> {
     remove_stale(&world.paths)?;
-    let config = seed::trust_config(
+    let mut config = seed::trust_config(
         &world.ids,
         SocketAddr::from(([127, 0, 0, 1], port)),
         world.paths.trust_db.clone(),
         world.paths.otp_outbox.clone(),
     )?;
+    config.probe = Some(seed::probe_config(
+        &world.ids,
+        Duration::from_millis(probe_interval_ms),
+        world.paths.provider_outbox.clone(),
+    ));
     let bank_urls = world.bank_urls();
+    let data: Vec<&sandbox::data::BankData> = world.banks.iter().map(|b| &**b.data()).collect();
     world.runtime.block_on(async {
         let running = trust::start(config, None).await?;
-        seed::seed(running.app(), &world.ids, &bank_urls, records).await?;
+        seed::seed(running.app(), &world.ids, &bank_urls, &data, records).await?;
         seed::held_states(running.app(), manifest_consents).await?;
         Ok::<_, DemoError>(running)
     })
@@ -379,6 +393,7 @@ fn remove_stale(paths: &Paths) -> Result<(), DemoError> {
         paths.dir.join("trust.db-wal"),
         paths.dir.join("trust.db-shm"),
         paths.otp_outbox.clone(),
+        paths.provider_outbox.clone(),
         paths.consents.clone(),
     ] {
         match std::fs::remove_file(&stale) {
@@ -425,6 +440,7 @@ fn write_hub_config(
         user_thumbprints,
         bank_addrs: world.banks.iter().map(BankHandle::addr).collect(),
         quick_stop: false,
+        gateway_name: None,
     })?;
     hubconfig::write(&world.paths.config, &cfg, "`devhub` (scripts/demo)")
 }
@@ -451,6 +467,7 @@ fn demo_manifest(
             url,
             otp_outbox: paths.otp_outbox.clone(),
             db: serde_json::json!(paths.trust_db),
+            provider_outbox: paths.provider_outbox.clone(),
         }),
         consents,
     })

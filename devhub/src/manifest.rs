@@ -18,6 +18,9 @@ pub(crate) struct TrustInfo {
     pub otp_outbox: PathBuf,
     /// `trust_db`: the SQLite file, or the PostgreSQL URL (without a password).
     pub db: Value,
+    /// `provider_outbox`: where the development notifier appends providers' notices
+    /// (grade and publication changes of their APIs).
+    pub provider_outbox: PathBuf,
 }
 
 /// What the manifest names.
@@ -86,6 +89,7 @@ pub(crate) fn manifest_json(m: ManifestInputs<'_>) -> Value {
         o.insert("trust_url".into(), json!(t.url));
         o.insert("otp_outbox".into(), json!(t.otp_outbox));
         o.insert("trust_db".into(), t.db);
+        o.insert("provider_outbox".into(), json!(t.provider_outbox));
         if let Some(op) = pki.operator() {
             o.insert(
                 "operator".into(),

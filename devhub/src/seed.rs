@@ -10,10 +10,17 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use consent_cache::ConsentRecord;
+use std::time::Duration;
+
+use consent_cache::{ConsentRecord, Permission};
+use sandbox::data::BankData;
 use serde_json::json;
 use trust::app::App;
+use trust::grade::Hysteresis;
+use trust::oversight::ProbeSubject;
+use trust::prober::ProbeConfig;
 
+use crate::hubconfig::PROVIDER_TIMEOUT_MS;
 use crate::identities::{bin, Identities, API_USERS, AUDIENCE, ISSUER, PROVIDERS};
 use crate::DemoError;
 
@@ -51,13 +58,61 @@ pub(crate) async fn seed(
     app: &Arc<App>,
     ids: &Identities,
     provider_urls: &[String],
+    banks: &[&BankData],
     records: Vec<ConsentRecord>,
 ) -> Result<(), DemoError> {
     let actor = trust::history::operator(&ids.operator()?.x5t_s256);
     seed_participants(app, ids, provider_urls, &actor).await?;
+    for (p, subject) in PROVIDERS.iter().zip(probe_subjects(banks)) {
+        app.put_probe_subject(actor.clone(), bin(p.0), subject)
+            .await?;
+    }
     app.import_consents(records).await?;
     app.expire_due().await?;
     Ok(())
+}
+
+/// The test subject each demo provider registers for conformance probing: its first
+/// customer with an account, called for the first active API user with every permission,
+/// under the provider's own test consent id, held to the hub's default SLA.
+pub(crate) fn probe_subjects(banks: &[&BankData]) -> Vec<ProbeSubject> {
+    let api_user = API_USERS
+        .iter()
+        .find(|u| u.2 == "active")
+        .map_or(API_USERS[0].0, |u| u.0);
+    banks
+        .iter()
+        .zip(PROVIDERS)
+        .filter_map(|(data, p)| {
+            let customer = data.customers().find(|c| !c.accounts.is_empty())?;
+            Some(ProbeSubject {
+                api_user: bin(api_user),
+                consent_id: format!("probe-{}", p.0),
+                customer: customer.iin.clone(),
+                permissions: vec![
+                    Permission::Accounts,
+                    Permission::Balances,
+                    Permission::Transactions,
+                ],
+                accounts: None,
+                sla_ms: PROVIDER_TIMEOUT_MS,
+            })
+        })
+        .collect()
+}
+
+/// Probing of the demo's banks by the sidecar: the hub's client identity, every
+/// `interval`, notices to `outbox`.
+pub(crate) fn probe_config(ids: &Identities, interval: Duration, outbox: PathBuf) -> ProbeConfig {
+    let hub = ids.pki.hub_client();
+    ProbeConfig {
+        interval,
+        client_cert: hub.cert_path.clone(),
+        client_key: hub.key_path.clone(),
+        ca: ids.pki.ca_cert_path().to_path_buf(),
+        hysteresis: Hysteresis::default(),
+        outbox: Some(outbox),
+    }
 }
 
 /// The demo's API users and providers, put into the sidecar's registry by `actor`.

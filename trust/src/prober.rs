@@ -242,9 +242,22 @@ async fn probe_provider(
     prober: Arc<Prober>,
     h: Hysteresis,
 ) -> Vec<ProviderNotice> {
-    let mut notices = Vec::new();
+    // Every API at once: a slow bank costs one call timeout per round, not one per API.
+    let mut probes = tokio::task::JoinSet::new();
     for api in ProviderApi::ALL {
-        let report = prober.probe(api).await;
+        let prober = prober.clone();
+        probes.spawn(async move { prober.probe(api).await });
+    }
+    let mut reports = Vec::new();
+    while let Some(done) = probes.join_next().await {
+        if let Ok(report) = done {
+            reports.push(report);
+        }
+    }
+    reports.sort_by_key(|r| r.api);
+    let mut notices = Vec::new();
+    for report in reports {
+        let api = report.api;
         if report.verdict == Verdict::Skipped {
             continue;
         }

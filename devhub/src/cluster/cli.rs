@@ -65,6 +65,10 @@ pub struct ClusterArgs {
     /// twice this, rounded up to whole seconds).
     #[arg(long, default_value_t = 1000)]
     pub heartbeat_ms: u64,
+    /// Between two conformance probe rounds of the banks, in milliseconds (the replica
+    /// that leads housekeeping probes; docs/oversight.md).
+    #[arg(long, default_value_t = 45_000, value_parser = clap::value_parser!(u64).range(100..=86_400_000))]
+    pub probe_interval_ms: u64,
     /// The gateways' `max_staleness_secs` (default 30).
     #[arg(long)]
     pub max_staleness_secs: Option<u64>,
@@ -171,6 +175,7 @@ fn options(args: &ClusterArgs) -> Result<ClusterOptions, ClusterError> {
     o.customers = args.customers.max(crate::consents::CUSTOMERS_USED);
     o.gateway_threads = args.gateway_threads;
     o.heartbeat_ms = args.heartbeat_ms.max(100);
+    o.probe_interval_ms = args.probe_interval_ms;
     o.max_staleness_secs = args.max_staleness_secs;
     o.standby = args.standby;
     Ok(o)

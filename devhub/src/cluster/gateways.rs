@@ -123,6 +123,7 @@ impl GatewaySpec {
             user_thumbprints: Vec::new(),
             bank_addrs: banks.to_vec(),
             quick_stop: true,
+            gateway_name: Some(&self.name),
         })?;
         hubconfig::write(&self.config, &cfg, "`hub-cluster` (scripts/cluster)")?;
         Ok(())

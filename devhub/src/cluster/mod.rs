@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use policy::limits::LimitSettings;
+use sandbox::data::BankData;
 use sandbox::redis::RedisError;
 use serde_json::{json, Value};
 pub use trust_store::pg_server::StopMode;
@@ -177,6 +178,8 @@ pub struct ClusterOptions {
     /// The replicas' feed heartbeat (`--heartbeat-ms`); the gateways' `heartbeat_secs`
     /// is this rounded up to whole seconds.
     pub heartbeat_ms: u64,
+    /// Between two probe rounds of the banks (`--probe-interval-ms`).
+    pub probe_interval_ms: u64,
     /// The gateways' `max_staleness_secs` (default: the gateway's, 30 s).
     pub max_staleness_secs: Option<u64>,
     /// A synchronous standby beside the primary, the replicas on both (multi-host URL).
@@ -202,6 +205,7 @@ impl ClusterOptions {
             gateways: 2,
             gateway_threads: None,
             heartbeat_ms: 1000,
+            probe_interval_ms: 45_000,
             max_staleness_secs: None,
             standby: false,
             ready_timeout: Duration::from_secs(60),
@@ -235,6 +239,7 @@ impl Dirs {
             std::fs::create_dir_all(d).map_err(ClusterError::io(d))?;
         }
         let _ = std::fs::remove_file(dirs.root.join("otp_outbox"));
+        let _ = std::fs::remove_file(dirs.root.join("provider_outbox"));
         // Every gateway's journal and configuration (a previous cluster may have had more).
         for entry in std::fs::read_dir(&dirs.root).map_err(ClusterError::io(&dirs.root))? {
             let path = entry.map_err(ClusterError::io(&dirs.root))?.path();
@@ -396,7 +401,8 @@ impl Cluster {
         let seeded = runtime.block_on(async {
             let running = trust::start(config, None).await.map_err(DemoError::from)?;
             let seeded = async {
-                crate::seed::seed(running.app(), ids, bank_urls, generated.records).await?;
+                let refs: Vec<&BankData> = data.iter().map(|d| &**d).collect();
+                crate::seed::seed(running.app(), ids, bank_urls, &refs, generated.records).await?;
                 crate::seed::held_states(running.app(), &mut consents).await
             }
             .await;
@@ -410,8 +416,13 @@ impl Cluster {
 
     /// Starts the trust replicas one after the other (each ready before the next).
     fn start_replicas(&mut self, ids: &Identities) -> Result<(), ClusterError> {
-        let args =
+        let mut args =
             replicas::common_args(ids, &self.db, &self.otp_outbox(), self.options.heartbeat_ms)?;
+        args.extend(replicas::probe_args(
+            ids,
+            self.options.probe_interval_ms,
+            &self.provider_outbox(),
+        ));
         for i in 0..self.options.trust_replicas.max(1) {
             let mut launch = Launch::new(i, args.clone(), &self.dirs);
             let piece = launch.start(
@@ -429,6 +440,10 @@ impl Cluster {
         self.dirs.root.join("otp_outbox")
     }
 
+    fn provider_outbox(&self) -> PathBuf {
+        self.dirs.root.join("provider_outbox")
+    }
+
     /// The demo's manifest fields (naming the first gateway and replica) and the
     /// cluster's: every URL, the pids, the database.
     fn make_manifest(&self, ids: &Identities, banks: BankUrls<'_>, consents: Vec<Value>) -> Value {
@@ -444,6 +459,7 @@ impl Cluster {
                 url: self.trust_urls()[0].clone(),
                 otp_outbox: self.otp_outbox(),
                 db: json!(self.db.url()),
+                provider_outbox: self.provider_outbox(),
             }),
             consents,
         });

@@ -60,6 +60,25 @@ pub(crate) fn common_args(
     Ok(a)
 }
 
+/// The flags that make the replicas probe the banks (the one leading housekeeping does):
+/// the hub's client identity towards them, the interval, the providers' outbox.
+pub(crate) fn probe_args(ids: &Identities, interval_ms: u64, outbox: &Path) -> Vec<OsString> {
+    let hub = ids.pki.hub_client();
+    [
+        ("--probe-client-cert", hub.cert_path.as_os_str()),
+        ("--probe-client-key", hub.key_path.as_os_str()),
+        ("--probe-ca", ids.pki.ca_cert_path().as_os_str()),
+        ("--provider-outbox", outbox.as_os_str()),
+    ]
+    .into_iter()
+    .flat_map(|(k, v)| [OsString::from(k), v.to_owned()])
+    .chain([
+        OsString::from("--probe-interval-ms"),
+        OsString::from(interval_ms.to_string()),
+    ])
+    .collect()
+}
+
 impl Launch {
     /// The `i`-th replica (from 0), not started yet.
     pub fn new(i: usize, args: Vec<OsString>, dirs: &Dirs) -> Launch {

@@ -3,6 +3,7 @@
 //! HTTP/2 client that assert the contract's problem+json answers (`http`), and hold every
 //! answer those clients receive to the OpenAPI documents (`openapi`).
 
+pub mod demo;
 pub mod http;
 pub mod hub;
 pub mod openapi;

@@ -8,120 +8,11 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e::http::admin_request;
+use e2e::demo::*;
 use e2e::*;
 use serde_json::Value;
-
-/// The demo process, stopped (with everything it runs) when dropped.
-struct Demo {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl Demo {
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("demo.log")).unwrap_or_default()
-    }
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn client_of(m: &Value, addr: std::net::SocketAddr, user: &Value) -> Client {
-    let cert = ClientCert {
-        cert_pem: read(Path::new(user["cert"].as_str().expect("cert"))),
-        key_pem: read(Path::new(user["key"].as_str().expect("key"))),
-    };
-    Client::new(
-        addr,
-        &read(Path::new(m["ca_cert"].as_str().expect("ca"))),
-        Some(&cert),
-    )
-}
-
-fn addr_of(url: &str) -> std::net::SocketAddr {
-    url.trim_start_matches("https://")
-        .trim_start_matches("http://")
-        .parse()
-        .expect("an ip:port URL")
-}
-
-/// The demo's ports: the hub's API, its admin listener, the trust sidecar.
-struct Ports {
-    port: u16,
-    admin: u16,
-    trust: u16,
-}
-
-/// Starts the demo on free ports (20 customers per bank, one gateway thread).
-fn spawn_demo() -> (Demo, Ports) {
-    let dir = tempfile::Builder::new()
-        .prefix("demo-e2e-")
-        .tempdir()
-        .expect("temp dir")
-        .keep();
-    let (port, admin, trust_port) = (free_port(), free_port(), free_port());
-    let log = std::fs::File::create(dir.join("demo.log")).expect("log");
-    let child = Command::new(env!("CARGO_BIN_EXE_devhub-under-test"))
-        .arg("--dir")
-        .arg(&dir)
-        .args([
-            "--port",
-            &port.to_string(),
-            "--admin-port",
-            &admin.to_string(),
-            "--trust-port",
-            &trust_port.to_string(),
-            "--customers",
-            "20",
-            "--threads",
-            "1",
-        ])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("spawn the demo");
-    let ports = Ports {
-        port,
-        admin,
-        trust: trust_port,
-    };
-    (Demo { child, dir }, ports)
-}
-
-/// Waits until the demo's admin listener says it is ready; its manifest.
-async fn ready_manifest(demo: &mut Demo, admin: u16) -> Value {
-    let admin_addr = std::net::SocketAddr::from(([127, 0, 0, 1], admin));
-    let t0 = Instant::now();
-    loop {
-        if let Ok((200, _)) = admin_request(admin_addr, "GET", "/readyz").await {
-            break;
-        }
-        if let Ok(Some(status)) = demo.child.try_wait() {
-            panic!("the demo exited ({status}):\n{}", demo.log());
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(90),
-            "not ready:\n{}",
-            demo.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    serde_json::from_str(&read(&demo.dir.join("manifest.json"))).expect("manifest")
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -132,7 +23,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 #[test]
 fn the_demo_runs_the_sidecar_and_the_hub_follows_it() {
-    let (mut demo, ports) = spawn_demo();
+    let (mut demo, ports) = spawn_demo(devhub_exe!());
     let Ports {
         port,
         admin,
@@ -267,7 +158,7 @@ fn the_demo_runs_the_sidecar_and_the_hub_follows_it() {
 /// back in `ok`, `200` again.
 #[test]
 fn a_providers_faults_url_breaks_its_bank_and_mends_it() {
-    let (mut demo, ports) = spawn_demo();
+    let (mut demo, ports) = spawn_demo(devhub_exe!());
     runtime().block_on(async {
         let m = ready_manifest(&mut demo, ports.admin).await;
         let providers = m["providers"].as_array().expect("providers");
@@ -321,24 +212,6 @@ fn a_providers_faults_url_breaks_its_bank_and_mends_it() {
         assert_eq!((r.status, r.json()["mode"].as_str()), (200, Some("ok")));
         accounts().await.ok_json();
     });
-}
-
-/// A plain client (no document describes the development route) of a bank's control
-/// route, with the hub's client certificate as the manifest names it.
-fn faults_client(m: &Value, faults_url: &str) -> Client {
-    let hub = ClientCert {
-        cert_pem: read(Path::new(m["hub_client_cert"].as_str().expect("hub cert"))),
-        key_pem: read(Path::new(m["hub_client_key"].as_str().expect("hub key"))),
-    };
-    let addr = addr_of(faults_url.strip_suffix("/faults").expect("…/faults"));
-    let ca = read(Path::new(m["ca_cert"].as_str().expect("ca")));
-    Client::new(addr, &ca, Some(&hub)).api(None)
-}
-
-fn switch_to(mode: &str) -> Req {
-    Req::new("POST", "/faults")
-        .header("content-type", "application/json")
-        .body(format!(r#"{{"mode":"{mode}"}}"#))
 }
 
 /// The log's events (JSON lines: standard error is a file) with `message`.

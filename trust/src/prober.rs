@@ -215,10 +215,11 @@ async fn round(
         let Some(prober) = probers.get(provider, url, &subject) else {
             continue;
         };
+        let budget = Duration::from_millis(subject.sla_ms.saturating_mul(2));
         jobs.spawn(probe_provider(
             app.clone(),
             provider,
-            prober,
+            (prober, budget),
             cfg.hysteresis,
         ));
     }
@@ -239,30 +240,32 @@ async fn round(
 async fn probe_provider(
     app: Arc<App>,
     provider: Bin,
-    prober: Arc<Prober>,
+    (prober, budget): (Arc<Prober>, Duration),
     h: Hysteresis,
 ) -> Vec<ProviderNotice> {
-    // Every API at once: a slow bank costs one call timeout per round, not one per API.
+    // Every API at once, each within its budget: a slow bank costs one budget per round,
+    // not one per API and call.
     let mut probes = tokio::task::JoinSet::new();
     for api in ProviderApi::ALL {
         let prober = prober.clone();
-        probes.spawn(async move { prober.probe(api).await });
+        probes.spawn(async move {
+            match tokio::time::timeout(budget, prober.probe(api)).await {
+                Ok(report) if report.verdict == Verdict::Skipped => None,
+                Ok(report) => Some(observation(provider, &report)),
+                Err(_) => Some(over_budget(provider, api, budget)),
+            }
+        });
     }
-    let mut reports = Vec::new();
+    let mut observations = Vec::new();
     while let Some(done) = probes.join_next().await {
-        if let Ok(report) = done {
-            reports.push(report);
+        if let Ok(Some(o)) = done {
+            observations.push(o);
         }
     }
-    reports.sort_by_key(|r| r.api);
+    observations.sort_by_key(|o| o.api);
     let mut notices = Vec::new();
-    for report in reports {
-        let api = report.api;
-        if report.verdict == Verdict::Skipped {
-            continue;
-        }
-        let o = observation(provider, &report);
-        let failed_rules = o.failed_rules.clone();
+    for o in observations {
+        let (api, failed_rules) = (o.api, o.failed_rules.clone());
         match app.record_probe(o, h).await {
             Ok(Some(t)) => notices.push(notice(provider, api, t, failed_rules)),
             Ok(None) => {}
@@ -273,6 +276,24 @@ async fn probe_provider(
         }
     }
     notices
+}
+
+/// A probe abandoned at its budget (twice the provider's SLA): the API failed the
+/// latency rule, whatever else it would have found.
+fn over_budget(provider: Bin, api: ProviderApi, budget: Duration) -> Observation {
+    let us = i64::try_from(budget.as_micros()).unwrap_or(i64::MAX);
+    Observation {
+        provider,
+        api,
+        passed: false,
+        latency_us: us,
+        report: serde_json::json!({
+            "api": api,
+            "verdict": "fail",
+            "detail": format!("the probe did not finish within {} ms (twice the SLA)", budget.as_millis()),
+        }),
+        failed_rules: vec!["latency".to_owned()],
+    }
 }
 
 fn observation(provider: Bin, report: &ApiReport) -> Observation {

@@ -66,6 +66,9 @@ pub fn start(extra: usize, edit: impl FnOnce(&mut ClusterOptions)) -> Running {
     o.rate_limit = Some(1_000_000);
     o.heartbeat_ms = 1000;
     o.ready_timeout = Duration::from_secs(90);
+    // No conformance probes (a day apart): a round is a burst of TLS handshakes and schema
+    // checks that these tests, timing shared limits on two cores, do not need.
+    o.probe_interval_ms = 86_400_000;
     edit(&mut o);
     let cluster = cluster::start(&o).unwrap_or_else(|e| panic!("the cluster did not start: {e}"));
     let manifest = cluster.manifest().clone();

@@ -17,3 +17,14 @@ pub use hub::{
     ALL_PERMISSIONS, BANK_1, BANK_2, USER_A, USER_B, USER_SUSPENDED,
 };
 pub use openapi::Api;
+
+/// The request records of an audit journal (lines with an `interaction_id`; start-up and
+/// other records left out), as JSON.
+pub fn journal_requests(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("interaction_id").is_some())
+        .collect()
+}

@@ -11,7 +11,6 @@
 mod cluster_support;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 use cluster_support::*;
@@ -29,15 +28,6 @@ struct Tally {
 }
 
 type Key = (String, String, String);
-
-fn journal(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v.get("interaction_id").is_some())
-        .collect()
-}
 
 /// The journals' recount (calls without a provider are not in the SLA report).
 fn recount(lines: &[Value]) -> BTreeMap<Key, Tally> {
@@ -187,8 +177,8 @@ fn the_sla_report_equals_the_recount_of_two_gateways_journals() {
         assert!(ok.success());
     }
     let dir = r.cluster.dir().to_owned();
-    let mut lines = journal(&dir.join("audit-1.jsonl"));
-    lines.extend(journal(&dir.join("audit-2.jsonl")));
+    let mut lines = journal_requests(&dir.join("audit-1.jsonl"));
+    lines.extend(journal_requests(&dir.join("audit-2.jsonl")));
     let want = recount(&lines);
     assert!(want.len() >= 3, "{want:?}");
     let (from, to) = (

@@ -90,16 +90,6 @@ async fn traffic(hub: &Hub) {
     bank2.set_behaviour(Behaviour::Normal);
 }
 
-/// The journal's request records.
-fn journal(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .expect("journal")
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v.get("interaction_id").is_some())
-        .collect()
-}
-
 type CallKey = (i64, Option<String>, Option<String>, String, String);
 type LatencyKey = (i64, String, String);
 
@@ -340,7 +330,7 @@ fn rollups_reconcile_with_the_journal_across_an_outage_and_a_restart() {
     receiver.set_failing(true);
     rt.block_on(traffic(&hub));
     stop_first(&hub);
-    let lines = journal(&hub.audit_path);
+    let lines = journal_requests(&hub.audit_path);
     let outcomes: Vec<(String, String)> = lines
         .iter()
         .map(|l| {
@@ -446,7 +436,7 @@ fn rollups_reconcile_with_the_journal_across_an_outage_and_a_restart() {
     assert_eq!(epochs.len(), 2, "a restart is a new epoch: {epochs:?}");
     assert!(stored.keys().all(|(g, _, _)| g == GATEWAY));
     let all: Vec<_> = stored.iter().map(|((_, _, m), r)| (*m, r)).collect();
-    let lines = journal(&hub.audit_path);
+    let lines = journal_requests(&hub.audit_path);
     assert_eq!(
         summed(&all),
         recount(&lines),

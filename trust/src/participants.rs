@@ -421,14 +421,7 @@ pub fn set_status(
         record.updated_at = to_datetime(tx.now());
         write(tx, &record, Some(from), actor, false)?;
     }
-    let view =
-        view(tx, bin)?.ok_or_else(|| StoreError::Corrupt(format!("participant {bin} vanished")))?;
-    let head = tx.head()?;
-    Ok(Written {
-        view,
-        created: false,
-        directory: Arc::new(Directory::load(tx, head)?),
-    })
+    changed(tx, bin)
 }
 
 /// Makes `delisted` the provider's unpublished APIs (conformance monitoring or an
@@ -454,6 +447,11 @@ pub fn set_delisted(
         record.updated_at = to_datetime(tx.now());
         write(tx, &record, Some(record.status), actor, false)?;
     }
+    changed(tx, bin)
+}
+
+/// What an existing participant's change wrote: its view and the registry after it.
+fn changed(tx: &mut Tx<'_>, bin: Bin) -> Result<Written, Error> {
     let view =
         view(tx, bin)?.ok_or_else(|| StoreError::Corrupt(format!("participant {bin} vanished")))?;
     let head = tx.head()?;

@@ -77,6 +77,7 @@ fn start() -> Sidecar {
         hubs: Vec::new(),
         heartbeat: Duration::from_secs(15),
         feed_retention: 100_000,
+        sla: trust::sla::SlaSettings::default(),
     };
     let clock = Arc::new(ManualClock::new(crate::token::NOW));
     let app = Arc::new(

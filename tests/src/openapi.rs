@@ -234,6 +234,14 @@ impl Doc {
             return Ok(());
         }
         let text = std::str::from_utf8(&resp.body).map_err(|_| "the body is not UTF-8")?;
+        if !(media.ends_with("json") || media == "application/x-ndjson") {
+            // A text media type (Prometheus text, CSV): the instance is the text itself.
+            let value = Value::String(text.to_owned());
+            return match self.errors(&schema, &value)? {
+                Some(e) => Err(format!("body (schema {schema}): {e}")),
+                None => Ok(()),
+            };
+        }
         let instances: Vec<&str> = if media == "application/x-ndjson" {
             text.lines().filter(|l| !l.trim().is_empty()).collect()
         } else {

@@ -300,7 +300,46 @@ fn a_broken_bank_is_delisted_and_relisted_while_the_other_serves() {
         assert!(!outbox.contains(&w.banks[0].1), "no token in the outbox");
 
         pins_hold_whatever_the_probes_say(&w).await;
+        probes_are_exported_as_metrics(&w).await;
     });
+}
+
+/// The sidecar's `/metrics` (operator certificate): probes by result, grades, publication.
+async fn probes_are_exported_as_metrics(w: &World) {
+    let r = w.trust.send(&Req::new("GET", "/metrics")).await;
+    assert_eq!(r.status, 200, "{}", r.describe());
+    let text = String::from_utf8_lossy(&r.body).into_owned();
+    let value = |name: &str, labels: &str| {
+        let prefix = format!("{name}{{{labels}}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+    };
+    let (b0, b1) = (&w.banks[0].0, &w.banks[1].0);
+    let failed = value(
+        "hub_probe_results_total",
+        &format!("api=\"accounts\",provider=\"{b0}\",result=\"fail\""),
+    );
+    assert!(
+        failed >= (4 * K) as f64,
+        "K failures per fault mode at least: {failed}"
+    );
+    let passed = value(
+        "hub_probe_results_total",
+        &format!("api=\"accounts\",provider=\"{b1}\",result=\"pass\""),
+    );
+    assert!(passed > 0.0);
+    assert_eq!(
+        value(
+            "hub_provider_api_listed",
+            &format!("api=\"balances\",provider=\"{b1}\"")
+        ),
+        1.0
+    );
+    // No customer data in a label: the test subject's customer never appears.
+    let customer = w.m["consents"][0]["customer"].as_str().unwrap_or("-");
+    assert!(!text.contains(customer), "{text}");
 }
 
 /// A pin delists a conformant bank at once and keeps it so; a pin listed keeps a broken

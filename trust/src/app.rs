@@ -75,6 +75,8 @@ pub struct App {
     pub addresses: AddressLimiter,
     /// The customer's identity provider, when configured.
     pub identity_provider: Option<oidc::Provider>,
+    /// Prometheus metrics (`GET /metrics`).
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl std::fmt::Debug for App {
@@ -232,6 +234,7 @@ impl App {
             rotation: tokio::sync::Mutex::new(()),
             addresses,
             identity_provider,
+            metrics: crate::metrics::Metrics::new(),
         })
     }
 

@@ -440,6 +440,7 @@ impl Call<'_> {
 fn served(exposure: Exposure, segs: &[&str]) -> bool {
     match segs {
         ["healthz"] | ["openapi.json"] | [".well-known", ..] => true,
+        ["metrics"] => exposure != Exposure::Public,
         ["v1", "snapshot" | "feed" | "rollups" | "participants" | "admin", ..] => {
             exposure != Exposure::Public
         }
@@ -490,6 +491,17 @@ async fn route(app: &Arc<App>, peer: &Peer, req: Request<Incoming>) -> Result<Re
             _ => Ok(method_not_allowed("GET")),
         },
         [".well-known", rest @ ..] => well_known_routes(call, rest),
+        ["metrics"] => match call.method {
+            Method::GET => {
+                call.operator()?;
+                Ok(with_headers(
+                    Response::new(full(Bytes::from(app.metrics.render()))),
+                    "text/plain; version=0.0.4",
+                    "no-store",
+                ))
+            }
+            _ => Ok(method_not_allowed("GET")),
+        },
         ["oauth2", "token"] => match call.method {
             Method::POST => Ok(token(app, peer, call.req).await),
             _ => Ok(method_not_allowed("POST")),

@@ -28,6 +28,7 @@ pub mod http;
 pub mod keys;
 pub mod listener;
 pub mod login;
+pub mod metrics;
 pub mod notify;
 pub mod oidc;
 pub mod otp;

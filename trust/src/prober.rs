@@ -234,6 +234,11 @@ async fn round(
             }
         }
     }
+    // The grades and publication after the round (pins included) for the metrics.
+    match app.oversight().await {
+        Ok(statuses) => app.metrics.observe(&statuses),
+        Err(e) => tracing::warn!(error = %e, "oversight metrics not updated"),
+    }
 }
 
 /// Probes every API of one provider; returns the notices of the changes.
@@ -266,6 +271,16 @@ async fn probe_provider(
     let mut notices = Vec::new();
     for o in observations {
         let (api, failed_rules) = (o.api, o.failed_rules.clone());
+        let result = if o.passed { "pass" } else { "fail" };
+        let labels = [
+            provider.to_string(),
+            api.as_str().to_owned(),
+            result.to_owned(),
+        ];
+        app.metrics
+            .probes
+            .with_label_values(&[labels[0].as_str(), &labels[1], &labels[2]])
+            .inc();
         match app.record_probe(o, h).await {
             Ok(Some(t)) => notices.push(notice(provider, api, t, failed_rules)),
             Ok(None) => {}

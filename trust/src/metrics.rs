@@ -1,0 +1,98 @@
+//! The sidecar's Prometheus metrics (`GET /metrics`: operator certificate, internal
+//! listener when there is one): provider oversight — probes by result, and each provider
+//! API's grade and publication. Labels are participants' BINs (public registry ids) and
+//! API names; never a customer, a consent or an account.
+
+use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use crate::grade::Grade;
+use crate::oversight::ApiStatus;
+
+/// The metrics of one sidecar.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// `hub_probe_results_total{provider,api,result}`: probes run, `pass` or `fail`.
+    pub probes: IntCounterVec,
+    /// `hub_provider_api_listed{provider,api}`: 1 published, 0 delisted.
+    pub listed: IntGaugeVec,
+    /// `hub_provider_api_grade{provider,api}`: 0 conformant, 1 degraded, 2 failing.
+    pub grade: IntGaugeVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers the metrics. Called at start-up; the names and labels are fixed and
+    /// valid, so creating them cannot fail.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let labels = ["provider", "api"];
+        let probes = IntCounterVec::new(
+            Opts::new(
+                "hub_probe_results_total",
+                "Conformance probes run, by result",
+            ),
+            &["provider", "api", "result"],
+        )
+        .expect("a valid metric");
+        let listed = IntGaugeVec::new(
+            Opts::new(
+                "hub_provider_api_listed",
+                "1 when the provider API is published",
+            ),
+            &labels,
+        )
+        .expect("a valid metric");
+        let grade = IntGaugeVec::new(
+            Opts::new(
+                "hub_provider_api_grade",
+                "0 conformant, 1 degraded, 2 failing (delisted unless pinned)",
+            ),
+            &labels,
+        )
+        .expect("a valid metric");
+        for c in [
+            Box::new(probes.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(listed.clone()),
+            Box::new(grade.clone()),
+        ] {
+            registry.register(c).expect("distinct metric names");
+        }
+        Metrics {
+            registry,
+            probes,
+            listed,
+            grade,
+        }
+    }
+
+    /// Sets the gauges of every graded API.
+    pub fn observe(&self, statuses: &[ApiStatus]) {
+        for s in statuses {
+            let (p, a) = (s.provider.to_string(), s.api.as_str());
+            self.listed
+                .with_label_values(&[p.as_str(), a])
+                .set(i64::from(s.listed));
+            let g = match s.grade {
+                Grade::Conformant => 0,
+                Grade::Degraded => 1,
+                Grade::Failing => 2,
+            };
+            self.grade.with_label_values(&[p.as_str(), a]).set(g);
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "metrics not encoded");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}

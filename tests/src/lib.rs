@@ -28,3 +28,17 @@ pub fn journal_requests(path: &std::path::Path) -> Vec<serde_json::Value> {
         .filter(|v| v.get("interaction_id").is_some())
         .collect()
 }
+
+/// The minute (Unix seconds, a multiple of 60) a journal line is counted in by the
+/// gateway's rollups: its `rollup_minute` when the request outlived its minute's closing,
+/// else the minute of its `time`.
+pub fn journal_minute(line: &serde_json::Value) -> i64 {
+    let time = time::OffsetDateTime::parse(
+        line["time"].as_str().expect("time"),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .expect("rfc3339");
+    line["rollup_minute"]
+        .as_i64()
+        .unwrap_or(time.unix_timestamp().div_euclid(60) * 60)
+}

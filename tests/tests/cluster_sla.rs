@@ -36,14 +36,7 @@ fn recount(lines: &[Value]) -> BTreeMap<Key, Tally> {
         let Some(provider) = l["provider"].as_str() else {
             continue;
         };
-        let time = time::OffsetDateTime::parse(
-            l["time"].as_str().expect("time"),
-            &time::format_description::well_known::Rfc3339,
-        )
-        .expect("rfc3339");
-        let minute = l["rollup_minute"]
-            .as_i64()
-            .unwrap_or(time.unix_timestamp().div_euclid(60) * 60);
+        let minute = journal_minute(l);
         let day = time::OffsetDateTime::from_unix_timestamp(minute)
             .expect("minute")
             .date()

@@ -102,14 +102,7 @@ fn recount(
 ) {
     let (mut calls, mut latency) = (BTreeMap::new(), BTreeMap::new());
     for l in lines {
-        let time = time::OffsetDateTime::parse(
-            l["time"].as_str().expect("time"),
-            &time::format_description::well_known::Rfc3339,
-        )
-        .expect("rfc3339");
-        let minute = l["rollup_minute"]
-            .as_i64()
-            .unwrap_or(time.unix_timestamp().div_euclid(60) * 60);
+        let minute = journal_minute(l);
         let s = |k: &str| l[k].as_str().map(str::to_string);
         let outcome = s("outcome").expect("outcome");
         let route = s("route").expect("route");

@@ -175,10 +175,6 @@ pub struct Observation {
     pub failed_rules: Vec<String>,
 }
 
-fn api_key(api: ProviderApi) -> &'static str {
-    api.as_str()
-}
-
 fn parse_api(s: &str) -> Result<ProviderApi, StoreError> {
     ProviderApi::parse(s).ok_or_else(|| StoreError::Corrupt(format!("oversight api {s:?}")))
 }
@@ -186,7 +182,7 @@ fn parse_api(s: &str) -> Result<ProviderApi, StoreError> {
 fn load_state(sql: &mut dyn Sql, provider: Bin, api: ProviderApi) -> Result<ApiState, StoreError> {
     let row = sql.query_opt(
         "SELECT state FROM oversight_apis WHERE provider = $1 AND api = $2",
-        &[provider.to_string().into(), api_key(api).into()],
+        &[provider.to_string().into(), api.as_str().into()],
     )?;
     match row {
         Some(r) => Ok(serde_json::from_str(&r.text(0)?)?),
@@ -202,7 +198,7 @@ fn save_state(
 ) -> Result<(), StoreError> {
     let (p, a, json, now) = (
         provider.to_string(),
-        api_key(api),
+        api.as_str(),
         serde_json::to_string(s)?,
         tx.now(),
     );
@@ -231,7 +227,7 @@ fn record_event(
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         &[
             provider.to_string().into(),
-            api_key(api).into(),
+            api.as_str().into(),
             now.into(),
             actor.into(),
             t.from.as_str().into(),
@@ -272,7 +268,7 @@ fn observe(
          VALUES ($1, $2, $3, $4, $5, $6)",
         &[
             o.provider.to_string().into(),
-            api_key(o.api).into(),
+            o.api.as_str().into(),
             now.into(),
             i64::from(o.passed).into(),
             o.latency_us.into(),
@@ -531,7 +527,7 @@ impl App {
                        WHERE provider = $1 AND api = $2)",
                     &[
                         provider.to_string().into(),
-                        api_key(api).into(),
+                        api.as_str().into(),
                         RESULTS_KEPT.into(),
                     ],
                 )?;

@@ -272,14 +272,10 @@ async fn probe_provider(
     for o in observations {
         let (api, failed_rules) = (o.api, o.failed_rules.clone());
         let result = if o.passed { "pass" } else { "fail" };
-        let labels = [
-            provider.to_string(),
-            api.as_str().to_owned(),
-            result.to_owned(),
-        ];
+        let bin = provider.to_string();
         app.metrics
             .probes
-            .with_label_values(&[labels[0].as_str(), &labels[1], &labels[2]])
+            .with_label_values(&[bin.as_str(), api.as_str(), result])
             .inc();
         match app.record_probe(o, h).await {
             Ok(Some(t)) => notices.push(notice(provider, api, t, failed_rules)),

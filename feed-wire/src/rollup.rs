@@ -53,6 +53,49 @@ pub struct MinuteRollup {
     pub calls: Vec<CallRow>,
     /// Latency histograms by provider × route (requests that reached the provider).
     pub latency: Vec<LatencyRow>,
+    /// Live-traffic checks: sampled answers validated against the provider schema, by
+    /// provider × route (issue 14 point 2).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub live: Vec<LiveRow>,
+    /// Successful calls by consent × route, for tariffs that count per customer per day
+    /// (free thresholds, billing): the consent id is the control plane's own opaque
+    /// identifier, which it maps to the customer itself; no customer id leaves the hub.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consents: Vec<ConsentRow>,
+}
+
+/// Live-traffic schema checks of one provider × route in one minute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LiveRow {
+    /// The provider.
+    pub provider: Bin,
+    /// The contract's route template.
+    pub route: String,
+    /// Answers sampled and validated.
+    pub sampled: u64,
+    /// Of those, answers that violated the provider schema.
+    pub violations: u64,
+    /// Answers sampled but not validated (content-encoded, over the size bound, or dropped
+    /// because the validator was behind): counted so that a gap is visible, never guessed.
+    #[serde(default)]
+    pub unchecked: u64,
+}
+
+/// Successful calls of one consent on one route in one minute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentRow {
+    /// The API user holding the consent.
+    pub api_user: Bin,
+    /// The provider called.
+    pub provider: Bin,
+    /// The consent id (the control plane's opaque identifier).
+    pub consent: String,
+    /// The contract's route template.
+    pub route: String,
+    /// Calls with outcome `success`.
+    pub calls: u64,
 }
 
 /// A count of calls with the same key in one minute.
@@ -259,6 +302,8 @@ mod tests {
                     lines: 0,
                 }],
                 latency: vec![],
+                live: vec![],
+                consents: vec![],
             }],
         };
         let json = serde_json::to_string(&batch).expect("serialise");

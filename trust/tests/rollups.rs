@@ -202,6 +202,8 @@ fn batches(calls: &[Call]) -> BTreeMap<(&'static str, &'static str), RollupBatch
                             hub,
                         })
                         .collect(),
+                    live: vec![],
+                    consents: vec![],
                 })
                 .collect();
             let batch = RollupBatch {

@@ -107,6 +107,8 @@ impl Open {
             minute,
             calls,
             latency,
+            live: vec![],
+            consents: vec![],
         }
     }
 }

@@ -179,6 +179,8 @@ mod tests {
             minute: m,
             calls: vec![],
             latency: vec![],
+            live: vec![],
+            consents: vec![],
         }
     }
 

@@ -137,6 +137,8 @@ mod tests {
                     minute,
                     calls: vec![],
                     latency: vec![],
+                    live: vec![],
+                    consents: vec![],
                 })
                 .collect(),
         }

@@ -1,7 +1,7 @@
-//! What can be done to a running [`Cluster`]: kill or restart a trust replica, kill a
-//! gateway, stop and start PostgreSQL, fail over to the standby, run SQL, pause, kill,
-//! stop and restart Redis, see which pieces died, read a piece's log, and stop
-//! everything.
+//! What can be done to a running [`Cluster`]: kill or restart a trust replica, kill or
+//! restart a gateway, stop and start PostgreSQL, fail over to the standby, run SQL,
+//! pause, kill, stop and restart Redis, see which pieces died, read a piece's log, and
+//! stop everything.
 
 use std::time::Duration;
 
@@ -54,6 +54,28 @@ impl Cluster {
         piece.kill(&mut self.reaper);
         self.reported.push(piece.name.clone());
         Ok(piece.pid)
+    }
+
+    /// Restarts gateway `i` the way an operator does: SIGTERM (it drains, closes its
+    /// journal and pushes its partial rollup minute), then the same configuration and
+    /// journal again, waiting until the new process is ready (a new rollup epoch).
+    pub fn restart_gateway(&mut self, i: usize) -> Result<u32, ClusterError> {
+        let (spec, piece) = self
+            .gateways
+            .get_mut(i)
+            .ok_or_else(|| ClusterError::NoSuchPiece(format!("gateway {i}")))?;
+        piece.terminate(STOP_GRACE, &mut self.reaper);
+        let name = piece.name.clone();
+        *piece = spec.start(
+            &self.binaries.gateway,
+            &self.options.log_filter,
+            &mut self.reaper,
+        )?;
+        spec.wait_ready(piece, 0, self.options.ready_timeout)?;
+        let pid = piece.pid;
+        self.reported.retain(|n| *n != name);
+        self.write_manifest()?;
+        Ok(pid)
     }
 
     /// Stops PostgreSQL (the primary): `pg_ctl stop -m MODE`.

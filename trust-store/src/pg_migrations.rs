@@ -254,6 +254,22 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     CREATE INDEX probe_results_by_provider ON probe_results(provider, api, seq);
     CREATE INDEX probe_results_by_time ON probe_results(at);
     "#,
+    // 5: live-traffic schema checks in the gateways' rollups (SQLite migration 5).
+    r#"
+    CREATE TABLE rollup_live (
+        gateway    TEXT NOT NULL,
+        epoch      TEXT NOT NULL,
+        minute     BIGINT NOT NULL,
+        provider   TEXT NOT NULL,
+        route      TEXT NOT NULL,
+        sampled    BIGINT NOT NULL,
+        violations BIGINT NOT NULL,
+        unchecked  BIGINT NOT NULL,
+        PRIMARY KEY (gateway, epoch, minute, provider, route)
+    );
+    CREATE INDEX rollup_live_by_minute ON rollup_live(minute);
+    CREATE INDEX rollup_live_by_provider ON rollup_live(provider, minute);
+    "#,
 ];
 
 /// The newest schema version this binary knows.

@@ -217,6 +217,23 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     CREATE INDEX probe_results_by_provider ON probe_results(provider, api, seq);
     CREATE INDEX probe_results_by_time ON probe_results(at);
     "#,
+    // 5: live-traffic schema checks in the gateways' rollups (provider × route × minute),
+    // stored with the minute they belong to (its key is in rollup_minutes).
+    r#"
+    CREATE TABLE rollup_live (
+        gateway    TEXT NOT NULL,
+        epoch      TEXT NOT NULL,
+        minute     INTEGER NOT NULL,
+        provider   TEXT NOT NULL,          -- BIN
+        route      TEXT NOT NULL,          -- contract route template
+        sampled    INTEGER NOT NULL,       -- answers validated
+        violations INTEGER NOT NULL,       -- of those, answers breaking the provider schema
+        unchecked  INTEGER NOT NULL,       -- sampled but not validated
+        PRIMARY KEY (gateway, epoch, minute, provider, route)
+    ) STRICT;
+    CREATE INDEX rollup_live_by_minute ON rollup_live(minute);
+    CREATE INDEX rollup_live_by_provider ON rollup_live(provider, minute);
+    "#,
 ];
 
 /// The newest schema version this binary knows.

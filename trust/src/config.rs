@@ -89,6 +89,8 @@ pub struct Config {
     pub probe: Option<crate::prober::ProbeConfig>,
     /// SLA targets and the reports' time zone (`[sla]` of the configuration file).
     pub sla: SlaSettings,
+    /// Sustained SLA breaches (`[oversight]` of the configuration file).
+    pub breach: crate::breach::BreachSettings,
     /// The clock.
     pub clock: Arc<dyn Clock>,
 }
@@ -135,6 +137,7 @@ impl Config {
             feed_retention: 1_000_000,
             probe: None,
             sla: SlaSettings::default(),
+            breach: crate::breach::BreachSettings::default(),
             clock: Arc::new(SystemClock),
         }
     }

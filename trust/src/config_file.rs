@@ -1,7 +1,8 @@
 //! The sidecar's configuration file (`trust serve --config FILE`, `trust check --config
 //! FILE`; `conf/trust.example.toml`): TOML read strictly, then compiled into the
-//! settings it fills. Today it holds `[sla]` (`docs/sla.md`); the command-line flags
-//! keep everything else. Every error names the file, the line and the field.
+//! settings it fills. Today it holds `[sla]` (`docs/sla.md`) and `[oversight]` (the
+//! sustained SLA breaches, `docs/oversight.md`); the command-line flags keep everything
+//! else. Every error names the file, the line and the field.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use jiff::tz::TimeZone;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::breach::BreachSettings;
 use crate::sla::{SlaSettings, Targets};
 
 /// A configuration file that cannot be used.
@@ -44,6 +46,22 @@ pub enum FileError {
 struct FileConfig {
     #[serde(default)]
     sla: Option<SlaFile>,
+    #[serde(default)]
+    oversight: Option<OversightFile>,
+}
+
+/// `[oversight]`: when a sustained SLA breach delists a provider API.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OversightFile {
+    breach_evaluation: Option<bool>,
+    evaluate_every_ms: Option<Spanned<u64>>,
+    window_minutes: Option<Spanned<u32>>,
+    settle_secs: Option<Spanned<u32>>,
+    min_calls: Option<Spanned<u64>>,
+    min_live_sampled: Option<Spanned<u64>>,
+    live_violations_percent: Option<Spanned<f64>>,
+    sustained_percent: Option<Spanned<u32>>,
 }
 
 /// `[sla]`.
@@ -71,6 +89,8 @@ struct ProviderFile {
 pub struct FileSettings {
     /// `[sla]` (the defaults when absent).
     pub sla: SlaSettings,
+    /// `[oversight]` (the defaults when absent).
+    pub breach: BreachSettings,
 }
 
 /// The file's text, for line numbers.
@@ -131,7 +151,87 @@ pub fn parse(path: &Path, text: &str) -> Result<FileSettings, FileError> {
         Some(s) => compile_sla(&src, s)?,
         None => SlaSettings::default(),
     };
-    Ok(FileSettings { sla })
+    let breach = match file.oversight {
+        Some(o) => compile_oversight(&src, o)?,
+        None => BreachSettings::default(),
+    };
+    Ok(FileSettings { sla, breach })
+}
+
+/// `value` when within `range`, else an error naming `oversight.{name}`.
+fn within<T: Copy + PartialOrd + std::fmt::Display>(
+    src: &Source<'_>,
+    value: Option<&Spanned<T>>,
+    name: &str,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<Option<T>, FileError> {
+    match value {
+        Some(v) if !range.contains(v.get_ref()) => Err(src.invalid(
+            v,
+            &format!("oversight.{name}"),
+            format!("from {} to {}", range.start(), range.end()),
+        )),
+        Some(v) => Ok(Some(*v.get_ref())),
+        None => Ok(None),
+    }
+}
+
+fn compile_oversight(src: &Source<'_>, o: OversightFile) -> Result<BreachSettings, FileError> {
+    let mut out = BreachSettings::default();
+    out.enabled = o.breach_evaluation.unwrap_or(out.enabled);
+    if let Some(ms) = within(
+        src,
+        o.evaluate_every_ms.as_ref(),
+        "evaluate_every_ms",
+        100..=86_400_000,
+    )? {
+        out.every = std::time::Duration::from_millis(ms);
+    }
+    let w = within(src, o.window_minutes.as_ref(), "window_minutes", 1..=1440)?;
+    out.window_minutes = w.unwrap_or(out.window_minutes);
+    let settle = within(src, o.settle_secs.as_ref(), "settle_secs", 0..=3600)?;
+    out.settle_secs = settle.unwrap_or(out.settle_secs);
+    let calls = within(
+        src,
+        o.min_calls.as_ref(),
+        "min_calls",
+        1..=u64::from(u32::MAX),
+    )?;
+    out.min_calls = calls.unwrap_or(out.min_calls);
+    let sampled = within(
+        src,
+        o.min_live_sampled.as_ref(),
+        "min_live_sampled",
+        1..=u64::from(u32::MAX),
+    )?;
+    out.min_live_sampled = sampled.unwrap_or(out.min_live_sampled);
+    let share = within(
+        src,
+        o.sustained_percent.as_ref(),
+        "sustained_percent",
+        1..=100,
+    )?;
+    out.sustained_percent = share.unwrap_or(out.sustained_percent);
+    if let Some(p) = &o.live_violations_percent {
+        out.live_violations_ppm = ppm_of_percent(src, p, "oversight.live_violations_percent")?;
+    }
+    Ok(out)
+}
+
+/// A percentage above 0 and at most 100 with at most four decimals, in millionths.
+fn ppm_of_percent(src: &Source<'_>, a: &Spanned<f64>, field: &str) -> Result<u32, FileError> {
+    let v = *a.get_ref();
+    let ppm = v * 10_000.0;
+    let exact = (ppm - ppm.round()).abs() < 1e-6;
+    if !(v.is_finite() && v > 0.0 && v <= 100.0 && exact) {
+        return Err(src.invalid(
+            a,
+            field,
+            "a percentage above 0 and at most 100, at most four decimals",
+        ));
+    }
+    // In range and whole by the checks above.
+    Ok(ppm.round() as u32)
 }
 
 fn compile_sla(src: &Source<'_>, s: SlaFile) -> Result<SlaSettings, FileError> {
@@ -189,17 +289,7 @@ fn targets(
 ) -> Result<Targets, FileError> {
     let mut t = base;
     if let Some(a) = availability {
-        let ppm = a.get_ref() * 10_000.0;
-        let exact = (ppm - ppm.round()).abs() < 1e-6;
-        if !(a.get_ref().is_finite() && *a.get_ref() > 0.0 && *a.get_ref() <= 100.0 && exact) {
-            return Err(src.invalid(
-                a,
-                &format!("{at}.availability_percent"),
-                "a percentage above 0 and at most 100, at most four decimals",
-            ));
-        }
-        // In range and whole by the checks above.
-        t.availability_ppm = ppm.round() as u32;
+        t.availability_ppm = ppm_of_percent(src, a, &format!("{at}.availability_percent"))?;
     }
     if let Some(ms) = p95 {
         if !Targets::is_bucket_bound_ms(*ms.get_ref()) {
@@ -281,5 +371,32 @@ mod tests {
             "[sla]\n[[sla.providers]]\nbin = \"990340000011\"\n[[sla.providers]]\nbin = \"990340000011\"\n",
         );
         assert_eq!(line, 5, "{m}");
+    }
+
+    #[test]
+    fn oversight_defaults_overrides_and_errors() {
+        let s = parse(Path::new("t.toml"), "").unwrap().breach;
+        assert_eq!(s, BreachSettings::default());
+        let s = parse(
+            Path::new("t.toml"),
+            "[oversight]\nevaluate_every_ms = 500\nwindow_minutes = 5\nmin_calls = 10\n\
+             live_violations_percent = 2.5\nsustained_percent = 60\nsettle_secs = 0\n",
+        )
+        .unwrap()
+        .breach;
+        assert_eq!(s.every, std::time::Duration::from_millis(500));
+        assert_eq!((s.window_minutes, s.min_calls, s.settle_secs), (5, 10, 0));
+        assert_eq!((s.live_violations_ppm, s.sustained_percent), (25_000, 60));
+        let (line, field, _) = err("[oversight]\n\nwindow_minutes = 0\n");
+        assert_eq!((line, field.as_str()), (3, "oversight.window_minutes"));
+        let (line, field, _) = err("[oversight]\nlive_violations_percent = 0.0\n");
+        assert_eq!(
+            (line, field.as_str()),
+            (2, "oversight.live_violations_percent")
+        );
+        let (line, field, _) = err("[oversight]\nsustained_percent = 101\n");
+        assert_eq!((line, field.as_str()), (2, "oversight.sustained_percent"));
+        let (line, field, _) = err("[oversight]\nwindow = 5\n");
+        assert_eq!((line, field.as_str()), (2, "window"));
     }
 }

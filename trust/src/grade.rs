@@ -1,7 +1,8 @@
 //! Grading a provider API from its conformance probes, with hysteresis (issue 14 point
 //! 4): `conformant` while probes pass; `degraded` after a failing probe, fewer than K in a
 //! row; `failing` (and delisted) after K consecutive failing probes or a sustained SLA
-//! breach; back to `conformant` (relisted) after M consecutive passing probes. An
+//! breach; back to `conformant` (relisted) after M consecutive passing probes — and, after
+//! a sustained breach, only once the SLA window no longer breaches (`breach`). An
 //! operator's pin overrides publication either way, and is kept until removed.
 //!
 //! Pure: the caller stores [`ApiState`] and acts on the [`Transition`] returned (writes
@@ -77,6 +78,12 @@ pub struct ApiState {
     pub passes: u32,
     /// The operator's pin, if any.
     pub pin: Option<Pin>,
+    /// Whether the SLA window breaches (a sustained breach): failing until it clears.
+    #[serde(default)]
+    pub breaching: bool,
+    /// The latest evaluation of the SLA window (rules, window, numbers), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluation: Option<serde_json::Value>,
 }
 
 impl ApiState {
@@ -102,31 +109,57 @@ pub struct Transition {
     pub listed: bool,
 }
 
-/// Applies one probe's verdict (or, with `passed = false`, a sustained SLA breach when
-/// `breach` is set: it fails the API at once) and returns the transition, if any.
-pub fn observe(
-    state: &mut ApiState,
-    passed: bool,
-    breach: bool,
-    h: Hysteresis,
-) -> Option<Transition> {
+/// Applies one probe's verdict and returns the transition, if any. While the SLA window
+/// breaches, passes are counted but never relist.
+pub fn observe(state: &mut ApiState, passed: bool, h: Hysteresis) -> Option<Transition> {
     let (from, was_listed) = (state.grade, state.listed());
     if passed {
         state.passes = state.passes.saturating_add(1);
         state.failures = 0;
         state.grade = match state.grade {
-            Grade::Failing if state.passes < h.pass_after => Grade::Failing,
+            Grade::Failing if state.passes < h.pass_after || state.breaching => Grade::Failing,
             _ => Grade::Conformant,
         };
     } else {
         state.failures = state.failures.saturating_add(1);
         state.passes = 0;
         // A failure while failing keeps it failing (and restarts the count to relist).
-        state.grade = if breach || state.failures >= h.fail_after || state.grade == Grade::Failing {
+        state.grade = if state.failures >= h.fail_after || state.grade == Grade::Failing {
             Grade::Failing
         } else {
             Grade::Degraded
         };
+    }
+    changed(state, from, was_listed)
+}
+
+/// Applies an evaluation of the SLA window. A sustained breach fails the API at once and
+/// restarts the count of passes towards relisting. When the window stops breaching, a
+/// failing API is relisted if the last M probes passed (M passes since the breach
+/// began), else it waits for them; an API that is not probed (`probed = false`: no test
+/// subject, or probing off) is relisted when the window clears, since no probe will ever
+/// pass for it.
+pub fn breach(
+    state: &mut ApiState,
+    breaching: bool,
+    probed: bool,
+    h: Hysteresis,
+) -> Option<Transition> {
+    let (from, was_listed) = (state.grade, state.listed());
+    match (state.breaching, breaching) {
+        (false, true) => {
+            state.breaching = true;
+            state.passes = 0;
+            state.grade = Grade::Failing;
+        }
+        (true, false) => {
+            state.breaching = false;
+            let relist = !probed || (state.failures == 0 && state.passes >= h.pass_after);
+            if state.grade == Grade::Failing && relist {
+                state.grade = Grade::Conformant;
+            }
+        }
+        _ => {}
     }
     changed(state, from, was_listed)
 }
@@ -159,10 +192,7 @@ mod tests {
     };
 
     fn run(state: &mut ApiState, verdicts: &[bool]) -> Vec<Option<Transition>> {
-        verdicts
-            .iter()
-            .map(|&p| observe(state, p, false, H))
-            .collect()
+        verdicts.iter().map(|&p| observe(state, p, H)).collect()
     }
 
     #[test]
@@ -173,15 +203,15 @@ mod tests {
         assert!(s.listed(), "fewer than K failures never delist");
         assert_eq!(t[0].map(|t| t.to), Some(Grade::Degraded));
         assert_eq!(t[1], None, "still degraded: no event");
-        let t = observe(&mut s, false, false, H).expect("delisted");
+        let t = observe(&mut s, false, H).expect("delisted");
         assert_eq!(
             (t.from, t.to, t.was_listed, t.listed),
             (Grade::Degraded, Grade::Failing, true, false)
         );
         // One pass is not enough to relist; M = 2 are.
-        assert_eq!(observe(&mut s, true, false, H), None);
+        assert_eq!(observe(&mut s, true, H), None);
         assert!(!s.listed());
-        let t = observe(&mut s, true, false, H).expect("relisted");
+        let t = observe(&mut s, true, H).expect("relisted");
         assert_eq!((t.to, t.listed), (Grade::Conformant, true));
     }
 
@@ -199,8 +229,54 @@ mod tests {
     #[test]
     fn a_sustained_breach_delists_at_once() {
         let mut s = ApiState::default();
-        let t = observe(&mut s, false, true, H).expect("delisted");
+        let t = breach(&mut s, true, true, H).expect("delisted");
         assert_eq!((t.to, t.listed), (Grade::Failing, false));
+        assert_eq!(
+            breach(&mut s, true, true, H),
+            None,
+            "still breaching: no event"
+        );
+    }
+
+    #[test]
+    fn a_breach_relists_only_once_cleared_and_after_m_passes() {
+        let mut s = ApiState::default();
+        run(&mut s, &[true, true, true]);
+        breach(&mut s, true, true, H).expect("delisted");
+        // Passes while the window breaches never relist.
+        assert_eq!(run(&mut s, &[true, true, true]), [None, None, None]);
+        assert!(!s.listed());
+        // Cleared with M passes behind it: relisted at once.
+        let t = breach(&mut s, false, true, H).expect("relisted");
+        assert_eq!((t.to, t.listed), (Grade::Conformant, true));
+
+        // Cleared without M passes: still failing until they come.
+        breach(&mut s, true, true, H).expect("delisted");
+        run(&mut s, &[true, false]);
+        assert_eq!(breach(&mut s, false, true, H), None);
+        assert!(!s.listed() && !s.breaching);
+        assert_eq!(observe(&mut s, true, H), None);
+        let t = observe(&mut s, true, H).expect("relisted after M passes");
+        assert!(t.listed);
+
+        // Not probed: the window clearing relists.
+        let mut s = ApiState::default();
+        breach(&mut s, true, false, H).expect("delisted");
+        assert!(breach(&mut s, false, false, H).expect("relisted").listed);
+    }
+
+    #[test]
+    fn a_pinned_api_keeps_its_publication_through_a_breach() {
+        let mut s = ApiState::default();
+        let listed = Pin {
+            listed: true,
+            by: "operator".into(),
+            reason: "agreed".into(),
+            at: 0,
+        };
+        pin(&mut s, Some(listed));
+        let t = breach(&mut s, true, true, H).expect("the grade changes");
+        assert_eq!((t.to, t.was_listed, t.listed), (Grade::Failing, true, true));
     }
 
     #[test]

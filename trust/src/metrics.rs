@@ -1,6 +1,6 @@
 //! The sidecar's Prometheus metrics (`GET /metrics`: operator certificate, internal
 //! listener when there is one): provider oversight — probes by result, and each provider
-//! API's grade and publication. Labels are participants' BINs (public registry ids) and
+//! API's grade, publication and sustained SLA breach. Labels are participants' BINs (public registry ids) and
 //! API names; never a customer, a consent or an account.
 
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
@@ -18,6 +18,8 @@ pub struct Metrics {
     pub listed: IntGaugeVec,
     /// `hub_provider_api_grade{provider,api}`: 0 conformant, 1 degraded, 2 failing.
     pub grade: IntGaugeVec,
+    /// `hub_provider_api_sla_breach{provider,api}`: 1 while the SLA window breaches.
+    pub breach: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -56,10 +58,19 @@ impl Metrics {
             &labels,
         )
         .expect("a valid metric");
+        let breach = IntGaugeVec::new(
+            Opts::new(
+                "hub_provider_api_sla_breach",
+                "1 while the provider API's SLA window breaches (sustained breach: failing)",
+            ),
+            &labels,
+        )
+        .expect("a valid metric");
         for c in [
             Box::new(probes.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(listed.clone()),
             Box::new(grade.clone()),
+            Box::new(breach.clone()),
         ] {
             registry.register(c).expect("distinct metric names");
         }
@@ -68,6 +79,7 @@ impl Metrics {
             probes,
             listed,
             grade,
+            breach,
         }
     }
 
@@ -84,6 +96,9 @@ impl Metrics {
                 Grade::Failing => 2,
             };
             self.grade.with_label_values(&[p.as_str(), a]).set(g);
+            self.breach
+                .with_label_values(&[p.as_str(), a])
+                .set(i64::from(s.breaching));
         }
     }
 

@@ -5,7 +5,8 @@
 //! a delisting through the feed at once while the provider's other APIs serve.
 //!
 //! Probes run on the replica that leads housekeeping (`prober`), so in a cluster an API is
-//! probed and graded once, not once per replica.
+//! probed and graded once, not once per replica; so does the evaluation of sustained SLA
+//! breaches (`breach`), whose verdicts are graded here too ([`apply_breaches`]).
 
 use consent_cache::{Bin, Permission};
 use serde::{Deserialize, Serialize};
@@ -101,6 +102,11 @@ pub struct ApiStatus {
     pub passes: u32,
     /// The operator's pin, if any.
     pub pin: Option<Pin>,
+    /// Whether its SLA window breaches (a sustained breach: failing until it clears).
+    pub breaching: bool,
+    /// The latest evaluation of its SLA window (`breach`): rules, window, numbers and
+    /// the live checks' counts; absent until the API has had traffic.
+    pub evaluation: Option<Value>,
     /// Last change, Unix seconds.
     pub updated_at: i64,
 }
@@ -116,7 +122,7 @@ pub struct OversightEvent {
     pub api: ProviderApi,
     /// When, Unix seconds.
     pub at: i64,
-    /// `probe` or the operator.
+    /// `probe`, `sla` (the breach evaluation) or the operator.
     pub actor: String,
     /// The grade before.
     pub from: Grade,
@@ -262,6 +268,9 @@ fn observe(
     o: &Observation,
     h: Hysteresis,
 ) -> Result<(Option<Transition>, Option<participants::Written>), Error> {
+    // Decides from the state it reads: the feed head's lock orders it after any other
+    // grading of the same API (PostgreSQL; SQLite has one writer).
+    tx.head()?;
     let now = tx.now();
     tx.execute(
         "INSERT INTO probe_results(provider, api, at, passed, latency_us, report)
@@ -278,7 +287,7 @@ fn observe(
         ],
     )?;
     let mut state = load_state(tx, o.provider, o.api)?;
-    let t = grade::observe(&mut state, o.passed, false, h);
+    let t = grade::observe(&mut state, o.passed, h);
     save_state(tx, o.provider, o.api, &state)?;
     let Some(t) = t else {
         return Ok((None, None));
@@ -322,6 +331,8 @@ fn statuses(sql: &mut dyn Sql, provider: Option<Bin>) -> Result<Vec<ApiStatus>, 
                 failures: state.failures,
                 passes: state.passes,
                 pin: state.pin,
+                breaching: state.breaching,
+                evaluation: state.evaluation,
                 updated_at: r.int(3)?,
             })
         })
@@ -550,6 +561,7 @@ fn pin_in(
     if !provider_exists(tx, bin)? {
         return Err(Error::NotFound("provider_not_found"));
     }
+    tx.head()?; // decides from the states it reads, as `observe` does
     let now = tx.now();
     let (apis, pin, reason) = match input {
         Some(i) => {
@@ -589,4 +601,66 @@ fn pin_in(
         }
     }
     sync_listing(tx, bin, actor)
+}
+
+/// One provider API's evaluation of its SLA window, for [`apply_breaches`].
+#[derive(Debug, Clone)]
+pub struct BreachVerdict {
+    /// The API.
+    pub api: ProviderApi,
+    /// Whether the window breaches.
+    pub breaching: bool,
+    /// Whether the window had any traffic of the API.
+    pub traffic: bool,
+    /// The rules broken (empty when none).
+    pub rules: Vec<String>,
+    /// The evaluation (rule, window, numbers): stored, and the evidence of an event.
+    pub evaluation: Value,
+}
+
+/// What [`apply_breaches`] changed: the transitions (API, transition, rules broken) and
+/// the registry when a listing changed.
+pub type BreachChanges = (
+    Vec<(ProviderApi, Transition, Vec<String>)>,
+    Option<participants::Written>,
+);
+
+/// Records one provider's evaluations and grades its APIs in one transaction (actor
+/// `sla`): an event with the evaluation as evidence for each change, then the registry's
+/// listing when a publication changed. An API without traffic, not breaching, whose
+/// stored evaluation saw none either is left alone (nothing new to record).
+pub fn apply_breaches(
+    tx: &mut Tx<'_>,
+    provider: Bin,
+    verdicts: &[BreachVerdict],
+    probed: bool,
+    h: Hysteresis,
+) -> Result<BreachChanges, Error> {
+    tx.head()?; // decides from the states it reads, as `observe` does
+    let mut changes = Vec::new();
+    let mut relist = false;
+    for v in verdicts {
+        let mut state = load_state(tx, provider, v.api)?;
+        let saw_traffic = state
+            .evaluation
+            .as_ref()
+            .is_some_and(|e| e["traffic"] == Value::Bool(true));
+        if !v.traffic && !state.breaching && !saw_traffic {
+            continue;
+        }
+        state.evaluation = Some(v.evaluation.clone());
+        let t = grade::breach(&mut state, v.breaching, probed, h);
+        save_state(tx, provider, v.api, &state)?;
+        if let Some(t) = t {
+            record_event(tx, provider, v.api, "sla", t, &v.evaluation)?;
+            relist |= t.listed != t.was_listed;
+            changes.push((v.api, t, v.rules.clone()));
+        }
+    }
+    let written = if relist {
+        Some(sync_listing(tx, provider, "oversight")?)
+    } else {
+        None
+    };
+    Ok((changes, written))
 }

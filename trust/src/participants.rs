@@ -90,6 +90,11 @@ impl Directory {
         self.by_bin.get(&bin)
     }
 
+    /// Every participant, in no particular order.
+    pub fn records(&self) -> impl Iterator<Item = &ParticipantRecord> {
+        self.by_bin.values()
+    }
+
     /// Loads the whole registry as of `version`.
     pub fn load(sql: &mut dyn Sql, version: u64) -> Result<Directory, StoreError> {
         let mut dir = Directory {

@@ -225,19 +225,25 @@ async fn round(
     }
     while let Some(done) = jobs.join_next().await {
         let Ok(notices) = done else { continue };
-        for n in notices {
-            tracing::info!(provider = %n.provider, api = %n.api, grade = n.grade, listed = n.listed, "provider API graded");
-            if let Some(notifier) = notifier {
-                if let Err(e) = notifier.notify(&n) {
-                    tracing::warn!(provider = %n.provider, error = %e, "provider notice not delivered");
-                }
-            }
-        }
+        deliver(notices, notifier);
     }
     // The grades and publication after the round (pins included) for the metrics.
     match app.oversight().await {
         Ok(statuses) => app.metrics.observe(&statuses),
         Err(e) => tracing::warn!(error = %e, "oversight metrics not updated"),
+    }
+}
+
+/// Logs each change of grade or publication and tells the provider (probes and SLA
+/// breaches alike); a notice not delivered is logged, never retried.
+pub fn deliver(notices: Vec<ProviderNotice>, notifier: Option<&dyn ProviderNotifier>) {
+    for n in notices {
+        tracing::info!(provider = %n.provider, api = %n.api, grade = n.grade, listed = n.listed, rules = ?n.failed_rules, "provider API graded");
+        if let Some(notifier) = notifier {
+            if let Err(e) = notifier.notify(&n) {
+                tracing::warn!(provider = %n.provider, error = %e, "provider notice not delivered");
+            }
+        }
     }
 }
 

@@ -20,7 +20,7 @@ const MAX_NAME_LEN: usize = 64;
 /// How far past the sidecar's clock a minute may start (gateways' clocks drift a little;
 /// a minute far in the future is a broken clock, refused rather than stored).
 const MAX_AHEAD_SECS: i64 = 300;
-/// Rows per multi-row `INSERT` (9 parameters each: well under both engines' limits).
+/// Rows per multi-row `INSERT` (at most 9 parameters each: well under both engines' limits).
 const INSERT_CHUNK: usize = 200;
 
 /// The contract's routes (contract §2) as rollups and reports name them.
@@ -59,7 +59,8 @@ pub struct Stored {
     pub duplicates: u64,
 }
 
-fn refuse(field: String, rule: &str) -> Error {
+/// A refusal naming the field and the rule (never a value sent).
+pub(crate) fn refuse(field: String, rule: &str) -> Error {
     Error::BadRequest(format!("{field}: {rule}"))
 }
 
@@ -131,7 +132,7 @@ fn validate_minute(m: &mut MinuteRollup, at: &str) -> Result<(), Error> {
             ));
         }
     }
-    Ok(())
+    crate::live::validate(&mut m.live, at)
 }
 
 fn validate_call(row: &mut CallRow, field: &str) -> Result<(), Error> {
@@ -169,16 +170,23 @@ fn validate_call(row: &mut CallRow, field: &str) -> Result<(), Error> {
     Ok(())
 }
 
-fn validate_latency(row: &mut LatencyRow, field: &str) -> Result<(), Error> {
-    match canonical_route(&row.route) {
-        Some(r) if r != NO_ROUTE => row.route = r.to_owned(),
-        _ => {
-            return Err(refuse(
-                format!("{field}.route"),
-                "a route template of the contract (§2)",
-            ))
+/// Writes a row's `route` (`field` names the row) in its stored spelling: a contract
+/// route template, never `-`.
+pub(crate) fn contract_route(route: &mut String, field: &str) -> Result<(), Error> {
+    match canonical_route(route) {
+        Some(r) if r != NO_ROUTE => {
+            *route = r.to_owned();
+            Ok(())
         }
+        _ => Err(refuse(
+            format!("{field}.route"),
+            "a route template of the contract (§2)",
+        )),
     }
+}
+
+fn validate_latency(row: &mut LatencyRow, field: &str) -> Result<(), Error> {
+    contract_route(&mut row.route, field)?;
     for (name, h) in [("bank", &row.bank), ("hub", &row.hub)] {
         if h.0.len() != BUCKETS {
             return Err(refuse(
@@ -264,6 +272,7 @@ pub fn store(sql: &mut dyn Sql, batch: &RollupBatch, now: i64) -> Result<Stored,
             "rollup_latency(gateway, epoch, minute, provider, route, kind, bucket, count)",
             buckets,
         )?;
+        crate::live::store(sql, (&batch.gateway, &batch.epoch, m.minute), &m.live)?;
         out.stored += 1;
     }
     Ok(out)
@@ -275,7 +284,7 @@ fn nonzero(h: &Histogram) -> impl Iterator<Item = (usize, u64)> + '_ {
 }
 
 /// Inserts rows of equal width into `target` (`table(columns)`), many per statement.
-fn insert_rows(
+pub(crate) fn insert_rows(
     sql: &mut dyn Sql,
     target: &str,
     rows: impl Iterator<Item = Vec<Value>>,

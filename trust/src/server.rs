@@ -20,6 +20,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::app::blocking;
 use crate::app::{App, Settings};
+use crate::breach;
 use crate::config::Config;
 use crate::db::{Db, Leadership, StoreError};
 use crate::error::Error;
@@ -292,23 +293,7 @@ pub async fn start(
         &leading,
         &shutdown_rx,
     ));
-    if let Some(probe) = config.probe.clone() {
-        let notifier = probe
-            .outbox
-            .clone()
-            .map(|p| Arc::new(prober::FileOutbox::new(p)) as Arc<dyn prober::ProviderNotifier>);
-        tracing::info!(
-            interval_ms = probe.interval.as_millis() as u64,
-            "provider probing on (on the housekeeping leader)"
-        );
-        tasks.push(tokio::spawn(prober::run(
-            app.clone(),
-            probe,
-            leading,
-            notifier,
-            shutdown_rx.clone(),
-        )));
-    }
+    tasks.extend(oversight_tasks(&app, &config, &leading, &shutdown_rx));
     tracing::info!(%addr, internal = ?internal_addr, url = %app.settings.public_url, store_id = %app.db.store_id(), head = app.db.head(), "trust sidecar listening");
     Ok(Running {
         addr,
@@ -317,6 +302,60 @@ pub async fn start(
         shutdown,
         tasks,
     })
+}
+
+/// Provider oversight's tasks, each acting only while this replica leads housekeeping:
+/// the sustained-breach evaluation (unless off) and the probes (when configured); both
+/// notify providers through the same outbox.
+fn oversight_tasks(
+    app: &Arc<App>,
+    config: &Config,
+    leading: &Arc<AtomicBool>,
+    shutdown_rx: &watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    let notifier = config
+        .probe
+        .as_ref()
+        .and_then(|p| p.outbox.clone())
+        .map(|p| Arc::new(prober::FileOutbox::new(p)) as Arc<dyn prober::ProviderNotifier>);
+    if config.breach.enabled {
+        let cfg = breach::BreachConfig {
+            settings: config.breach,
+            hysteresis: config
+                .probe
+                .as_ref()
+                .map(|p| p.hysteresis)
+                .unwrap_or_default(),
+            probing: config.probe.is_some(),
+        };
+        tracing::info!(
+            every_ms = cfg.settings.every.as_millis() as u64,
+            window_minutes = cfg.settings.window_minutes,
+            "SLA breach evaluation on (on the housekeeping leader)"
+        );
+        tasks.push(tokio::spawn(breach::run(
+            app.clone(),
+            cfg,
+            leading.clone(),
+            notifier.clone(),
+            shutdown_rx.clone(),
+        )));
+    }
+    if let Some(probe) = config.probe.clone() {
+        tracing::info!(
+            interval_ms = probe.interval.as_millis() as u64,
+            "provider probing on (on the housekeeping leader)"
+        );
+        tasks.push(tokio::spawn(prober::run(
+            app.clone(),
+            probe,
+            leading.clone(),
+            notifier,
+            shutdown_rx.clone(),
+        )));
+    }
+    tasks
 }
 
 /// Serves the public listener, and the internal one when configured, until shutdown.
@@ -421,6 +460,12 @@ fn check(config: &Config) -> Result<(), StartError> {
     if let Some(f) = config.abuse.zero_field() {
         return Err(StartError::Config {
             field: f,
+            what: "must be greater than 0".into(),
+        });
+    }
+    if config.breach.enabled && config.breach.every.is_zero() {
+        return Err(StartError::Config {
+            field: "breach-interval-ms",
             what: "must be greater than 0".into(),
         });
     }

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::db::{Sql, StoreError};
 use crate::error::Error;
+use crate::live::{self, LiveCounts};
 use crate::wire::rollup::{Histogram, Outcome, BUCKETS, BUCKET_BOUNDS_US};
 
 /// Longest report, in days (`from` to `to` inclusive).
@@ -173,18 +174,23 @@ pub struct Counts {
     pub bank: Histogram,
     /// The hub's time.
     pub hub: Histogram,
+    /// The live-traffic schema checks.
+    pub live: LiveCounts,
 }
 
 impl Counts {
-    fn add(&mut self, other: &Counts) {
+    /// Adds `other`.
+    pub fn add(&mut self, other: &Counts) {
         for (a, b) in self.calls.iter_mut().zip(other.calls) {
             *a += b;
         }
         self.bank.merge(&other.bank);
         self.hub.merge(&other.hub);
+        self.live.add(other.live);
     }
 
-    fn count(&self, pick: impl Fn(Outcome) -> bool) -> u64 {
+    /// Calls whose outcome `pick` selects.
+    pub fn count(&self, pick: impl Fn(Outcome) -> bool) -> u64 {
         Outcome::ALL
             .iter()
             .zip(self.calls)
@@ -197,12 +203,27 @@ impl Counts {
 /// One day's counts by (provider, route).
 type Day = BTreeMap<(String, String), Counts>;
 
-fn outcome_index(s: &str) -> Option<usize> {
+/// The position of an outcome's wire name in [`Outcome::ALL`].
+pub(crate) fn outcome_index(s: &str) -> Option<usize> {
     Outcome::ALL.iter().position(|o| o.as_str() == s)
 }
 
-fn to_u64(v: i64) -> Result<u64, StoreError> {
+/// A stored count (never negative).
+pub(crate) fn to_u64(v: i64) -> Result<u64, StoreError> {
     u64::try_from(v).map_err(|_| StoreError::Corrupt("a negative rollup count".into()))
+}
+
+/// Adds a stored bucket's count to `h` (sized on first use).
+pub(crate) fn add_to_bucket(h: &mut Histogram, bucket: i64, count: i64) -> Result<(), StoreError> {
+    if h.0.len() != BUCKETS {
+        *h = Histogram::new();
+    }
+    let slot = usize::try_from(bucket)
+        .ok()
+        .and_then(|b| h.0.get_mut(b))
+        .ok_or_else(|| StoreError::Corrupt("a rollup bucket out of range".into()))?;
+    *slot += to_u64(count)?;
+    Ok(())
 }
 
 /// Reads the counts of the minutes in `[start, end)`.
@@ -243,16 +264,18 @@ fn read_range(
             "bank" => &mut entry.bank,
             _ => &mut entry.hub,
         };
-        if h.0.len() != BUCKETS {
-            *h = Histogram::new();
-        }
-        let slot = usize::try_from(r.int(3)?)
-            .ok()
-            .and_then(|b| h.0.get_mut(b))
-            .ok_or_else(|| StoreError::Corrupt("a rollup bucket out of range".into()))?;
-        *slot += to_u64(r.int(4)?)?;
-        Ok(())
+        add_to_bucket(h, r.int(3)?, r.int(4)?)
     })?;
+    let only = provider.map(|p| p.to_string());
+    live::read(
+        sql,
+        (start, end),
+        only.as_deref(),
+        false,
+        &mut |provider, route, _, counts| {
+            day.entry((provider, route)).or_default().live.add(counts);
+        },
+    )?;
     Ok(day)
 }
 
@@ -285,7 +308,8 @@ pub enum Bound {
 }
 
 impl Bound {
-    fn of(h: &Histogram, q: f64) -> Option<Bound> {
+    /// The `q` quantile of `h` (`None` when empty).
+    pub(crate) fn of(h: &Histogram, q: f64) -> Option<Bound> {
         if h.count() == 0 {
             return None;
         }
@@ -295,7 +319,8 @@ impl Bound {
         })
     }
 
-    fn exceeds(&self, ms: u64) -> bool {
+    /// Whether the bound is above `ms`.
+    pub(crate) fn exceeds(&self, ms: u64) -> bool {
         match self {
             Bound::Ms(v) => *v > ms,
             Bound::Over(_) => true,
@@ -429,6 +454,8 @@ pub struct Row {
     pub targets: TargetView,
     /// Targets missed in this period.
     pub breaches: Vec<Breach>,
+    /// The live-traffic schema checks of the period.
+    pub live: LiveCounts,
 }
 
 /// The report.
@@ -450,12 +477,13 @@ fn ratio(n: u64, d: u64) -> Option<f64> {
     (d > 0).then(|| n as f64 / d as f64)
 }
 
-fn percent_of_ppm(ppm: u32) -> f64 {
+/// Millionths as a percentage.
+pub(crate) fn percent_of_ppm(ppm: u32) -> f64 {
     f64::from(ppm) / 10_000.0
 }
 
 /// Whether `available` of `reached` is below `ppm` millionths, exactly.
-fn below(available: u64, reached: u64, ppm: u32) -> bool {
+pub(crate) fn below(available: u64, reached: u64, ppm: u32) -> bool {
     u128::from(available) * 1_000_000 < u128::from(reached) * u128::from(ppm)
 }
 
@@ -572,11 +600,12 @@ fn row(
             bank_p95_ms: targets.bank_p95_ms,
         },
         breaches,
+        live: counts.live,
     }
 }
 
 /// The CSV header (`Accept: text/csv`).
-const CSV_HEADER: [&str; 27] = [
+const CSV_HEADER: [&str; 30] = [
     "provider",
     "route",
     "period",
@@ -604,6 +633,9 @@ const CSV_HEADER: [&str; 27] = [
     "target_bank_p95_ms",
     "availability_breached",
     "bank_p95_breached_days",
+    "live_sampled",
+    "live_violations",
+    "live_unchecked",
 ];
 
 /// The report as CSV (RFC 4180): a header, then one line per row; empty cells for
@@ -659,6 +691,7 @@ pub fn to_csv(report: &Report) -> Result<Vec<u8>, Error> {
             availability_breached.to_string(),
             days.join(" "),
         ]);
+        record.extend([r.live.sampled, r.live.violations, r.live.unchecked].map(|n| n.to_string()));
         w.write_record(&record).map_err(fail)?;
     }
     w.into_inner()

@@ -12,7 +12,7 @@ use consent_cache::Bin;
 use serde_json::{json, Value};
 use trust::clock::ManualClock;
 use trust::wire::rollup::{
-    CallRow, Histogram, LatencyRow, MinuteRollup, Outcome, RollupBatch, BUCKET_BOUNDS_US,
+    CallRow, Histogram, LatencyRow, LiveRow, MinuteRollup, Outcome, RollupBatch, BUCKET_BOUNDS_US,
 };
 
 const ROLLUPS: &str = "/v1/rollups";
@@ -214,27 +214,6 @@ fn batches(calls: &[Call]) -> BTreeMap<(&'static str, &'static str), RollupBatch
             ((gateway, epoch), batch)
         })
         .collect()
-}
-
-/// What `value` breaks of `docs/openapi/trust.json`'s schema `name`.
-fn violations(name: &str, value: &Value) -> Vec<String> {
-    let doc: Value = serde_json::from_str(trust::http::OPENAPI_JSON).unwrap();
-    let schema = json!({
-        "$ref": format!("#/components/schemas/{name}"),
-        "components": doc["components"],
-    });
-    let validator = jsonschema::validator_for(&schema).unwrap();
-    validator
-        .iter_errors(value)
-        .map(|e| e.to_string())
-        .collect()
-}
-
-/// Panics unless `value` is valid against the schema `name`.
-#[track_caller]
-fn conforms(name: &str, value: &Value) {
-    let errors = violations(name, value);
-    assert!(errors.is_empty(), "{name}: {errors:?}\n{value}");
 }
 
 async fn push(c: &Client, f: &Fixture, batch: &RollupBatch) -> Value {
@@ -625,6 +604,28 @@ async fn bad_batches_are_refused_with_the_rule_and_nothing_is_stored() {
             "minutes[1].minute: minutes oldest first, each at most once",
         ),
         (
+            |v| {
+                v["minutes"][0]["live"] =
+                    json!([{"provider": BANK_1, "route": ACCOUNTS, "sampled": 1, "violations": 2}])
+            },
+            "minutes[0].live[0].violations: at most sampled",
+        ),
+        (
+            |v| {
+                v["minutes"][0]["live"] =
+                    json!([{"provider": BANK_1, "route": "-", "sampled": 1, "violations": 0}])
+            },
+            "minutes[0].live[0].route: a route template of the contract",
+        ),
+        (
+            |v| {
+                let row =
+                    json!({"provider": BANK_1, "route": ACCOUNTS, "sampled": 1, "violations": 0});
+                v["minutes"][0]["live"] = json!([row, row]);
+            },
+            "minutes[0].live[1]: provider and route repeat",
+        ),
+        (
             |v| v["minutes"][0]["calls"][0]["outcome"] = json!("teapot"),
             "JSON body: unknown variant",
         ),
@@ -745,5 +746,99 @@ async fn reports_refuse_bad_dates_and_answer_csv_when_asked() {
     assert_eq!(r.headers["content-type"], "application/json");
     let r = accepting("application/json, TEXT/CSV").await;
     assert_eq!(r.headers["content-type"], "text/csv; charset=utf-8");
+    running.stop().await;
+}
+
+/// One minute of BANK_1's transactions: `calls` successes and the live checks.
+fn live_minute(minute: i64, route: &str, calls: u64, live: [u64; 3]) -> MinuteRollup {
+    MinuteRollup {
+        minute,
+        calls: vec![CallRow {
+            api_user: Some(bin(USER_A)),
+            provider: Some(bin(BANK_1)),
+            route: route.to_owned(),
+            outcome: Outcome::Success,
+            calls,
+            lines: 0,
+        }],
+        latency: vec![],
+        live: vec![LiveRow {
+            provider: bin(BANK_1),
+            route: route.to_owned(),
+            sampled: live[0],
+            violations: live[1],
+            unchecked: live[2],
+        }],
+        consents: vec![],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_checks_are_stored_once_per_minute_and_reported_per_day() {
+    let f = Fixture::new();
+    let (running, c) = start(&f).await;
+    // 2026-11-02T14:00Z: 19:00 on 2026-11-02 in Almaty.
+    let m0 = NOW - 36_000;
+    let first = RollupBatch {
+        gateway: "gw-a".into(),
+        epoch: "a1".into(),
+        minutes: vec![
+            live_minute(m0, TRANSACTIONS, 12, [10, 2, 1]),
+            live_minute(m0 + 60, TRANSACTIONS, 23, [20, 0, 3]),
+        ],
+    };
+    assert_eq!(
+        push(&c, &f, &first).await,
+        json!({"stored": 2, "duplicates": 0})
+    );
+    // Retried: nothing counted twice, live rows included.
+    assert_eq!(
+        push(&c, &f, &first).await,
+        json!({"stored": 0, "duplicates": 2})
+    );
+    // A restarted gateway (a new epoch) in the same minute adds up; the journal's
+    // spelling of the route is stored with its method.
+    let restarted = RollupBatch {
+        epoch: "a2".into(),
+        minutes: vec![live_minute(m0, &TRANSACTIONS[4..], 5, [5, 5, 0])],
+        ..first.clone()
+    };
+    assert_eq!(
+        push(&c, &f, &restarted).await,
+        json!({"stored": 1, "duplicates": 0})
+    );
+
+    let query = format!("from=2026-11-02&to=2026-11-02&provider={BANK_1}");
+    let day = report(&c, &f, &query).await;
+    let rows = day["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{day}");
+    assert_eq!(rows[0]["route"], TRANSACTIONS);
+    assert_eq!(rows[0]["calls"]["success"], 40);
+    assert_eq!(
+        rows[0]["live"],
+        json!({"sampled": 35, "violations": 7, "unchecked": 4})
+    );
+    let r = c
+        .send(
+            Some(f.operator()),
+            "GET",
+            &format!("/v1/admin/sla?{query}"),
+            &[("accept", "text/csv")],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let mut csv = csv::Reader::from_reader(&r.body[..]);
+    let header: Vec<String> = csv.headers().unwrap().iter().map(str::to_owned).collect();
+    let record = csv.records().next().unwrap().unwrap();
+    let cell = |name: &str| record[header.iter().position(|h| h == name).unwrap()].to_owned();
+    assert_eq!(
+        [
+            cell("live_sampled"),
+            cell("live_violations"),
+            cell("live_unchecked")
+        ],
+        ["35", "7", "4"]
+    );
     running.stop().await;
 }

@@ -71,8 +71,8 @@ fn a_fresh_file_gets_the_schema_the_sidecar_always_had() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.db");
     drop(Db::open(&path).unwrap());
-    assert_eq!(user_version(&path), 4);
-    assert_eq!(SCHEMA_VERSION, 4);
+    assert_eq!(user_version(&path), 5);
+    assert_eq!(SCHEMA_VERSION, 5);
     assert_eq!(
         tables(&path),
         [
@@ -93,6 +93,7 @@ fn a_fresh_file_gets_the_schema_the_sidecar_always_had() {
             "rate_events",
             "rollup_calls",
             "rollup_latency",
+            "rollup_live",
             "rollup_minutes",
             "signing_keys",
         ]
@@ -159,9 +160,10 @@ fn a_database_written_by_an_earlier_release_opens_unchanged() {
     assert_eq!(lines.len(), 3);
     assert_eq!(lines[0].text(1).unwrap(), "{\"n\":4}");
     drop(db);
-    assert_eq!(user_version(&path), 4);
+    assert_eq!(user_version(&path), 5);
     assert!(tables(&path).contains(&"rate_events".to_owned()));
     assert!(tables(&path).contains(&"oversight_apis".to_owned()));
+    assert!(tables(&path).contains(&"rollup_live".to_owned()));
 }
 
 #[test]

@@ -159,6 +159,10 @@ struct ProbeFlags {
     /// Development notifier of providers: their APIs' changes appended as JSON lines.
     #[arg(long)]
     provider_outbox: Option<PathBuf>,
+    /// Between two evaluations of sustained SLA breaches, in milliseconds (overrides
+    /// `[oversight] evaluate_every_ms`; default 60 s).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(100..=86_400_000))]
+    breach_interval_ms: Option<u64>,
 }
 
 impl ProbeFlags {
@@ -379,10 +383,12 @@ fn check(path: &std::path::Path) -> ExitCode {
     match trust::config_file::load(path) {
         Ok(s) => {
             println!(
-                "{}: ok (SLA: time zone {}, {} provider override(s))",
+                "{}: ok (SLA: time zone {}, {} provider override(s); breaches: {}, window {} min)",
                 path.display(),
                 s.sla.time_zone_name,
-                s.sla.providers.len()
+                s.sla.providers.len(),
+                if s.breach.enabled { "on" } else { "off" },
+                s.breach.window_minutes
             );
             ExitCode::SUCCESS
         }
@@ -437,9 +443,12 @@ fn config(a: Serve) -> Result<Config, String> {
     config.oidc = a.oidc.config()?;
     config.probe = a.probe.config();
     if let Some(path) = &a.config {
-        config.sla = trust::config_file::load(path)
-            .map_err(|e| e.to_string())?
-            .sla;
+        let file = trust::config_file::load(path).map_err(|e| e.to_string())?;
+        config.sla = file.sla;
+        config.breach = file.breach;
+    }
+    if let Some(ms) = a.probe.breach_interval_ms {
+        config.breach.every = Duration::from_millis(ms);
     }
     Ok(config)
 }

@@ -306,6 +306,27 @@ impl Client {
     }
 }
 
+/// What `value` breaks of `docs/openapi/trust.json`'s schema `name`.
+pub fn violations(name: &str, value: &Value) -> Vec<String> {
+    let doc: Value = serde_json::from_str(trust::http::OPENAPI_JSON).unwrap();
+    let schema = json!({
+        "$ref": format!("#/components/schemas/{name}"),
+        "components": doc["components"],
+    });
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    validator
+        .iter_errors(value)
+        .map(|e| e.to_string())
+        .collect()
+}
+
+/// Panics unless `value` is valid against the schema `name`.
+#[track_caller]
+pub fn conforms(name: &str, value: &Value) {
+    let errors = violations(name, value);
+    assert!(errors.is_empty(), "{name}: {errors:?}\n{value}");
+}
+
 /// Registers the two API users and the two banks.
 pub async fn register_all(f: &Fixture, c: &Client) {
     for (b, name) in [(USER_A, "Fintech A"), (USER_B, "Fintech B")] {

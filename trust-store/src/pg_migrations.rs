@@ -270,6 +270,70 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     CREATE INDEX rollup_live_by_minute ON rollup_live(minute);
     CREATE INDEX rollup_live_by_provider ON rollup_live(provider, minute);
     "#,
+    // 6: usage and statements (issue 15, docs/billing.md): successful calls per consent
+    // (free thresholds per customer per day), the sidecar's own events per API user,
+    // issued statements (never rewritten) and their adjustments (append-only).
+    r#"
+    CREATE TABLE rollup_consents (
+        gateway  TEXT NOT NULL,
+        epoch    TEXT NOT NULL,
+        minute   BIGINT NOT NULL,
+        api_user TEXT NOT NULL,            -- BIN
+        provider TEXT NOT NULL,            -- BIN
+        consent  TEXT NOT NULL,            -- the consent id (consents.id)
+        route    TEXT NOT NULL,            -- contract route template
+        calls    BIGINT NOT NULL,          -- calls with outcome success
+        PRIMARY KEY (gateway, epoch, minute, api_user, provider, consent, route)
+    );
+    CREATE INDEX rollup_consents_by_minute ON rollup_consents(minute);
+
+    -- Counted in the transaction of the action itself (consents.rs, the token endpoint).
+    CREATE TABLE usage_events (
+        api_user TEXT NOT NULL,            -- BIN
+        kind     TEXT NOT NULL,            -- usage::Event
+        minute   BIGINT NOT NULL,          -- the minute's start, unix seconds (UTC)
+        count    BIGINT NOT NULL,
+        PRIMARY KEY (api_user, kind, minute)
+    );
+    CREATE INDEX usage_events_by_minute ON usage_events(minute);
+
+    CREATE TABLE statements (
+        id          TEXT PRIMARY KEY,
+        participant TEXT NOT NULL,         -- BIN
+        role        TEXT NOT NULL,         -- api_user | provider
+        month       TEXT NOT NULL,         -- YYYY-MM in the tariff's time zone
+        body        TEXT NOT NULL,         -- billing::Statement as JSON
+        digest      TEXT NOT NULL,         -- SHA-256 of the canonical JSON, hex
+        issued_at   BIGINT NOT NULL,
+        UNIQUE (participant, role, month)
+    );
+    CREATE INDEX statements_by_month ON statements(month, participant);
+
+    -- A month whose statements have been issued (also when nobody had usage).
+    CREATE TABLE statement_months (
+        month      TEXT PRIMARY KEY,
+        issued_at  BIGINT NOT NULL,
+        statements BIGINT NOT NULL
+    );
+
+    CREATE TABLE statement_adjustments (
+        seq          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        statement_id TEXT NOT NULL REFERENCES statements(id),
+        amount       TEXT NOT NULL,        -- signed decimal, 2 places
+        reason       TEXT NOT NULL,
+        actor        TEXT NOT NULL,        -- the operator
+        at           BIGINT NOT NULL
+    );
+    CREATE INDEX statement_adjustments_by_statement ON statement_adjustments(statement_id, seq);
+
+    -- Issued is final: the database itself refuses to rewrite a statement or an adjustment
+    -- (the history triggers' function, migration 1).
+    CREATE TRIGGER statements_immutable BEFORE UPDATE OR DELETE ON statements
+        FOR EACH ROW EXECUTE FUNCTION trust_refuse_history_rewrite();
+    CREATE TRIGGER statement_adjustments_append_only
+        BEFORE UPDATE OR DELETE ON statement_adjustments
+        FOR EACH ROW EXECUTE FUNCTION trust_refuse_history_rewrite();
+    "#,
 ];
 
 /// The newest schema version this binary knows.

@@ -307,7 +307,9 @@ fn the_schema_matches_the_sqlite_tables() {
         "authorisations,changes,consent_history,consents,customer_logins,customer_sessions,\
          epochs,feed_head,meta,oversight_apis,oversight_events,participant_history,\
          participant_thumbprints,participants,probe_results,probe_subjects,rate_events,\
-         rollup_calls,rollup_latency,rollup_live,rollup_minutes,schema_migrations,signing_keys"
+         rollup_calls,rollup_consents,rollup_latency,rollup_live,rollup_minutes,\
+         schema_migrations,signing_keys,statement_adjustments,statement_months,statements,\
+         usage_events"
     );
     let types = server.psql(
         "schema",

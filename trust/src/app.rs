@@ -25,6 +25,7 @@ use crate::otp;
 use crate::participants::{self, Directory, ParticipantInput, ParticipantView};
 use crate::rollups::{self, Stored};
 use crate::sla;
+use crate::usage;
 use crate::wire::rollup::RollupBatch;
 use crate::wire::{ParticipantRecord, ParticipantStatus, Role};
 
@@ -57,6 +58,8 @@ pub struct Settings {
     pub feed_retention: u64,
     /// SLA targets and the reports' time zone.
     pub sla: crate::sla::SlaSettings,
+    /// Usage pricing and statements (off when `None`).
+    pub billing: Option<crate::statements::BillingSettings>,
 }
 
 /// Shared state of a running sidecar.
@@ -796,15 +799,32 @@ impl App {
         scope: Option<String>,
     ) -> Result<TokenResponse, OAuthError> {
         let now = self.now();
+        // A write transaction: the token is counted in the same transaction that read
+        // the consent (usage events), and only when it is issued.
+        self.db.write(now, |tx| {
+            let response = self.sign_for(tx, participant, thumbprint, consent_id, scope)?;
+            usage::count_event(tx, participant.bin, now, usage::Event::TokenIssued)?;
+            Ok(response)
+        })
+    }
+
+    fn sign_for(
+        &self,
+        tx: &mut crate::db::Tx<'_>,
+        participant: &ParticipantRecord,
+        thumbprint: &[u8; 32],
+        consent_id: &str,
+        scope: Option<String>,
+    ) -> Result<TokenResponse, OAuthError> {
+        let now = tx.now();
         let refused = || {
             OAuthError::bad(
                 "invalid_grant",
                 "the consent is not authorised for this client",
             )
         };
-        let record = self
-            .db
-            .read(|c| consents::load(c, consent_id).map_err(Error::from))?
+        let record = consents::load(tx, consent_id)
+            .map_err(Error::from)?
             .map(|(r, _)| r)
             .filter(|r| r.api_user == participant.bin)
             .ok_or_else(refused)?;

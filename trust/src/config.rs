@@ -91,6 +91,8 @@ pub struct Config {
     pub sla: SlaSettings,
     /// Sustained SLA breaches (`[oversight]` of the configuration file).
     pub breach: crate::breach::BreachSettings,
+    /// Usage pricing and monthly statements (`[billing]`; off when `None`).
+    pub billing: Option<crate::statements::BillingSettings>,
     /// The clock.
     pub clock: Arc<dyn Clock>,
 }
@@ -138,6 +140,7 @@ impl Config {
             probe: None,
             sla: SlaSettings::default(),
             breach: crate::breach::BreachSettings::default(),
+            billing: None,
             clock: Arc::new(SystemClock),
         }
     }

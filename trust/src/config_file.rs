@@ -14,6 +14,7 @@ use toml::Spanned;
 
 use crate::breach::BreachSettings;
 use crate::sla::{SlaSettings, Targets};
+use crate::statements::BillingSettings;
 
 /// A configuration file that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +27,9 @@ pub enum FileError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The tariff file `[billing]` names is invalid (its own file, line and field).
+    #[error("{0}")]
+    Tariff(#[from] billing::TariffError),
     /// The file or a value in it is invalid.
     #[error("{}:{line}: {field}: {message}", file.display())]
     Invalid {
@@ -48,6 +52,17 @@ struct FileConfig {
     sla: Option<SlaFile>,
     #[serde(default)]
     oversight: Option<OversightFile>,
+    billing: Option<BillingFile>,
+}
+
+/// `[billing]` (`docs/billing.md`): statements from a tariff file; absent = billing off.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BillingFile {
+    /// The tariff file, relative to this file's folder when not absolute.
+    tariff: Spanned<String>,
+    /// Minutes after a month's close before its statements are issued (late rollups).
+    close_grace_minutes: Option<Spanned<u64>>,
 }
 
 /// `[oversight]`: when a sustained SLA breach delists a provider API.
@@ -91,6 +106,8 @@ pub struct FileSettings {
     pub sla: SlaSettings,
     /// `[oversight]` (the defaults when absent).
     pub breach: BreachSettings,
+    /// `[billing]` (off when absent).
+    pub billing: Option<BillingSettings>,
 }
 
 /// The file's text, for line numbers.
@@ -155,7 +172,12 @@ pub fn parse(path: &Path, text: &str) -> Result<FileSettings, FileError> {
         Some(o) => compile_oversight(&src, o)?,
         None => BreachSettings::default(),
     };
-    Ok(FileSettings { sla, breach })
+    let billing = file.billing.map(|b| compile_billing(&src, b)).transpose()?;
+    Ok(FileSettings {
+        sla,
+        breach,
+        billing,
+    })
 }
 
 /// `value` when within `range`, else an error naming `oversight.{name}`.
@@ -232,6 +254,37 @@ fn ppm_of_percent(src: &Source<'_>, a: &Spanned<f64>, field: &str) -> Result<u32
     }
     // In range and whole by the checks above.
     Ok(ppm.round() as u32)
+}
+
+/// Longest accepted grace after a month's close: a day.
+const MAX_GRACE_MINUTES: u64 = 24 * 60;
+
+fn compile_billing(src: &Source<'_>, b: BillingFile) -> Result<BillingSettings, FileError> {
+    if b.tariff.get_ref().trim().is_empty() {
+        return Err(src.invalid(&b.tariff, "billing.tariff", "a file path"));
+    }
+    let path = src
+        .path
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(b.tariff.get_ref());
+    let grace = match &b.close_grace_minutes {
+        Some(g) if *g.get_ref() > MAX_GRACE_MINUTES => {
+            return Err(src.invalid(
+                g,
+                "billing.close_grace_minutes",
+                "0 to 1440 (a day at most)",
+            ))
+        }
+        Some(g) => *g.get_ref(),
+        None => crate::statements::DEFAULT_GRACE_MINUTES,
+    };
+    let tariff = billing::Tariff::load(&path)?;
+    Ok(BillingSettings {
+        tariff: std::sync::Arc::new(tariff),
+        tariff_path: path,
+        close_grace_secs: i64::try_from(grace * 60).unwrap_or(i64::MAX),
+    })
 }
 
 fn compile_sla(src: &Source<'_>, s: SlaFile) -> Result<SlaSettings, FileError> {
@@ -398,5 +451,51 @@ mod tests {
         assert_eq!((line, field.as_str()), (2, "oversight.sustained_percent"));
         let (line, field, _) = err("[oversight]\nwindow = 5\n");
         assert_eq!((line, field.as_str()), (2, "window"));
+    }
+
+    #[test]
+    fn billing_names_its_tariff_and_refuses_a_broken_one_at_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("trust.toml");
+        assert!(parse(&conf, "").unwrap().billing.is_none());
+        // The tariff is read relative to the configuration file.
+        std::fs::write(
+            dir.path().join("tariff.toml"),
+            "[[versions]]\neffective_from = 2026-01-01\n[versions.prices]\nchargeable = \"1.50\"\n",
+        )
+        .unwrap();
+        let b = parse(&conf, "[billing]\ntariff = \"tariff.toml\"\n")
+            .unwrap()
+            .billing
+            .unwrap();
+        assert_eq!(b.close_grace_secs, 600);
+        assert_eq!(b.tariff_path, dir.path().join("tariff.toml"));
+        let (line, field, _) = match parse(
+            &conf,
+            "[billing]\ntariff = \"tariff.toml\"\nclose_grace_minutes = 1441\n",
+        ) {
+            Err(FileError::Invalid {
+                line,
+                field,
+                message,
+                ..
+            }) => (line, field, message),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!((line, field.as_str()), (3, "billing.close_grace_minutes"));
+        // A broken tariff: its own file, line and field.
+        std::fs::write(
+            dir.path().join("bad.toml"),
+            "[[versions]]\neffective_from = 2026-01-01\n[versions.prices]\nchargeable = \"1.505\"\n",
+        )
+        .unwrap();
+        let e = parse(&conf, "[billing]\ntariff = \"bad.toml\"\n").unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, FileError::Tariff(_)), "{text}");
+        assert!(text.contains("bad.toml:4:"), "{text}");
+        assert!(text.contains("chargeable"), "{text}");
+        // A missing one is an error too (billing off is no [billing] at all).
+        let e = parse(&conf, "[billing]\ntariff = \"none.toml\"\n").unwrap_err();
+        assert!(e.to_string().contains("none.toml"), "{e}");
     }
 }

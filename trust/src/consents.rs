@@ -116,7 +116,9 @@ pub fn create(
         code: "invalid_field",
         detail: e.to_string(),
     })?;
-    insert_new(tx, record, now, &crate::history::api_user(api_user))
+    let view = insert_new(tx, record, now, &crate::history::api_user(api_user))?;
+    crate::usage::count_event(tx, api_user, now, crate::usage::Event::ConsentCreated)?;
+    Ok(view)
 }
 
 /// Imports a consent as it stands elsewhere (a registry being migrated, development
@@ -351,6 +353,9 @@ fn set_status(
     )?;
     let now = tx.now();
     append_history(tx, &record.id, now, actor, Some(from), to, version)?;
+    if let Some(event) = crate::usage::Event::of_status(to) {
+        crate::usage::count_event(tx, record.api_user, now, event)?;
+    }
     if from == ConsentStatus::AwaitingAuthorisation {
         tx.execute(
             "UPDATE authorisations SET state = 'closed' WHERE consent_id = $1 AND state = 'open'",

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::app::{App, OAuthError};
+use crate::billing_routes;
 use crate::error::{Error, OtpState};
 use crate::feed::{self, FeedRefusal};
 use crate::listener::Exposure;
@@ -73,18 +74,18 @@ impl hyper::body::Body for ChannelBody {
     }
 }
 
-fn full(bytes: impl Into<Bytes>) -> Body {
+pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).boxed()
 }
 
-fn with_headers(mut r: Resp, content_type: &'static str, cache: &'static str) -> Resp {
+pub(crate) fn with_headers(mut r: Resp, content_type: &'static str, cache: &'static str) -> Resp {
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
     r
 }
 
-fn json<T: Serialize>(status: StatusCode, value: &T) -> Resp {
+pub(crate) fn json<T: Serialize>(status: StatusCode, value: &T) -> Resp {
     match serde_json::to_vec(value) {
         Ok(v) => {
             let mut r = Response::new(full(v));
@@ -268,7 +269,7 @@ fn oauth_error(e: &OAuthError) -> Resp {
     r
 }
 
-fn method_not_allowed(allow: &'static str) -> Resp {
+pub(crate) fn method_not_allowed(allow: &'static str) -> Resp {
     let mut r = problem_response(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
@@ -301,7 +302,7 @@ async fn read_body_up_to(
     }
 }
 
-async fn read_json<T: DeserializeOwned>(
+pub(crate) async fn read_json<T: DeserializeOwned>(
     req: Request<Incoming>,
     timeout: Duration,
 ) -> Result<T, Error> {
@@ -343,8 +344,8 @@ fn without_values(message: &str) -> String {
     out
 }
 
-/// The calling API user: an active participant with the `user` role.
-fn api_user(app: &App, peer: &Peer) -> Result<ParticipantRecord, Error> {
+/// The calling participant, any role: an active one, by its client certificate.
+pub(crate) fn participant(app: &App, peer: &Peer) -> Result<ParticipantRecord, Error> {
     let Some(tp) = &peer.thumbprint else {
         return Err(Error::Unauthenticated("client_certificate_required"));
     };
@@ -352,14 +353,23 @@ fn api_user(app: &App, peer: &Peer) -> Result<ParticipantRecord, Error> {
     let Some(p) = dir.by_thumbprint(tp) else {
         return Err(Error::Forbidden("participant_unknown"));
     };
-    if !p.is_active() || !p.has_role(Role::User) {
+    if !p.is_active() {
         return Err(Error::Forbidden("participant_inactive"));
     }
     Ok(p.clone())
 }
 
+/// The calling API user: an active participant with the `user` role.
+fn api_user(app: &App, peer: &Peer) -> Result<ParticipantRecord, Error> {
+    let p = participant(app, peer)?;
+    if !p.has_role(Role::User) {
+        return Err(Error::Forbidden("participant_inactive"));
+    }
+    Ok(p)
+}
+
 /// The operator, as the actor string of the history.
-fn operator(app: &App, peer: &Peer) -> Result<String, Error> {
+pub(crate) fn operator(app: &App, peer: &Peer) -> Result<String, Error> {
     let Some(tp) = &peer.thumbprint else {
         return Err(Error::Unauthenticated("client_certificate_required"));
     };
@@ -518,6 +528,18 @@ async fn route(app: &Arc<App>, peer: &Peer, req: Request<Incoming>) -> Result<Re
             }
             _ => Ok(method_not_allowed("GET")),
         },
+        ["v1", "admin", "usage"] => billing_routes::usage_route(app, peer, call.req, "admin").await,
+        ["v1", "admin", "report"] => {
+            billing_routes::usage_route(app, peer, call.req, "report").await
+        }
+        ["v1", "usage"] => billing_routes::usage_route(app, peer, call.req, "own").await,
+        ["v1", "admin", "statements", rest @ ..] => {
+            billing_routes::admin_statements(app, peer, call.req, rest, peer.body_read_timeout)
+                .await
+        }
+        ["v1", "statements", rest @ ..] => {
+            billing_routes::own_statements(app, peer, call.req, rest).await
+        }
         ["v1", "rollups"] => match call.method {
             Method::POST => {
                 hub(app, peer)?;
@@ -739,7 +761,7 @@ async fn push_rollups(
 
 /// Whether the `Accept` header asks for CSV (`text/csv` among its media ranges, with a
 /// non-zero weight); anything else is answered with JSON.
-fn wants_csv(req: &Request<Incoming>) -> bool {
+pub(crate) fn wants_csv(req: &Request<Incoming>) -> bool {
     req.headers()
         .get_all(header::ACCEPT)
         .iter()
@@ -777,7 +799,7 @@ async fn sla_report(app: &Arc<App>, req: &Request<Incoming>) -> Result<Resp, Err
 }
 
 /// A 200 JSON answer.
-fn ok<T: Serialize>(value: &T) -> Result<Resp, Error> {
+pub(crate) fn ok<T: Serialize>(value: &T) -> Result<Resp, Error> {
     Ok(json(StatusCode::OK, value))
 }
 
@@ -1054,7 +1076,9 @@ async fn open_session(
 }
 
 /// Query parameters as text (numbers too), each at most once.
-fn query_strings(query: &str) -> Result<std::collections::HashMap<String, String>, Error> {
+pub(crate) fn query_strings(
+    query: &str,
+) -> Result<std::collections::HashMap<String, String>, Error> {
     let mut out = std::collections::HashMap::new();
     for (k, v) in form_pairs(query)? {
         if out.insert(k.clone(), v).is_some() {

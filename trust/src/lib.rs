@@ -15,6 +15,7 @@ pub use feed_wire as wire;
 pub mod abuse;
 pub mod app;
 pub mod authorisation;
+pub mod billing_routes;
 pub mod breach;
 pub mod clock;
 pub mod config;
@@ -40,6 +41,8 @@ pub mod prober;
 pub mod rollups;
 pub mod server;
 pub mod sla;
+pub mod statements;
+pub mod usage;
 
 pub use config::Config;
 pub use server::{start, Running, StartError};

@@ -132,7 +132,8 @@ fn validate_minute(m: &mut MinuteRollup, at: &str) -> Result<(), Error> {
             ));
         }
     }
-    crate::live::validate(&mut m.live, at)
+    crate::live::validate(&mut m.live, at)?;
+    crate::usage::validate_consents(m, at)
 }
 
 fn validate_call(row: &mut CallRow, field: &str) -> Result<(), Error> {
@@ -273,6 +274,7 @@ pub fn store(sql: &mut dyn Sql, batch: &RollupBatch, now: i64) -> Result<Stored,
             buckets,
         )?;
         crate::live::store(sql, (&batch.gateway, &batch.epoch, m.minute), &m.live)?;
+        crate::usage::store_consents(sql, &batch.gateway, &batch.epoch, m)?;
         out.stored += 1;
     }
     Ok(out)

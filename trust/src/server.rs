@@ -534,6 +534,7 @@ fn settings(
         heartbeat: config.heartbeat,
         feed_retention: config.feed_retention,
         sla: config.sla.clone(),
+        billing: config.billing.clone(),
     }
 }
 
@@ -589,6 +590,13 @@ async fn housekeeping_round(app: &Arc<App>, prune: bool) {
     }
     if let Err(e) = app.rotate_keys(false).await {
         tracing::error!(error = %e, "key rotation failed");
+    }
+    match app.issue_due_statements().await {
+        Ok(Some(i)) if i.issued_now => {
+            tracing::info!(month = %i.month, statements = i.statements, "statements issued");
+        }
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, "issuing statements failed"),
     }
     if prune {
         match app.prune_store().await {

@@ -109,7 +109,7 @@ pub struct ReportQuery {
     pub provider: Option<Bin>,
 }
 
-fn parse_date(name: &str, s: &str) -> Result<Date, Error> {
+pub(crate) fn parse_date(name: &str, s: &str) -> Result<Date, Error> {
     let shape = s.len() == 10
         && s.bytes()
             .enumerate()

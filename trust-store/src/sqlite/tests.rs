@@ -71,8 +71,8 @@ fn a_fresh_file_gets_the_schema_the_sidecar_always_had() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.db");
     drop(Db::open(&path).unwrap());
-    assert_eq!(user_version(&path), 5);
-    assert_eq!(SCHEMA_VERSION, 5);
+    assert_eq!(user_version(&path), 6);
+    assert_eq!(SCHEMA_VERSION, 6);
     assert_eq!(
         tables(&path),
         [
@@ -92,10 +92,15 @@ fn a_fresh_file_gets_the_schema_the_sidecar_always_had() {
             "probe_subjects",
             "rate_events",
             "rollup_calls",
+            "rollup_consents",
             "rollup_latency",
             "rollup_live",
             "rollup_minutes",
             "signing_keys",
+            "statement_adjustments",
+            "statement_months",
+            "statements",
+            "usage_events",
         ]
     );
     #[cfg(unix)]
@@ -160,8 +165,9 @@ fn a_database_written_by_an_earlier_release_opens_unchanged() {
     assert_eq!(lines.len(), 3);
     assert_eq!(lines[0].text(1).unwrap(), "{\"n\":4}");
     drop(db);
-    assert_eq!(user_version(&path), 5);
+    assert_eq!(user_version(&path), 6);
     assert!(tables(&path).contains(&"rate_events".to_owned()));
+    assert!(tables(&path).contains(&"statements".to_owned()));
     assert!(tables(&path).contains(&"oversight_apis".to_owned()));
     assert!(tables(&path).contains(&"rollup_live".to_owned()));
 }

@@ -17,6 +17,10 @@ pub const ALL: &[(&str, Check)] = &[
     ("query_each_streams_10k_rows", query_each_streams_10k_rows),
     ("rollback_keeps_nothing", rollback_keeps_nothing),
     ("history_is_append_only", history_is_append_only),
+    (
+        "statements_are_never_rewritten",
+        statements_are_never_rewritten,
+    ),
     ("feed_is_contiguous", feed_is_contiguous),
 ];
 
@@ -251,6 +255,41 @@ pub fn history_is_append_only(db: &Db) {
         assert_eq!(n.int(0).unwrap(), 1);
         assert_ne!(n.text(1).unwrap(), "rewritten");
     }
+}
+
+/// Issued statements and their adjustments refuse UPDATE and DELETE (the database's own
+/// triggers), and a second statement of the same participant, role and month is refused.
+pub fn statements_are_never_rewritten(db: &Db) {
+    let statement = |id: &str| {
+        format!(
+            "INSERT INTO statements(id, participant, role, month, body, digest, issued_at)
+             VALUES ('{id}', '100140000001', 'api_user', '2026-11', '{{}}', 'd', 1)"
+        )
+    };
+    db.write(1, |tx| {
+        tx.execute(&statement("s1"), &[])?;
+        tx.execute(
+            "INSERT INTO statement_adjustments(statement_id, amount, reason, actor, at)
+             VALUES ('s1', '-1.00', 'r', 'operator:x', 1)",
+            &[],
+        )
+    })
+    .expect("issue");
+    for sql in [
+        "UPDATE statements SET digest = 'rewritten'",
+        "DELETE FROM statements",
+        "UPDATE statement_adjustments SET amount = '1.00'",
+        "DELETE FROM statement_adjustments",
+        statement("s2").as_str(),
+    ] {
+        let r = db.write(2, |tx| tx.execute(sql, &[]));
+        assert!(r.is_err(), "{sql}");
+    }
+    let n = db
+        .read(|sql| sql.query_one("SELECT COUNT(*), MIN(digest) FROM statements", &[]))
+        .expect("count");
+    assert_eq!(n.int(0).unwrap(), 1);
+    assert_eq!(n.text(1).unwrap(), "d");
 }
 
 /// Sequential emits get 1, 2, 3, …; the head and the subscription follow; several

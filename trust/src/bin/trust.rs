@@ -383,12 +383,16 @@ fn check(path: &std::path::Path) -> ExitCode {
     match trust::config_file::load(path) {
         Ok(s) => {
             println!(
-                "{}: ok (SLA: time zone {}, {} provider override(s); breaches: {}, window {} min)",
+                "{}: ok (SLA: time zone {}, {} provider override(s); breaches: {}, window {} min; billing: {})",
                 path.display(),
                 s.sla.time_zone_name,
                 s.sla.providers.len(),
                 if s.breach.enabled { "on" } else { "off" },
-                s.breach.window_minutes
+                s.breach.window_minutes,
+                s.billing.as_ref().map_or_else(
+                    || "off".to_owned(),
+                    |b| format!("tariff {}", b.tariff_path.display())
+                )
             );
             ExitCode::SUCCESS
         }
@@ -446,6 +450,7 @@ fn config(a: Serve) -> Result<Config, String> {
         let file = trust::config_file::load(path).map_err(|e| e.to_string())?;
         config.sla = file.sla;
         config.breach = file.breach;
+        config.billing = file.billing;
     }
     if let Some(ms) = a.probe.breach_interval_ms {
         config.breach.every = Duration::from_millis(ms);

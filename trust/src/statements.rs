@@ -1,0 +1,465 @@
+//! Monthly statements (issue 15, `docs/billing.md`): computed with the `billing` crate
+//! from the stored usage once a calendar month of the tariff's time zone has closed (plus
+//! a grace period for late rollups), stored immutably (an issued month is never issued
+//! again, a stored statement never rewritten: the database refuses it), corrected only by
+//! adjustments kept beside it.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use billing::{Decimal, Statement, Tariff};
+use consent_cache::Bin;
+use jiff::civil::Date;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::db::{Row, Sql, StoreError, Tx};
+use crate::error::Error;
+use crate::usage::{self, Range};
+
+/// Minutes after a month's close before its statements are issued, by default: rollups
+/// of the month's last minutes arrive within a few push intervals.
+pub const DEFAULT_GRACE_MINUTES: u64 = 10;
+/// Longest adjustment reason, in characters.
+const MAX_REASON_CHARS: usize = 500;
+
+/// `[billing]` compiled: the tariff and when a month's statements are issued.
+#[derive(Debug, Clone)]
+pub struct BillingSettings {
+    /// The tariff (validated at start).
+    pub tariff: Arc<Tariff>,
+    /// Where it was read from.
+    pub tariff_path: PathBuf,
+    /// Seconds after a month's close before its statements are issued.
+    pub close_grace_secs: i64,
+}
+
+/// A calendar month of the tariff's time zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Month {
+    /// The year.
+    pub year: i16,
+    /// The month, 1 to 12.
+    pub month: i8,
+}
+
+impl std::fmt::Display for Month {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:04}-{:02}", self.year, self.month)
+    }
+}
+
+impl Month {
+    /// Parses `YYYY-MM`; the error names `field`.
+    pub fn parse(field: &str, s: &str) -> Result<Month, Error> {
+        let bad = || Error::BadRequest(format!("{field}: a month YYYY-MM"));
+        let (y, m) = s.split_once('-').ok_or_else(bad)?;
+        let digits = |t: &str, n: usize| t.len() == n && t.bytes().all(|b| b.is_ascii_digit());
+        if !digits(y, 4) || !digits(m, 2) {
+            return Err(bad());
+        }
+        let year = y.parse::<i16>().map_err(|_| bad())?;
+        let month = m.parse::<i8>().map_err(|_| bad())?;
+        Date::new(year, month, 1).map_err(|_| bad())?;
+        Ok(Month { year, month })
+    }
+
+    /// The month holding local day `d`.
+    pub fn of(d: Date) -> Month {
+        Month {
+            year: d.year(),
+            month: d.month(),
+        }
+    }
+
+    /// Its days.
+    pub fn range(self) -> Result<Range, Error> {
+        let from = Date::new(self.year, self.month, 1)
+            .map_err(|_| Error::BadRequest("month: not a calendar month".into()))?;
+        Ok(Range {
+            from,
+            to: from.last_of_month(),
+        })
+    }
+
+    /// The month before.
+    pub fn previous(self) -> Month {
+        if self.month == 1 {
+            Month {
+                year: self.year - 1,
+                month: 12,
+            }
+        } else {
+            Month {
+                year: self.year,
+                month: self.month - 1,
+            }
+        }
+    }
+}
+
+/// When a month's statements may be issued: its end (the next month's local midnight)
+/// plus the grace period, in Unix seconds.
+pub fn issuable_at(settings: &BillingSettings, m: Month) -> Result<i64, Error> {
+    let tz = settings.tariff.time_zone();
+    let end = m
+        .range()?
+        .to
+        .tomorrow()
+        .map_err(|_| Error::BadRequest("month: outside the supported years".into()))?;
+    Ok(usage::midnight(tz, end)? + settings.close_grace_secs)
+}
+
+/// The latest month whose statements may be issued at `now`.
+pub fn last_closed(settings: &BillingSettings, now: i64) -> Result<Month, Error> {
+    let today = Timestamp::from_second(now)
+        .map_err(|_| Error::Internal("the clock is out of range".into()))?
+        .to_zoned_datetime(settings.tariff.time_zone().clone())
+        .date();
+    let previous = Month::of(today).previous();
+    if now >= issuable_at(settings, previous)? {
+        Ok(previous)
+    } else {
+        Ok(previous.previous())
+    }
+}
+
+/// The outcome of an issuing run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Issued {
+    /// The month.
+    pub month: String,
+    /// Whether this run issued it (`false`: it had been issued before; nothing changed).
+    pub issued_now: bool,
+    /// Statements the month holds.
+    pub statements: u64,
+    /// When it was issued, Unix seconds.
+    pub issued_at: i64,
+}
+
+/// Whether month `m` has been issued.
+pub fn issued(sql: &mut dyn Sql, m: Month) -> Result<Option<Issued>, StoreError> {
+    let row = sql.query_opt(
+        "SELECT issued_at, statements FROM statement_months WHERE month = $1",
+        &[m.to_string().into()],
+    )?;
+    row.map(|r| {
+        Ok(Issued {
+            month: m.to_string(),
+            issued_now: false,
+            statements: crate::db::version(&r, 1)?,
+            issued_at: r.int(0)?,
+        })
+    })
+    .transpose()
+}
+
+/// Issues month `m`'s statements in `tx`, once: a month issued before is left as it is.
+/// The caller has checked that the month is closed.
+pub fn issue(tx: &mut Tx<'_>, settings: &BillingSettings, m: Month) -> Result<Issued, Error> {
+    // Serialises issuing runs of several replicas (portable SQL rule 7).
+    tx.head()?;
+    if let Some(done) = issued(tx, m)? {
+        return Ok(done);
+    }
+    let tariff = &settings.tariff;
+    let range = m.range()?;
+    let tz = tariff.time_zone();
+    let use_rows = usage::read_usage(tx, tz, range, None)?;
+    let customers = usage::read_customer_days(tx, tz, range)?;
+    let computed =
+        billing::statements(tariff, m.year, m.month, &use_rows, &customers).map_err(|e| {
+            Error::Unprocessable {
+                code: "statement_not_computable",
+                detail: e.to_string(),
+            }
+        })?;
+    let now = tx.now();
+    for s in &computed {
+        let participant = s.participant.to_string();
+        let role = s.role.as_str();
+        tx.execute(
+            "INSERT INTO statements(id, participant, role, month, body, digest, issued_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                statement_id(s).into(),
+                participant.as_str().into(),
+                role.into(),
+                m.to_string().into(),
+                serde_json::to_string(s)?.into(),
+                s.digest().into(),
+                now.into(),
+            ],
+        )?;
+    }
+    let count = u64::try_from(computed.len()).unwrap_or(u64::MAX);
+    tx.execute(
+        "INSERT INTO statement_months(month, issued_at, statements) VALUES ($1, $2, $3)",
+        &[m.to_string().into(), now.into(), count.into()],
+    )?;
+    Ok(Issued {
+        month: m.to_string(),
+        issued_now: true,
+        statements: count,
+        issued_at: now,
+    })
+}
+
+/// A statement's id in URLs: billing's (`2026-03/api_user/100140000001`, unique per
+/// month, role and participant) with `-` for `/`, so that it is one path segment.
+pub fn statement_id(s: &Statement) -> String {
+    s.id.replace('/', "-")
+}
+
+/// A correction of an issued statement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AdjustmentView {
+    /// Order of recording.
+    pub seq: i64,
+    /// The signed amount (2 decimals), as a string.
+    pub amount: String,
+    /// Why.
+    pub reason: String,
+    /// Who (the operator's certificate).
+    pub by: String,
+    /// When, Unix seconds.
+    pub at: i64,
+}
+
+/// `POST /v1/admin/statements/{id}/adjustments`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdjustmentInput {
+    /// The signed amount, a decimal string with at most 2 decimals (`"-150.00"`).
+    pub amount: String,
+    /// Why (shown with the statement).
+    pub reason: String,
+}
+
+/// An issued statement with its adjustments.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredStatement {
+    /// Its id.
+    pub id: String,
+    /// The participant.
+    pub participant: String,
+    /// `api_user` or `provider`.
+    pub role: String,
+    /// `YYYY-MM`.
+    pub month: String,
+    /// SHA-256 of the statement's canonical JSON, as issued.
+    pub digest: String,
+    /// When it was issued, Unix seconds.
+    pub issued_at: i64,
+    /// The statement (billing's JSON).
+    pub statement: serde_json::Value,
+    /// Corrections, oldest first.
+    pub adjustments: Vec<AdjustmentView>,
+}
+
+impl StoredStatement {
+    /// The statement as billing computed it (for its CSV and printable forms).
+    pub fn parsed(&self) -> Result<Statement, Error> {
+        Ok(serde_json::from_value(self.statement.clone())?)
+    }
+}
+
+const COLUMNS: &str = "id, participant, role, month, body, digest, issued_at";
+
+fn from_row(sql: &mut dyn Sql, r: &Row) -> Result<StoredStatement, StoreError> {
+    let id = r.text(0)?;
+    let adjustments = adjustments(sql, &id)?;
+    Ok(StoredStatement {
+        id,
+        participant: r.text(1)?,
+        role: r.text(2)?,
+        month: r.text(3)?,
+        statement: serde_json::from_str(&r.text(4)?)?,
+        digest: r.text(5)?,
+        issued_at: r.int(6)?,
+        adjustments,
+    })
+}
+
+fn adjustments(sql: &mut dyn Sql, id: &str) -> Result<Vec<AdjustmentView>, StoreError> {
+    sql.query(
+        "SELECT seq, amount, reason, actor, at FROM statement_adjustments
+         WHERE statement_id = $1 ORDER BY seq",
+        &[id.into()],
+    )?
+    .iter()
+    .map(|r| {
+        Ok(AdjustmentView {
+            seq: r.int(0)?,
+            amount: r.text(1)?,
+            reason: r.text(2)?,
+            by: r.text(3)?,
+            at: r.int(4)?,
+        })
+    })
+    .collect()
+}
+
+/// One statement; `owner`: only when it is that participant's.
+pub fn get(
+    sql: &mut dyn Sql,
+    id: &str,
+    owner: Option<Bin>,
+) -> Result<Option<StoredStatement>, StoreError> {
+    let row = sql.query_opt(
+        &format!("SELECT {COLUMNS} FROM statements WHERE id = $1"),
+        &[id.into()],
+    )?;
+    match row {
+        Some(r) if owner.is_none_or(|o| r.text(1).is_ok_and(|p| p == o.to_string())) => {
+            Ok(Some(from_row(sql, &r)?))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The statements of a month (all, or one participant's), or of every month of one
+/// participant, ordered by month, participant and role.
+pub fn list(
+    sql: &mut dyn Sql,
+    month: Option<Month>,
+    participant: Option<Bin>,
+) -> Result<Vec<StoredStatement>, StoreError> {
+    let (filter, params) = match (month, participant) {
+        (Some(m), Some(p)) => (
+            "WHERE month = $1 AND participant = $2",
+            vec![m.to_string().into(), p.to_string().into()],
+        ),
+        (Some(m), None) => ("WHERE month = $1", vec![m.to_string().into()]),
+        (None, Some(p)) => ("WHERE participant = $1", vec![p.to_string().into()]),
+        (None, None) => ("", vec![]),
+    };
+    let rows = sql.query(
+        &format!("SELECT {COLUMNS} FROM statements {filter} ORDER BY month, participant, role"),
+        &params,
+    )?;
+    rows.iter().map(|r| from_row(sql, r)).collect()
+}
+
+/// Records an adjustment of statement `id` by `actor`; the statement itself is left
+/// as issued.
+pub fn adjust(
+    tx: &mut Tx<'_>,
+    id: &str,
+    input: AdjustmentInput,
+    actor: &str,
+) -> Result<StoredStatement, Error> {
+    let amount = Decimal::from_str(input.amount.trim())
+        .ok()
+        .filter(|a| a.scale() <= 2 && !a.is_zero() && input.amount.trim() == input.amount)
+        .ok_or_else(|| {
+            Error::invalid(
+                "amount",
+                "a non-zero signed decimal with at most 2 decimals (\"-150.00\")",
+            )
+        })?;
+    let reason = input.reason.trim();
+    if reason.is_empty()
+        || reason.chars().count() > MAX_REASON_CHARS
+        || reason.chars().any(char::is_control)
+    {
+        return Err(Error::invalid(
+            "reason",
+            "1 to 500 characters, no control characters",
+        ));
+    }
+    if get(tx, id, None)?.is_none() {
+        return Err(Error::NotFound("statement_not_found"));
+    }
+    tx.execute(
+        "INSERT INTO statement_adjustments(statement_id, amount, reason, actor, at)
+         VALUES ($1, $2, $3, $4, $5)",
+        &[
+            id.into(),
+            format!("{:.2}", amount).into(),
+            reason.into(),
+            actor.into(),
+            tx.now().into(),
+        ],
+    )?;
+    get(tx, id, None)?.ok_or(Error::NotFound("statement_not_found"))
+}
+
+/// The printable form: billing's text, then the adjustments.
+pub fn to_text(s: &StoredStatement) -> Result<String, Error> {
+    let mut out = s.parsed()?.to_text();
+    out.push_str(&format!("\nStatement {}  digest {}\n", s.id, s.digest));
+    if !s.adjustments.is_empty() {
+        out.push_str("\nAdjustments\n");
+        for a in &s.adjustments {
+            let at =
+                Timestamp::from_second(a.at).map_or_else(|_| a.at.to_string(), |t| t.to_string());
+            out.push_str(&format!(
+                "  {at}  {:>14}  {}  ({})\n",
+                a.amount, a.reason, a.by
+            ));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(grace_minutes: i64) -> BillingSettings {
+        let tariff = Tariff::parse(
+            "time_zone = \"Asia/Almaty\"\n[[versions]]\neffective_from = 2026-01-01\n\
+             [versions.prices]\nchargeable = \"1.00\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        BillingSettings {
+            tariff: Arc::new(tariff),
+            tariff_path: PathBuf::from("t.toml"),
+            close_grace_secs: grace_minutes * 60,
+        }
+    }
+
+    #[test]
+    fn months_parse_strictly() {
+        assert_eq!(
+            Month::parse("month", "2026-11").unwrap(),
+            Month {
+                year: 2026,
+                month: 11
+            }
+        );
+        for bad in [
+            "2026-13",
+            "2026-00",
+            "2026-1",
+            "26-11",
+            "2026/11",
+            "2026-11-01",
+            "",
+        ] {
+            let e = Month::parse("month", bad).unwrap_err();
+            assert!(e.to_string().contains("month:"), "{bad}: {e}");
+        }
+        assert_eq!(
+            Month::parse("m", "2026-01").unwrap().previous().to_string(),
+            "2025-12"
+        );
+    }
+
+    #[test]
+    fn a_month_closes_at_local_midnight_plus_the_grace() {
+        let s = settings(10);
+        // 2026-12-01T00:00 in Almaty (UTC+5) is 2026-11-30T19:00Z.
+        let close = 1_796_065_200;
+        let nov = Month::parse("m", "2026-11").unwrap();
+        assert_eq!(issuable_at(&s, nov).unwrap(), close + 600);
+        assert_eq!(last_closed(&s, close + 599).unwrap().to_string(), "2026-10");
+        assert_eq!(last_closed(&s, close + 600).unwrap().to_string(), "2026-11");
+        let s = settings(0);
+        assert_eq!(last_closed(&s, close - 1).unwrap().to_string(), "2026-10");
+        assert_eq!(last_closed(&s, close).unwrap().to_string(), "2026-11");
+    }
+}

@@ -25,6 +25,7 @@ use consent_cache::Bin;
 use feed_wire::rollup::Outcome;
 use policy::token::VerifiedToken;
 
+use crate::live::LiveChecks;
 use crate::rollup::Aggregator;
 
 use writer::Shared;
@@ -59,6 +60,10 @@ pub struct AuditRecord {
     /// The bank's time in microseconds: from the call to the provider to the last byte
     /// of its answer, or to the failure (0 when the provider was not called).
     pub bank_us: u64,
+    /// The tap on the provider's successful answer (transactions, or sampled for the
+    /// live checks), ended: the writer counts its lines and hands a sample on. `None`
+    /// for nearly every request (nothing allocated for it).
+    pub tap: Option<Box<crate::live::Tap>>,
 }
 
 /// Why the journal could not be opened.
@@ -93,6 +98,15 @@ pub enum Takeover {
     /// Queue records (within `[audit] buffer`) until the other process has closed it, then
     /// continue its chain: the new process of a binary upgrade.
     Wait,
+}
+
+/// What the writer thread counts besides writing the journal.
+#[derive(Default)]
+pub struct Counters {
+    /// The traffic rollups.
+    pub rollups: Option<Aggregator>,
+    /// The live checks' validator.
+    pub live: Option<LiveChecks>,
 }
 
 /// The request path's handle on the journal: sends records, reserves places for them.
@@ -185,18 +199,19 @@ impl AuditLog {
     /// Refuses a journal another process writes ([`Takeover::Refuse`]).
     #[cfg(test)]
     pub fn open(path: &Path, buffer: usize) -> Result<AuditLog, AuditError> {
-        AuditLog::open_with(path, buffer, Takeover::Refuse, None)
+        AuditLog::open_with(path, buffer, Takeover::Refuse, Counters::default())
     }
 
     /// As [`AuditLog::open`], with the choice of what to do when another process holds
     /// the journal. Waiting happens on the writer thread: the hub serves meanwhile, and
-    /// its records wait in the queue. With `rollups`, the writer also counts every record
-    /// it seals into the traffic rollups (off the request path, exactly as journalled).
+    /// its records wait in the queue. With `counters.rollups`, the writer also counts every
+    /// record it seals into the traffic rollups (off the request path, exactly as
+    /// journalled); with `counters.live`, it hands sampled answers to the live checks.
     pub fn open_with(
         path: &Path,
         buffer: usize,
         takeover: Takeover,
-        rollups: Option<Aggregator>,
+        counters: Counters,
     ) -> Result<AuditLog, AuditError> {
         let failed = |source| AuditError::Open {
             path: path.display().to_string(),
@@ -219,7 +234,7 @@ impl AuditLog {
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || {
-                start.into_writer(rx, thread_shared, rollups).run();
+                start.into_writer(rx, thread_shared, counters).run();
                 let _ = done_tx.send(());
             })
             .map_err(failed)?;

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub(crate) mod follower;
 pub(crate) mod limits;
+pub(crate) mod live;
 pub(crate) mod metrics;
 pub(crate) mod network;
 pub(crate) mod plane;

@@ -83,6 +83,9 @@ pub struct Metrics {
     /// `max_pending_minutes`; `rejected`: refused by the control plane as invalid;
     /// `not_spooled`: left unacknowledged at shutdown and not written to the spool).
     pub rollup_dropped: IntCounterVec,
+    /// `[live_checks]`: sampled provider answers by provider, route and result (`pass`,
+    /// `violation`, `unchecked`).
+    pub live_checks: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -168,6 +171,7 @@ impl Metrics {
             rollup_pending: gauge(&r, "rollup_minutes_pending", "Closed rollup minutes not yet acknowledged by the control plane"),
             rollup_pushes: counters(&r, "rollup_pushes_total", "Rollup pushes to the control plane by result", &["result"]),
             rollup_dropped: counters(&r, "rollup_minutes_dropped_total", "Rollup minutes given up, by reason (bound, rejected, not_spooled)", &["reason"]),
+            live_checks: counters(&r, "live_checks_total", "Sampled provider answers held to the provider schema, by provider, route and result (pass, violation, unchecked)", &["provider", "route", "result"]),
             registry: r,
         }
     }

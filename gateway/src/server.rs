@@ -19,8 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::admin::Admin;
-use crate::audit::{AuditLog, Takeover};
+use crate::audit::{AuditLog, Counters, Takeover};
 use crate::config::ConfigError;
+use crate::live::LiveChecks;
 use crate::metrics::Metrics;
 use crate::plane::FeedStatus;
 use crate::proxy::Hub;
@@ -44,6 +45,9 @@ pub enum RunError {
     /// A binary upgrade cannot be attempted safely.
     #[error("upgrade: {0}")]
     Upgrade(String),
+    /// The live checks' validator thread could not be started.
+    #[error("live checks: cannot start the validator thread: {0}")]
+    LiveChecks(std::io::Error),
 }
 
 /// How `run` gets its listening sockets.
@@ -186,8 +190,20 @@ fn start_state(config: &Path, start: Start) -> Result<State, RunError> {
         .rollups
         .clone()
         .map(|settings| Arc::new(Rollups::start(settings, &metrics)));
-    let counter = rollups.as_ref().map(|r| r.aggregator());
-    let audit = AuditLog::open_with(&process.audit_path, process.audit_buffer, takeover, counter)?;
+    let live = publisher.current().file().live;
+    let counters = Counters {
+        rollups: rollups.as_ref().map(|r| r.aggregator()),
+        live: Some(
+            LiveChecks::start(live.queue, metrics.live_checks.clone())
+                .map_err(RunError::LiveChecks)?,
+        ),
+    };
+    let audit = AuditLog::open_with(
+        &process.audit_path,
+        process.audit_buffer,
+        takeover,
+        counters,
+    )?;
     let mut state = State::new(publisher, metrics, audit, config.to_path_buf());
     state.rollups = rollups;
     Ok(state)

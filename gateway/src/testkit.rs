@@ -162,6 +162,8 @@ pub(crate) fn hub_config(
     );
     c.server.threads = Some(1);
     c.server.max_body_bytes = MAX_BODY;
+    // Every successful answer tapped (the live checks' tests; none runs a validator).
+    c.live_checks.sample_rate = at(1.0);
     c.consents = ConsentSection::file(consents.to_path_buf());
     c.audit = AuditSection::file(audit.to_path_buf());
     c.limits.per_ip_open_data = QuotaSettings::new(1, OPEN_DATA_BURST).expect("a quota");

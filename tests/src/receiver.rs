@@ -22,6 +22,70 @@ use sandbox::pki::DevPki;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+/// A hub with `[rollups]` started by [`rollup_rig`], and its control plane.
+pub struct RollupRig {
+    /// The runtime the sidecar and the receiver run on.
+    pub rt: tokio::runtime::Runtime,
+    /// The sidecar, kept running for the rig's life.
+    pub peers: Arc<Mutex<Option<trust::Running>>>,
+    /// The hub.
+    pub hub: crate::Hub,
+    /// Where its rollups are pushed.
+    pub receiver: Receiver,
+}
+
+/// Starts the hub `exe` in `[trust]` mode with its rollups pushed to a receiver every
+/// 100 ms under the name `gateway`: a trust sidecar (heartbeat 200 ms) and the receiver
+/// run on the rig's runtime. `edit` changes the setup further, with the sidecar started.
+pub fn rollup_rig(
+    exe: &str,
+    gateway: &'static str,
+    edit: impl Fn(&mut crate::Setup<'_>, &tokio::runtime::Handle, &trust::Running) + Send + 'static,
+) -> RollupRig {
+    let rt = crate::peers_runtime();
+    let peers = Arc::new(Mutex::new(None));
+    let received = Arc::new(Mutex::new(None));
+    let (handle, p, r) = (rt.handle().clone(), peers.clone(), received.clone());
+    let hub = crate::Hub::start_with(exe, move |setup| {
+        let (sidecar, receiver) = rollup_peers(setup, &handle, gateway);
+        edit(setup, &handle, &sidecar);
+        *p.lock().expect("peers") = Some(sidecar);
+        *r.lock().expect("receiver") = Some(receiver);
+    });
+    let receiver = received.lock().expect("receiver").take().expect("started");
+    RollupRig {
+        rt,
+        peers,
+        hub,
+        receiver,
+    }
+}
+
+fn rollup_peers(
+    setup: &mut crate::Setup<'_>,
+    rt: &tokio::runtime::Handle,
+    gateway: &str,
+) -> (trust::Running, Receiver) {
+    use gateway::config::{at, ConsentSection, RollupSection, TrustSection};
+    let pki = &setup.prepared.pki;
+    let mut c = setup.trust_config();
+    c.heartbeat = std::time::Duration::from_millis(200);
+    let sidecar = rt.block_on(trust::start(c, None)).expect("sidecar starts");
+    let receiver = Receiver::start(rt, pki);
+    setup.config.consents = ConsentSection::default();
+    setup.config.trust = Some(TrustSection::new(
+        sidecar.url(),
+        &[pki.ca_cert_path().to_owned()],
+    ));
+    setup.config.rollups = Some(RollupSection {
+        gateway: Some(at(gateway.to_string())),
+        push_interval_ms: 100,
+        url: Some(at(receiver.url())),
+        ..RollupSection::default()
+    });
+    (sidecar, receiver)
+}
+
 /// One push as received.
 #[derive(Debug, Clone)]
 pub struct Push {

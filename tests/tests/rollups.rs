@@ -10,13 +10,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use e2e::receiver::Receiver;
+use e2e::receiver::{rollup_rig, RollupRig};
 use e2e::*;
 use feed_wire::rollup::{Histogram, RollupBatch};
-use gateway::config::{at, ConsentSection, RollupSection, TrustSection};
 use sandbox::bank::Behaviour;
 use serde_json::Value;
 
@@ -27,36 +25,6 @@ const UNPUBLISHED: &str = "990340000066";
 /// Bank 2's SLA.
 const SLA_MS: u64 = 300;
 const GATEWAY: &str = "gw-e2e";
-
-/// The sidecar and the receiver, made when the hub's PKI exists.
-struct Peers {
-    /// Kept running for the test's length.
-    _sidecar: trust::Running,
-    receiver: Receiver,
-}
-
-fn with_peers(setup: &mut Setup<'_>, rt: &tokio::runtime::Handle, slot: &Mutex<Option<Peers>>) {
-    let pki = &setup.prepared.pki;
-    let mut c = setup.trust_config();
-    c.heartbeat = Duration::from_millis(200);
-    let sidecar = rt.block_on(trust::start(c, None)).expect("sidecar starts");
-    let receiver = Receiver::start(rt, pki);
-    setup.config.consents = ConsentSection::default();
-    setup.config.trust = Some(TrustSection::new(
-        sidecar.url(),
-        &[pki.ca_cert_path().to_owned()],
-    ));
-    setup.config.rollups = Some(RollupSection {
-        gateway: Some(at(GATEWAY.to_string())),
-        push_interval_ms: 100,
-        url: Some(at(receiver.url())),
-        ..RollupSection::default()
-    });
-    *slot.lock().expect("slot") = Some(Peers {
-        _sidecar: sidecar,
-        receiver,
-    });
-}
 
 /// Sends one request of each kind and checks the answer the API user got.
 async fn traffic(hub: &Hub) {
@@ -229,40 +197,16 @@ fn restart(hub: &Hub, rt: &tokio::runtime::Runtime) -> Started {
     child
 }
 
-/// A hub in `[trust]` mode with `[rollups]` pushing to a receiver; the peers (sidecar,
-/// receiver) run on the returned runtime and live in the slot.
-struct Rig {
-    rt: tokio::runtime::Runtime,
-    _peers: Arc<Mutex<Option<Peers>>>,
-    hub: Hub,
-    receiver: Receiver,
-}
-
-fn rig() -> Rig {
-    let rt = peers_runtime();
-    let slot: Arc<Mutex<Option<Peers>>> = Arc::new(Mutex::new(None));
-    let (handle, s) = (rt.handle().clone(), slot.clone());
-    let hub = Hub::start_with(hub_exe!(), move |setup| {
+/// A hub in `[trust]` mode with `[rollups]` pushing to a receiver, with providers of
+/// every outcome.
+fn rig() -> RollupRig {
+    rollup_rig(hub_exe!(), GATEWAY, |setup, _, _| {
         setup.unlimited();
         setup.provider_mut(BANK_2).timeout_ms = SLA_MS;
         let closed = format!("https://127.0.0.1:{}", closed_port());
         setup.add_provider(CLOSED, &closed, true);
         setup.add_provider(UNPUBLISHED, &closed, false);
-        with_peers(setup, &handle, &s);
-    });
-    let receiver = slot
-        .lock()
-        .expect("slot")
-        .as_ref()
-        .expect("peers")
-        .receiver
-        .clone();
-    Rig {
-        rt,
-        _peers: slot,
-        hub,
-        receiver,
-    }
+    })
 }
 
 /// Stops the rig's first hub process with SIGTERM and waits until it has exited.
@@ -279,9 +223,9 @@ fn stop_first(hub: &Hub) {
 /// and not spooled either.
 #[test]
 fn a_rejected_batch_is_not_retried_nor_spooled() {
-    let Rig {
+    let RollupRig {
         rt,
-        _peers,
+        peers: _peers,
         hub,
         receiver,
     } = rig();
@@ -306,9 +250,9 @@ fn a_rejected_batch_is_not_retried_nor_spooled() {
 
 #[test]
 fn rollups_reconcile_with_the_journal_across_an_outage_and_a_restart() {
-    let Rig {
+    let RollupRig {
         rt,
-        _peers,
+        peers: _peers,
         mut hub,
         receiver,
     } = rig();

@@ -29,6 +29,7 @@ fn record(i: usize) -> AuditRecord {
         upstream_latency_us: 1,
         outcome: feed_wire::rollup::Outcome::Success,
         bank_us: 1,
+        tap: None,
     }
 }
 
@@ -121,7 +122,8 @@ fn an_upgrade_waits_for_the_old_writer_and_continues_its_chain() {
     let mut old = AuditLog::open(&path, 16).expect("open");
     send_all(&old.journal(), 0..2);
     assert!(eventually(Duration::from_secs(5), || lines(&path) == 2));
-    let mut new = AuditLog::open_with(&path, 16, Takeover::Wait, None).expect("open to take over");
+    let mut new = AuditLog::open_with(&path, 16, Takeover::Wait, Default::default())
+        .expect("open to take over");
     // The new process's records wait while the old one keeps writing.
     send_all(&new.journal(), 100..103);
     send_all(&old.journal(), 2..4);

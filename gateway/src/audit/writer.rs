@@ -4,6 +4,8 @@
 //! A write that fails or blocks keeps its records: the queue fills up and consent routes
 //! are refused (`503 audit_unavailable`) until the journal takes records again. Also
 //! reopens the file on request (log rotation), continuing the chain into the new file.
+//! A record's tap (`live`) is finished here: a transactions page's lines go into the line
+//! and the rollups, a sampled answer to the live checks' validator.
 
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -17,11 +19,15 @@ use std::time::Duration;
 
 use super::chain::{self, Hash, GENESIS};
 use super::lock::JournalLock;
-use super::{AuditRecord, Takeover};
+use super::{AuditRecord, Counters, Takeover};
+use crate::live::{Finished, LiveChecks};
 use crate::rollup::{Aggregator, Counted};
 
 /// How long a record may wait in the queue before it is written.
 pub(super) const FLUSH_EVERY: Duration = Duration::from_millis(20);
+
+/// How long a stopping writer waits for the validator's last checks.
+const LIVE_FINISH: Duration = Duration::from_secs(1);
 
 /// Formatted bytes the writer holds before it stops taking records off the queue (a
 /// stalled sink must not turn the queue into unbounded memory).
@@ -157,10 +163,12 @@ impl Start {
         self,
         rx: Receiver<AuditRecord>,
         shared: Arc<Shared>,
-        rollups: Option<Aggregator>,
+        counters: Counters,
     ) -> Writer {
         match self {
-            Start::Ready { sink, prev, lock } => Writer::new(rx, sink, shared, prev, lock, rollups),
+            Start::Ready { sink, prev, lock } => {
+                Writer::new(rx, sink, shared, prev, lock, counters)
+            }
             Start::Wait { path, lock } => {
                 let waited = std::time::Instant::now();
                 // Blocks until the other process closes the journal or exits (the kernel
@@ -176,7 +184,7 @@ impl Start {
                     chain_from = %chain::hex(&prev),
                     "audit journal taken over from the previous process"
                 );
-                Writer::new(rx, sink, shared, prev, Some(lock), rollups)
+                Writer::new(rx, sink, shared, prev, Some(lock), counters)
             }
         }
     }
@@ -253,6 +261,11 @@ struct Line<'a> {
     outcome: &'static str,
     /// The bank's time to the last byte (or the failure), µs; the hub's is the rest.
     bank_us: u64,
+    /// Transactions: the lines of the page the provider answered (absent when it could
+    /// not be counted: not a successful answer, content-encoded, over the tap's bound, not
+    /// a page).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lines: Option<u64>,
     /// The minute the rollups counted the record in, when not its own (a request that
     /// outlasted its minute's closing; see `rollup`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -270,7 +283,7 @@ struct Gap<'a> {
 }
 
 /// What the rollups count of a record.
-fn counted(r: &AuditRecord) -> Counted {
+fn counted(r: &AuditRecord, lines: Option<u64>) -> Counted<'_> {
     Counted {
         api_user: r.api_user,
         provider: r.provider,
@@ -278,6 +291,8 @@ fn counted(r: &AuditRecord) -> Counted {
         outcome: r.outcome,
         latency_us: r.latency_us,
         bank_us: r.bank_us,
+        lines: lines.unwrap_or(0),
+        consent: r.token.as_deref().map(|t| &*t.consent_id),
     }
 }
 
@@ -309,6 +324,8 @@ pub(super) struct Writer {
     _lock: Option<JournalLock>,
     /// The traffic rollups, counted from the records as they are sealed.
     rollups: Option<Aggregator>,
+    /// The live checks' validator.
+    live: Option<LiveChecks>,
 }
 
 impl Writer {
@@ -318,7 +335,7 @@ impl Writer {
         shared: Arc<Shared>,
         prev: Hash,
         lock: Option<JournalLock>,
-        rollups: Option<Aggregator>,
+        counters: Counters,
     ) -> Writer {
         Writer {
             rx,
@@ -329,7 +346,8 @@ impl Writer {
             gaps_marked: 0,
             failing: false,
             _lock: lock,
-            rollups,
+            rollups: counters.rollups,
+            live: counters.live,
         }
     }
 
@@ -344,6 +362,7 @@ impl Writer {
             }
             let queue_empty = self.fill();
             self.flush();
+            self.count_live_results();
             if let Some(r) = self.rollups.as_mut() {
                 r.close_due(std::time::SystemTime::now());
             }
@@ -352,6 +371,7 @@ impl Writer {
             }
             std::thread::sleep(FLUSH_EVERY);
         }
+        self.finish_live();
         // The process counts nothing more: its partial minute is closed too.
         if let Some(r) = self.rollups.as_mut() {
             r.close_all();
@@ -398,6 +418,8 @@ impl Writer {
     fn seal_record(&mut self, r: &AuditRecord) {
         let prev = self.prev;
         let minute = self.rollups.as_ref().map(|a| a.minute_of(r.time));
+        let tapped = r.tap.as_deref().map(crate::live::Tap::finish);
+        let lines = tapped.as_ref().and_then(|t| t.lines);
         let line = Line {
             time: rfc3339(r.time),
             interaction_id: std::str::from_utf8(&r.interaction_id).unwrap_or("-"),
@@ -413,19 +435,56 @@ impl Writer {
             upstream_latency_us: r.upstream_latency_us,
             outcome: r.outcome.as_str(),
             bank_us: r.bank_us,
+            lines,
             rollup_minute: minute.and_then(|m| m.moved()),
             prev: std::str::from_utf8(&prev).unwrap_or_default(),
         };
         if self.seal(&line, true) {
             // Counted exactly as journalled: the rollups reconcile with the journal.
             if let (Some(a), Some(m)) = (self.rollups.as_mut(), minute) {
-                a.count(m, &counted(r));
+                a.count(m, &counted(r, lines));
+            }
+            if let Some(t) = tapped {
+                self.sample(r, t);
             }
         } else {
             // Cannot happen for these plain fields; the record's place is given back
             // and it is counted as dropped, so a gap marks it.
             self.shared.used.fetch_sub(1, Ordering::AcqRel);
             self.shared.dropped.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Hands a tapped answer's sample to the live checks; what they count at once (not
+    /// checkable, their queue full) goes to the rollups now.
+    fn sample(&mut self, r: &AuditRecord, t: Finished) {
+        let (Some(live), Some(provider)) = (self.live.as_ref(), r.provider) else {
+            return;
+        };
+        if let Some(c) = live.submit(r.time, provider, r.route, t.api, t.sample) {
+            if let Some(a) = self.rollups.as_mut() {
+                a.count_live(&c);
+            }
+        }
+    }
+
+    /// The validator's finished checks, into the rollups.
+    fn count_live_results(&mut self) {
+        if let (Some(live), Some(a)) = (self.live.as_ref(), self.rollups.as_mut()) {
+            for c in live.results() {
+                a.count_live(&c);
+            }
+        }
+    }
+
+    /// The validator's last checks, within a bound (a stop must not wait on it).
+    fn finish_live(&mut self) {
+        if let Some(live) = self.live.take() {
+            for c in live.finish(LIVE_FINISH) {
+                if let Some(a) = self.rollups.as_mut() {
+                    a.count_live(&c);
+                }
+            }
         }
     }
 

@@ -68,6 +68,13 @@ pub const RANGES: &[Range] = &[
     range("rollups.push_interval_ms", 100, 600_000, "milliseconds"),
     range("rollups.max_pending_minutes", 1, 525_600, "minutes"),
     range("rollups.close_after_secs", 0, 3_600, "seconds"),
+    range(
+        "live_checks.max_body_bytes",
+        1024,
+        16 * 1024 * 1024,
+        "bytes",
+    ),
+    range("live_checks.queue", 1, 65_536, "answers"),
     range("providers.connect_timeout_ms", 1, 60_000, "milliseconds"),
     range("providers.timeout_ms", 1, 600_000, "milliseconds"),
     range("providers.eject_after_failures", 1, 1_000, "failures"),
@@ -130,7 +137,7 @@ mod tests {
 
     #[test]
     fn every_default_is_within_its_range() {
-        let defaults: [(&str, u64); 23] = [
+        let defaults: [(&str, u64); 25] = [
             ("server.max_header_bytes", defaults::MAX_HEADER_BYTES as u64),
             ("server.max_body_bytes", defaults::MAX_BODY_BYTES as u64),
             ("server.grace_period_secs", defaults::GRACE_PERIOD_SECS),
@@ -178,6 +185,11 @@ mod tests {
                 "rollups.close_after_secs",
                 defaults::ROLLUP_CLOSE_AFTER_SECS,
             ),
+            (
+                "live_checks.max_body_bytes",
+                defaults::LIVE_MAX_BODY_BYTES as u64,
+            ),
+            ("live_checks.queue", defaults::LIVE_QUEUE as u64),
             ("providers.connect_timeout_ms", defaults::CONNECT_TIMEOUT_MS),
             ("providers.timeout_ms", defaults::TIMEOUT_MS),
             (

@@ -9,8 +9,8 @@ use policy::directory::{ParticipantStatus, Role};
 use policy::limits::LimitSettings;
 
 use super::{
-    defaults, AuditSection, ConsentSection, FileConfig, ParticipantSection, ProviderSection,
-    ServerSection, TlsSection, TokenSection, TrustSection, UpstreamTlsSection,
+    defaults, AuditSection, ConsentSection, FileConfig, LiveCheckSection, ParticipantSection,
+    ProviderSection, ServerSection, TlsSection, TokenSection, TrustSection, UpstreamTlsSection,
 };
 
 /// A value as the parser would give it, without a position (for configurations built in
@@ -41,6 +41,7 @@ impl FileConfig {
             trust: None,
             audit: AuditSection::default(),
             rollups: None,
+            live_checks: LiveCheckSection::default(),
             limits: LimitSettings::default(),
             participants: Vec::new(),
             providers: Vec::new(),

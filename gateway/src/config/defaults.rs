@@ -55,6 +55,13 @@ pub const ROLLUP_PUSH_INTERVAL_MS: u64 = 10_000;
 pub const ROLLUP_MAX_PENDING_MINUTES: usize = 1_440;
 /// `[rollups] close_after_secs`: longer than the default SLA with room for the body.
 pub const ROLLUP_CLOSE_AFTER_SECS: u64 = 30;
+/// `[live_checks] sample_rate`: 1 % of successful provider answers (issue 14).
+pub const LIVE_SAMPLE_RATE: f64 = 0.01;
+/// `[live_checks] max_body_bytes`: 1 MiB (a page of 500 transactions is about 150 KiB).
+pub const LIVE_MAX_BODY_BYTES: usize = 1 << 20;
+/// `[live_checks] queue`: sampled answers waiting for the validator (at most this many
+/// times `max_body_bytes` held).
+pub const LIVE_QUEUE: usize = 64;
 /// `[[providers]] published`.
 pub const PUBLISHED: bool = true;
 /// `[[providers]] connect_timeout_ms`.
@@ -142,6 +149,15 @@ pub(super) fn rollup_max_pending_minutes() -> usize {
 }
 pub(super) fn rollup_close_after_secs() -> u64 {
     ROLLUP_CLOSE_AFTER_SECS
+}
+pub(super) fn live_sample_rate() -> Spanned<f64> {
+    Spanned::new(0..0, LIVE_SAMPLE_RATE)
+}
+pub(super) fn live_max_body_bytes() -> usize {
+    LIVE_MAX_BODY_BYTES
+}
+pub(super) fn live_queue() -> usize {
+    LIVE_QUEUE
 }
 pub(super) fn published() -> bool {
     PUBLISHED

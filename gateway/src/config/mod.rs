@@ -84,6 +84,9 @@ pub struct FileConfig {
     /// Traffic rollups pushed to the control plane (`[trust]` mode only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollups: Option<RollupSection>,
+    /// Live-traffic checks of providers' answers (on by default, 1 % sampled).
+    #[serde(default)]
+    pub live_checks: LiveCheckSection,
     /// Rate limits.
     #[serde(default)]
     pub limits: policy::limits::LimitSettings,
@@ -305,6 +308,36 @@ impl Default for RollupSection {
             max_pending_minutes: defaults::rollup_max_pending_minutes(),
             close_after_secs: defaults::rollup_close_after_secs(),
             url: None,
+        }
+    }
+}
+
+/// `[live_checks]`: providers' successful answers sampled and validated against the
+/// provider schema off the request path (docs/oversight.md); transactions pages are
+/// always tapped to count their lines (usage). A reload changes the rate and the bound;
+/// the queue is taken at start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LiveCheckSection {
+    /// The share of successful provider answers validated, from 0 (none) to 1 (all).
+    #[serde(default = "defaults::live_sample_rate")]
+    pub sample_rate: Spanned<f64>,
+    /// The largest answer kept for a check or a line count, in bytes; a larger one is
+    /// counted `unchecked` (and its lines unknown).
+    #[serde(default = "defaults::live_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Sampled answers waiting for the validator at most; a sample beyond is counted
+    /// `unchecked`, never waited for.
+    #[serde(default = "defaults::live_queue")]
+    pub queue: usize,
+}
+
+impl Default for LiveCheckSection {
+    fn default() -> Self {
+        LiveCheckSection {
+            sample_rate: defaults::live_sample_rate(),
+            max_body_bytes: defaults::LIVE_MAX_BODY_BYTES,
+            queue: defaults::LIVE_QUEUE,
         }
     }
 }

@@ -16,9 +16,11 @@ use policy::token::VerifiedToken;
 use super::accounts::ListFilter;
 use super::rescue::is_upstream_failure;
 use crate::audit::AuditRecord;
+use crate::live::{Sampling, Tap};
 use crate::network::Network;
 use crate::upstream::Upstream;
 use feed_wire::rollup::Outcome as RollupOutcome;
+use feed_wire::ProviderApi;
 
 /// Per-request state.
 pub(crate) struct Ctx {
@@ -36,6 +38,8 @@ pub(crate) struct Ctx {
     pub(super) outcome: Outcome,
     /// The account list being filtered, for a consent restricted to some accounts.
     pub(super) list: Option<Box<ListFilter>>,
+    /// The tap on the provider's successful answer (transactions, or sampled).
+    pub(super) tap: Option<Box<Tap>>,
 }
 
 /// What the hub decided about a request.
@@ -65,6 +69,10 @@ pub(crate) struct Admitted {
     pub(super) consent: Option<Consent>,
     /// What the rate limits advertise (set by row 16, before the request is admitted).
     pub(super) rate: Option<RateInfo>,
+    /// The provider API called (the schema its answers are held to).
+    pub(super) api: ProviderApi,
+    /// The live checks' settings when the request arrived.
+    pub(super) sampling: Sampling,
     /// The provider-side path and query (before a base URL's prefix).
     pub(super) upstream_path: String,
     /// The request body limit in force when the request arrived.
@@ -224,6 +232,7 @@ impl Ctx {
             body_bytes: 0,
             outcome: Outcome::Pending,
             list: None,
+            tap: None,
         }
     }
 
@@ -315,6 +324,11 @@ impl Ctx {
             upstream_latency_us: call.map_or(0, |c| c.micros),
             outcome,
             bank_us: call.map_or(0, UpstreamCall::bank_us),
+            // Only a successful answer seen to its end is counted or checked.
+            tap: self
+                .tap
+                .take()
+                .filter(|t| t.ended() && outcome == RollupOutcome::Success),
         }
     }
 }

@@ -106,6 +106,8 @@ fn evaluate(
         token,
         consent,
         rate: None,
+        api: route.api(),
+        sampling: snap.live_sampling(),
         upstream_path: upstream_target(&route, query),
         max_body_bytes: snap.max_body_bytes(),
         body_discarded: false,

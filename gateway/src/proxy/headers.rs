@@ -243,6 +243,15 @@ pub(super) fn forward_identity(
     Ok(())
 }
 
+/// Whether a bank's answer is content-encoded (any coding but `identity`): the live checks
+/// do not decode it.
+pub(super) fn is_encoded(resp: &ResponseHeader) -> bool {
+    resp.headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"))
+}
+
 /// Keeps only the allow-listed headers of a bank's answer and adds the hub's own: the
 /// interaction id, `Date`, `no-store` on customer data (contract §3) and the rate limits.
 pub(super) fn filter_downstream(

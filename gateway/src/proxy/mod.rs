@@ -204,19 +204,28 @@ impl ProxyHttp for Hub {
             a.call.micros = t0.elapsed().as_micros() as u64;
         }
         a.report_upstream(true);
+        if upstream.status.is_success() {
+            // Allocates only for a tapped answer (transactions, or sampled).
+            ctx.tap = a.sampling.tap(a.api, || headers::is_encoded(upstream));
+        }
         headers::filter_downstream(upstream, &ctx.iid, a.consent.is_some(), a.rate.as_ref())?;
         ctx.list = accounts::list_filter(session, upstream, ctx.route, a.consent.as_ref())?;
         Ok(())
     }
 
-    /// Notes when the provider's answer ended: the bank's time runs to its last byte.
+    /// Notes when the provider's answer ended: the bank's time runs to its last byte. A
+    /// tapped answer's chunks are kept by reference as they pass (the answer is not
+    /// altered, delayed or buffered).
     fn upstream_response_body_filter(
         &self,
         _session: &mut Session,
-        _body: &mut Option<Bytes>,
+        body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
+        if let Some(tap) = ctx.tap.as_mut() {
+            tap.take(body.as_ref(), end_of_stream);
+        }
         if end_of_stream {
             if let Outcome::Admitted(a) = &mut ctx.outcome {
                 a.call.ended();
@@ -303,6 +312,7 @@ impl ProxyHttp for Hub {
             upstream_latency_us: 0,
             outcome: feed_wire::rollup::Outcome::Refused,
             bank_us: 0,
+            tap: None,
         });
         Some(answer)
     }

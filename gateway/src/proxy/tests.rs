@@ -330,6 +330,44 @@ async fn a_downstream_response_keeps_only_allow_listed_headers() {
     assert_eq!(record.token.as_ref().map(|t| &*t.consent_id), Some(CONSENT));
 }
 
+/// Live checks (the test hub samples every answer): a successful answer's chunks are kept
+/// by reference while the very same bytes go on to the API user, and the tap travels with
+/// the journal record once the answer has ended; an encoded answer's chunks are not kept.
+#[tokio::test]
+async fn a_sampled_answer_is_tapped_by_reference_and_passed_on_untouched() {
+    use crate::live::Sample;
+    let t = test_hub();
+    let hub = Hub::new(t.state.clone());
+    let path = format!("/v1/providers/{BANK}/accounts/{ACCOUNT}/balances");
+    let page = Bytes::from_static(br#"{"data":{"account_id":"KZ001"},"links":{"self":"/"}}"#);
+    for (encoding, sample) in [
+        (None, Sample::Body(page.clone())),
+        (Some("gzip"), Sample::Unchecked),
+    ] {
+        let (mut s, mut ctx, _peer, _client) = admitted(&t, &hub, &get(&path, &bearer(&t))).await;
+        let mut resp = ResponseHeader::build(200, None).expect("head");
+        if let Some(e) = encoding {
+            resp.insert_header("content-encoding", e).expect("header");
+        }
+        hub.upstream_response_filter(&mut s, &mut resp, &mut ctx)
+            .await
+            .expect("response filter");
+        for (chunk, end) in [(page.slice(..20), false), (page.slice(20..), true)] {
+            let mut body = Some(chunk.clone());
+            hub.upstream_response_body_filter(&mut s, &mut body, end, &mut ctx)
+                .expect("body filter");
+            let passed = body.expect("passed on");
+            assert_eq!(
+                (passed.as_ptr(), passed.len()),
+                (chunk.as_ptr(), chunk.len())
+            );
+        }
+        let record = ctx.audit_record(Some(200), Duration::from_millis(1));
+        let tap = record.tap.expect("tapped");
+        assert_eq!(tap.finish().sample, sample);
+    }
+}
+
 #[tokio::test]
 async fn open_data_past_the_burst_is_rate_limited_and_journalled_as_such() {
     let t = test_hub();

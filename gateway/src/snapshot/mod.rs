@@ -13,6 +13,7 @@
 //! follower's status, the audit journal.
 
 pub mod consents;
+mod live;
 mod publish;
 mod references;
 mod rollups;
@@ -96,6 +97,11 @@ impl Snapshot {
     /// Request body limit.
     pub fn max_body_bytes(&self) -> usize {
         self.file.max_body_bytes
+    }
+
+    /// What the request path needs of `[live_checks]`.
+    pub(crate) fn live_sampling(&self) -> crate::live::Sampling {
+        self.file.live.sampling()
     }
 
     /// The configuration file's share of the inputs.

@@ -54,6 +54,8 @@ pub struct FileInputs {
     pub max_header_bytes: usize,
     /// Request body limit.
     pub max_body_bytes: usize,
+    /// `[live_checks]` (a reload changes the rate and the bound; the queue is the start's).
+    pub live: crate::live::LiveSettings,
     /// The `notAfter` of the hub's own certificates (`[tls]`, `[upstream_tls]`,
     /// `[trust] ca`), for `hub_certificate_expiry_timestamp_seconds`.
     pub certificates: tls::CertificateExpiry,
@@ -136,6 +138,7 @@ fn compile(
         consents,
         max_header_bytes: cfg.server.max_header_bytes,
         max_body_bytes: cfg.server.max_body_bytes,
+        live: super::live::compile(src, cfg)?,
         certificates,
         warnings,
     })

@@ -558,3 +558,64 @@ fn rollups_need_trust_and_name_their_fields() {
         assert!(at_line, "{field} at its line");
     }
 }
+
+/// `[live_checks]`: its defaults when absent; a rate outside 0..=1 (or not a number), a
+/// bound or a queue out of range refused by field at its line.
+#[test]
+fn live_checks_default_to_one_percent_and_name_their_fields() {
+    use crate::config::LiveCheckSection;
+    let w = world();
+    // The test hub samples everything; the section's defaults here.
+    let live = w
+        .load(|c| c.live_checks = LiveCheckSection::default())
+        .expect("compiles")
+        .live;
+    assert_eq!(live.sample_rate, 0.01);
+    assert_eq!((live.max_body_bytes, live.queue), (1 << 20, 64));
+    let all = w
+        .load(|c| c.live_checks.sample_rate = at(0.0))
+        .expect("0 is no answer");
+    assert_eq!(all.live.sample_rate, 0.0);
+    let cases: [(LiveCheckSection, &str); 5] = [
+        (
+            LiveCheckSection {
+                sample_rate: at(1.5),
+                ..Default::default()
+            },
+            "live_checks.sample_rate",
+        ),
+        (
+            LiveCheckSection {
+                sample_rate: at(-0.1),
+                ..Default::default()
+            },
+            "live_checks.sample_rate",
+        ),
+        (
+            LiveCheckSection {
+                sample_rate: at(f64::NAN),
+                ..Default::default()
+            },
+            "live_checks.sample_rate",
+        ),
+        (
+            LiveCheckSection {
+                max_body_bytes: 10,
+                ..Default::default()
+            },
+            "live_checks.max_body_bytes",
+        ),
+        (
+            LiveCheckSection {
+                queue: 0,
+                ..Default::default()
+            },
+            "live_checks.queue",
+        ),
+    ];
+    for (section, field) in cases {
+        let (f, at_line, message) = refused(w.load(|c| c.live_checks = section));
+        assert_eq!(f, field, "{message}");
+        assert!(at_line, "{field} at its line");
+    }
+}

@@ -78,6 +78,7 @@ fn start() -> Sidecar {
         heartbeat: Duration::from_secs(15),
         feed_retention: 100_000,
         sla: trust::sla::SlaSettings::default(),
+        billing: None,
     };
     let clock = Arc::new(ManualClock::new(crate::token::NOW));
     let app = Arc::new(

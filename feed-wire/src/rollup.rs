@@ -19,6 +19,11 @@ use serde::{Deserialize, Serialize};
 /// The trust sidecar's route that receives pushes (JSON body, gateway's mTLS identity).
 pub const ROLLUP_PATH: &str = "/v1/rollups";
 
+/// The largest push body the control plane accepts (`413` beyond): a gateway sends fewer
+/// minutes per push when a batch would be larger. One minute of a busy gateway with tens
+/// of thousands of active consents (the `consents` rows, about 200 bytes each) fits.
+pub const MAX_BATCH_BYTES: usize = 32 * 1024 * 1024;
+
 /// Upper bounds of the latency histograms' buckets, in microseconds; the last bucket
 /// (beyond the last bound) is unbounded. Fixed, so histograms from every gateway and
 /// every minute add up bucket by bucket.

@@ -13,8 +13,9 @@ use crate::wire::rollup::{
     CallRow, Histogram, LatencyRow, MinuteRollup, Outcome, RollupBatch, BUCKETS,
 };
 
-/// Largest accepted push body: a gateway splits a larger backlog into several pushes.
-pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// Largest accepted push body (the wire's bound): a gateway splits a larger backlog into
+/// several pushes.
+pub use crate::wire::rollup::MAX_BATCH_BYTES;
 /// Longest gateway name and epoch, in bytes.
 const MAX_NAME_LEN: usize = 64;
 /// How far past the sidecar's clock a minute may start (gateways' clocks drift a little;

@@ -5,14 +5,17 @@
 //! up to [`MAX_BACKOFF`]); a `4xx` otherwise is a batch the control plane will never
 //! take: logged, counted and dropped, so it cannot block the minutes behind it. A retry
 //! sends the same minutes under the same `(gateway, epoch)`: the control plane keeps
-//! the first and ignores the rest.
+//! the first and ignores the rest. A batch is kept under the control plane's body bound
+//! ([`MAX_BATCH_BYTES`]) by sending fewer minutes, and a `413` (a control plane with a
+//! smaller bound) halves the minutes per push instead of dropping them; only a single
+//! minute larger than the bound is given up (counted `too_large`).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use std::sync::Arc;
 use std::time::Duration;
 
-use feed_wire::rollup::{RollupBatch, ROLLUP_PATH};
+use feed_wire::rollup::{RollupBatch, MAX_BATCH_BYTES, ROLLUP_PATH};
 
 use super::Rollups;
 use crate::plane::{ConnectError, Endpoint, TrustPlane};
@@ -83,14 +86,26 @@ fn rejected(status: u16) -> bool {
     (400..500).contains(&status) && status != 408 && status != 429
 }
 
+/// `batch` serialised, with as many of its minutes (from the oldest) as fit in `bound`
+/// bytes; `None` when not even its first minute fits (or it cannot be serialised).
+fn sized(mut batch: RollupBatch, bound: usize) -> Option<(RollupBatch, Bytes)> {
+    loop {
+        let body = serde_json::to_vec(&batch).ok()?;
+        if body.len() <= bound {
+            return Some((batch, Bytes::from(body)));
+        }
+        if batch.minutes.len() <= 1 {
+            return None;
+        }
+        let half = batch.minutes.len() / 2;
+        batch.minutes.truncate(half);
+    }
+}
+
 impl Rollups {
-    /// Pushes `batch` to the first endpoint that takes it (the `[rollups] url`, else the
-    /// `[trust]` endpoints in order).
-    pub async fn push(&self, plane: &TrustPlane, batch: &RollupBatch) -> Pushed {
-        let body = match serde_json::to_vec(batch) {
-            Ok(b) => Bytes::from(b),
-            Err(e) => return Pushed::Failed(format!("serialise: {e}")),
-        };
+    /// Pushes `body` (a serialised batch) to the first endpoint that takes it (the
+    /// `[rollups] url`, else the `[trust]` endpoints in order).
+    pub async fn push(&self, plane: &TrustPlane, body: Bytes) -> Pushed {
         let endpoints = match self.settings.endpoints.as_slice() {
             [] => plane.endpoints.as_slice(),
             given => given,
@@ -113,11 +128,29 @@ impl Rollups {
     /// when a push failed (the rest waits for the next round).
     pub async fn push_all(&self, plane: &TrustPlane) -> bool {
         self.read_spool();
-        while let Some(batch) = self.outbox.batch(MAX_BATCH_MINUTES) {
-            match self.push(plane, &batch).await {
+        let mut per_push = MAX_BATCH_MINUTES;
+        while let Some(batch) = self.outbox.batch(per_push) {
+            let Some((batch, body)) = sized(batch.clone(), MAX_BATCH_BYTES) else {
+                tracing::error!(
+                    epoch = %batch.epoch,
+                    "a rollup minute is larger than a push may be; it is dropped"
+                );
+                let first = RollupBatch {
+                    minutes: batch.minutes.into_iter().take(1).collect(),
+                    ..batch
+                };
+                self.outbox.remove(&first, Some("too_large"));
+                continue;
+            };
+            match self.push(plane, body).await {
                 Pushed::Acked => {
                     self.pushes.with_label_values(&["ok"]).inc();
                     self.outbox.remove(&batch, None);
+                    per_push = MAX_BATCH_MINUTES;
+                }
+                // A control plane with a smaller bound: fewer minutes per push.
+                Pushed::Rejected(413, _) if batch.minutes.len() > 1 => {
+                    per_push = batch.minutes.len() / 2;
                 }
                 Pushed::Rejected(status, answer) => {
                     self.pushes.with_label_values(&["rejected"]).inc();
@@ -175,6 +208,42 @@ impl Rollups {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn minute(m: i64, calls: usize) -> feed_wire::rollup::MinuteRollup {
+        use feed_wire::rollup::{CallRow, MinuteRollup, Outcome};
+        let row = CallRow {
+            api_user: None,
+            provider: None,
+            route: "-".into(),
+            outcome: Outcome::Refused,
+            calls: 1,
+            lines: 0,
+        };
+        MinuteRollup {
+            minute: m,
+            calls: vec![row; calls],
+            latency: vec![],
+            live: vec![],
+            consents: vec![],
+        }
+    }
+
+    #[test]
+    fn a_batch_is_cut_to_the_bound_from_its_oldest_minutes() {
+        let batch = RollupBatch {
+            gateway: "gw".into(),
+            epoch: "e".into(),
+            minutes: (1..=8).map(|i| minute(60 * i, 100)).collect(),
+        };
+        let whole = serde_json::to_vec(&batch).expect("json").len();
+        let (same, body) = sized(batch.clone(), whole).expect("fits");
+        assert_eq!((same.minutes.len(), body.len()), (8, whole));
+        let (cut, body) = sized(batch.clone(), whole / 3).expect("some fit");
+        assert!(body.len() <= whole / 3);
+        assert_eq!(cut.minutes.len(), 2, "halved until it fits: 8, 4, 2");
+        assert_eq!(cut.minutes[0].minute, 60, "the oldest first");
+        assert!(sized(batch, 100).is_none(), "not even one minute fits");
+    }
 
     #[test]
     fn only_a_client_error_that_retrying_cannot_change_is_a_rejection() {

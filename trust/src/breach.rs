@@ -6,8 +6,9 @@
 //!
 //! A window breaches a rule when three things hold: enough traffic to conclude (the
 //! minimums), the window as a whole misses the target, and the target is missed in at
-//! least the sustained share of the window's minutes that had traffic — so one bad
-//! minute in an otherwise good window never delists.
+//! least the sustained share of the window's minutes — so one bad minute never delists,
+//! however little else the window holds (a provider with traffic in few minutes is left
+//! to the probes).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,8 +53,8 @@ pub struct BreachSettings {
     /// The largest share of violations among validated answers, millionths (default
     /// 5 % = 50,000).
     pub live_violations_ppm: u32,
-    /// The share of the window's minutes with traffic that must miss the target too,
-    /// percent (default 80).
+    /// The share of the window's minutes that must miss the target too, percent
+    /// (default 80).
     pub sustained_percent: u32,
 }
 
@@ -154,6 +155,9 @@ pub struct Verdict {
     pub rules: Vec<&'static str>,
     /// Whether the window had any traffic.
     pub traffic: bool,
+    /// Enough traffic to conclude (the availability minimum) and no rule missed by the
+    /// window as a whole.
+    pub compliant: bool,
     /// The rule, the window and the numbers (stored; an event's evidence).
     pub evaluation: Value,
 }
@@ -222,16 +226,15 @@ pub fn evaluate(
     let timed = t.all.bank.count();
     let p95 = Bound::of(&t.all.bank, 0.95);
     let lv = t.all.live;
-    let sus = |i: usize| sustained(t.missed[i], t.with[i], s.sustained_percent);
-    let availability = reached >= s.min_calls
-        && sla::below(reached - failures, reached, targets.availability_ppm)
-        && sus(0);
-    let latency = timed >= s.min_calls
-        && p95.as_ref().is_some_and(|b| b.exceeds(targets.bank_p95_ms))
-        && sus(1);
-    let schema = lv.sampled >= s.min_live_sampled
-        && over(lv.violations, lv.sampled, s.live_violations_ppm)
-        && sus(2);
+    let minutes = u64::from(s.window_minutes);
+    let sus = |i: usize| sustained(t.missed[i], minutes, s.sustained_percent);
+    // Each rule: enough to conclude, and the whole window misses the target.
+    let missed = [
+        reached >= s.min_calls && sla::below(reached - failures, reached, targets.availability_ppm),
+        timed >= s.min_calls && p95.as_ref().is_some_and(|b| b.exceeds(targets.bank_p95_ms)),
+        lv.sampled >= s.min_live_sampled && over(lv.violations, lv.sampled, s.live_violations_ppm),
+    ];
+    let [availability, latency, schema] = [0, 1, 2].map(|i| missed[i] && sus(i));
     let rules: Vec<&'static str> = [
         (availability, "availability"),
         (latency, "bank_p95"),
@@ -270,6 +273,9 @@ pub fn evaluate(
         },
     });
     Verdict {
+        // Shows the bank meeting its targets: enough calls, and no rule missed by the
+        // window as a whole (sustained or not).
+        compliant: reached >= s.min_calls && !missed.contains(&true),
         rules,
         traffic,
         evaluation,
@@ -317,6 +323,7 @@ fn verdicts(
                 api: *api,
                 breaching: !v.rules.is_empty(),
                 traffic: v.traffic,
+                compliant: v.compliant,
                 rules: v.rules.iter().map(|r| format!("sla_{r}")).collect(),
                 evaluation: v.evaluation.clone(),
             });
@@ -463,7 +470,25 @@ mod tests {
         assert_eq!(v.evaluation["availability"]["minutes_missed"], 1);
         // Below the minimum of calls nothing is concluded.
         let few = series(&vec![minute(0, 3, 0, 0); 5]);
-        assert!(evaluate(&few, t, &S, (0, 300), 400).rules.is_empty());
+        let v = evaluate(&few, t, &S, (0, 300), 400);
+        assert!(v.rules.is_empty() && !v.compliant);
+        assert!(evaluate(&series(&vec![minute(10, 0, 0, 0); 5]), t, &S, (0, 300), 400).compliant);
+    }
+
+    #[test]
+    fn one_bad_minute_of_a_quiet_window_does_not_breach() {
+        // All of the window's traffic in one failing minute: the share is of the window's
+        // minutes (1 of 5), not of the minutes with traffic (1 of 1).
+        let v = evaluate(
+            &series(&[minute(0, 100, 0, 0)]),
+            Targets::default(),
+            &S,
+            (0, 300),
+            400,
+        );
+        assert!(v.rules.is_empty(), "{}", v.evaluation);
+        assert_eq!(v.evaluation["availability"]["minutes_missed"], 1);
+        assert!(!v.compliant);
     }
 
     #[test]

@@ -141,18 +141,25 @@ pub fn observe(state: &mut ApiState, passed: bool, h: Hysteresis) -> Option<Tran
 /// pass for it.
 pub fn breach(
     state: &mut ApiState,
-    breaching: bool,
+    window: Window,
     probed: bool,
     h: Hysteresis,
 ) -> Option<Transition> {
     let (from, was_listed) = (state.grade, state.listed());
-    match (state.breaching, breaching) {
-        (false, true) => {
+    match (state.breaching, window) {
+        (false, Window::Breaching) => {
             state.breaching = true;
             state.passes = 0;
             state.grade = Grade::Failing;
         }
-        (true, false) => {
+        // A probed API: the probes are the evidence that the bank works again (a delisted
+        // API's window is empty). An API nobody probes needs a window that shows it: a
+        // silent one (it is delisted, so it gets no traffic) keeps it delisted, or it would
+        // be relisted by its own silence, breach again and flap; an operator's pin gives
+        // it traffic to show compliance with.
+        (true, Window::Compliant) | (true, Window::Inconclusive)
+            if probed || window == Window::Compliant =>
+        {
             state.breaching = false;
             let relist = !probed || (state.failures == 0 && state.passes >= h.pass_after);
             if state.grade == Grade::Failing && relist {
@@ -162,6 +169,17 @@ pub fn breach(
         _ => {}
     }
     changed(state, from, was_listed)
+}
+
+/// What an SLA window shows, for [`breach`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// A rule is broken, sustained over the window.
+    Breaching,
+    /// Enough traffic to conclude, and no rule broken.
+    Compliant,
+    /// No rule broken, but too little traffic to conclude (a delisted API's window).
+    Inconclusive,
 }
 
 /// Pins (`Some`) or unpins (`None`) the API; returns the transition of publication, if
@@ -229,10 +247,10 @@ mod tests {
     #[test]
     fn a_sustained_breach_delists_at_once() {
         let mut s = ApiState::default();
-        let t = breach(&mut s, true, true, H).expect("delisted");
+        let t = breach(&mut s, Window::Breaching, true, H).expect("delisted");
         assert_eq!((t.to, t.listed), (Grade::Failing, false));
         assert_eq!(
-            breach(&mut s, true, true, H),
+            breach(&mut s, Window::Breaching, true, H),
             None,
             "still breaching: no event"
         );
@@ -242,27 +260,34 @@ mod tests {
     fn a_breach_relists_only_once_cleared_and_after_m_passes() {
         let mut s = ApiState::default();
         run(&mut s, &[true, true, true]);
-        breach(&mut s, true, true, H).expect("delisted");
+        breach(&mut s, Window::Breaching, true, H).expect("delisted");
         // Passes while the window breaches never relist.
         assert_eq!(run(&mut s, &[true, true, true]), [None, None, None]);
         assert!(!s.listed());
         // Cleared with M passes behind it: relisted at once.
-        let t = breach(&mut s, false, true, H).expect("relisted");
+        let t = breach(&mut s, Window::Inconclusive, true, H).expect("relisted");
         assert_eq!((t.to, t.listed), (Grade::Conformant, true));
 
         // Cleared without M passes: still failing until they come.
-        breach(&mut s, true, true, H).expect("delisted");
+        breach(&mut s, Window::Breaching, true, H).expect("delisted");
         run(&mut s, &[true, false]);
-        assert_eq!(breach(&mut s, false, true, H), None);
+        assert_eq!(breach(&mut s, Window::Inconclusive, true, H), None);
         assert!(!s.listed() && !s.breaching);
         assert_eq!(observe(&mut s, true, H), None);
         let t = observe(&mut s, true, H).expect("relisted after M passes");
         assert!(t.listed);
 
-        // Not probed: the window clearing relists.
+        // Not probed: its own silence (delisted, no traffic) never relists it — it would
+        // flap; a window that shows compliance (traffic under an operator's pin) does.
         let mut s = ApiState::default();
-        breach(&mut s, true, false, H).expect("delisted");
-        assert!(breach(&mut s, false, false, H).expect("relisted").listed);
+        breach(&mut s, Window::Breaching, false, H).expect("delisted");
+        assert_eq!(breach(&mut s, Window::Inconclusive, false, H), None);
+        assert!(!s.listed() && s.breaching);
+        assert!(
+            breach(&mut s, Window::Compliant, false, H)
+                .expect("relisted")
+                .listed
+        );
     }
 
     #[test]
@@ -275,7 +300,7 @@ mod tests {
             at: 0,
         };
         pin(&mut s, Some(listed));
-        let t = breach(&mut s, true, true, H).expect("the grade changes");
+        let t = breach(&mut s, Window::Breaching, true, H).expect("the grade changes");
         assert_eq!((t.to, t.was_listed, t.listed), (Grade::Failing, true, true));
     }
 

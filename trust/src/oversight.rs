@@ -612,6 +612,8 @@ pub struct BreachVerdict {
     pub breaching: bool,
     /// Whether the window had any traffic of the API.
     pub traffic: bool,
+    /// Whether it had enough to conclude and broke no rule.
+    pub compliant: bool,
     /// The rules broken (empty when none).
     pub rules: Vec<String>,
     /// The evaluation (rule, window, numbers): stored, and the evidence of an event.
@@ -649,7 +651,12 @@ pub fn apply_breaches(
             continue;
         }
         state.evaluation = Some(v.evaluation.clone());
-        let t = grade::breach(&mut state, v.breaching, probed, h);
+        let window = match (v.breaching, v.compliant) {
+            (true, _) => grade::Window::Breaching,
+            (false, true) => grade::Window::Compliant,
+            (false, false) => grade::Window::Inconclusive,
+        };
+        let t = grade::breach(&mut state, window, probed, h);
         save_state(tx, provider, v.api, &state)?;
         if let Some(t) = t {
             record_event(tx, provider, v.api, "sla", t, &v.evaluation)?;

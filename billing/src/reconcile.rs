@@ -33,10 +33,20 @@ pub struct PeriodRow {
     pub lines: u64,
 }
 
-/// The usage answer: `{"rows": [...]}`.
+/// The usage answer: the trust sidecar's `{"from", "to", "time_zone", "rows": [...]}`
+/// (the period fields optional, so that a bare `{"rows": [...]}` is read as well).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UsageReport {
+    /// The first local day of the period, when the answer names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Date>,
+    /// The last local day, when named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<Date>,
+    /// The time zone of the days, when named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
     /// One row per API user × provider × route × class.
     pub rows: Vec<PeriodRow>,
 }

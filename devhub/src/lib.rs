@@ -29,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 mod banks;
+mod billing;
 pub mod cluster;
 mod consents;
 mod hubconfig;
@@ -164,6 +165,12 @@ pub enum DemoError {
     /// The trust sidecar refused the demo's participants or consents.
     #[error("trust sidecar seed: {0}")]
     Seed(#[from] trust::error::Error),
+    /// The trust sidecar's configuration file (or the tariff it names) is invalid.
+    #[error("trust configuration: {0}")]
+    TrustConfig(#[from] trust::config_file::FileError),
+    /// The trust sidecar's configuration file could not be written.
+    #[error("trust configuration: {0}")]
+    Toml(#[from] toml::ser::Error),
     /// The demo issuer's key was refused as a signing key.
     #[error("token signing key: {0}")]
     Key(#[from] trust::keys::KeyError),
@@ -240,10 +247,15 @@ pub fn prepare(args: &DemoArgs) -> Result<Prepared, DemoError> {
         records,
         manifest: mut manifest_consents,
     } = consents::demo_consents(&world.ids, &banks::data_of(&world.banks), 0)?;
-    let running = if with_trust {
+    // Billing on with the sidecar: its configuration file names the demo's tariff.
+    let billing_files = with_trust
+        .then(|| billing::write(&world.paths.dir, None))
+        .transpose()?;
+    let running = if let Some(files) = &billing_files {
         Some(seed_trust(
             &world,
             (args.trust_port, args.probe_interval_ms),
+            files,
             records,
             &mut manifest_consents,
         )?)
@@ -254,7 +266,13 @@ pub fn prepare(args: &DemoArgs) -> Result<Prepared, DemoError> {
     };
     let trust_url = running.as_ref().map(|r| r.url().to_string());
     write_hub_config(&world, args, trust_url.as_deref())?;
-    let manifest_json = demo_manifest(&world, args, trust_url, manifest_consents);
+    let manifest_json = demo_manifest(
+        &world,
+        args,
+        trust_url,
+        billing_files.as_ref(),
+        manifest_consents,
+    );
     manifest::write_manifest(&world.paths.manifest, &manifest_json)?;
 
     let World {
@@ -360,6 +378,7 @@ fn demo_runtime(with_trust: bool, dir: &Path) -> Result<tokio::runtime::Runtime,
 fn seed_trust(
     world: &World,
     (port, probe_interval_ms): (u16, u64),
+    files: &billing::BillingFiles,
     records: Vec<ConsentRecord>,
     manifest_consents: &mut [serde_json::Value],
 ) -> Result<trust::Running, DemoError> {
@@ -375,6 +394,7 @@ fn seed_trust(
         Duration::from_millis(probe_interval_ms),
         world.paths.provider_outbox.clone(),
     ));
+    billing::apply(&mut config, &files.config)?;
     let bank_urls = world.bank_urls();
     let data: Vec<&sandbox::data::BankData> = world.banks.iter().map(|b| &**b.data()).collect();
     world.runtime.block_on(async {
@@ -450,6 +470,7 @@ fn demo_manifest(
     world: &World,
     args: &DemoArgs,
     trust_url: Option<String>,
+    billing_files: Option<&billing::BillingFiles>,
     consents: Vec<serde_json::Value>,
 ) -> serde_json::Value {
     let paths = &world.paths;
@@ -468,6 +489,7 @@ fn demo_manifest(
             otp_outbox: paths.otp_outbox.clone(),
             db: serde_json::json!(paths.trust_db),
             provider_outbox: paths.provider_outbox.clone(),
+            billing: billing_files.map(billing::manifest_json),
         }),
         consents,
     })

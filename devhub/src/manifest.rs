@@ -21,6 +21,9 @@ pub(crate) struct TrustInfo {
     /// `provider_outbox`: where the development notifier appends providers' notices
     /// (grade and publication changes of their APIs).
     pub provider_outbox: PathBuf,
+    /// `billing`: the tariff, the sidecar's configuration file and the usage and
+    /// statement routes (when billing is on).
+    pub billing: Option<Value>,
 }
 
 /// What the manifest names.
@@ -90,6 +93,9 @@ pub(crate) fn manifest_json(m: ManifestInputs<'_>) -> Value {
         o.insert("otp_outbox".into(), json!(t.otp_outbox));
         o.insert("trust_db".into(), t.db);
         o.insert("provider_outbox".into(), json!(t.provider_outbox));
+        if let Some(b) = t.billing {
+            o.insert("billing".into(), b);
+        }
         if let Some(op) = pki.operator() {
             o.insert(
                 "operator".into(),

@@ -122,13 +122,16 @@ pub fn spawn_demo_with(exe: &str, extra: &[&str]) -> (Demo, Ports) {
     (Demo { child, dir }, ports)
 }
 
-/// Waits until the demo's admin listener says it is ready; its manifest.
+/// Waits until the demo's admin listener says it is ready (and, with the sidecar, the hub
+/// has loaded its first snapshot); its manifest.
 pub async fn ready_manifest(demo: &mut Demo, admin: u16) -> Value {
     let admin_addr = std::net::SocketAddr::from(([127, 0, 0, 1], admin));
     let t0 = Instant::now();
     loop {
         if let Ok((200, _)) = admin_request(admin_addr, "GET", "/readyz").await {
-            break;
+            if sidecar_snapshot_loaded(demo, admin_addr).await {
+                break;
+            }
         }
         if let Ok(Some(status)) = demo.child.try_wait() {
             panic!("the demo exited ({status}):\n{}", demo.log());
@@ -141,6 +144,24 @@ pub async fn ready_manifest(demo: &mut Demo, admin: u16) -> Value {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     serde_json::from_str(&read(&demo.dir.join("manifest.json"))).expect("manifest")
+}
+
+/// With the trust sidecar, whether the hub has loaded its first snapshot (consents and
+/// participants): `/readyz` answers once the listener accepts, before that, and a request
+/// in between is refused as from an unknown participant. Always true with a file.
+async fn sidecar_snapshot_loaded(demo: &Demo, admin: std::net::SocketAddr) -> bool {
+    let manifest = std::fs::read_to_string(demo.dir.join("manifest.json")).unwrap_or_default();
+    let from_trust =
+        serde_json::from_str::<Value>(&manifest).is_ok_and(|m| m["consents_from"] == "trust");
+    if !from_trust {
+        return true;
+    }
+    match admin_request(admin, "GET", "/metrics").await {
+        Ok((200, text)) => {
+            crate::hub::metric(&text, "hub_consent_feed_version").is_some_and(|v| v >= 1.0)
+        }
+        _ => false,
+    }
 }
 
 /// A plain client (no document describes the development route) of a bank's control

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use cluster_support::*;
-use e2e::demo::{faults_client, switch_to};
+use e2e::demo::switch_to;
 use e2e::*;
 use feed_wire::rollup::Histogram;
 use serde_json::Value;
@@ -145,30 +145,14 @@ fn the_sla_report_equals_the_recount_of_two_gateways_journals() {
     let r = start(0, |o| o.gateways = 2);
     let rt = runtime();
     let m = &r.manifest;
-    let bank0 = r.consent("c-authorised-full")["providers"][0]
-        .as_str()
-        .expect("provider")
-        .to_owned();
-    let faults_url = m["providers"]
-        .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["id"] == bank0.as_str()))
-        .and_then(|p| p["faults_url"].as_str())
-        .expect("faults_url")
-        .to_owned();
-    let faults = faults_client(m, &faults_url);
+    let faults = r.faults_of("c-authorised-full");
     rt.block_on(async {
         for i in 0..2 {
             traffic(&r, i, &faults).await;
         }
     });
     // Both gateways stop (SIGTERM: the partial minute is closed and pushed).
-    for pid in r.cluster.pids().gateways {
-        let ok = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .expect("kill");
-        assert!(ok.success());
-    }
+    r.stop_gateways();
     let dir = r.cluster.dir().to_owned();
     let mut lines = journal_requests(&dir.join("audit-1.jsonl"));
     lines.extend(journal_requests(&dir.join("audit-2.jsonl")));
@@ -242,15 +226,5 @@ fn the_sla_report_equals_the_recount_of_two_gateways_journals() {
         assert_eq!(&got[k], w, "{k:?}");
     }
     // The traffic was of every kind wanted.
-    let outcomes: std::collections::BTreeSet<&str> =
-        lines.iter().filter_map(|l| l["outcome"].as_str()).collect();
-    for o in [
-        "success",
-        "client_error",
-        "server_error",
-        "unreachable",
-        "refused",
-    ] {
-        assert!(outcomes.contains(o), "no {o} in {outcomes:?}");
-    }
+    assert_every_outcome(&lines);
 }

@@ -1,6 +1,6 @@
 //! The development hub (the `devhub` binary) as shipped (issue 4): one command starts
 //! the sandbox banks, the trust sidecar and the hub; the manifest names the sidecar
-//! (`trust_url`, `otp_outbox`) and lists the consents the sidecar holds, in every
+//! (`trust_url`, `otp_outbox`, `billing`) and lists the consents the sidecar holds, in every
 //! status; the manifest's pre-minted tokens and the sidecar's own tokens both verify at
 //! the hub; participants come from the sidecar's registry; each provider's `faults_url`
 //! breaks its bank and mends it (issue 14). The demo runs as a real child process on free
@@ -137,6 +137,37 @@ fn the_demo_runs_the_sidecar_and_the_hub_follows_it() {
             .get(&accounts_path(provider), Some(&token))
             .await;
         assert_eq!(r.status, 200, "{}", r.text());
+
+        // Billing is on: the manifest names the tariff and the sidecar its usage and
+        // statement routes (usage shows a minute's calls once the minute has closed, so
+        // the cluster test checks the figures; here the routes answer, not 503).
+        let tariff = PathBuf::from(m["billing"]["tariff"].as_str().expect("billing.tariff"));
+        assert!(
+            read(&tariff).contains("[[versions]]"),
+            "{}",
+            tariff.display()
+        );
+        let zone = jiff::tz::TimeZone::get("Asia/Almaty").expect("Asia/Almaty");
+        let today = jiff::Timestamp::now().to_zoned_datetime(zone).date();
+        let trust = client_of(&m, addr_of(trust_url), &user).api(Some(Api::Trust));
+        let billing = &m["billing"];
+        for path in [
+            format!(
+                "{}?from={today}&to={today}",
+                billing["usage"].as_str().expect("usage")
+            ),
+            format!(
+                "{}?month={:04}-{:02}",
+                billing["draft_statements"]
+                    .as_str()
+                    .expect("draft_statements"),
+                today.year(),
+                today.month()
+            ),
+        ] {
+            let r = trust.send(&Req::get(path.as_str())).await;
+            assert_eq!(r.status, 200, "{path}: {}", r.text());
+        }
 
         // The suspended API user is suspended in the registry, hence at the hub.
         let r = client_of(&m, hub, &user_of(USER_SUSPENDED))

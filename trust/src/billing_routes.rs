@@ -2,7 +2,8 @@
 //! operations behind them: operators read everyone's (`/v1/admin/usage`,
 //! `/v1/admin/report`, `/v1/admin/statements…`), a participant only its own, by its mTLS
 //! identity (`/v1/usage`, `/v1/statements…`); another participant's BIN in a parameter is
-//! refused, another's statement is not found.
+//! refused, another's statement is not found. Drafts (`…/statements/draft`) are a month's
+//! statements so far, computed by the issuing code and never stored.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,7 +19,9 @@ use crate::http::{
     full, method_not_allowed, ok, operator, query_strings, read_json, wants_csv, with_headers,
     Peer, Resp,
 };
-use crate::statements::{self, AdjustmentInput, BillingSettings, Issued, Month, StoredStatement};
+use crate::statements::{
+    self, AdjustmentInput, BillingSettings, DraftStatement, Issued, Month, StoredStatement,
+};
 use crate::usage::{self, Group, Range, Report, UsageAnswer};
 
 /// A usage or report query: `from`, `to` (local dates, inclusive), `group`, and
@@ -201,6 +204,41 @@ impl App {
         .await
     }
 
+    /// Month `m`'s statements so far, computed as issuing would and never stored.
+    pub async fn draft_statements(
+        self: &Arc<Self>,
+        m: Month,
+        participant: Option<Bin>,
+    ) -> Result<Vec<DraftStatement>, Error> {
+        let app = self.clone();
+        blocking(move || {
+            let b = app.billing()?;
+            let now = app.now();
+            app.db
+                .read(|sql| statements::drafts(sql, b, m, participant, now))
+        })
+        .await
+    }
+
+    /// One draft statement by the id it will have (`owner`: only if it is that
+    /// participant's).
+    pub async fn draft_statement(
+        self: &Arc<Self>,
+        id: String,
+        owner: Option<Bin>,
+    ) -> Result<DraftStatement, Error> {
+        let not_found = Error::NotFound("statement_not_found");
+        // Ids start with their month (`2026-11-api_user-…`).
+        let Some(m) = id.get(..7).and_then(|m| Month::parse("id", m).ok()) else {
+            return Err(not_found);
+        };
+        self.draft_statements(m, owner)
+            .await?
+            .into_iter()
+            .find(|d| d.id == id)
+            .ok_or(not_found)
+    }
+
     /// One statement (`owner`: only if it is that participant's).
     pub async fn statement(
         self: &Arc<Self>,
@@ -307,6 +345,11 @@ pub(crate) async fn admin_statements(
             let (month, participant) = list_query(&req)?;
             ok(&app.statements(month, participant).await?)
         }
+        (["draft"], Method::GET) => {
+            let (month, participant) = draft_query(&req)?;
+            ok(&app.draft_statements(month, participant).await?)
+        }
+        (["draft", id], Method::GET) => one_draft(app, req, (*id).to_owned(), None).await,
         (["issue"], Method::POST) => {
             let mut q = query(&req)?;
             let month = q
@@ -322,7 +365,7 @@ pub(crate) async fn admin_statements(
             Ok(crate::http::json(StatusCode::CREATED, &s))
         }
         (["issue"] | [_, "adjustments"], _) => Ok(method_not_allowed("POST")),
-        ([] | [_], _) => Ok(method_not_allowed("GET")),
+        ([] | [_] | ["draft", _], _) => Ok(method_not_allowed("GET")),
         _ => Err(Error::NotFound("route_not_found")),
     }
 }
@@ -346,9 +389,64 @@ pub(crate) async fn own_statements(
             }
             ok(&app.statements(month, Some(me)).await?)
         }
+        ["draft"] => {
+            let (month, participant) = draft_query(&req)?;
+            if participant.is_some_and(|p| p != me) {
+                return Err(Error::Forbidden("not_your_statements"));
+            }
+            ok(&app.draft_statements(month, Some(me)).await?)
+        }
+        ["draft", id] => one_draft(app, req, (*id).to_owned(), Some(me)).await,
         [id] => one(app, req, (*id).to_owned(), Some(me)).await,
         _ => Err(Error::NotFound("route_not_found")),
     }
+}
+
+/// Reads `month` (required) and `participant` (optional) and nothing else.
+fn draft_query(req: &Request<Incoming>) -> Result<(Month, Option<Bin>), Error> {
+    match list_query(req)? {
+        (Some(m), participant) => Ok((m, participant)),
+        (None, _) => Err(Error::BadRequest("month: required".into())),
+    }
+}
+
+/// The form a statement is asked in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Json,
+    Csv,
+    Text,
+}
+
+/// `?format=json|csv|text` (nothing else), or `Accept: text/csv`.
+fn format_of(req: &Request<Incoming>) -> Result<Format, Error> {
+    let mut q = query(req)?;
+    let format = q.remove("format");
+    no_other(&q, "format")?;
+    match format.as_deref() {
+        None if wants_csv(req) => Ok(Format::Csv),
+        None | Some("json") => Ok(Format::Json),
+        Some("csv") => Ok(Format::Csv),
+        Some("text") => Ok(Format::Text),
+        Some(_) => Err(Error::BadRequest("format: json, csv or text".into())),
+    }
+}
+
+/// A statement's answer in `format`, given its three forms.
+fn render(
+    format: Format,
+    json: impl FnOnce() -> Resp,
+    csv: impl FnOnce() -> Result<String, Error>,
+    text: impl FnOnce() -> Result<String, Error>,
+) -> Result<Resp, Error> {
+    let mut r = match format {
+        Format::Csv => text_response(csv()?, "text/csv; charset=utf-8"),
+        Format::Text => text_response(text()?, "text/plain; charset=utf-8"),
+        Format::Json => json(),
+    };
+    r.headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("accept"));
+    Ok(r)
 }
 
 /// One statement as JSON, CSV (`Accept: text/csv` or `?format=csv`) or printable text
@@ -359,25 +457,31 @@ async fn one(
     id: String,
     owner: Option<Bin>,
 ) -> Result<Resp, Error> {
-    let mut q = query(&req)?;
-    let format = q.remove("format");
-    no_other(&q, "format")?;
-    let format = match format.as_deref() {
-        None if wants_csv(&req) => "csv",
-        None | Some("json") => "json",
-        Some("csv") => "csv",
-        Some("text") => "text",
-        Some(_) => return Err(Error::BadRequest("format: json, csv or text".into())),
-    };
+    let format = format_of(&req)?;
     let s = app.statement(id, owner).await?;
-    let mut r = match format {
-        "csv" => text_response(s.parsed()?.to_csv(), "text/csv; charset=utf-8"),
-        "text" => text_response(statements::to_text(&s)?, "text/plain; charset=utf-8"),
-        _ => crate::http::json(StatusCode::OK, &s),
-    };
-    r.headers_mut()
-        .insert(header::VARY, HeaderValue::from_static("accept"));
-    Ok(r)
+    render(
+        format,
+        || crate::http::json(StatusCode::OK, &s),
+        || Ok(s.parsed()?.to_csv()),
+        || statements::to_text(&s),
+    )
+}
+
+/// One draft statement, in the same forms as an issued one (the text headed as a draft).
+async fn one_draft(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    id: String,
+    owner: Option<Bin>,
+) -> Result<Resp, Error> {
+    let format = format_of(&req)?;
+    let d = app.draft_statement(id, owner).await?;
+    render(
+        format,
+        || crate::http::json(StatusCode::OK, &d),
+        || Ok(d.statement.to_csv()),
+        || Ok(d.to_text()),
+    )
 }
 
 fn text_response(body: String, content_type: &'static str) -> Resp {

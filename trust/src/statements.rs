@@ -163,18 +163,7 @@ pub fn issue(tx: &mut Tx<'_>, settings: &BillingSettings, m: Month) -> Result<Is
     if let Some(done) = issued(tx, m)? {
         return Ok(done);
     }
-    let tariff = &settings.tariff;
-    let range = m.range()?;
-    let tz = tariff.time_zone();
-    let use_rows = usage::read_usage(tx, tz, range, None)?;
-    let customers = usage::read_customer_days(tx, tz, range)?;
-    let computed =
-        billing::statements(tariff, m.year, m.month, &use_rows, &customers).map_err(|e| {
-            Error::Unprocessable {
-                code: "statement_not_computable",
-                detail: e.to_string(),
-            }
-        })?;
+    let computed = compute(tx, settings, m)?;
     let now = tx.now();
     for s in &computed {
         let participant = s.participant.to_string();
@@ -204,6 +193,92 @@ pub fn issue(tx: &mut Tx<'_>, settings: &BillingSettings, m: Month) -> Result<Is
         statements: count,
         issued_at: now,
     })
+}
+
+/// Month `m`'s statements from the usage stored now: what issuing stores, and what a
+/// draft shows of a month so far. Customers are keys drawn for this run only.
+pub fn compute(
+    sql: &mut dyn Sql,
+    settings: &BillingSettings,
+    m: Month,
+) -> Result<Vec<Statement>, Error> {
+    let tariff = &settings.tariff;
+    let range = m.range()?;
+    let tz = tariff.time_zone();
+    let use_rows = usage::read_usage(sql, tz, range, None)?;
+    let customers = usage::read_customer_days(sql, tz, range)?;
+    billing::statements(tariff, m.year, m.month, &use_rows, &customers).map_err(|e| {
+        Error::Unprocessable {
+            code: "statement_not_computable",
+            detail: e.to_string(),
+        }
+    })
+}
+
+/// A statement computed on request from the usage so far (`…/statements/draft`): never
+/// stored, never issued, and marked so.
+#[derive(Debug, Clone, Serialize)]
+pub struct DraftStatement {
+    /// The id the statement will have once issued.
+    pub id: String,
+    /// The participant.
+    pub participant: String,
+    /// `api_user` or `provider`.
+    pub role: String,
+    /// `YYYY-MM`.
+    pub month: String,
+    /// Always `true`: a draft may still change as rollups arrive.
+    pub draft: bool,
+    /// When it was computed, Unix seconds.
+    pub computed_at: i64,
+    /// SHA-256 of the statement's canonical JSON as computed now (equal to the issued
+    /// statement's when nothing changes before issuing).
+    pub digest: String,
+    /// The statement (billing's JSON, as issued statements hold it).
+    pub statement: Statement,
+}
+
+impl DraftStatement {
+    fn new(s: Statement, computed_at: i64) -> DraftStatement {
+        DraftStatement {
+            id: statement_id(&s),
+            participant: s.participant.to_string(),
+            role: s.role.as_str().to_owned(),
+            month: s.month.clone(),
+            draft: true,
+            computed_at,
+            digest: s.digest(),
+            statement: s,
+        }
+    }
+
+    /// The printable form, headed as a draft.
+    pub fn to_text(&self) -> String {
+        let at = Timestamp::from_second(self.computed_at)
+            .map_or_else(|_| self.computed_at.to_string(), |t| t.to_string());
+        format!(
+            "DRAFT, not issued: the month's usage as of {at}; it may still change.\n\n{}",
+            self.statement.to_text()
+        )
+    }
+}
+
+/// Month `m`'s draft statements (all, or one participant's), ordered by participant and
+/// role like issued ones.
+pub fn drafts(
+    sql: &mut dyn Sql,
+    settings: &BillingSettings,
+    m: Month,
+    participant: Option<Bin>,
+    now: i64,
+) -> Result<Vec<DraftStatement>, Error> {
+    let mut out: Vec<DraftStatement> = compute(sql, settings, m)?
+        .into_iter()
+        .filter(|s| participant.is_none_or(|p| s.participant == p))
+        .map(|s| DraftStatement::new(s, now))
+        .collect();
+    out.sort_by(|a, b| (&a.participant, &a.role).cmp(&(&b.participant, &b.role)));
+    Ok(out)
 }
 
 /// A statement's id in URLs: billing's (`2026-03/api_user/100140000001`, unique per

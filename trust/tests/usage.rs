@@ -619,19 +619,47 @@ async fn events_are_counted_with_the_actions() {
     running.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_closed_month_is_issued_once_priced_as_billing_prices_it() {
-    let f = Fixture::new();
-    let clock = ManualClock::new(NOW);
-    let (running, c) = start(&f, &clock).await;
-    let consents_by_user = consents(&f, &c).await;
+/// November's calls of the deterministic traffic, pushed: the consents by API user and
+/// the calls.
+async fn november_pushed(
+    f: &Fixture,
+    c: &Client,
+) -> (HashMap<&'static str, Vec<String>>, Vec<Call>) {
+    let consents_by_user = consents(f, c).await;
     let calls: Vec<Call> = traffic(&consents_by_user)
         .into_iter()
         .filter(|c| c.minute >= NOV_1_LOCAL)
         .collect();
     for b in &batches(&calls) {
-        push(&c, &f, b).await;
+        push(c, f, b).await;
     }
+    (consents_by_user, calls)
+}
+
+/// Sets the clock past November's close and grace and waits (bounded) until the
+/// housekeeping leader has issued it: the listed statements.
+async fn issued_by_housekeeping(f: &Fixture, c: &Client, clock: &ManualClock) -> Value {
+    clock.set(DEC_1_LOCAL + 11 * 60);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let v = c
+            .get(Some(f.operator()), "/v1/admin/statements?month=2026-11")
+            .await
+            .expect(200);
+        if !v.as_array().unwrap().is_empty() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "no statements issued");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_month_is_issued_once_priced_as_billing_prices_it() {
+    let f = Fixture::new();
+    let clock = ManualClock::new(NOW);
+    let (running, c) = start(&f, &clock).await;
+    let (consents_by_user, calls) = november_pushed(&f, &c).await;
     let op = f.operator();
     let issue = "/v1/admin/statements/issue?month=2026-11";
     // Open, then within the grace period: refused.
@@ -641,19 +669,7 @@ async fn a_closed_month_is_issued_once_priced_as_billing_prices_it() {
         assert_eq!((r.status, r.code()), (409, "month_not_closed".to_owned()));
     }
     // Past the grace: the housekeeping leader issues it on its own.
-    clock.set(DEC_1_LOCAL + 11 * 60);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let listed = loop {
-        let v = c
-            .get(Some(op), "/v1/admin/statements?month=2026-11")
-            .await
-            .expect(200);
-        if !v.as_array().unwrap().is_empty() {
-            break v;
-        }
-        assert!(std::time::Instant::now() < deadline, "no statements issued");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    let listed = issued_by_housekeeping(&f, &c, &clock).await;
     // The operator's run finds it issued: nothing changes.
     let again = c
         .send(Some(op), "POST", issue, &[], vec![])
@@ -771,6 +787,121 @@ async fn a_closed_month_is_issued_once_priced_as_billing_prices_it() {
     let text = String::from_utf8_lossy(&text.body).into_owned();
     assert!(text.starts_with(&w.to_text()), "{text}");
     assert!(text.contains("goodwill credit"), "{text}");
+    running.stop().await;
+}
+
+/// A month's draft (computed on request, never stored) is what issuing that month then
+/// stores: the same statements, bodies and digests, in the same forms; a participant sees
+/// only its own drafts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draft_is_what_issuing_the_month_stores() {
+    let f = Fixture::new();
+    let clock = ManualClock::new(NOW);
+    let (running, c) = start(&f, &clock).await;
+    november_pushed(&f, &c).await;
+    let op = f.operator();
+    // November is open: its drafts exist, and asking for them stores nothing.
+    let drafts = c
+        .get(Some(op), "/v1/admin/statements/draft?month=2026-11")
+        .await
+        .expect(200);
+    conforms("DraftStatementList", &drafts);
+    let drafts = drafts.as_array().unwrap().clone();
+    assert!(drafts.len() >= 4, "{drafts:?}");
+    assert!(drafts.iter().all(|d| d["draft"] == true));
+    assert!(drafts
+        .iter()
+        .any(|d| d["statement"]["totals"]["amount"] != "0.00"));
+    let none = c
+        .get(Some(op), "/v1/admin/statements?month=2026-11")
+        .await
+        .expect(200);
+    assert_eq!(none, json!([]));
+    let r = c.get(Some(op), "/v1/admin/statements/draft").await;
+    assert_eq!((r.status, r.code()), (400, "bad_request".to_owned()));
+
+    // A participant: its own drafts only; another's refused or not found.
+    let a = f.user(USER_A);
+    let own = c
+        .get(Some(a), "/v1/statements/draft?month=2026-11")
+        .await
+        .expect(200);
+    let mine: Vec<&Value> = drafts
+        .iter()
+        .filter(|d| d["participant"] == USER_A)
+        .collect();
+    assert_eq!(own.as_array().unwrap().iter().collect::<Vec<_>>(), mine);
+    let r = c
+        .get(
+            Some(a),
+            &format!("/v1/statements/draft?month=2026-11&participant={USER_B}"),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (403, "not_your_statements".to_owned())
+    );
+    let theirs = format!("2026-11-api_user-{USER_B}");
+    let r = c
+        .get(Some(a), &format!("/v1/statements/draft/{theirs}"))
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (404, "statement_not_found".to_owned())
+    );
+    assert_eq!(
+        c.get(Some(a), "/v1/admin/statements/draft?month=2026-11")
+            .await
+            .status,
+        403
+    );
+
+    // Closed and issued (by the housekeeping leader once past the grace): the same.
+    let issued = issued_by_housekeeping(&f, &c, &clock).await;
+    let issued = issued.as_array().unwrap();
+    assert_eq!(issued.len(), drafts.len());
+    for (d, i) in drafts.iter().zip(issued) {
+        assert_eq!(d["id"], i["id"]);
+        assert_eq!(d["statement"], i["statement"], "{}", d["id"]);
+        assert_eq!(d["digest"], i["digest"], "{}", d["id"]);
+    }
+    // The forms: billing's CSV as issued; the text is the issued one's, headed DRAFT.
+    let id = format!("2026-11-api_user-{USER_A}");
+    for (q, header) in [("?format=csv", None), ("", Some(("accept", "text/csv")))] {
+        let headers: Vec<(&str, &str)> = header.into_iter().collect();
+        let draft = c
+            .send(
+                Some(op),
+                "GET",
+                &format!("/v1/admin/statements/draft/{id}{q}"),
+                &headers,
+                vec![],
+            )
+            .await;
+        let issued = c
+            .send(
+                Some(op),
+                "GET",
+                &format!("/v1/admin/statements/{id}{q}"),
+                &headers,
+                vec![],
+            )
+            .await;
+        assert_eq!((draft.status, issued.status), (200, 200));
+        assert_eq!(draft.body, issued.body);
+    }
+    let text = c
+        .get(Some(a), &format!("/v1/statements/draft/{id}?format=text"))
+        .await;
+    assert_eq!(text.status, 200);
+    let text = String::from_utf8_lossy(&text.body).into_owned();
+    assert!(text.starts_with("DRAFT, not issued"), "{text}");
+    let issued_text = c
+        .get(Some(op), &format!("/v1/admin/statements/{id}?format=text"))
+        .await;
+    let issued_text = String::from_utf8_lossy(&issued_text.body).into_owned();
+    let body = issued_text.split("\nStatement ").next().unwrap();
+    assert!(text.ends_with(body), "{text}\n---\n{issued_text}");
     running.stop().await;
 }
 

@@ -174,6 +174,25 @@ fn reconcile(
     let text = std::fs::read_to_string(usage).map_err(|e| format!("{}: {e}", usage.display()))?;
     let reported: UsageReport =
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", usage.display()))?;
+    // An answer for another period or time zone would show differences that are none.
+    let period = (reported.from.unwrap_or(from), reported.to.unwrap_or(to));
+    if period != (from, to) {
+        return Err(format!(
+            "{}: the answer is for {} to {}, not --from {from} --to {to}",
+            usage.display(),
+            period.0,
+            period.1
+        ));
+    }
+    if let Some(zone) = reported.time_zone.as_deref() {
+        if Some(zone) != tz.iana_name() {
+            return Err(format!(
+                "{}: the answer's days are of {zone}, the tariff's of {}",
+                usage.display(),
+                tz.iana_name().unwrap_or("a fixed offset")
+            ));
+        }
+    }
     let recomputed = read_journals(journals, from, to, &tz)?;
     let expected = period_rows(&recomputed.usage, tariff.as_ref()).map_err(|e| e.to_string())?;
     let differences = reconcile_periods(&expected, &reported.rows);

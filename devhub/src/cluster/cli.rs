@@ -75,6 +75,10 @@ pub struct ClusterArgs {
     /// Also run a synchronous standby; the replicas reach whichever is the primary.
     #[arg(long)]
     pub standby: bool,
+    /// The trust replicas' tariff file (docs/billing.md; default: the demo's,
+    /// conf/tariff.example.toml).
+    #[arg(long)]
+    pub tariff: Option<PathBuf>,
 }
 
 /// A serde enum (`deny`, `balances`, …) from its name.
@@ -178,6 +182,7 @@ fn options(args: &ClusterArgs) -> Result<ClusterOptions, ClusterError> {
     o.probe_interval_ms = args.probe_interval_ms;
     o.max_staleness_secs = args.max_staleness_secs;
     o.standby = args.standby;
+    o.tariff = args.tariff.clone();
     Ok(o)
 }
 

@@ -58,12 +58,15 @@ impl Cluster {
 
     /// Restarts gateway `i` the way an operator does: SIGTERM (it drains, closes its
     /// journal and pushes its partial rollup minute), then the same configuration and
-    /// journal again, waiting until the new process is ready (a new rollup epoch).
+    /// journal again, waiting until the new process is ready with the consents and
+    /// participants the old one had (its feed at least at the old one's version: `/readyz`
+    /// alone answers before the first snapshot from the sidecar), a new rollup epoch.
     pub fn restart_gateway(&mut self, i: usize) -> Result<u32, ClusterError> {
         let (spec, piece) = self
             .gateways
             .get_mut(i)
             .ok_or_else(|| ClusterError::NoSuchPiece(format!("gateway {i}")))?;
+        let head = spec.feed_version();
         piece.terminate(STOP_GRACE, &mut self.reaper);
         let name = piece.name.clone();
         *piece = spec.start(
@@ -71,7 +74,7 @@ impl Cluster {
             &self.options.log_filter,
             &mut self.reaper,
         )?;
-        spec.wait_ready(piece, 0, self.options.ready_timeout)?;
+        spec.wait_ready(piece, head, self.options.ready_timeout)?;
         let pid = piece.pid;
         self.reported.retain(|n| *n != name);
         self.write_manifest()?;

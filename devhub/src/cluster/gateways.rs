@@ -144,6 +144,14 @@ impl GatewaySpec {
         Piece::spawn(&self.name, cmd, &self.log, reaper)
     }
 
+    /// Its consent feed's version now (0 when it does not answer).
+    pub fn feed_version(&self) -> u64 {
+        http_get(self.admin, "/metrics")
+            .ok()
+            .and_then(|(_, text)| metric(&text, "hub_consent_feed_version"))
+            .map_or(0, |v| v as u64)
+    }
+
     /// Waits until it is ready and its feed reached version `head`.
     pub fn wait_ready(
         &self,

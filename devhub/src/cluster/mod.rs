@@ -188,6 +188,9 @@ pub struct ClusterOptions {
     pub ready_timeout: Duration,
     /// `RUST_LOG` of the trust replicas and gateways.
     pub log_filter: String,
+    /// The replicas' tariff (`[billing]` of their configuration file): default the
+    /// demo's (conf/tariff.example.toml); a test gives its own.
+    pub tariff: Option<PathBuf>,
 }
 
 impl ClusterOptions {
@@ -210,6 +213,7 @@ impl ClusterOptions {
             standby: false,
             ready_timeout: Duration::from_secs(60),
             log_filter: "info".into(),
+            tariff: None,
         }
     }
 }
@@ -286,6 +290,8 @@ pub struct Cluster {
     db: Database,
     redis: Redis,
     trust: Vec<(Launch, Piece)>,
+    /// The replicas' configuration file and the tariff it names (once written).
+    billing: Option<crate::billing::BillingFiles>,
     gateways: Vec<(GatewaySpec, Piece)>,
     banks: Vec<Piece>,
     /// Names of pieces whose exit was reported already.
@@ -318,6 +324,7 @@ pub fn start(options: &ClusterOptions) -> Result<Cluster, ClusterError> {
         db,
         redis,
         trust: Vec::new(),
+        billing: None,
         gateways: Vec::new(),
         banks: Vec::new(),
         reported: Vec::new(),
@@ -423,6 +430,10 @@ impl Cluster {
             self.options.probe_interval_ms,
             &self.provider_outbox(),
         ));
+        // Billing on: the configuration file names the tariff (the demo's or the test's).
+        let files = crate::billing::write(&self.dirs.root, self.options.tariff.as_deref())?;
+        args.extend(["--config".into(), files.config.clone().into()]);
+        self.billing = Some(files);
         for i in 0..self.options.trust_replicas.max(1) {
             let mut launch = Launch::new(i, args.clone(), &self.dirs);
             let piece = launch.start(
@@ -460,6 +471,7 @@ impl Cluster {
                 otp_outbox: self.otp_outbox(),
                 db: json!(self.db.url()),
                 provider_outbox: self.provider_outbox(),
+                billing: self.billing.as_ref().map(crate::billing::manifest_json),
             }),
             consents,
         });

@@ -181,6 +181,46 @@ impl Running {
         out
     }
 
+    /// A client of the fault control route of consent `id`'s (first) provider's bank,
+    /// with the hub's client certificate.
+    pub fn faults_of(&self, id: &str) -> Client {
+        let provider = self.consent(id)["providers"][0].as_str().expect("provider");
+        let url = self.manifest["providers"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["id"] == provider))
+            .and_then(|p| p["faults_url"].as_str())
+            .expect("faults_url");
+        e2e::demo::faults_client(&self.manifest, url)
+    }
+
+    /// Stops every gateway with SIGTERM (each closes and pushes its partial rollup
+    /// minute and closes its journal) and waits (bounded) until each has exited.
+    pub fn stop_gateways(&self) {
+        for pid in self.cluster.pids().gateways {
+            let ok = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .expect("kill");
+            assert!(ok.success());
+            // Gone, or a zombie its parent has not reaped yet.
+            let exited = || {
+                std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .map(|s| {
+                        s.rsplit(')')
+                            .next()
+                            .is_some_and(|r| r.trim_start().starts_with('Z'))
+                    })
+                    .unwrap_or(true)
+            };
+            let done = poll_until(Duration::from_secs(20), || exited().then_some(()));
+            assert!(
+                done.is_some(),
+                "gateway {pid} did not exit\n{}",
+                self.logs()
+            );
+        }
+    }
+
     /// The first account of consent `id`'s customer (at its first provider).
     pub fn account(&self, id: &str) -> String {
         self.consent(id)["account_ids"][0]
@@ -203,6 +243,22 @@ impl Running {
         text.lines()
             .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
             .unwrap_or(0.0)
+    }
+}
+
+/// Requires the journal lines to hold every outcome the traffic tests want counted:
+/// successes, the bank's 4xx and 5xx, an unreachable bank, hub refusals.
+pub fn assert_every_outcome(lines: &[Value]) {
+    let outcomes: std::collections::BTreeSet<&str> =
+        lines.iter().filter_map(|l| l["outcome"].as_str()).collect();
+    for o in [
+        "success",
+        "client_error",
+        "server_error",
+        "unreachable",
+        "refused",
+    ] {
+        assert!(outcomes.contains(o), "no {o} in {outcomes:?}");
     }
 }
 

@@ -327,8 +327,9 @@ pub struct StoredStatement {
     pub digest: String,
     /// When it was issued, Unix seconds.
     pub issued_at: i64,
-    /// The statement (billing's JSON).
-    pub statement: serde_json::Value,
+    /// The statement (billing's JSON, its members in the order its digest covers, so the
+    /// served JSON can be checked against the digest).
+    pub statement: Statement,
     /// Corrections, oldest first.
     pub adjustments: Vec<AdjustmentView>,
 }
@@ -336,7 +337,7 @@ pub struct StoredStatement {
 impl StoredStatement {
     /// The statement as billing computed it (for its CSV and printable forms).
     pub fn parsed(&self) -> Result<Statement, Error> {
-        Ok(serde_json::from_value(self.statement.clone())?)
+        Ok(self.statement.clone())
     }
 }
 

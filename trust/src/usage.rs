@@ -301,10 +301,15 @@ pub fn read_customer_days(
     tz: &TimeZone,
     range: Range,
 ) -> Result<Vec<CustomerDay>, Error> {
-    let query = "SELECT r.api_user, r.provider, c.customer, r.route, CAST(SUM(r.calls) AS BIGINT)
-         FROM rollup_consents r JOIN consents c ON c.id = r.consent AND c.api_user = r.api_user
+    // A consent the table does not hold (of another API user, or not known here) is its
+    // own customer: its calls still get the free threshold, as `hub-billing statement`
+    // counts them without a customer map.
+    let query = "SELECT r.api_user, r.provider, COALESCE(c.customer, '#' || r.consent), r.route,
+                CAST(SUM(r.calls) AS BIGINT)
+         FROM rollup_consents r
+         LEFT JOIN consents c ON c.id = r.consent AND c.api_user = r.api_user
          WHERE r.minute >= $1 AND r.minute < $2
-         GROUP BY r.api_user, r.provider, c.customer, r.route";
+         GROUP BY r.api_user, r.provider, COALESCE(c.customer, '#' || r.consent), r.route";
     let mut keys: HashMap<String, String> = HashMap::new();
     let mut out = Vec::new();
     for day in days(range) {

@@ -576,7 +576,7 @@ fn live_checks_default_to_one_percent_and_name_their_fields() {
         .load(|c| c.live_checks.sample_rate = at(0.0))
         .expect("0 is no answer");
     assert_eq!(all.live.sample_rate, 0.0);
-    let cases: [(LiveCheckSection, &str); 5] = [
+    let cases: [(LiveCheckSection, &str); 6] = [
         (
             LiveCheckSection {
                 sample_rate: at(1.5),
@@ -608,6 +608,15 @@ fn live_checks_default_to_one_percent_and_name_their_fields() {
         (
             LiveCheckSection {
                 queue: 0,
+                ..Default::default()
+            },
+            "live_checks.queue",
+        ),
+        (
+            // Each within its range, together over what the validator's queue may hold.
+            LiveCheckSection {
+                queue: 4096,
+                max_body_bytes: 1 << 20,
                 ..Default::default()
             },
             "live_checks.queue",

@@ -24,32 +24,9 @@ const MAX_AHEAD_SECS: i64 = 300;
 /// Rows per multi-row `INSERT` (at most 9 parameters each: well under both engines' limits).
 const INSERT_CHUNK: usize = 200;
 
-/// The contract's routes (contract §2) as rollups and reports name them.
-pub const ROUTES: [&str; 5] = [
-    "GET /v1/providers/{provider_id}/accounts",
-    "GET /v1/providers/{provider_id}/accounts/{account_id}",
-    "GET /v1/providers/{provider_id}/accounts/{account_id}/balances",
-    "GET /v1/providers/{provider_id}/accounts/{account_id}/transactions",
-    "GET /v1/open-data/{provider_id}/{dataset}",
-];
-
-/// The route that returns transaction lines.
-const TRANSACTIONS: &str = ROUTES[3];
-/// What a call that matched no route is filed under.
-pub const NO_ROUTE: &str = "-";
-
-/// The stored spelling of a route: a contract template with its method (the wire
-/// format's spelling), also accepted without it (the audit journal's spelling: every
-/// contract route is a `GET`), or `-`.
-pub fn canonical_route(route: &str) -> Option<&'static str> {
-    if route == NO_ROUTE {
-        return Some(NO_ROUTE);
-    }
-    ROUTES
-        .iter()
-        .find(|r| **r == route || r.strip_prefix("GET ") == Some(route))
-        .copied()
-}
+/// The contract's routes (contract §2) as rollups, reports and usage name them: one table,
+/// the billing crate's (a call is priced under the same spelling it is stored under).
+pub use billing::routes::{canonical_route, NO_ROUTE, ROUTES, TRANSACTIONS};
 
 /// The answer to a push.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -462,7 +462,7 @@ async fn one(
     render(
         format,
         || crate::http::json(StatusCode::OK, &s),
-        || Ok(s.parsed()?.to_csv()),
+        || Ok(s.statement.to_csv()),
         || statements::to_text(&s),
     )
 }

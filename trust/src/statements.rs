@@ -334,13 +334,6 @@ pub struct StoredStatement {
     pub adjustments: Vec<AdjustmentView>,
 }
 
-impl StoredStatement {
-    /// The statement as billing computed it (for its CSV and printable forms).
-    pub fn parsed(&self) -> Result<Statement, Error> {
-        Ok(self.statement.clone())
-    }
-}
-
 const COLUMNS: &str = "id, participant, role, month, body, digest, issued_at";
 
 fn from_row(sql: &mut dyn Sql, r: &Row) -> Result<StoredStatement, StoreError> {
@@ -464,7 +457,7 @@ pub fn adjust(
 
 /// The printable form: billing's text, then the adjustments.
 pub fn to_text(s: &StoredStatement) -> Result<String, Error> {
-    let mut out = s.parsed()?.to_text();
+    let mut out = s.statement.to_text();
     out.push_str(&format!("\nStatement {}  digest {}\n", s.id, s.digest));
     if !s.adjustments.is_empty() {
         out.push_str("\nAdjustments\n");

@@ -115,9 +115,14 @@ impl ServeHttp for Admin {
                         serde_json::json!({"status": "ready", "generation": self.state.generation()}),
                     )
                 } else {
+                    let waiting = if self.state.awaits_control_plane() {
+                        "the first snapshot of the control plane"
+                    } else {
+                        "the listener"
+                    };
                     json(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        serde_json::json!({"status": "starting"}),
+                        serde_json::json!({"status": "starting", "waiting": waiting}),
                     )
                 }
             }

@@ -410,7 +410,6 @@ impl FeedStatus {
     }
 
     /// Whether a snapshot has been loaded.
-    #[cfg(test)]
     pub fn loaded(&self) -> bool {
         self.loaded.load(Ordering::Acquire)
     }

@@ -422,6 +422,9 @@ impl BackgroundService for Maintenance {
                 }
                 _ = watch.tick() => self.state.follow_consent_file(&mut backoff).await,
                 _ = ready_probe.tick(), if !self.state.ready.load(Ordering::Relaxed) => {
+                    if self.state.awaits_control_plane() {
+                        continue;
+                    }
                     if tokio::net::TcpStream::connect(self.state.process.listen).await.is_ok() {
                         self.state.ready.store(true, Ordering::Relaxed);
                         tracing::info!(listen = %self.state.process.listen, "ready");

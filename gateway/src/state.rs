@@ -149,6 +149,14 @@ impl State {
         self.snapshot().trust().cloned()
     }
 
+    /// Whether the trust sidecar is the control plane and no snapshot of it has been
+    /// loaded yet: until then the process is not ready (`/readyz` 503), so a load balancer
+    /// sends it no traffic it could only refuse. Once loaded, readiness stays: a sidecar
+    /// lost later is row 7's business (consent routes 503, open data served).
+    pub fn awaits_control_plane(&self) -> bool {
+        self.trust_plane().is_some_and(|p| !p.status.loaded())
+    }
+
     /// Replaces the whole consent store (a snapshot loaded from the sidecar).
     pub fn replace_consents(&self, store: ConsentStore) {
         self.publisher.consents().store(Arc::new(store));

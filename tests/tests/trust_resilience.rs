@@ -267,7 +267,38 @@ struct SecondGateway {
 }
 
 impl SecondGateway {
+    /// Starts it and waits until its `/readyz` answers 200.
     fn start(hub: &Hub) -> SecondGateway {
+        let mut g = SecondGateway::spawn(hub);
+        if g.readyz_until(Duration::from_secs(30), 200).is_none() {
+            let text = std::fs::read_to_string(&g.stderr).unwrap_or_default();
+            g.shutdown();
+            panic!("the second gateway did not start; stderr:\n{text}");
+        }
+        g
+    }
+
+    /// Polls `/readyz` until it answers `status` (its body), the process exits or
+    /// `deadline` passes (`None`).
+    fn readyz_until(&self, deadline: Duration, status: u16) -> Option<String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        poll_until(deadline, || {
+            if !alive(self.pid) {
+                return Some(None);
+            }
+            match rt.block_on(e2e::http::admin_request(self.admin, "GET", "/readyz")) {
+                Ok((s, body)) if s == status => Some(Some(body)),
+                _ => None,
+            }
+        })
+        .flatten()
+    }
+
+    /// Starts it without waiting for readiness.
+    fn spawn(hub: &Hub) -> SecondGateway {
         let mut config = e2e::hub::read_config(&hub.config_path);
         let (port, admin_port) = (free_port(), free_port());
         config.server.listen = at(format!("127.0.0.1:{port}"));
@@ -298,34 +329,14 @@ wait "$pid""#;
             .read_line(&mut line)
             .expect("pid");
         let pid: u32 = line.trim().parse().expect("pid");
-        let mut g = SecondGateway {
+        SecondGateway {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
             pid,
             stdin: watchdog.stdin.take(),
             watchdog: Some(watchdog),
             stderr,
-        };
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let ready = poll_until(Duration::from_secs(30), || {
-            if !alive(g.pid) {
-                return Some(false);
-            }
-            matches!(
-                rt.block_on(e2e::http::admin_request(g.admin, "GET", "/readyz")),
-                Ok((200, _))
-            )
-            .then_some(true)
-        });
-        if ready != Some(true) {
-            let text = std::fs::read_to_string(&g.stderr).unwrap_or_default();
-            g.shutdown();
-            panic!("the second gateway did not start; stderr:\n{text}");
         }
-        g
     }
 
     fn shutdown(&mut self) {
@@ -1219,4 +1230,35 @@ fn restart_while_serving_leaves_no_version_gap_and_no_stale_allow() {
     drop(sidecar);
     drop(second);
     drop(hub);
+}
+
+/// A gateway whose sidecar cannot be reached at start is not ready (`/readyz` 503, saying
+/// what it waits for) until the first snapshot is loaded; then it is, without a restart.
+#[test]
+fn a_gateway_is_ready_only_once_it_holds_the_control_plane_s_first_snapshot() {
+    let (hub, spec, mut sidecar) = hub_with_sidecar(10);
+    sidecar.stop();
+    let mut second = SecondGateway::spawn(&hub);
+    let waiting = second
+        .readyz_until(Duration::from_secs(30), 503)
+        .expect("/readyz 503 while the sidecar is down");
+    let v: Value = serde_json::from_str(&waiting).expect("readyz JSON");
+    assert_eq!(v["status"], "starting", "{waiting}");
+    assert_eq!(
+        v["waiting"], "the first snapshot of the control plane",
+        "{waiting}"
+    );
+    // Still not ready a while later: nothing but the snapshot makes it so.
+    assert!(
+        second
+            .readyz_until(Duration::from_millis(700), 200)
+            .is_none(),
+        "ready without a snapshot"
+    );
+    let _sidecar = spec.start();
+    let ready = second.readyz_until(Duration::from_secs(30), 200);
+    let text = std::fs::read_to_string(&second.stderr).unwrap_or_default();
+    second.shutdown();
+    let ready = ready.unwrap_or_else(|| panic!("not ready after the sidecar came up:\n{text}"));
+    assert!(ready.contains("\"ready\""), "{ready}");
 }

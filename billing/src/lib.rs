@@ -88,6 +88,13 @@ pub enum BillingError {
         /// The day.
         day: Date,
     },
+    /// A sum or a product of amounts beyond what `Decimal` holds (usage far beyond any
+    /// real month's, since prices and caps are bounded at parse): refused, never wrapped.
+    #[error("{what}: the amounts exceed what a statement can hold")]
+    Overflow {
+        /// Which amount.
+        what: &'static str,
+    },
     /// An adjustment that cannot be recorded.
     #[error("invalid adjustment: {0}")]
     Adjustment(&'static str),

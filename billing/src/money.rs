@@ -19,8 +19,36 @@ pub fn round(value: Decimal) -> Decimal {
     v
 }
 
-/// Whether `value` is a valid price: not negative, at most two decimals.
+/// Highest price per unit (call, or 100 transaction lines) a tariff may set, in KZT. Far
+/// above any real fee; with it, a month's line amount (at most 2^64 calls, or lines) stays
+/// below 2 × 10^28, inside `Decimal`'s range (7.9 × 10^28), and the pricing's checked
+/// arithmetic only fails on sums no real month reaches.
+pub const MAX_PRICE: Decimal = Decimal::from_parts(1_000_000_000, 0, 0, false, 0);
+
+/// Highest monthly cap a tariff may set, in KZT.
+pub const MAX_CAP: Decimal = Decimal::from_parts(3_567_587_328, 232, 0, false, 0);
+
+/// Whether `value` is a valid price: not negative, at most two decimals, at most
+/// [`MAX_PRICE`].
 pub fn check_price(value: Decimal) -> Result<(), &'static str> {
+    check_amount(value)?;
+    if value > MAX_PRICE {
+        return Err("at most 1000000000 KZT per unit");
+    }
+    Ok(())
+}
+
+/// Whether `value` is a valid monthly cap: not negative, at most two decimals, at most
+/// [`MAX_CAP`].
+pub fn check_cap(value: Decimal) -> Result<(), &'static str> {
+    check_amount(value)?;
+    if value > MAX_CAP {
+        return Err("at most 1000000000000 KZT a month");
+    }
+    Ok(())
+}
+
+fn check_amount(value: Decimal) -> Result<(), &'static str> {
     if value.is_sign_negative() && !value.is_zero() {
         return Err("a price is never negative");
     }
@@ -92,5 +120,12 @@ mod tests {
         assert!(c("12.500").is_ok(), "trailing zeros are still tiyn");
         assert!(c("12.505").is_err());
         assert!(c("-1").is_err());
+        assert!(c("1000000000").is_ok());
+        assert_eq!(c("1000000000.01"), Err("at most 1000000000 KZT per unit"));
+        let cap = |s: &str| check_cap(Decimal::from_str(s).unwrap());
+        assert_eq!(MAX_CAP, Decimal::from_str("1000000000000").unwrap());
+        assert!(cap("1000000000000").is_ok());
+        assert!(cap("1000000000000.01").is_err());
+        assert!(cap("-1").is_err());
     }
 }

@@ -68,14 +68,16 @@ pub fn statements(
                 r.outcome,
             ))
             .or_default();
-        e.0 += r.calls;
-        e.1 += r.lines;
+        // Sums of stored rows: saturating, never wrapping (a count that large is refused
+        // as an overflow when priced).
+        e.0 = e.0.saturating_add(r.calls);
+        e.1 = e.1.saturating_add(r.lines);
     }
     let free = free_calls(tariff, first, last, &days, customers)?;
     let counts = line_counts(tariff, &days, &free)?;
-    let priced = price_lines(tariff, &counts);
+    let priced = price_lines(tariff, &counts)?;
     let caps = caps(tariff, last, &priced)?;
-    Ok(assemble(tariff, (year, month, first, last), priced, caps))
+    assemble(tariff, (year, month, first, last), priced, caps)
 }
 
 /// Free calls under the threshold: per customer × API user × provider × day, the first N
@@ -93,11 +95,12 @@ fn free_calls(
         let v = version(tariff, c.day)?;
         if v.class_of(&c.route, Outcome::Success) == CallClass::Chargeable {
             let key = (c.day, c.api_user, c.provider, c.customer.as_str());
-            *per_customer
+            let n = per_customer
                 .entry(key)
                 .or_default()
                 .entry(route_name(&c.route))
-                .or_default() += c.calls;
+                .or_default();
+            *n = n.saturating_add(c.calls);
         }
     }
     let mut free = FreeCalls::new();
@@ -111,7 +114,8 @@ fn free_calls(
             let k = left.min(calls);
             left -= k;
             if k > 0 {
-                *free.entry((day, user, provider, route)).or_default() += k;
+                let n = free.entry((day, user, provider, route)).or_default();
+                *n = n.saturating_add(k);
             }
         }
     }
@@ -141,15 +145,16 @@ fn line_counts(
         let c = out
             .entry((*user, *provider, route.clone(), class, v.effective_from))
             .or_default();
-        c.calls += calls;
-        c.lines += lines;
+        c.calls = c.calls.saturating_add(*calls);
+        c.lines = c.lines.saturating_add(*lines);
         if let (Outcome::Success, CallClass::Chargeable, Some(u), Some(p)) =
             (outcome, class, user, provider)
         {
-            c.free += free
+            let k = free
                 .get(&(*day, *u, *p, route.clone()))
                 .copied()
                 .unwrap_or(0);
+            c.free = c.free.saturating_add(k);
         }
     }
     Ok(out)
@@ -165,7 +170,10 @@ struct Priced {
 /// Each line priced and rounded once: (calls − free) × price per call, plus, for
 /// chargeable transactions calls, lines × price per 100 lines ÷ 100. Calls of an
 /// unidentified caller are counted but priced at 0 (no one to bill).
-fn price_lines(tariff: &Tariff, counts: &BTreeMap<LineKey, Counts>) -> Vec<Priced> {
+fn price_lines(
+    tariff: &Tariff,
+    counts: &BTreeMap<LineKey, Counts>,
+) -> Result<Vec<Priced>, BillingError> {
     let mut out = Vec::with_capacity(counts.len());
     for ((user, provider, route, class, from), c) in counts {
         let prices = tariff
@@ -183,8 +191,7 @@ fn price_lines(tariff: &Tariff, counts: &BTreeMap<LineKey, Counts>) -> Vec<Price
             }
             _ => (Decimal::ZERO, Decimal::ZERO),
         };
-        let exact = Decimal::from(c.calls - c.free) * unit
-            + Decimal::from(c.lines) * per_100 / Decimal::ONE_HUNDRED;
+        let exact = line_amount(c, unit, per_100)?;
         out.push(Priced {
             api_user: *user,
             provider: *provider,
@@ -202,7 +209,22 @@ fn price_lines(tariff: &Tariff, counts: &BTreeMap<LineKey, Counts>) -> Vec<Price
             },
         });
     }
-    out
+    Ok(out)
+}
+
+/// (calls − free) × unit + lines × per 100 ÷ 100, exactly, or an overflow error.
+fn line_amount(c: &Counts, unit: Decimal, per_100: Decimal) -> Result<Decimal, BillingError> {
+    let overflow = || BillingError::Overflow {
+        what: "a statement line",
+    };
+    let calls = Decimal::from(c.calls.saturating_sub(c.free)).checked_mul(unit);
+    let lines = Decimal::from(c.lines)
+        .checked_mul(per_100)
+        .and_then(|v| v.checked_div(Decimal::ONE_HUNDRED));
+    calls
+        .zip(lines)
+        .and_then(|(a, b)| a.checked_add(b))
+        .ok_or_else(overflow)
 }
 
 /// The monthly cap of each API user × provider (the terms in force on the month's last
@@ -215,7 +237,12 @@ fn caps(
     let mut charged: BTreeMap<(Bin, Bin), Decimal> = BTreeMap::new();
     for p in priced {
         if let (Some(u), Some(v)) = (p.api_user, p.provider) {
-            *charged.entry((u, v)).or_default() += p.line.amount;
+            let sum = charged.entry((u, v)).or_default();
+            *sum = sum
+                .checked_add(p.line.amount)
+                .ok_or(BillingError::Overflow {
+                    what: "a monthly cap's charges",
+                })?;
         }
     }
     let mut out = Vec::new();
@@ -243,7 +270,7 @@ fn assemble(
     (year, month, first, last): (i16, i8, Date, Date),
     priced: Vec<Priced>,
     caps: Vec<(Bin, Bin, CapLine)>,
-) -> Vec<Statement> {
+) -> Result<Vec<Statement>, BillingError> {
     type Parts = (Vec<StatementLine>, Vec<CapLine>);
     let mut parts: BTreeMap<(Role, Bin), Parts> = BTreeMap::new();
     for p in priced {
@@ -288,4 +315,66 @@ fn assemble(
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const USER: &str = "100140000001";
+    const BANKS: [&str; 2] = ["990340000011", "990340000022"];
+
+    fn tariff(price: &str) -> Tariff {
+        let text = format!(
+            "[[versions]]\neffective_from = 2026-01-01\n[versions.prices]\n\
+             chargeable = \"{price}\"\nper_100_lines = \"{price}\"\n"
+        );
+        Tariff::parse(&text, "t.toml").unwrap()
+    }
+
+    /// `calls` successful calls on each of the contract's data routes of `banks` on each
+    /// of `days` of November 2026.
+    fn rows(calls: u64, lines: u64, banks: &[&str], days: &[i8]) -> Vec<UsageRow> {
+        let routes = crate::routes::ROUTES
+            .iter()
+            .filter(|r| r.starts_with("GET /v1/providers"));
+        let routes: Vec<&str> = routes.copied().collect();
+        let mut keys = Vec::new();
+        for &d in days {
+            for &b in banks {
+                keys.extend(routes.iter().map(|&r| (d, b, r)));
+            }
+        }
+        keys.into_iter()
+            .map(|(d, bank, route)| UsageRow {
+                day: Date::new(2026, 11, d).unwrap(),
+                api_user: Some(Bin::parse(USER).unwrap()),
+                provider: Some(Bin::parse(bank).unwrap()),
+                route: route.to_owned(),
+                outcome: Outcome::Success,
+                calls,
+                lines,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn amounts_beyond_decimal_are_an_error_never_a_panic() {
+        // Each line fits (u64::MAX × 10^9 < 7.9 × 10^28); the API user's sum of eight
+        // does not.
+        let t = tariff("1000000000");
+        let e = statements(&t, 2026, 11, &rows(u64::MAX, 0, &BANKS, &[2]), &[]).unwrap_err();
+        assert!(matches!(e, BillingError::Overflow { .. }), "{e}");
+        // Counts summed over days saturate instead of wrapping: still an error, not a
+        // panic and not a small wrapped count priced as if it were real.
+        let huge = rows(u64::MAX, u64::MAX, &BANKS, &[2, 3]);
+        let e = statements(&t, 2026, 11, &huge, &[]).unwrap_err();
+        assert!(matches!(e, BillingError::Overflow { .. }), "{e}");
+        // Ordinary usage at the highest price is priced exactly.
+        let ok = statements(&t, 2026, 11, &rows(3, 250, &BANKS[..1], &[2]), &[]).unwrap();
+        // 3 calls on each data route, and 250 lines (2.5 hundreds) on transactions.
+        let n = Decimal::from(rows(1, 0, &BANKS[..1], &[2]).len() as u64);
+        let want = Decimal::from(3_000_000_000u64) * n + Decimal::from(2_500_000_000u64);
+        assert_eq!(ok[0].totals.gross, round(want));
+    }
 }

@@ -154,26 +154,49 @@ pub struct Totals {
 }
 
 impl Totals {
-    fn of(lines: &[StatementLine], caps: &[CapLine]) -> Totals {
-        let calls_of = |c: CallClass| lines.iter().filter(|l| l.class == c).map(|l| l.calls).sum();
-        let gross: Decimal = lines.iter().map(|l| l.amount).sum();
-        let cap_reduction: Decimal = caps.iter().map(|c| c.reduction).sum();
-        Totals {
-            calls: lines.iter().map(|l| l.calls).sum(),
-            free_calls: lines.iter().map(|l| l.free_calls).sum(),
+    /// The sums, checked: an overflow is an error, never a panic or a wrapped count.
+    fn of(lines: &[StatementLine], caps: &[CapLine]) -> Result<Totals, BillingError> {
+        let count = |pick: &dyn Fn(&StatementLine) -> Option<u64>| {
+            lines
+                .iter()
+                .filter_map(pick)
+                .fold(0u64, u64::saturating_add)
+        };
+        let calls_of = |c: CallClass| count(&|l| (l.class == c).then_some(l.calls));
+        let gross = checked_sum(lines.iter().map(|l| l.amount), "a statement's gross")?;
+        let cap_reduction = checked_sum(caps.iter().map(|c| c.reduction), "a statement's caps")?;
+        let amount = gross
+            .checked_sub(cap_reduction)
+            .ok_or(BillingError::Overflow {
+                what: "a statement's amount",
+            })?;
+        Ok(Totals {
+            calls: count(&|l| Some(l.calls)),
+            free_calls: count(&|l| Some(l.free_calls)),
             chargeable: calls_of(CallClass::Chargeable),
             provider_failed: calls_of(CallClass::ProviderFailed),
             refused: calls_of(CallClass::Refused),
-            lines: lines.iter().map(|l| l.lines).sum(),
+            lines: count(&|l| Some(l.lines)),
             gross: round(gross),
             cap_reduction: round(cap_reduction),
-            amount: round(gross - cap_reduction),
-        }
+            amount: round(amount),
+        })
     }
 }
 
+/// The sum of `amounts`, or an overflow error naming `what`.
+fn checked_sum(
+    mut amounts: impl Iterator<Item = Decimal>,
+    what: &'static str,
+) -> Result<Decimal, BillingError> {
+    amounts
+        .try_fold(Decimal::ZERO, |sum, a| sum.checked_add(a))
+        .ok_or(BillingError::Overflow { what })
+}
+
 impl Statement {
-    /// A statement of `lines` and `caps`, with its id and totals.
+    /// A statement of `lines` and `caps`, with its id and totals (an error when the
+    /// totals overflow).
     pub fn new(
         participant: Bin,
         role: Role,
@@ -182,9 +205,9 @@ impl Statement {
         time_zone: &str,
         lines: Vec<StatementLine>,
         caps: Vec<CapLine>,
-    ) -> Statement {
+    ) -> Result<Statement, BillingError> {
         let month = format!("{year:04}-{month:02}");
-        Statement {
+        Ok(Statement {
             id: format!("{month}/{}/{participant}", role.as_str()),
             participant,
             role,
@@ -193,10 +216,10 @@ impl Statement {
             to,
             time_zone: time_zone.to_string(),
             currency: CURRENCY.to_string(),
-            totals: Totals::of(&lines, &caps),
+            totals: Totals::of(&lines, &caps)?,
             lines,
             caps,
-        }
+        })
     }
 
     /// The canonical JSON (what the digest covers).

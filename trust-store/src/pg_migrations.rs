@@ -334,6 +334,20 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         BEFORE UPDATE OR DELETE ON statement_adjustments
         FOR EACH ROW EXECUTE FUNCTION trust_refuse_history_rewrite();
     "#,
+    // 7: the Idempotency-Key of adjustments (docs/billing-trust.md): the operator's key,
+    // the request it first came with (SHA-256) and the adjustment it recorded. Kept as long
+    // as the adjustment itself (append-only), so at least the 24 h the contract promises.
+    r#"
+    CREATE TABLE adjustment_keys (
+        actor        TEXT NOT NULL,        -- the operator
+        idem_key     TEXT NOT NULL,        -- the Idempotency-Key header
+        request      TEXT NOT NULL,        -- SHA-256 of the statement id and the body, hex
+        statement_id TEXT NOT NULL REFERENCES statements(id),
+        seq          BIGINT NOT NULL REFERENCES statement_adjustments(seq),
+        at           BIGINT NOT NULL,
+        PRIMARY KEY (actor, idem_key)
+    );
+    "#,
 ];
 
 /// The newest schema version this binary knows.

@@ -300,6 +300,20 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER statement_adjustments_no_delete BEFORE DELETE ON statement_adjustments
         BEGIN SELECT RAISE(ABORT, 'statement_adjustments is append-only'); END;
     "#,
+    // 7: the Idempotency-Key of adjustments (docs/billing-trust.md): the operator's key,
+    // the request it first came with (SHA-256) and the adjustment it recorded. Kept as long
+    // as the adjustment itself (append-only), so at least the 24 h the contract promises.
+    r#"
+    CREATE TABLE adjustment_keys (
+        actor        TEXT NOT NULL,        -- the operator
+        idem_key     TEXT NOT NULL,        -- the Idempotency-Key header
+        request      TEXT NOT NULL,        -- SHA-256 of the statement id and the body, hex
+        statement_id TEXT NOT NULL REFERENCES statements(id),
+        seq          INTEGER NOT NULL REFERENCES statement_adjustments(seq),
+        at           INTEGER NOT NULL,
+        PRIMARY KEY (actor, idem_key)
+    ) STRICT;
+    "#,
 ];
 
 /// The newest schema version this binary knows.

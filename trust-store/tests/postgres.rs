@@ -304,8 +304,8 @@ fn the_schema_matches_the_sqlite_tables() {
     );
     assert_eq!(
         tables,
-        "authorisations,changes,consent_history,consents,customer_logins,customer_sessions,\
-         epochs,feed_head,meta,oversight_apis,oversight_events,participant_history,\
+        "adjustment_keys,authorisations,changes,consent_history,consents,customer_logins,\
+         customer_sessions,epochs,feed_head,meta,oversight_apis,oversight_events,participant_history,\
          participant_thumbprints,participants,probe_results,probe_subjects,rate_events,\
          rollup_calls,rollup_consents,rollup_latency,rollup_live,rollup_minutes,\
          schema_migrations,signing_keys,statement_adjustments,statement_months,statements,\

@@ -987,9 +987,22 @@ impl App {
         let app = self.clone();
         blocking(move || {
             let now = app.now();
-            app.db.write(now, |tx| {
-                rollups::store(tx, &batch, now).map_err(Error::from)
-            })
+            let (stored, late) = app.db.write(now, |tx| {
+                let (stored, fresh) = rollups::store_fresh(tx, &batch, now)?;
+                let late = match &app.settings.billing {
+                    Some(b) => crate::statements::late_calls(tx, b, &fresh)?,
+                    None => Default::default(),
+                };
+                Ok::<_, Error>((stored, late))
+            })?;
+            // Counted once committed: a rolled-back push flags nothing.
+            for (participant, calls) in late {
+                app.metrics
+                    .late_calls
+                    .with_label_values(&[participant.to_string().as_str()])
+                    .inc_by(calls);
+            }
+            Ok(stored)
         })
         .await
     }

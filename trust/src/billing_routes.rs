@@ -171,22 +171,39 @@ impl App {
                     ),
                 });
             }
-            if let Some(done) = app.db.read(|sql| statements::issued(sql, m))? {
+            // Computed in a read view: the write transaction (and the feed head's lock
+            // it takes) lasts only for the inserts, not for the month's computation.
+            let (done, computed) = app.db.read(|sql| match statements::issued(sql, m)? {
+                Some(done) => Ok::<_, Error>((Some(done), Vec::new())),
+                None => Ok((None, statements::compute(sql, b, m)?)),
+            })?;
+            if let Some(done) = done {
                 return Ok(done);
             }
-            app.db.write(now, |tx| statements::issue(tx, b, m))
+            app.db
+                .write(now, |tx| statements::store_issued(tx, m, &computed))
         })
         .await
     }
 
-    /// Housekeeping (leading replica): issues the last closed month once. `None` when
-    /// billing is off.
+    /// Housekeeping (leading replica): issues the oldest closed month not issued yet
+    /// (one per round, so that a long backlog never stalls housekeeping). `None` when
+    /// billing is off or nothing is due.
     pub async fn issue_due_statements(self: &Arc<Self>) -> Result<Option<Issued>, Error> {
         let Some(b) = self.settings.billing.as_ref() else {
             return Ok(None);
         };
-        let m = statements::last_closed(b, self.now())?;
-        self.issue_statements(m).await.map(Some)
+        let last = statements::last_closed(b, self.now())?;
+        let app = self.clone();
+        let due = blocking(move || {
+            let b = app.billing()?;
+            app.db.read(|sql| statements::next_due(sql, b, last))
+        })
+        .await?;
+        match due {
+            Some(m) => self.issue_statements(m).await.map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Statements of a month and/or a participant.
@@ -197,9 +214,9 @@ impl App {
     ) -> Result<Vec<StoredStatement>, Error> {
         let app = self.clone();
         blocking(move || {
-            app.billing()?;
+            let tz = app.billing()?.tariff.time_zone();
             app.db
-                .read(|sql| statements::list(sql, month, participant).map_err(Error::from))
+                .read(|sql| statements::list(sql, tz, month, participant))
         })
         .await
     }
@@ -247,26 +264,29 @@ impl App {
     ) -> Result<StoredStatement, Error> {
         let app = self.clone();
         blocking(move || {
-            app.billing()?;
+            let tz = app.billing()?.tariff.time_zone();
             app.db
-                .read(|sql| statements::get(sql, &id, owner).map_err(Error::from))?
+                .read(|sql| statements::get(sql, tz, &id, owner))?
                 .ok_or(Error::NotFound("statement_not_found"))
         })
         .await
     }
 
-    /// Records an adjustment of a statement.
+    /// Records an adjustment of a statement (`key`: its `Idempotency-Key`); the flag:
+    /// whether this call recorded it (`false`: a replay of the key's first request).
     pub async fn adjust_statement(
         self: &Arc<Self>,
         id: String,
         input: AdjustmentInput,
+        key: Option<String>,
         actor: String,
-    ) -> Result<StoredStatement, Error> {
+    ) -> Result<(StoredStatement, bool), Error> {
         let app = self.clone();
         blocking(move || {
-            app.billing()?;
-            app.db
-                .write(app.now(), |tx| statements::adjust(tx, &id, input, &actor))
+            let tz = app.billing()?.tariff.time_zone();
+            app.db.write(app.now(), |tx| {
+                statements::adjust(tx, tz, &id, input, key.as_deref(), &actor)
+            })
         })
         .await
     }
@@ -360,13 +380,48 @@ pub(crate) async fn admin_statements(
         }
         ([id], Method::GET) => one(app, req, (*id).to_owned(), None).await,
         ([id, "adjustments"], Method::POST) => {
+            let key = idempotency_key(&req)?;
             let input: AdjustmentInput = read_json(req, body_timeout).await?;
-            let s = app.adjust_statement((*id).to_owned(), input, actor).await?;
-            Ok(crate::http::json(StatusCode::CREATED, &s))
+            let (s, recorded) = app
+                .adjust_statement((*id).to_owned(), input, key, actor)
+                .await?;
+            let status = if recorded {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok(crate::http::json(status, &s))
         }
         (["issue"] | [_, "adjustments"], _) => Ok(method_not_allowed("POST")),
         ([] | [_] | ["draft", _], _) => Ok(method_not_allowed("GET")),
         _ => Err(Error::NotFound("route_not_found")),
+    }
+}
+
+/// Longest `Idempotency-Key`, in characters.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// The optional `Idempotency-Key` header: once, 1 to 255 visible ASCII characters.
+/// Absent is accepted (see docs/billing-trust.md: an adjustment is rare, deliberate and
+/// listed with its statement, so a duplicate is seen and corrected by another).
+fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, Error> {
+    let mut values = req.headers().get_all("idempotency-key").iter();
+    let Some(v) = values.next() else {
+        return Ok(None);
+    };
+    let bad = || {
+        Error::BadRequest(format!(
+            "Idempotency-Key: once, 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+        ))
+    };
+    let v = v.to_str().map_err(|_| bad())?;
+    let ok = values.next().is_none()
+        && (1..=MAX_IDEMPOTENCY_KEY).contains(&v.len())
+        && v.bytes().all(|b| b.is_ascii_graphic());
+    if ok {
+        Ok(Some(v.to_owned()))
+    } else {
+        Err(bad())
     }
 }
 

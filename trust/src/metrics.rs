@@ -1,6 +1,7 @@
 //! The sidecar's Prometheus metrics (`GET /metrics`: operator certificate, internal
 //! listener when there is one): provider oversight — probes by result, and each provider
-//! API's grade, publication and sustained SLA breach. Labels are participants' BINs (public registry ids) and
+//! API's grade, publication and sustained SLA breach; billing — calls stored too late for
+//! their month's issued statements. Labels are participants' BINs (public registry ids) and
 //! API names; never a customer, a consent or an account.
 
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
@@ -20,6 +21,10 @@ pub struct Metrics {
     pub grade: IntGaugeVec,
     /// `hub_provider_api_sla_breach{provider,api}`: 1 while the SLA window breaches.
     pub breach: IntGaugeVec,
+    /// `hub_usage_late_calls_total{participant}`: calls stored for a month whose
+    /// statements were already issued (not in them: an adjustment may be due), counted
+    /// under each participant whose statement they concern (API user and provider).
+    pub late_calls: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -66,8 +71,17 @@ impl Metrics {
             &labels,
         )
         .expect("a valid metric");
+        let late_calls = IntCounterVec::new(
+            Opts::new(
+                "hub_usage_late_calls_total",
+                "Calls stored for a month whose statements were already issued",
+            ),
+            &["participant"],
+        )
+        .expect("a valid metric");
         for c in [
             Box::new(probes.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(late_calls.clone()),
             Box::new(listed.clone()),
             Box::new(grade.clone()),
             Box::new(breach.clone()),
@@ -80,6 +94,7 @@ impl Metrics {
             listed,
             grade,
             breach,
+            late_calls,
         }
     }
 

@@ -186,6 +186,17 @@ fn validate_latency(row: &mut LatencyRow, field: &str) -> Result<(), Error> {
 /// Stores a validated batch in the caller's transaction: each minute not yet held with
 /// all its rows; a minute already held is counted as a duplicate and left as it is.
 pub fn store(sql: &mut dyn Sql, batch: &RollupBatch, now: i64) -> Result<Stored, StoreError> {
+    store_fresh(sql, batch, now).map(|(stored, _)| stored)
+}
+
+/// [`store`], also giving the minutes newly stored (those a late-usage check looks at:
+/// a duplicate was counted when first stored).
+pub fn store_fresh<'b>(
+    sql: &mut dyn Sql,
+    batch: &'b RollupBatch,
+    now: i64,
+) -> Result<(Stored, Vec<&'b MinuteRollup>), StoreError> {
+    let mut fresh = Vec::new();
     let mut out = Stored {
         stored: 0,
         duplicates: 0,
@@ -254,8 +265,9 @@ pub fn store(sql: &mut dyn Sql, batch: &RollupBatch, now: i64) -> Result<Stored,
         crate::live::store(sql, (&batch.gateway, &batch.epoch, m.minute), &m.live)?;
         crate::usage::store_consents(sql, &batch.gateway, &batch.epoch, m)?;
         out.stored += 1;
+        fresh.push(m);
     }
-    Ok(out)
+    Ok((out, fresh))
 }
 
 /// The non-empty buckets of a histogram, by index.

@@ -4,6 +4,7 @@
 //! again, a stored statement never rewritten: the database refuses it), corrected only by
 //! adjustments kept beside it.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -11,12 +12,14 @@ use std::sync::Arc;
 use billing::{Decimal, Statement, Tariff};
 use consent_cache::Bin;
 use jiff::civil::Date;
+use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::db::{Row, Sql, StoreError, Tx};
 use crate::error::Error;
 use crate::usage::{self, Range};
+use crate::wire::rollup::MinuteRollup;
 
 /// Minutes after a month's close before its statements are issued, by default: rollups
 /// of the month's last minutes arrive within a few push intervals.
@@ -81,6 +84,21 @@ impl Month {
             from,
             to: from.last_of_month(),
         })
+    }
+
+    /// The month after.
+    pub fn next(self) -> Month {
+        if self.month == 12 {
+            Month {
+                year: self.year.saturating_add(1),
+                month: 1,
+            }
+        } else {
+            Month {
+                year: self.year,
+                month: self.month + 1,
+            }
+        }
     }
 
     /// The month before.
@@ -155,17 +173,21 @@ pub fn issued(sql: &mut dyn Sql, m: Month) -> Result<Option<Issued>, StoreError>
     .transpose()
 }
 
-/// Issues month `m`'s statements in `tx`, once: a month issued before is left as it is.
-/// The caller has checked that the month is closed.
-pub fn issue(tx: &mut Tx<'_>, settings: &BillingSettings, m: Month) -> Result<Issued, Error> {
-    // Serialises issuing runs of several replicas (portable SQL rule 7).
+/// Stores month `m`'s statements, `computed` beforehand in a read view ([`compute`]), in
+/// `tx`, once: when the month was issued meanwhile (another request or replica), the
+/// stored issue is answered and `computed` dropped. The caller has checked that the
+/// month is closed. Rollups stored between the computation and this write are not in
+/// the statements: the grace period exists so that none arrive then; any that do are
+/// shown as late ([`late_of`]).
+pub fn store_issued(tx: &mut Tx<'_>, m: Month, computed: &[Statement]) -> Result<Issued, Error> {
+    // Serialises issuing runs of several replicas (portable SQL rule 7) for the few
+    // inserts only; the re-check under it is exact, the tables' keys the last guard.
     tx.head()?;
     if let Some(done) = issued(tx, m)? {
         return Ok(done);
     }
-    let computed = compute(tx, settings, m)?;
     let now = tx.now();
-    for s in &computed {
+    for s in computed {
         let participant = s.participant.to_string();
         let role = s.role.as_str();
         tx.execute(
@@ -193,6 +215,101 @@ pub fn issue(tx: &mut Tx<'_>, settings: &BillingSettings, m: Month) -> Result<Is
         statements: count,
         issued_at: now,
     })
+}
+
+/// The first closed month up to `last` still to issue: months from the first one holding
+/// usage (never before the first month the tariff covers from its first day), oldest
+/// first, skipping issued ones. `None` when there is none.
+pub fn next_due(
+    sql: &mut dyn Sql,
+    settings: &BillingSettings,
+    last: Month,
+) -> Result<Option<Month>, Error> {
+    let Some(first_minute) = sql
+        .query_one("SELECT MIN(minute) FROM rollup_calls", &[])?
+        .opt_int(0)?
+    else {
+        return Ok(None);
+    };
+    let first = month_at(settings, first_minute)?.max(tariff_start(settings));
+    if first > last {
+        return Ok(None);
+    }
+    let done: std::collections::BTreeSet<String> = sql
+        .query(
+            "SELECT month FROM statement_months WHERE month >= $1 AND month <= $2",
+            &[first.to_string().into(), last.to_string().into()],
+        )?
+        .iter()
+        .map(|r| r.text(0))
+        .collect::<Result<_, _>>()?;
+    Ok(first_not_in(first, last, |m| done.contains(&m.to_string())))
+}
+
+/// The oldest month of `first..=last` for which `issued` is false.
+pub fn first_not_in(first: Month, last: Month, issued: impl Fn(Month) -> bool) -> Option<Month> {
+    std::iter::successors(Some(first), |m| Some(m.next()))
+        .take_while(|m| *m <= last)
+        .find(|m| !issued(*m))
+}
+
+/// The first month the tariff covers from its first day (a month partly before the
+/// first version cannot be priced).
+fn tariff_start(settings: &BillingSettings) -> Month {
+    let Some(from) = settings.tariff.versions().first().map(|v| v.effective_from) else {
+        return Month {
+            year: i16::MAX,
+            month: 12,
+        };
+    };
+    if from.day() == 1 {
+        Month::of(from)
+    } else {
+        Month::of(from).next()
+    }
+}
+
+/// The month of the tariff's time zone that Unix second `at` falls in.
+pub fn month_at(settings: &BillingSettings, at: i64) -> Result<Month, Error> {
+    let day = Timestamp::from_second(at)
+        .map_err(|_| Error::Internal("a stored minute is out of range".into()))?
+        .to_zoned_datetime(settings.tariff.time_zone().clone())
+        .date();
+    Ok(Month::of(day))
+}
+
+/// Calls of `fresh` minutes (just stored, in the caller's transaction) that fall in a
+/// month already issued: per participant whose statement they concern (the API user's
+/// and the provider's), for the late-usage metric. The rows stay stored: usage reports
+/// remain exact, and [`late_of`] shows them on the statement.
+pub fn late_calls(
+    sql: &mut dyn Sql,
+    settings: &BillingSettings,
+    fresh: &[&MinuteRollup],
+) -> Result<BTreeMap<Bin, u64>, Error> {
+    let mut issued_months: BTreeMap<Month, bool> = BTreeMap::new();
+    let mut out: BTreeMap<Bin, u64> = BTreeMap::new();
+    for m in fresh {
+        let month = month_at(settings, m.minute)?;
+        let late = match issued_months.get(&month) {
+            Some(late) => *late,
+            None => {
+                let late = issued(sql, month)?.is_some();
+                issued_months.insert(month, late);
+                late
+            }
+        };
+        if !late {
+            continue;
+        }
+        for c in &m.calls {
+            for who in [c.api_user, c.provider].into_iter().flatten() {
+                let n = out.entry(who).or_default();
+                *n = n.saturating_add(c.calls);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Month `m`'s statements from the usage stored now: what issuing stores, and what a
@@ -332,22 +449,72 @@ pub struct StoredStatement {
     pub statement: Statement,
     /// Corrections, oldest first.
     pub adjustments: Vec<AdjustmentView>,
+    /// Calls of the month stored after it was issued: not in the statement (immutable),
+    /// shown so that the operator can adjust it.
+    pub late: Late,
+}
+
+/// Usage of a statement's month and participant stored after the statement was issued.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Late {
+    /// Calls.
+    pub calls: u64,
+    /// Transaction lines.
+    pub lines: u64,
+}
+
+/// What the stored usage of `s`'s month holds for its participant and role beyond what
+/// `s` counted: the rollups stored after the month's statements were computed. Derived
+/// from the rows themselves, so it is exact whichever replica stored them and whenever
+/// (also between the computation and the issuing write).
+pub fn late_of(sql: &mut dyn Sql, tz: &TimeZone, s: &Statement) -> Result<Late, Error> {
+    let range = Month::parse("month", &s.month)?.range()?;
+    let end = range
+        .to
+        .tomorrow()
+        .map_err(|_| Error::Internal("a statement month out of range".into()))?;
+    // The role picks the column: both are fixed strings, never input.
+    let column = match s.role {
+        billing::Role::ApiUser => "api_user",
+        billing::Role::Provider => "provider",
+    };
+    let row = sql.query_one(
+        &format!(
+            "SELECT CAST(COALESCE(SUM(calls), 0) AS BIGINT), CAST(COALESCE(SUM(lines), 0) AS BIGINT)
+             FROM rollup_calls WHERE minute >= $1 AND minute < $2 AND {column} = $3"
+        ),
+        &[
+            usage::midnight(tz, range.from)?.into(),
+            usage::midnight(tz, end)?.into(),
+            s.participant.to_string().into(),
+        ],
+    )?;
+    let (calls, lines) = s.lines.iter().fold((0u64, 0u64), |(c, l), line| {
+        (c.saturating_add(line.calls), l.saturating_add(line.lines))
+    });
+    Ok(Late {
+        calls: crate::db::version(&row, 0)?.saturating_sub(calls),
+        lines: crate::db::version(&row, 1)?.saturating_sub(lines),
+    })
 }
 
 const COLUMNS: &str = "id, participant, role, month, body, digest, issued_at";
 
-fn from_row(sql: &mut dyn Sql, r: &Row) -> Result<StoredStatement, StoreError> {
+fn from_row(sql: &mut dyn Sql, tz: &TimeZone, r: &Row) -> Result<StoredStatement, Error> {
     let id = r.text(0)?;
     let adjustments = adjustments(sql, &id)?;
+    let statement: Statement = serde_json::from_str(&r.text(4)?)?;
+    let late = late_of(sql, tz, &statement)?;
     Ok(StoredStatement {
         id,
         participant: r.text(1)?,
         role: r.text(2)?,
         month: r.text(3)?,
-        statement: serde_json::from_str(&r.text(4)?)?,
+        statement,
         digest: r.text(5)?,
         issued_at: r.int(6)?,
         adjustments,
+        late,
     })
 }
 
@@ -370,19 +537,20 @@ fn adjustments(sql: &mut dyn Sql, id: &str) -> Result<Vec<AdjustmentView>, Store
     .collect()
 }
 
-/// One statement; `owner`: only when it is that participant's.
+/// One statement; `owner`: only when it is that participant's. `tz`: the tariff's.
 pub fn get(
     sql: &mut dyn Sql,
+    tz: &TimeZone,
     id: &str,
     owner: Option<Bin>,
-) -> Result<Option<StoredStatement>, StoreError> {
+) -> Result<Option<StoredStatement>, Error> {
     let row = sql.query_opt(
         &format!("SELECT {COLUMNS} FROM statements WHERE id = $1"),
         &[id.into()],
     )?;
     match row {
         Some(r) if owner.is_none_or(|o| r.text(1).is_ok_and(|p| p == o.to_string())) => {
-            Ok(Some(from_row(sql, &r)?))
+            Ok(Some(from_row(sql, tz, &r)?))
         }
         _ => Ok(None),
     }
@@ -392,9 +560,10 @@ pub fn get(
 /// participant, ordered by month, participant and role.
 pub fn list(
     sql: &mut dyn Sql,
+    tz: &TimeZone,
     month: Option<Month>,
     participant: Option<Bin>,
-) -> Result<Vec<StoredStatement>, StoreError> {
+) -> Result<Vec<StoredStatement>, Error> {
     let (filter, params) = match (month, participant) {
         (Some(m), Some(p)) => (
             "WHERE month = $1 AND participant = $2",
@@ -408,17 +577,11 @@ pub fn list(
         &format!("SELECT {COLUMNS} FROM statements {filter} ORDER BY month, participant, role"),
         &params,
     )?;
-    rows.iter().map(|r| from_row(sql, r)).collect()
+    rows.iter().map(|r| from_row(sql, tz, r)).collect()
 }
 
-/// Records an adjustment of statement `id` by `actor`; the statement itself is left
-/// as issued.
-pub fn adjust(
-    tx: &mut Tx<'_>,
-    id: &str,
-    input: AdjustmentInput,
-    actor: &str,
-) -> Result<StoredStatement, Error> {
+/// Checks an adjustment: its amount and its trimmed reason.
+fn checked(input: &AdjustmentInput) -> Result<(Decimal, &str), Error> {
     let amount = Decimal::from_str(input.amount.trim())
         .ok()
         .filter(|a| a.scale() <= 2 && !a.is_zero() && input.amount.trim() == input.amount)
@@ -438,21 +601,97 @@ pub fn adjust(
             "1 to 500 characters, no control characters",
         ));
     }
-    if get(tx, id, None)?.is_none() {
+    Ok((amount, reason))
+}
+
+/// What a replayed request is compared by: SHA-256 (hex) of the statement id and the
+/// body's members exactly as sent.
+fn fingerprint(id: &str, input: &AdjustmentInput) -> Result<String, Error> {
+    let canonical = serde_json::to_string(&[id, &input.amount, &input.reason])?;
+    let d = ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes());
+    Ok(d.as_ref().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The adjustment `actor` recorded earlier under `key`, if any: its statement when the
+/// request is the same (`request`), `409 idempotency_key_reused` when it is not.
+fn replay(
+    tx: &mut Tx<'_>,
+    tz: &TimeZone,
+    actor: &str,
+    key: &str,
+    request: &str,
+) -> Result<Option<StoredStatement>, Error> {
+    let Some(r) = tx.query_opt(
+        "SELECT request, statement_id FROM adjustment_keys WHERE actor = $1 AND idem_key = $2",
+        &[actor.into(), key.into()],
+    )?
+    else {
+        return Ok(None);
+    };
+    if r.text(0)? != request {
+        return Err(Error::Conflict {
+            code: "idempotency_key_reused",
+            detail: "Idempotency-Key: already used by this operator for another request".into(),
+        });
+    }
+    get(tx, tz, &r.text(1)?, None)?
+        .map(Some)
+        .ok_or(Error::NotFound("statement_not_found"))
+}
+
+/// Records an adjustment of statement `id` by `actor` (the statement itself is left as
+/// issued); with an `Idempotency-Key` (`key`), a repeated request records nothing and
+/// answers the first one's statement. The flag: whether this call recorded it.
+pub fn adjust(
+    tx: &mut Tx<'_>,
+    tz: &TimeZone,
+    id: &str,
+    input: AdjustmentInput,
+    key: Option<&str>,
+    actor: &str,
+) -> Result<(StoredStatement, bool), Error> {
+    let (amount, reason) = checked(&input)?;
+    let request = fingerprint(id, &input)?;
+    if let Some(key) = key {
+        // Read, decide, write (portable SQL rule 7): concurrent uses of one key serialise.
+        tx.head()?;
+        if let Some(first) = replay(tx, tz, actor, key, &request)? {
+            return Ok((first, false));
+        }
+    }
+    if get(tx, tz, id, None)?.is_none() {
         return Err(Error::NotFound("statement_not_found"));
     }
-    tx.execute(
-        "INSERT INTO statement_adjustments(statement_id, amount, reason, actor, at)
-         VALUES ($1, $2, $3, $4, $5)",
-        &[
-            id.into(),
-            format!("{:.2}", amount).into(),
-            reason.into(),
-            actor.into(),
-            tx.now().into(),
-        ],
-    )?;
-    get(tx, id, None)?.ok_or(Error::NotFound("statement_not_found"))
+    let now = tx.now();
+    let seq = tx
+        .query_one(
+            "INSERT INTO statement_adjustments(statement_id, amount, reason, actor, at)
+             VALUES ($1, $2, $3, $4, $5) RETURNING seq",
+            &[
+                id.into(),
+                format!("{:.2}", amount).into(),
+                reason.into(),
+                actor.into(),
+                now.into(),
+            ],
+        )?
+        .int(0)?;
+    if let Some(key) = key {
+        tx.execute(
+            "INSERT INTO adjustment_keys(actor, idem_key, request, statement_id, seq, at)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                actor.into(),
+                key.into(),
+                request.into(),
+                id.into(),
+                seq.into(),
+                now.into(),
+            ],
+        )?;
+    }
+    let s = get(tx, tz, id, None)?.ok_or(Error::NotFound("statement_not_found"))?;
+    Ok((s, true))
 }
 
 /// The printable form: billing's text, then the adjustments.
@@ -530,5 +769,18 @@ mod tests {
         let s = settings(0);
         assert_eq!(last_closed(&s, close - 1).unwrap().to_string(), "2026-10");
         assert_eq!(last_closed(&s, close).unwrap().to_string(), "2026-11");
+    }
+
+    #[test]
+    fn the_backlog_is_taken_oldest_first_skipping_issued_months() {
+        let m = |s: &str| Month::parse("m", s).unwrap();
+        assert_eq!(m("2026-12").next(), m("2027-01"));
+        assert_eq!(m("2026-11").next(), m("2026-12"));
+        let issued = [m("2026-10"), m("2026-12")];
+        let due = |first, last| first_not_in(first, last, |x| issued.contains(&x));
+        assert_eq!(due(m("2026-10"), m("2027-02")), Some(m("2026-11")));
+        assert_eq!(due(m("2026-12"), m("2027-02")), Some(m("2027-01")));
+        assert_eq!(due(m("2026-10"), m("2026-10")), None);
+        assert_eq!(due(m("2026-11"), m("2026-10")), None, "first after last");
     }
 }

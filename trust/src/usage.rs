@@ -235,6 +235,57 @@ fn bounds(tz: &TimeZone, d: Date) -> Result<(i64, i64), Error> {
     Ok((midnight(tz, d)?, midnight(tz, next)?))
 }
 
+/// The days of a range as a table for one grouped query: `WITH days(lo, hi) AS (VALUES
+/// …)` over parameters `$1 …` (each day's `[start, end)` minutes), and each day by its
+/// start, to read a row's day back. One query per request instead of one per day (up to
+/// [`MAX_DAYS`]); the bounds stay computed here, in the time zone, so both engines group
+/// by the same local days (daylight-saving days included).
+struct DayTable {
+    /// The `WITH` clause.
+    with: String,
+    /// Its parameters, two per day; further parameters of the query follow them.
+    params: Vec<Value>,
+    /// Each day by its start.
+    day_of: HashMap<i64, Date>,
+}
+
+impl DayTable {
+    fn new(tz: &TimeZone, range: Range) -> Result<DayTable, Error> {
+        let mut rows = Vec::new();
+        let mut params = Vec::new();
+        let mut day_of = HashMap::new();
+        for (i, day) in days(range).enumerate() {
+            let (start, end) = bounds(tz, day)?;
+            // Typed casts: PostgreSQL infers a bare parameter in VALUES as text.
+            rows.push(format!(
+                "(CAST(${} AS BIGINT), CAST(${} AS BIGINT))",
+                2 * i + 1,
+                2 * i + 2
+            ));
+            params.extend([Value::from(start), Value::from(end)]);
+            day_of.insert(start, day);
+        }
+        Ok(DayTable {
+            with: format!("WITH days(lo, hi) AS (VALUES {})", rows.join(", ")),
+            params,
+            day_of,
+        })
+    }
+
+    /// The number of the next parameter after the days'.
+    fn next_param(&self) -> usize {
+        self.params.len() + 1
+    }
+
+    /// The day a row's `lo` column names.
+    fn day(&self, lo: i64) -> Result<Date, StoreError> {
+        self.day_of
+            .get(&lo)
+            .copied()
+            .ok_or_else(|| StoreError::Corrupt("a day bound the query was not given".into()))
+    }
+}
+
 fn count(v: i64) -> Result<u64, StoreError> {
     u64::try_from(v).map_err(|_| StoreError::Corrupt("a negative usage count".into()))
 }
@@ -259,36 +310,38 @@ pub fn read_usage(
     range: Range,
     party: Option<Bin>,
 ) -> Result<Vec<UsageRow>, Error> {
+    let t = DayTable::new(tz, range)?;
+    let mut params = t.params.clone();
     let filter = match party {
-        Some(_) => "AND (api_user = $3 OR provider = $3)",
-        None => "",
+        Some(p) => {
+            params.push(p.to_string().into());
+            let n = t.next_param();
+            format!("AND (r.api_user = ${n} OR r.provider = ${n})")
+        }
+        None => String::new(),
     };
     let query = format!(
-        "SELECT api_user, provider, route, outcome,
-                CAST(SUM(calls) AS BIGINT), CAST(SUM(lines) AS BIGINT)
-         FROM rollup_calls WHERE minute >= $1 AND minute < $2 {filter}
-         GROUP BY api_user, provider, route, outcome"
+        "{} SELECT d.lo, r.api_user, r.provider, r.route, r.outcome,
+                CAST(SUM(r.calls) AS BIGINT), CAST(SUM(r.lines) AS BIGINT)
+         FROM days d JOIN rollup_calls r ON r.minute >= d.lo AND r.minute < d.hi {filter}
+         GROUP BY d.lo, r.api_user, r.provider, r.route, r.outcome",
+        t.with
     );
     let mut out = Vec::new();
-    for day in days(range) {
-        let (start, end) = bounds(tz, day)?;
-        let mut params: Vec<Value> = vec![start.into(), end.into()];
-        if let Some(p) = party {
-            params.push(p.to_string().into());
-        }
-        sql.query_each(&query, &params, &mut |r| {
-            out.push(UsageRow {
-                day,
-                api_user: bin(r.opt_text(0)?)?,
-                provider: bin(r.opt_text(1)?)?,
-                route: r.text(2)?,
-                outcome: outcome(&r.text(3)?)?,
-                calls: count(r.int(4)?)?,
-                lines: count(r.int(5)?)?,
-            });
-            Ok(())
-        })?;
-    }
+    sql.query_each(&query, &params, &mut |r| {
+        out.push(UsageRow {
+            day: t.day(r.int(0)?)?,
+            api_user: bin(r.opt_text(1)?)?,
+            provider: bin(r.opt_text(2)?)?,
+            route: r.text(3)?,
+            outcome: outcome(&r.text(4)?)?,
+            calls: count(r.int(5)?)?,
+            lines: count(r.int(6)?)?,
+        });
+        Ok(())
+    })?;
+    // In day order, as the answers are built (a stable order whatever the engine's plan).
+    out.sort_by_key(|u| u.day);
     Ok(out)
 }
 
@@ -301,40 +354,41 @@ pub fn read_customer_days(
     tz: &TimeZone,
     range: Range,
 ) -> Result<Vec<CustomerDay>, Error> {
+    let t = DayTable::new(tz, range)?;
     // A consent the table does not hold (of another API user, or not known here) is its
     // own customer: its calls still get the free threshold, as `hub-billing statement`
     // counts them without a customer map.
-    let query = "SELECT r.api_user, r.provider, COALESCE(c.customer, '#' || r.consent), r.route,
+    let query = format!(
+        "{} SELECT d.lo, r.api_user, r.provider, COALESCE(c.customer, '#' || r.consent), r.route,
                 CAST(SUM(r.calls) AS BIGINT)
-         FROM rollup_consents r
+         FROM days d JOIN rollup_consents r ON r.minute >= d.lo AND r.minute < d.hi
          LEFT JOIN consents c ON c.id = r.consent AND c.api_user = r.api_user
-         WHERE r.minute >= $1 AND r.minute < $2
-         GROUP BY r.api_user, r.provider, COALESCE(c.customer, '#' || r.consent), r.route";
+         GROUP BY d.lo, r.api_user, r.provider, COALESCE(c.customer, '#' || r.consent), r.route",
+        t.with
+    );
     let mut keys: HashMap<String, String> = HashMap::new();
     let mut out = Vec::new();
-    for day in days(range) {
-        let (start, end) = bounds(tz, day)?;
-        sql.query_each(query, &[start.into(), end.into()], &mut |r| {
-            let (Some(api_user), Some(provider)) = (bin(Some(r.text(0)?))?, bin(Some(r.text(1)?))?)
-            else {
-                return Err(StoreError::Corrupt("a consents row without BINs".into()));
-            };
-            let next = keys.len() + 1;
-            let customer = keys
-                .entry(r.text(2)?)
-                .or_insert_with(|| format!("c{next}"))
-                .clone();
-            out.push(CustomerDay {
-                day,
-                api_user,
-                provider,
-                customer,
-                route: r.text(3)?,
-                calls: count(r.int(4)?)?,
-            });
-            Ok(())
-        })?;
-    }
+    sql.query_each(&query, &t.params, &mut |r| {
+        let (Some(api_user), Some(provider)) = (bin(Some(r.text(1)?))?, bin(Some(r.text(2)?))?)
+        else {
+            return Err(StoreError::Corrupt("a consents row without BINs".into()));
+        };
+        let next = keys.len() + 1;
+        let customer = keys
+            .entry(r.text(3)?)
+            .or_insert_with(|| format!("c{next}"))
+            .clone();
+        out.push(CustomerDay {
+            day: t.day(r.int(0)?)?,
+            api_user,
+            provider,
+            customer,
+            route: r.text(4)?,
+            calls: count(r.int(5)?)?,
+        });
+        Ok(())
+    })?;
+    out.sort_by_key(|c| c.day);
     Ok(out)
 }
 
@@ -344,24 +398,27 @@ pub fn read_events(
     tz: &TimeZone,
     range: Range,
 ) -> Result<Vec<(Date, Bin, Event, u64)>, Error> {
-    let query = "SELECT api_user, kind, CAST(SUM(count) AS BIGINT) FROM usage_events
-         WHERE minute >= $1 AND minute < $2 GROUP BY api_user, kind";
+    let t = DayTable::new(tz, range)?;
+    let query = format!(
+        "{} SELECT d.lo, e.api_user, e.kind, CAST(SUM(e.count) AS BIGINT)
+         FROM days d JOIN usage_events e ON e.minute >= d.lo AND e.minute < d.hi
+         GROUP BY d.lo, e.api_user, e.kind",
+        t.with
+    );
     let mut out = Vec::new();
-    for day in days(range) {
-        let (start, end) = bounds(tz, day)?;
-        sql.query_each(query, &[start.into(), end.into()], &mut |r| {
-            let Some(user) = bin(Some(r.text(0)?))? else {
-                return Ok(());
-            };
-            let kind = r.text(1)?;
-            let event = Event::ALL
-                .into_iter()
-                .find(|e| e.as_str() == kind)
-                .ok_or_else(|| StoreError::Corrupt("an unknown usage event".into()))?;
-            out.push((day, user, event, count(r.int(2)?)?));
-            Ok(())
-        })?;
-    }
+    sql.query_each(&query, &t.params, &mut |r| {
+        let Some(user) = bin(Some(r.text(1)?))? else {
+            return Ok(());
+        };
+        let kind = r.text(2)?;
+        let event = Event::ALL
+            .into_iter()
+            .find(|e| e.as_str() == kind)
+            .ok_or_else(|| StoreError::Corrupt("an unknown usage event".into()))?;
+        out.push((t.day(r.int(0)?)?, user, event, count(r.int(3)?)?));
+        Ok(())
+    })?;
+    out.sort_by_key(|e| e.0);
     Ok(out)
 }
 
@@ -430,9 +487,10 @@ pub fn classify(
             u.route.clone(),
             class,
         );
+        // Sums of stored rows: saturating, never wrapping or panicking.
         let sum = sums.entry(key).or_default();
-        sum.0 += u.calls;
-        sum.1 += u.lines;
+        sum.0 = sum.0.saturating_add(u.calls);
+        sum.1 = sum.1.saturating_add(u.lines);
     }
     Ok(sums
         .into_iter()
@@ -517,13 +575,15 @@ pub fn report(
     let mut rows: BTreeMap<(Option<String>, Option<Bin>), ReportLine> = BTreeMap::new();
     for u in usage {
         let period = group.period(u.day);
-        rows.entry((period.clone(), u.api_user))
-            .or_insert_with(|| blank(period.clone(), u.api_user))
-            .requests += u.calls;
+        let line = rows
+            .entry((period.clone(), u.api_user))
+            .or_insert_with(|| blank(period.clone(), u.api_user));
+        line.requests = line.requests.saturating_add(u.calls);
         if let (Some(p), true) = (u.provider, u.outcome.reached_provider()) {
-            rows.entry((period.clone(), Some(p)))
-                .or_insert_with(|| blank(period, Some(p)))
-                .served += u.calls;
+            let line = rows
+                .entry((period.clone(), Some(p)))
+                .or_insert_with(|| blank(period, Some(p)));
+            line.served = line.served.saturating_add(u.calls);
         }
     }
     for (day, user, event, n) in events {
@@ -531,7 +591,8 @@ pub fn report(
         let line = rows
             .entry((period.clone(), Some(*user)))
             .or_insert_with(|| blank(period, Some(*user)));
-        *line.slot(*event) += *n;
+        let slot = line.slot(*event);
+        *slot = slot.saturating_add(*n);
     }
     if let Some(p) = only {
         rows.retain(|(_, who), _| *who == Some(p));
@@ -541,10 +602,12 @@ pub fn report(
         let t = totals
             .entry(l.period.clone())
             .or_insert_with(|| blank(l.period.clone(), None));
-        t.requests += l.requests;
-        t.served += l.served;
+        t.requests = t.requests.saturating_add(l.requests);
+        t.served = t.served.saturating_add(l.served);
         for e in Event::ALL {
-            *t.slot(e) += *l.slot(e);
+            let n = *l.slot(e);
+            let slot = t.slot(e);
+            *slot = slot.saturating_add(n);
         }
     }
     (rows.into_values().collect(), totals.into_values().collect())

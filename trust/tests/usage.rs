@@ -985,3 +985,295 @@ async fn without_a_tariff_billing_routes_say_so() {
     .expect(200);
     running.stop().await;
 }
+
+/// Issuing runs at once (several operator requests, the housekeeping leader as well):
+/// the month is issued once, every answer is that one issue, and one set of statements
+/// is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_issuing_issues_a_month_once() {
+    let f = Fixture::new();
+    let clock = ManualClock::new(NOW);
+    let (running, c) = start(&f, &clock).await;
+    november_pushed(&f, &c).await;
+    let op = f.operator();
+    let issue = "/v1/admin/statements/issue?month=2026-11";
+    clock.set(DEC_1_LOCAL + 11 * 60);
+    let (a, b, d, e) = tokio::join!(
+        c.send(Some(op), "POST", issue, &[], vec![]),
+        c.send(Some(op), "POST", issue, &[], vec![]),
+        c.send(Some(op), "POST", issue, &[], vec![]),
+        c.send(Some(op), "POST", issue, &[], vec![]),
+    );
+    let answers: Vec<Value> = [a, b, d, e].into_iter().map(|r| r.expect(200)).collect();
+    let now_count = answers.iter().filter(|a| a["issued_now"] == true).count();
+    assert!(now_count <= 1, "issued {now_count} times: {answers:?}");
+    for a in &answers {
+        assert_eq!(a["issued_at"], answers[0]["issued_at"], "{answers:?}");
+        assert_eq!(a["statements"], answers[0]["statements"], "{answers:?}");
+    }
+    let listed = c
+        .get(Some(op), "/v1/admin/statements?month=2026-11")
+        .await
+        .expect(200);
+    let listed = listed.as_array().unwrap();
+    assert!(!listed.is_empty());
+    assert_eq!(answers[0]["statements"], listed.len());
+    running.stop().await;
+}
+
+/// One successful call of USER_A to BANK_1 at `minute`, as gateway process `gw`/`epoch`
+/// pushes it.
+fn one_call(gw: &str, epoch: &str, minutes: &[i64], calls: u64, lines: u64) -> RollupBatch {
+    RollupBatch {
+        gateway: gw.into(),
+        epoch: epoch.into(),
+        minutes: minutes
+            .iter()
+            .map(|&minute| MinuteRollup {
+                minute,
+                calls: vec![CallRow {
+                    api_user: Some(bin(USER_A)),
+                    provider: Some(bin(BANK_1)),
+                    route: TRANSACTIONS.into(),
+                    outcome: Outcome::Success,
+                    calls,
+                    lines,
+                }],
+                latency: vec![],
+                live: vec![],
+                consents: vec![],
+            })
+            .collect(),
+    }
+}
+
+/// A sidecar that was not issuing when months closed (down, or billing enabled late)
+/// issues every closed month from the first holding usage, oldest first, skipping none
+/// and issuing no open month.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missed_closed_months_are_issued_too() {
+    let f = Fixture::new();
+    let clock = ManualClock::new(NOW);
+    let (running, c) = start(&f, &clock).await;
+    let aug_10 = NOV_1_LOCAL - 83 * 86_400;
+    let oct_5 = NOV_1_LOCAL - 27 * 86_400;
+    push(
+        &c,
+        &f,
+        &one_call("gw-old", "0a", &[aug_10, oct_5, NOW], 2, 10),
+    )
+    .await;
+    let op = f.operator();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    for month in ["2026-08", "2026-10"] {
+        loop {
+            let v = c
+                .get(Some(op), &format!("/v1/admin/statements?month={month}"))
+                .await
+                .expect(200);
+            if let Some(s) = v.as_array().unwrap().first() {
+                assert_eq!(s["statement"]["totals"]["calls"], 2, "{month}: {v}");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{month} not issued");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    // September, between them and without usage, was issued (empty) on the way.
+    let sep = c
+        .send(
+            Some(op),
+            "POST",
+            "/v1/admin/statements/issue?month=2026-09",
+            &[],
+            vec![],
+        )
+        .await
+        .expect(200);
+    assert_eq!(
+        (sep["issued_now"].clone(), sep["statements"].clone()),
+        (json!(false), json!(0))
+    );
+    // July (before the first usage) and November (open) are not issued.
+    let nov = c
+        .get(Some(op), "/v1/admin/statements?month=2026-11")
+        .await
+        .expect(200);
+    assert_eq!(nov, json!([]));
+    let jul = c
+        .send(
+            Some(op),
+            "POST",
+            "/v1/admin/statements/issue?month=2026-07",
+            &[],
+            vec![],
+        )
+        .await
+        .expect(200);
+    assert_eq!(jul["issued_now"], true, "{jul}");
+    // The longest range (366 days) is one query: every pushed call, by day and in total.
+    let year = "from=2025-11-03&to=2026-11-03";
+    let all = c
+        .get(Some(op), &format!("/v1/admin/usage?{year}&group=day"))
+        .await
+        .expect(200);
+    let days: Vec<(&str, u64)> = all["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["period"].as_str().unwrap(), r["calls"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        days,
+        [("2026-08-10", 2), ("2026-10-05", 2), ("2026-11-03", 2)],
+        "{all}"
+    );
+    let report = c
+        .get(Some(op), &format!("/v1/admin/report?{year}"))
+        .await
+        .expect(200);
+    assert_eq!(report["totals"][0]["requests"], 6, "{report}");
+    running.stop().await;
+}
+
+/// A sidecar whose November (the deterministic traffic) the housekeeping leader has
+/// issued.
+async fn november_issued(f: &Fixture) -> (trust::Running, Client) {
+    let clock = ManualClock::new(NOW);
+    let (running, c) = start(f, &clock).await;
+    november_pushed(f, &c).await;
+    issued_by_housekeeping(f, &c, &clock).await;
+    (running, c)
+}
+
+/// A rollup of a month already issued is stored (usage stays exact) but changes no
+/// statement: it is flagged as late on the statements it concerns and counted in the
+/// late-usage metric.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_usage_of_an_issued_month_is_flagged_not_lost() {
+    let f = Fixture::new();
+    let (running, c) = november_issued(&f).await;
+    let op = f.operator();
+    let ids = [
+        format!("2026-11-api_user-{USER_A}"),
+        format!("2026-11-provider-{BANK_1}"),
+    ];
+    let mut before = Vec::new();
+    for id in &ids {
+        let s = c
+            .get(Some(op), &format!("/v1/admin/statements/{id}"))
+            .await
+            .expect(200);
+        assert_eq!(s["late"], json!({"calls": 0, "lines": 0}), "{id}");
+        before.push(s);
+    }
+    let usage = |c: Client| async move {
+        c.get(Some(op), "/v1/admin/usage?from=2026-11-01&to=2026-11-30")
+            .await
+            .expect(200)
+    };
+    let usage_before = usage(c.clone()).await;
+    let late_minute = NOV_1_LOCAL + 60 * 3000;
+    push(&c, &f, &one_call("gw-late", "1c", &[late_minute], 3, 40)).await;
+    for (id, b) in ids.iter().zip(&before) {
+        let s = c
+            .get(Some(op), &format!("/v1/admin/statements/{id}"))
+            .await
+            .expect(200);
+        conforms("IssuedStatement", &s);
+        assert_eq!(s["late"], json!({"calls": 3, "lines": 40}), "{id}");
+        assert_eq!(
+            (&s["statement"], &s["digest"]),
+            (&b["statement"], &b["digest"])
+        );
+    }
+    let listed = c
+        .get(
+            Some(op),
+            &format!("/v1/admin/statements?month=2026-11&participant={USER_A}"),
+        )
+        .await
+        .expect(200);
+    conforms("StatementList", &listed);
+    let mine = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == ids[0].as_str());
+    assert_eq!(mine.unwrap()["late"]["calls"], 3);
+    // The usage report still counts them.
+    let total = |v: &Value| -> u64 {
+        v["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["calls"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(total(&usage(c.clone()).await), total(&usage_before) + 3);
+    let metrics = c.get(Some(op), "/metrics").await;
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    for who in [USER_A, BANK_1] {
+        let line = format!("hub_usage_late_calls_total{{participant=\"{who}\"}} 3");
+        assert!(text.contains(&line), "{line} missing:\n{text}");
+    }
+    running.stop().await;
+}
+
+/// An adjustment POST with an `Idempotency-Key`: the same key and body answer the first
+/// adjustment again (200, nothing recorded twice), the same key with another body is
+/// refused; without a key every POST records one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_records_an_adjustment_once() {
+    let f = Fixture::new();
+    let (running, c) = november_issued(&f).await;
+    let op = f.operator();
+    let path = format!("/v1/admin/statements/2026-11-api_user-{USER_A}/adjustments");
+    let post = |key: Option<&'static str>, body: Value| {
+        let (c, path) = (c.clone(), path.clone());
+        async move {
+            let mut headers = vec![("content-type", "application/json")];
+            headers.extend(key.map(|k| ("idempotency-key", k)));
+            c.send(
+                Some(op),
+                "POST",
+                &path,
+                &headers,
+                body.to_string().into_bytes(),
+            )
+            .await
+        }
+    };
+    let a = json!({"amount": "-150.00", "reason": "goodwill credit"});
+    let b = json!({"amount": "-150.00", "reason": "another credit"});
+    let first = post(Some("k-1"), a.clone()).await.expect(201);
+    let again = post(Some("k-1"), a.clone()).await.expect(200);
+    conforms("IssuedStatement", &again);
+    assert_eq!(again["adjustments"], first["adjustments"]);
+    assert_eq!(again["adjustments"].as_array().unwrap().len(), 1);
+    let r = post(Some("k-1"), b.clone()).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "idempotency_key_reused".to_owned())
+    );
+    assert!(r.json()["detail"]
+        .as_str()
+        .unwrap()
+        .starts_with("Idempotency-Key:"));
+    // Another key, and no key, each record one.
+    let other = post(Some("k-2"), a.clone()).await.expect(201);
+    assert_eq!(other["adjustments"].as_array().unwrap().len(), 2);
+    let keyless = post(None, a.clone()).await.expect(201);
+    assert_eq!(keyless["adjustments"].as_array().unwrap().len(), 3);
+    for bad in ["has space", ""] {
+        let r = post(Some(bad), a.clone()).await;
+        assert_eq!(r.status, 400, "{bad:?}");
+        assert!(r.json()["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("Idempotency-Key:"));
+    }
+    let long: &'static str = Box::leak("k".repeat(256).into_boxed_str());
+    assert_eq!(post(Some(long), a).await.status, 400);
+    running.stop().await;
+}

@@ -14,7 +14,7 @@ use toml::Spanned;
 
 use super::{Prices, Tariff, TariffError, TariffVersion, Terms, DEFAULT_TIME_ZONE};
 use crate::class::{CallClass, Rule};
-use crate::money::{check_price, Money, CURRENCY};
+use crate::money::{check_cap, check_price, Money, CURRENCY};
 use crate::routes::canonical_route;
 
 #[derive(Deserialize)]
@@ -250,7 +250,13 @@ fn price(
 ) -> Result<Option<Decimal>, TariffError> {
     let Some(at) = at else { return Ok(None) };
     let value = at.get_ref().0;
-    check_price(value).map_err(|m| src.error(at, field, m))?;
+    // Bounded so that pricing a month cannot leave Decimal's range (money.rs).
+    let check = if field.ends_with(".monthly_cap") {
+        check_cap
+    } else {
+        check_price
+    };
+    check(value).map_err(|m| src.error(at, field, m))?;
     Ok(Some(value))
 }
 

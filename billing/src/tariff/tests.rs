@@ -291,3 +291,27 @@ fn a_missing_file_is_named() {
         "{e}"
     );
 }
+
+#[test]
+fn prices_and_caps_above_their_bounds_are_refused_at_their_line() {
+    let (line, field, m) = invalid(&BASE.replace("\"2.50\"", "\"1000000000.01\""));
+    assert_eq!(
+        (line, field.as_str()),
+        (8, "versions[0].prices.chargeable"),
+        "{m}"
+    );
+    assert!(m.contains("1000000000 KZT"), "{m}");
+    assert!(Tariff::parse(&BASE.replace("\"2.50\"", "\"1000000000\""), "t.toml").is_ok());
+    let capped = BASE.replace(
+        "free_per_customer_day = 2\n",
+        "free_per_customer_day = 2\nmonthly_cap = \"1000000000000.01\"\n",
+    );
+    let (line, field, m) = invalid(&capped);
+    assert_eq!(
+        (line, field.as_str()),
+        (6, "versions[0].monthly_cap"),
+        "{m}"
+    );
+    let capped = capped.replace("1000000000000.01", "1000000000000");
+    assert!(Tariff::parse(&capped, "t.toml").is_ok());
+}

@@ -71,11 +71,12 @@ fn a_fresh_file_gets_the_schema_the_sidecar_always_had() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.db");
     drop(Db::open(&path).unwrap());
-    assert_eq!(user_version(&path), 6);
-    assert_eq!(SCHEMA_VERSION, 6);
+    assert_eq!(user_version(&path), 7);
+    assert_eq!(SCHEMA_VERSION, 7);
     assert_eq!(
         tables(&path),
         [
+            "adjustment_keys",
             "authorisations",
             "changes",
             "consent_history",
@@ -165,7 +166,7 @@ fn a_database_written_by_an_earlier_release_opens_unchanged() {
     assert_eq!(lines.len(), 3);
     assert_eq!(lines[0].text(1).unwrap(), "{\"n\":4}");
     drop(db);
-    assert_eq!(user_version(&path), 6);
+    assert_eq!(user_version(&path), 7);
     assert!(tables(&path).contains(&"rate_events".to_owned()));
     assert!(tables(&path).contains(&"statements".to_owned()));
     assert!(tables(&path).contains(&"oversight_apis".to_owned()));

@@ -147,8 +147,8 @@ pub async fn ready_manifest(demo: &mut Demo, admin: u16) -> Value {
 }
 
 /// With the trust sidecar, whether the hub has loaded its first snapshot (consents and
-/// participants): `/readyz` answers once the listener accepts, before that, and a request
-/// in between is refused as from an unknown participant. Always true with a file.
+/// participants), read from its feed metrics: `/readyz` waits for that snapshot too, and
+/// this is the test's own check of it. Always true with a file.
 async fn sidecar_snapshot_loaded(demo: &Demo, admin: std::net::SocketAddr) -> bool {
     let manifest = std::fs::read_to_string(demo.dir.join("manifest.json")).unwrap_or_default();
     let from_trust =

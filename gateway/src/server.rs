@@ -393,6 +393,29 @@ async fn next_signal(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()> 
     }
 }
 
+impl Maintenance {
+    /// Two steps of start-up. Once the API listener accepts, systemd is told (`READY=1`,
+    /// `MAINPID`): the process serves (open data, row 7's answers), and a binary upgrade's
+    /// new process must become the unit's main one before the old one exits, whether or
+    /// not the sidecar answers. Then, once the control plane's first snapshot is loaded
+    /// (at once in file mode), `/readyz` turns 200 for load balancers.
+    async fn probe_readiness(&self, listening: &mut bool) {
+        let listen = self.state.process.listen;
+        if !*listening {
+            if tokio::net::TcpStream::connect(listen).await.is_err() {
+                return;
+            }
+            *listening = true;
+            tracing::info!(%listen, "listening");
+            crate::systemd::ready();
+        }
+        if !self.state.awaits_control_plane() {
+            self.state.ready.store(true, Ordering::Relaxed);
+            tracing::info!(%listen, "ready");
+        }
+    }
+}
+
 #[async_trait]
 impl BackgroundService for Maintenance {
     async fn start(&self, mut shutdown: ShutdownWatch) {
@@ -406,6 +429,7 @@ impl BackgroundService for Maintenance {
         let mut watch = tokio::time::interval(Duration::from_secs(1));
         let mut backoff = crate::snapshot::Backoff::default();
         let mut ready_probe = tokio::time::interval(Duration::from_millis(50));
+        let mut listening = false;
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
@@ -422,14 +446,7 @@ impl BackgroundService for Maintenance {
                 }
                 _ = watch.tick() => self.state.follow_consent_file(&mut backoff).await,
                 _ = ready_probe.tick(), if !self.state.ready.load(Ordering::Relaxed) => {
-                    if self.state.awaits_control_plane() {
-                        continue;
-                    }
-                    if tokio::net::TcpStream::connect(self.state.process.listen).await.is_ok() {
-                        self.state.ready.store(true, Ordering::Relaxed);
-                        tracing::info!(listen = %self.state.process.listen, "ready");
-                        crate::systemd::ready();
-                    }
+                    self.probe_readiness(&mut listening).await;
                 }
             }
         }

@@ -299,6 +299,11 @@ impl SecondGateway {
 
     /// Starts it without waiting for readiness.
     fn spawn(hub: &Hub) -> SecondGateway {
+        SecondGateway::spawn_with(hub, &[])
+    }
+
+    /// [`SecondGateway::spawn`] with extra environment variables.
+    fn spawn_with(hub: &Hub, env: &[(&str, &Path)]) -> SecondGateway {
         let mut config = e2e::hub::read_config(&hub.config_path);
         let (port, admin_port) = (free_port(), free_port());
         config.server.listen = at(format!("127.0.0.1:{port}"));
@@ -314,6 +319,7 @@ read -r _ignored
 kill -TERM "$pid" 2>/dev/null
 wait "$pid""#;
         let mut watchdog = Command::new("sh")
+            .envs(env.iter().copied())
             .arg("-c")
             .arg(script)
             .arg(env!("CARGO_BIN_EXE_hub-under-test"))
@@ -1238,10 +1244,25 @@ fn restart_while_serving_leaves_no_version_gap_and_no_stale_allow() {
 fn a_gateway_is_ready_only_once_it_holds_the_control_plane_s_first_snapshot() {
     let (hub, spec, mut sidecar) = hub_with_sidecar(10);
     sidecar.stop();
-    let mut second = SecondGateway::spawn(&hub);
+    let notify = hub.dir.join("notify.sock");
+    let systemd = std::os::unix::net::UnixDatagram::bind(&notify).expect("notify socket");
+    let mut second = SecondGateway::spawn_with(&hub, &[("NOTIFY_SOCKET", &notify)]);
     let waiting = second
         .readyz_until(Duration::from_secs(30), 503)
         .expect("/readyz 503 while the sidecar is down");
+    // systemd hears of it as soon as it listens, sidecar or not (a binary upgrade's new
+    // process must become the unit's main one while the sidecar is unreachable too).
+    systemd
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut note = [0u8; 256];
+    let n = systemd
+        .recv(&mut note)
+        .expect("READY=1 while the sidecar is down");
+    assert_eq!(
+        String::from_utf8_lossy(&note[..n]),
+        format!("READY=1\nMAINPID={}", second.pid)
+    );
     let v: Value = serde_json::from_str(&waiting).expect("readyz JSON");
     assert_eq!(v["status"], "starting", "{waiting}");
     assert_eq!(

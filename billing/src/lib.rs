@@ -24,7 +24,7 @@ pub use pricing::statements;
 pub use reconcile::{
     period_rows, reconcile, reconcile_periods, Difference, PeriodRow, UsageReport,
 };
-pub use statement::{Adjustment, Role, Statement, StatementLine};
+pub use statement::{sha256_hex, Adjustment, Role, Statement, StatementLine};
 pub use tariff::{Tariff, TariffError, TariffVersion};
 
 pub use consent_cache::Bin;

@@ -230,7 +230,7 @@ impl Statement {
 
     /// SHA-256 of the canonical JSON, lowercase hex.
     pub fn digest(&self) -> String {
-        hex(&Sha256::digest(self.canonical_json()))
+        sha256_hex(&self.canonical_json())
     }
 
     /// One CSV row per line, then the caps and the total (RFC 4180, with a header).
@@ -357,11 +357,15 @@ fn bin_or_dash(b: Option<Bin>) -> String {
     b.map_or_else(|| "-".to_string(), |b| b.to_string())
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+/// SHA-256 of `bytes`, in lower-case hex: a statement's digest, and what else is bound to
+/// exact bytes beside statements (an adjustment request's fingerprint).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .fold(String::with_capacity(64), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// A correction of an issued statement: a signed amount with its reason and author,

@@ -608,8 +608,7 @@ fn checked(input: &AdjustmentInput) -> Result<(Decimal, &str), Error> {
 /// body's members exactly as sent.
 fn fingerprint(id: &str, input: &AdjustmentInput) -> Result<String, Error> {
     let canonical = serde_json::to_string(&[id, &input.amount, &input.reason])?;
-    let d = ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes());
-    Ok(d.as_ref().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(billing::sha256_hex(canonical.as_bytes()))
 }
 
 /// The adjustment `actor` recorded earlier under `key`, if any: its statement when the

@@ -46,6 +46,11 @@ fn bench_tokens(c: &mut Criterion) {
     }
 
     let iss = issuer(DevAlg::Es256);
+    // The Authorization header's parse, before any verification (every request pays it).
+    let header = format!("Bearer {}", token(&iss, now));
+    g.bench_function("bearer/ES256", |b| {
+        b.iter(|| policy::token::bearer(black_box(header.as_bytes())).map(str::len))
+    });
     let pool: Vec<String> = (0..MISS_POOL).map(|_| token(&iss, now)).collect();
     let miss = verifier(&[&iss], MISS_CACHE);
     let mut i = 0usize;

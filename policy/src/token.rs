@@ -1162,7 +1162,10 @@ pub fn bearer(authorization_header: &[u8]) -> Option<&str> {
     if !scheme.eq_ignore_ascii_case(b"bearer ") || rest.is_empty() {
         return None;
     }
-    let body_len = rest.iter().take_while(|b| is_token68_body(**b)).count();
+    let body_len = rest
+        .iter()
+        .position(|b| !TOKEN68_BODY[usize::from(*b)])
+        .unwrap_or(rest.len());
     let (body, pad) = rest.split_at(body_len);
     if body.is_empty() || !pad.iter().all(|b| *b == b'=') {
         return None;
@@ -1174,9 +1177,29 @@ const fn is_token68_body(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
 }
 
+/// [`is_token68_body`] for every byte, looked up: one load per byte of a token that every
+/// request carries (a few hundred bytes), instead of a chain of range tests.
+static TOKEN68_BODY: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = is_token68_body(b as u8);
+        b += 1;
+    }
+    table
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_token68_table_is_the_predicate() {
+        for b in 0..=u8::MAX {
+            assert_eq!(TOKEN68_BODY[usize::from(b)], is_token68_body(b), "byte {b}");
+        }
+        assert_eq!(TOKEN68_BODY.iter().filter(|x| **x).count(), 62 + 6);
+    }
 
     #[test]
     fn bearer_is_strict() {

@@ -713,22 +713,35 @@ fn redis_frozen_then_killed_each_failure_policy_holds_and_shared_counting_comes_
     assert_eq!(r.cluster.check(), Vec::<String>::new(), "no piece died");
 }
 
-/// The background load: `200`, or `503 limits_unavailable` with `Retry-After` inside an
-/// outage (from the signal to the end of the recovery); some of the latter in each
-/// outage; no transport error. Prints its latencies (not asserted: a benchmark measures
-/// them).
+/// The background load: `200`, or `503 limits_unavailable` with `Retry-After` for a
+/// request in flight during an outage (from the signal to the end of the recovery: a
+/// request sent just before the signal may reach the gateway after it); some of the
+/// latter in each outage; no transport error. Prints its latencies (not asserted: a
+/// benchmark measures them).
 fn check_background(heard: &[Heard], outages: &[(Instant, Instant)]) {
-    let during = |at: Instant| {
+    let during = |h: &Heard| {
         outages
             .iter()
-            .position(|(from, to)| (*from..*to).contains(&at))
+            .position(|(from, to)| h.at < *to && *from <= h.at + h.took)
     };
     let mut denied = vec![0; outages.len()];
     for h in heard {
-        match (&h.answer, during(h.at)) {
+        match (&h.answer, during(h)) {
             (Ok((200, _, _)), _) => {}
             (Ok((503, code, true)), Some(i)) if code == "limits_unavailable" => denied[i] += 1,
-            (other, outage) => panic!("background open data: {other:?} (outage {outage:?})"),
+            (other, outage) => {
+                let start = heard.first().map_or(h.at, |f| f.at);
+                let at = h.at - start;
+                let outages: Vec<_> = outages
+                    .iter()
+                    .map(|(from, to)| (*from - start, *to - start))
+                    .collect();
+                panic!(
+                    "background open data: {other:?} (outage {outage:?}); sent at {at:?}, \
+                     answered in {:?}; outages {outages:?}",
+                    h.took
+                )
+            }
         }
     }
     assert!(

@@ -9,9 +9,11 @@
 //! one probe does.
 //!
 //! The connection is redis's multiplexed [`ConnectionManager`], which reconnects by itself
-//! after a lost connection. [`SharedStore::start`] never waits for Redis: a background
-//! task connects, retrying with backoff for as long as it takes; until it has, calls
-//! fail at once with [`StoreFailure::NotConnected`].
+//! after a lost connection, in the background and for as long as it takes (pauses of at
+//! most a second): when Redis is back, the next call finds a connection instead of failing
+//! to trigger one. [`SharedStore::start`] never waits for Redis: a background task
+//! connects, retrying with backoff for as long as it takes; until it has, calls fail at
+//! once with [`StoreFailure::NotConnected`].
 //!
 //! Nothing here logs or reports keys, and no error carries the password or Redis's own
 //! error text (a script error could quote a value): only a category and a code.
@@ -21,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::AsyncConnectionConfig;
 use redis::{Client, IntoConnectionInfo as _, ProtocolVersion, Script, ScriptInvocation};
 
 use super::breaker::Breaker;
@@ -32,8 +35,12 @@ const SCRIPT: &str = include_str!("gcra.lua");
 const CONNECT_BACKOFF_MIN: Duration = Duration::from_millis(50);
 /// …doubling up to this (also the reconnections' longest pause).
 const CONNECT_BACKOFF_MAX: Duration = Duration::from_secs(1);
-/// Attempts of one reconnection before it gives up until the next call.
-const RECONNECT_ATTEMPTS: usize = 6;
+/// Attempts of one reconnection: unbounded. A manager that gave up would keep its last
+/// error and hand it to the next call (which then fails, even with Redis back, and only
+/// triggers a new reconnection): one failed call per connection after every long outage.
+/// While it retries, calls wait for it within the store's timeout, and the breaker keeps
+/// all but its probes away.
+const RECONNECT_ATTEMPTS: usize = usize::MAX;
 /// Buckets of `hub_limit_store_seconds`: a round trip is expected well under 5 ms.
 const SECONDS_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
@@ -252,7 +259,8 @@ fn client(config: &StoreConfig) -> Result<Client, StoreSetupError> {
 }
 
 /// The connection manager's settings: connection attempts bounded by `connect_timeout`,
-/// reconnections with a backoff of 50 ms doubling to 1 s. No response timeout of its own:
+/// reconnections with a backoff of 50 ms doubling to 1 s, never given up. No response
+/// timeout of its own:
 /// [`SharedStore::run`] bounds the whole call (a second timer of the same length would
 /// race it and turn some timeouts into I/O errors).
 fn manager_config(config: &StoreConfig) -> ConnectionManagerConfig {
@@ -284,18 +292,35 @@ fn describe(e: &redis::RedisError) -> String {
     format!("{category}{cause}")
 }
 
-/// Connects until it succeeds, with a growing pause between attempts, then leaves the
-/// connection to the manager's own reconnections.
+/// One connection attempt bounded by `timeout`, dropped at once: whether Redis takes
+/// connections now. (A manager, which never gives up, would wait silently for as long
+/// as Redis is away; this says why, for the log.)
+async fn reachable(client: &Client, timeout: Duration) -> redis::RedisResult<()> {
+    let config = AsyncConnectionConfig::new().set_connection_timeout(Some(timeout));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .map(drop)
+}
+
+/// Connects until it succeeds, with a growing pause between attempts (each first checked
+/// by [`reachable`] within `timeout`), then leaves the connection to the manager's own
+/// reconnections.
 async fn connect(
     client: Client,
     config: ConnectionManagerConfig,
+    timeout: Duration,
     slot: Arc<OnceLock<ConnectionManager>>,
 ) {
     let mut pause = CONNECT_BACKOFF_MIN;
     let mut attempt: u64 = 0;
     loop {
         attempt += 1;
-        match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
+        let made = match reachable(&client, timeout).await {
+            Ok(()) => ConnectionManager::new_with_config(client.clone(), config.clone()).await,
+            Err(e) => Err(e),
+        };
+        match made {
             Ok(mut manager) => {
                 // Loaded now, the script's first request is one EVALSHA, not a NOSCRIPT
                 // answer followed by a load (after a restart of Redis, that first request
@@ -355,7 +380,12 @@ impl SharedStore {
         let threads = ThreadConnections::new(client.clone(), manager_config(config), SCRIPT);
         let connection = Arc::new(OnceLock::new());
         let (stop, stopped) = tokio::sync::oneshot::channel();
-        let connecting = connect(client, manager_config(config), connection.clone());
+        let connecting = connect(
+            client,
+            manager_config(config),
+            config.connect_timeout,
+            connection.clone(),
+        );
         spawn_connection_thread(connecting, stopped)?;
         metrics.circuit_open.set(0);
         Ok(SharedStore {

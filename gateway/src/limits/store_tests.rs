@@ -376,6 +376,36 @@ async fn a_killed_and_restarted_redis_is_used_again_with_no_action() {
 }
 
 #[tokio::test]
+async fn after_an_outage_longer_than_any_backoff_the_first_call_is_answered() {
+    let (_dir, mut server) = server();
+    let (store, metrics) = connected(&config(&server)).await;
+    let item = [gcra("hub:{u:1}:user", 100, 100)];
+    // This thread's own connection too (made in the background on its first call).
+    for _ in 0..20 {
+        run(&store, &item).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.kill().expect("SIGKILL");
+    // No call meanwhile: the connections hear of the loss and reconnect by themselves,
+    // for longer than their backoff's sum (50 ms doubling to 1 s).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    server.restart().expect("restart");
+    // The backoff's longest pause (1 s, jittered up to twice that) and then some.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let errors = metrics.errors.with_label_values(&["redis"]).get()
+        + metrics.errors.with_label_values(&["timeout"]).get();
+    assert!(
+        matches!(store.run(&item).await, Ok(StoreAnswer::Admitted(_))),
+        "the first call after the restart is answered"
+    );
+    assert_eq!(
+        metrics.errors.with_label_values(&["redis"]).get()
+            + metrics.errors.with_label_values(&["timeout"]).get(),
+        errors
+    );
+}
+
+#[tokio::test]
 async fn monthly_counts_survive_a_clean_restart() {
     let (_dir, mut server) = server();
     let (store, _) = connected(&config(&server)).await;

@@ -3,7 +3,8 @@
 //! thread, so a call neither wakes another thread nor waits for one (the store's shared
 //! connection, on a thread of its own, costs a hand-over each way per call). A thread's
 //! connection is made in the background on its first call, which meanwhile uses the shared
-//! one; a failed attempt is retried at most once a second.
+//! one (a refused connection is retried by the manager itself until Redis is back; any
+//! other failed attempt is retried at most once a second).
 
 use std::sync::Arc;
 use std::thread::ThreadId;

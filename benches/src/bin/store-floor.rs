@@ -9,9 +9,9 @@
 //! call, one `EVALSHA` of the gateway's own `gcra.lua` with three GCRA items (per user,
 //! user × provider, consent × route) on redis's `ConnectionManager` over RESP3, as
 //! `gateway/src/limits/store.rs` does (nothing is ever refused). Phases alternate; the
-//! runtime thread's CPU per tick (`CLOCK_THREAD_CPUTIME_ID`) in `call` minus that in `idle`
-//! is the round trip's own cost on the caller's side (`getrusage(RUSAGE_THREAD)`: the total
-//! is the scheduler's exact runtime, its user/system split the kernel's sampled estimate),
+//! runtime thread's CPU per tick in `call` minus that in `idle` is the round trip's own
+//! cost on the caller's side (`getrusage(RUSAGE_THREAD)`: the total is the scheduler's
+//! exact runtime, its user/system split the kernel's sampled estimate),
 //! with the thread's voluntary context switches (sleeps) per tick. Redis's CPU per call
 //! and the calls' latency are reported beside it. Redis is a throwaway `redis-server` on
 //! 127.0.0.1, configured as the tests' and the cluster's (append-only file, fsync every
